@@ -1,0 +1,39 @@
+"""Score a predictions JSONL (from this project, vLLM, an API model...) against Progress-Bench files.
+
+python tools/score_predictions.py --bench DIR_OR_FILES... --pred FILE --out DIR [--mode think|direct]
+Writes metrics.json, table1/table2 (.md, .csv) and figures to DIR; prints the coverage report and tables.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from data_pipeline.parsing import MODES
+from progress_jax.eval.predictions import load_bench, read_predictions, score, write_results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bench", nargs="+", required=True, help="benchmark JSONL files and/or directories of them")
+    parser.add_argument("--pred", required=True, help="predictions JSONL (setting, id, stage, response or score/ref)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--mode", choices=MODES, default="think", help="how to parse 'response' (default think)")
+    parser.add_argument("--name", default=None, help="run name in the tables (default: the predictions file stem)")
+    args = parser.parse_args(argv)
+
+    bench = load_bench(args.bench)
+    pred_file = read_predictions(args.pred)
+    result = score(bench, (obj for _, obj in pred_file.lines), mode=args.mode)
+    if pred_file.truncated_line is not None:
+        print(f"{args.pred}:{pred_file.truncated_line}: truncated last line ignored")
+    for line in result.report.lines():
+        print(line)
+    name = args.name or os.path.splitext(os.path.basename(args.pred))[0]
+    print(write_results(result, args.out, name))
+    print(f"wrote metrics.json, tables and figures to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
