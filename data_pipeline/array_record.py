@@ -1,0 +1,85 @@
+"""JSONL record files -> ArrayRecord shards, so that large sets stream instead of being loaded whole.
+
+Each entry is one validated JSONL line as UTF-8 JSON: {"path", "source", "line", "chat", "obj"}, so
+errors raised when it is read back still name the original file and line. TensorFlow Datasets'
+data_source is not used: it needs tensorflow_datasets, which this project does not depend on.
+
+CLI: python -m data_pipeline.array_record --out DIR [--num-shards N] [--image-root R] FILE.jsonl ...
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from data_pipeline.records import RecordError, parse_chat_record, parse_record
+
+SUFFIX = ".array_record"
+
+
+def _is_chat(obj) -> bool:
+    return isinstance(obj, dict) and "messages" in obj
+
+
+def encode_line(path: str, line: int, text: str, image_root: str | None = None) -> bytes:
+    """Validate one JSONL line (raising RecordError) and return its ArrayRecord entry."""
+    source = os.path.splitext(os.path.basename(path))[0]
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RecordError(path, line, None, f"bad JSON: {e}") from None
+    chat = _is_chat(obj)
+    (parse_chat_record if chat else parse_record)(obj, source, path, line, image_root)
+    return json.dumps({"path": path, "source": source, "line": line, "chat": chat, "obj": obj}).encode("utf-8")
+
+
+def decode_entry(data: bytes, image_root: str | None = None):
+    """An ArrayRecord entry -> Record or ChatRecord (chat image paths resolved against image_root)."""
+    entry = json.loads(data)
+    parse = parse_chat_record if entry["chat"] else parse_record
+    # Record images are resolved later (IMAGE_ROOT/{id}/{file}); chat images are plain paths.
+    root = image_root if entry["chat"] else None
+    return parse(entry["obj"], entry["source"], entry["path"], entry["line"], root)
+
+
+def convert(jsonl_paths: list[str], out_dir: str, num_shards: int = 1, image_root: str | None = None) -> list[str]:
+    """Write every line of the JSONL files, validated, round-robin into num_shards shards; returns their paths.
+
+    Any bad line stops the conversion with its RecordError (convert clean data; lenient
+    skipping belongs to load_records)."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    os.makedirs(out_dir, exist_ok=True)
+    stem = "_".join(os.path.splitext(os.path.basename(p))[0] for p in jsonl_paths)[:100] or "records"
+    paths = [os.path.join(out_dir, f"{stem}-{i:05d}-of-{num_shards:05d}{SUFFIX}") for i in range(num_shards)]
+    writers = [ArrayRecordWriter(p, "group_size:1") for p in paths]  # group_size 1: cheap random access
+    count = 0
+    try:
+        for path in jsonl_paths:
+            path = os.fspath(path)
+            with open(path, encoding="utf-8") as f:
+                for line_no, text in enumerate(f, start=1):
+                    if text.strip():
+                        writers[count % num_shards].write(encode_line(path, line_no, text, image_root))
+                        count += 1
+    finally:
+        for w in writers:
+            w.close()
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Convert record JSONL files to ArrayRecord shards.")
+    parser.add_argument("files", nargs="+")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--num-shards", type=int, default=1)
+    parser.add_argument("--image-root", default=None, help="check that every image exists")
+    args = parser.parse_args()
+    for p in convert(args.files, args.out, args.num_shards, args.image_root):
+        print(p)
+
+
+if __name__ == "__main__":
+    main()
