@@ -6,7 +6,8 @@ from data_pipeline.parsing import (NA, NUMBER, UNPARSEABLE, parse_direct, parse_
 
 
 def four(ref="2", score="45%", ref_think="frame 2 matches", score_think="a bit after"):
-    return f"<ref_think>{ref_think}</ref_think><ref>{ref}</ref><score_think>{score_think}</score_think><score>{score}</score>"
+    return (f"<ref_think>{ref_think}</ref_think><ref>{ref}</ref>"
+            f"<score_think>{score_think}</score_think><score>{score}</score>")
 
 
 @pytest.mark.parametrize("score_text, expected", [

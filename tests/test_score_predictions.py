@@ -59,7 +59,8 @@ def test_complete_last_line_without_newline_is_kept(tmp_path):
 
 
 @pytest.mark.parametrize("text, match", [
-    ('{"setting": "s", "id": "1", "stage": "a", "score": 0.5}\nnot json\n{"setting": "s", "id": "2", "stage": "b", "score": 1}\n',
+    ('{"setting": "s", "id": "1", "stage": "a", "score": 0.5}\nnot json\n'
+     '{"setting": "s", "id": "2", "stage": "b", "score": 1}\n',
      r"p.jsonl:2: bad JSON"),
     ('{"setting": "s", "stage": "a", "score": 0.5}\n', r"p.jsonl:1: key 'id'"),
     ('{"setting": "s", "id": "1", "stage": "a"}\n', r"p.jsonl:1: needs 'response'"),

@@ -235,7 +235,8 @@ def load_bench(paths: Iterable) -> dict[str, list[Record]]:
     for path in files:
         stem = os.path.splitext(os.path.basename(path))[0]
         if stem in bench:
-            raise ValueError(f"{path}: a second benchmark file with stem {stem!r}; stems name settings and must be unique")
+            raise ValueError(f"{path}: a second benchmark file with stem {stem!r}; "
+                             "stems name settings and must be unique")
         bench[stem] = load_records(path)
     return bench
 
