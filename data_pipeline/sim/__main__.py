@@ -1,0 +1,24 @@
+"""CLI: python -m data_pipeline.sim --out DIR --size small|full --seed 0 [--image-size 224] [--workers N]."""
+import argparse
+import logging
+
+from data_pipeline.sim.build import SIZES, generate
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Generate ProgressBench-Sim (benchmark files and a training split).")
+    ap.add_argument("--out", required=True, help="output folder (bench/ and train/ are written inside)")
+    ap.add_argument("--size", choices=sorted(SIZES), default="small")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--workers", type=int, default=None, help="render processes (default: CPU count, at most 8)")
+    ap.add_argument("--force", action="store_true", help="regenerate even if a complete output exists")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    paths = generate(args.out, args.size, args.seed, args.image_size, args.workers, args.force)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()
