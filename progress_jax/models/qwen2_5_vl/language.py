@@ -1,0 +1,65 @@
+"""Qwen2 decoder with GQA, q/k/v biases, SwiGLU, RMSNorm and M-RoPE; optional KV cache."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from .config import TextConfig
+from .layers import Linear, RMSNorm, SwiGLU, apply_rope, attention
+
+
+def mrope_cos_sin(position_ids, cfg: TextConfig):
+    """position_ids (3, B, T) -> cos, sin [B, T, 1, head_dim] in float32.
+
+    The head_dim/2 frequencies are split in contiguous chunks `mrope_section`; chunk i takes
+    its angle from axis i (t, h, w)."""
+    half = cfg.head_dim // 2
+    inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, half, dtype=jnp.float32) * 2 / cfg.head_dim))
+    freqs = position_ids.astype(jnp.float32)[..., None] * inv  # [3, B, T, half]
+    axis_of_freq = jnp.asarray(np.repeat(np.arange(3), cfg.mrope_section))
+    freqs = jnp.take_along_axis(freqs, axis_of_freq[None, None, None, :], axis=0)[0]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        d, h, kv = cfg.hidden_size, cfg.head_dim, cfg.num_key_value_heads
+        self.q_proj = Linear(d, cfg.num_attention_heads * h, bias=True, **kw)
+        self.k_proj = Linear(d, kv * h, bias=True, **kw)
+        self.v_proj = Linear(d, kv * h, bias=True, **kw)
+        self.o_proj = Linear(cfg.num_attention_heads * h, d, bias=False, **kw)
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, kv, h
+
+    def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).reshape(B, T, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(B, T, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(B, T, self.num_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, cache_index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, cache_index, 0, 0))
+            cache = {"k": k, "v": v}
+            k, v = k.astype(q.dtype), v.astype(q.dtype)
+        out = attention(q, k, v, mask)
+        return self.o_proj(out.reshape(B, T, -1)), cache
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.self_attn = Attention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.mlp = SwiGLU(
+            cfg.hidden_size, cfg.intermediate_size, bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
+
+    def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
+        h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, cache_index)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), cache

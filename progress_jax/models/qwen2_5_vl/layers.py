@@ -1,0 +1,82 @@
+"""Building blocks shared by the vision tower and the language model."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class Linear(nnx.Module):
+    """y = x @ kernel + bias, kernel stored [in, out]. LoRA factors, when injected by
+    progress_jax.lora, live beside the kernel as `lora_a` [in, r] and `lora_b` [r, out]."""
+
+    def __init__(self, din: int, dout: int, *, bias: bool, dtype, param_dtype, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(0.02)
+        self.kernel = nnx.Param(init(rngs.params(), (din, dout), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((dout,), param_dtype)) if bias else None
+        self.lora_a = None
+        self.lora_b = None
+        self.lora_scale = 0.0
+        self.lora_dropout = 0.0
+        self.dtype = dtype
+
+    def __call__(self, x, *, dropout_rng=None):
+        x = x.astype(self.dtype)
+        y = x @ self.kernel[...].astype(self.dtype)
+        if self.lora_a is not None:
+            xl = x
+            if dropout_rng is not None and self.lora_dropout > 0:
+                keep = jax.random.bernoulli(dropout_rng, 1.0 - self.lora_dropout, x.shape)
+                xl = jnp.where(keep, x / (1.0 - self.lora_dropout), 0).astype(self.dtype)
+            a = self.lora_a[...].astype(self.dtype)
+            b = self.lora_b[...].astype(self.dtype)
+            y = y + (xl @ a @ b) * jnp.asarray(self.lora_scale, self.dtype)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, *, eps: float, param_dtype):
+        self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
+        self.eps = eps
+
+    def __call__(self, x):
+        # Normalise in float32, scale in the input dtype, as transformers does.
+        dtype = x.dtype
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...].astype(dtype) * xf.astype(dtype)
+
+
+class SwiGLU(nnx.Module):
+    def __init__(self, dim: int, hidden: int, *, bias: bool, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.gate_proj = Linear(dim, hidden, **kw)
+        self.up_proj = Linear(dim, hidden, **kw)
+        self.down_proj = Linear(hidden, dim, **kw)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def rotate_half(x):
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate-half RoPE in float32; cos/sin broadcast against x [..., T, heads, head_dim]."""
+    xf = x.astype(jnp.float32)
+    return (xf * cos + rotate_half(xf) * sin).astype(x.dtype)
+
+
+def attention(q, k, v, mask):
+    """q [B, T, N, H], k/v [B, S, K, H] (N a multiple of K), mask bool broadcastable to [B, N, T, S].
+
+    One call for causal text, vision windows and padding; fully masked rows (padding queries)
+    come out as finite garbage that callers ignore.
+    """
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    return out.astype(q.dtype)

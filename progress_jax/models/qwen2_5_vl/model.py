@@ -1,0 +1,105 @@
+"""The whole Qwen2.5-VL: vision tower, image features at the image-pad positions, decoder, LM head."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from . import positions
+from .config import Qwen25VLConfig
+from .language import DecoderLayer, mrope_cos_sin
+from .layers import Linear, RMSNorm
+from .vision import VisionTower
+
+
+class Qwen25VL(nnx.Module):
+    def __init__(self, config: Qwen25VLConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        config.validate()
+        t = config.text
+        self.config = config
+        self.dtype = dtype
+        self.visual = VisionTower(config.vision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.embed_tokens = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (t.vocab_size, t.hidden_size), param_dtype))
+        self.layers = nnx.List(
+            [DecoderLayer(t, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(t.num_hidden_layers)]
+        )
+        self.norm = RMSNorm(t.hidden_size, eps=t.rms_norm_eps, param_dtype=param_dtype)
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else Linear(t.hidden_size, t.vocab_size, bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        )
+
+    # ---- host-side preparation -------------------------------------------------------------
+
+    def prepare(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None) -> dict:
+        """NumPy index arrays for `forward`: M-RoPE positions, rope deltas, vision indices."""
+        cfg = self.config
+        input_ids = np.asarray(input_ids)
+        mask = np.ones_like(input_ids, np.int32) if attention_mask is None else np.asarray(attention_mask)
+        grid = None if image_grid_thw is None else np.asarray(image_grid_thw)
+        position_ids, rope_deltas = positions.get_rope_index(input_ids, grid, mask, cfg)
+        out = {"position_ids": position_ids, "rope_deltas": rope_deltas}
+        if pixel_values is not None:
+            if grid is None:
+                raise ValueError("pixel_values given without image_grid_thw")
+            out["vision"] = positions.vision_inputs(grid, np.shape(pixel_values)[0], cfg)
+        return out
+
+    # ---- compiled path ---------------------------------------------------------------------
+
+    def embed(self, input_ids, pixel_values=None, vision=None):
+        x = self.embed_tokens[...][input_ids].astype(self.dtype)
+        if pixel_values is None:
+            return x
+        feats = self.visual(jnp.asarray(pixel_values), vision).astype(self.dtype)
+        is_img = input_ids == self.config.image_token_id
+        # Features fill the image-pad tokens in row-major (sample, position) order.
+        idx = (jnp.cumsum(is_img.reshape(-1)) - 1).reshape(is_img.shape)
+        return jnp.where(is_img[..., None], feats[jnp.clip(idx, 0, feats.shape[0] - 1)], x)
+
+    def decode(self, x, position_ids, kv_mask, cache=None, cache_index=0):
+        """Decoder over embeddings x [B, T, D]. kv_mask [B, S] marks real key slots (S = T without a
+        cache, the cache length with one); queries occupy slots cache_index .. cache_index + T - 1.
+        Returns final hidden states (normed) and the updated cache."""
+        B, T, _ = x.shape
+        S = kv_mask.shape[1]
+        q_slot = cache_index + jnp.arange(T)
+        mask = (jnp.arange(S)[None, :] <= q_slot[:, None])[None, None] & kv_mask[:, None, None, :].astype(bool)
+        cos, sin = mrope_cos_sin(position_ids, self.config.text)
+        new_cache = []
+        for i, layer in enumerate(self.layers):
+            x, c = layer(x, cos, sin, mask, None if cache is None else cache[i], cache_index)
+            new_cache.append(c)
+        return self.norm(x), (new_cache if cache is not None else None)
+
+    def logits(self, hidden):
+        if self.lm_head is not None:
+            return self.lm_head(hidden).astype(jnp.float32)
+        w = self.embed_tokens[...].astype(self.dtype)
+        return (hidden.astype(self.dtype) @ w.T).astype(jnp.float32)
+
+    def forward(self, input_ids, attention_mask, position_ids, pixel_values=None, vision=None):
+        """Full forward on arrays only (jit-friendly). Returns logits [B, L, V] in float32."""
+        x = self.embed(input_ids, pixel_values, vision)
+        hidden, _ = self.decode(x, position_ids, attention_mask)
+        return self.logits(hidden)
+
+    def init_cache(self, batch: int, length: int, dtype=None):
+        t = self.config.text
+        shape = (batch, length, t.num_key_value_heads, t.head_dim)
+        dtype = dtype or self.dtype
+        return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(t.num_hidden_layers)]
+
+    # ---- convenience API -------------------------------------------------------------------
+
+    def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None):
+        """logits [B, L, V] for NumPy or JAX inputs; `pixel_values` laid out as transformers'
+        processor lays them out ([total_patches, 1176])."""
+        prep = self.prepare(input_ids, attention_mask, pixel_values, image_grid_thw)
+        input_ids = jnp.asarray(input_ids)
+        mask = jnp.ones(input_ids.shape, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask)
+        vision = None if pixel_values is None else jax.tree.map(jnp.asarray, prep["vision"])
+        return self.forward(input_ids, mask, jnp.asarray(prep["position_ids"]), pixel_values, vision)

@@ -1,0 +1,90 @@
+"""Qwen2.5-VL vision tower: patch embedding, 2-D RoPE, window/full attention blocks, merger."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .config import VisionConfig
+from .layers import Linear, RMSNorm, SwiGLU, apply_rope, attention
+
+
+class VisionAttention(nnx.Module):
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.qkv = Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=True, **kw)
+        self.proj = Linear(cfg.hidden_size, cfg.hidden_size, bias=True, **kw)
+        self.num_heads = cfg.num_heads
+
+    def __call__(self, x, cos, sin, mask):
+        P, D = x.shape
+        q, k, v = jnp.split(self.qkv(x).reshape(P, 3, self.num_heads, D // self.num_heads), 3, axis=1)
+        q, k, v = q[:, 0], k[:, 0], v[:, 0]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = attention(q[None], k[None], v[None], mask)[0]
+        return self.proj(out.reshape(P, D))
+
+
+class VisionBlock(nnx.Module):
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs):
+        self.norm1 = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.norm2 = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.attn = VisionAttention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.mlp = SwiGLU(
+            cfg.hidden_size, cfg.intermediate_size, bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
+
+    def __call__(self, x, cos, sin, mask):
+        x = x + self.attn(self.norm1(x), cos, sin, mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerger(nnx.Module):
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs):
+        unit_dim = cfg.hidden_size * cfg.spatial_merge_size**2
+        kw = dict(bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.ln_q = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.fc1 = Linear(unit_dim, unit_dim, **kw)
+        self.fc2 = Linear(unit_dim, cfg.out_hidden_size, **kw)
+        self.unit_dim = unit_dim
+
+    def __call__(self, x):
+        x = self.ln_q(x).reshape(-1, self.unit_dim)
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class VisionTower(nnx.Module):
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs):
+        self.cfg = cfg
+        # Conv3d with kernel == stride over a [C, T, p, p] patch row is a linear map.
+        self.patch_embed = Linear(cfg.patch_dim, cfg.hidden_size, bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.blocks = nnx.List(
+            [VisionBlock(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(cfg.depth)]
+        )
+        self.merger = PatchMerger(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def rope(self, rope_hw):
+        cfg = self.cfg
+        quarter = cfg.head_dim // 2
+        inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, quarter, 2, dtype=jnp.float32) / quarter))
+        freqs = rope_hw.astype(jnp.float32)[:, :, None] * inv  # [P, 2, head_dim/4]
+        freqs = freqs.reshape(freqs.shape[0], -1)
+        emb = jnp.concatenate([freqs, freqs], axis=-1)[:, None, :]  # [P, 1, head_dim]
+        return jnp.cos(emb), jnp.sin(emb)
+
+    def __call__(self, pixel_values, vis):
+        """pixel_values [P, patch_dim]; vis: positions.vision_inputs(...) as arrays.
+        Returns merged features [P / merge**2, out_hidden] in the processor's order."""
+        cfg = self.cfg
+        unit = cfg.spatial_merge_size**2
+        x = self.patch_embed(pixel_values)
+        P, D = x.shape
+        x = x.reshape(P // unit, unit, D)[vis["window_index"]].reshape(P, D)
+        cos, sin = self.rope(vis["rope_hw"])
+        seg_full, seg_win = vis["full_segments"], vis["window_segments"]
+        full_mask = (seg_full[:, None] == seg_full[None, :])[None, None]
+        win_mask = (seg_win[:, None] == seg_win[None, :])[None, None]
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, full_mask if i in cfg.fullatt_block_indexes else win_mask)
+        return self.merger(x)[vis["reverse_index"]]

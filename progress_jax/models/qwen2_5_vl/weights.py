@@ -1,0 +1,154 @@
+"""Weight I/O between Hugging Face safetensors checkpoints and the NNX model.
+
+Reads the Hub key layout (`visual.*`, `model.*`, optional `lm_head.weight`) and the
+transformers-5 layout (`model.visual.*`, `model.language_model.*`); writes the Hub layout.
+PyTorch Linear weights are [out, in]; ours are [in, out]. The Conv3d patch embedding
+[D, C, T, p, p] is the linear map [C*T*p*p, D].
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ... import sharding as shd
+from .. import safetensors_io
+from .config import Qwen25VLConfig
+from .model import Qwen25VL
+
+_RENAMES = (
+    (r"^model\.visual\.", "visual."),
+    (r"^model\.language_model\.", "model."),
+    (r"^model\.", ""),
+    (r"\.merger\.mlp\.0\.", ".merger.fc1."),
+    (r"\.merger\.mlp\.2\.", ".merger.fc2."),
+    (r"\.patch_embed\.proj\.", ".patch_embed."),
+)
+
+
+def _to_path(name: str) -> tuple:
+    for pat, rep in _RENAMES:
+        name = re.sub(pat, rep, name)
+    return tuple(int(p) if p.isdigit() else p for p in name.split("."))
+
+
+def _hf_name(path: tuple) -> str:
+    """Our parameter path -> Hub-layout name."""
+    s = ".".join(str(p) for p in path)
+    if s == "embed_tokens":
+        return "model.embed_tokens.weight"
+    s = re.sub(r"\.kernel$", ".weight", s)
+    s = s.replace("merger.fc1.", "merger.mlp.0.").replace("merger.fc2.", "merger.mlp.2.")
+    s = s.replace("patch_embed.weight", "patch_embed.proj.weight")
+    if s.startswith("visual.") or s.startswith("lm_head."):
+        return s
+    return "model." + s
+
+
+def abstract_model(config: Qwen25VLConfig, dtype=jnp.float32, param_dtype=jnp.float32) -> Qwen25VL:
+    return nnx.eval_shape(lambda: Qwen25VL(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+
+
+def _hf_views(path: tuple, tensor: np.ndarray, config: Qwen25VLConfig) -> np.ndarray:
+    """Lazy view of a Hub tensor in our layout (no copy of the memory map)."""
+    if path == ("visual", "patch_embed", "kernel"):
+        return tensor.reshape(tensor.shape[0], -1).T
+    if path[-1] == "kernel":
+        return tensor.T
+    return tensor
+
+
+def load_state(model_abstract: Qwen25VL, tensors: dict[str, np.ndarray], mesh=None, source: str = "checkpoint"):
+    """Place each Hub tensor straight onto its device(s) in the abstract model's state."""
+    config = model_abstract.config
+    graphdef, abs_state = nnx.split(model_abstract)
+    flat = dict(nnx.to_flat_state(abs_state))
+    by_path, unexpected = {}, []
+    for name, arr in tensors.items():
+        path = _to_path(name)
+        if path[-1] == "weight" and path[:-1] + ("kernel",) in flat:
+            path = path[:-1] + ("kernel",)
+        if path == ("embed_tokens", "weight"):
+            path = ("embed_tokens",)
+        if path in flat:
+            by_path[path] = (name, arr)
+        else:
+            unexpected.append(f"  unexpected: {name} {list(arr.shape)}")
+    missing, wrong = [], []
+    for path, var in flat.items():
+        expected = tuple(var.get_value().shape)
+        if path not in by_path:
+            missing.append(f"  missing: {_hf_name(path)} expected {list(expected)}")
+            continue
+        name, arr = by_path[path]
+        found = tuple(_hf_views(path, arr, config).shape)
+        if found != expected:
+            wrong.append(f"  wrong shape: {name} expected {list(_hf_shape(path, expected, config))} found {list(arr.shape)}")
+    if missing or unexpected or wrong:
+        raise ValueError(f"{source}: weights do not match the config:\n" + "\n".join(missing + wrong + unexpected))
+
+    for path, var in flat.items():
+        name, arr = by_path[path]
+        view = _hf_views(path, arr, config)
+        dtype = var.get_value().dtype
+        if mesh is None:
+            sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        else:
+            sharding = jax.sharding.NamedSharding(mesh, shd.spec_for(shd.path_str(path), view.shape, mesh))
+        var.set_value(
+            jax.make_array_from_callback(view.shape, sharding, lambda idx, v=view, d=dtype: np.asarray(v[idx], dtype=d))
+        )
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def _hf_shape(path, ours, config):
+    if path == ("visual", "patch_embed", "kernel"):
+        v = config.vision
+        return (ours[1], v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
+    if path[-1] == "kernel":
+        return ours[::-1]
+    return ours
+
+
+def from_pretrained(path: str, dtype=jnp.float32, compute_dtype=None, mesh=None) -> Qwen25VL:
+    """Load a Hub checkpoint directory (config.json + safetensors). `dtype` is the parameter dtype;
+    `compute_dtype` defaults to it. With a mesh, every tensor lands directly in its sharding."""
+    config = Qwen25VLConfig.from_json(path)
+    abstract = abstract_model(config, dtype=compute_dtype or dtype, param_dtype=dtype)
+    tensors = safetensors_io.open_checkpoint(path)
+    return load_state(abstract, tensors, mesh=mesh, source=path)
+
+
+def to_hf_tensors(model: Qwen25VL, dtype=None) -> dict[str, np.ndarray]:
+    """Hub-layout tensors of a model (LoRA must be merged first)."""
+    config = model.config
+    out = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        if path[-1] in ("lora_a", "lora_b"):
+            raise ValueError("model holds LoRA factors: merge them first (progress_jax.lora.merge)")
+        arr = np.asarray(jax.device_get(var.get_value()))
+        if dtype is not None:
+            arr = arr.astype(dtype)
+        if path == ("visual", "patch_embed", "kernel"):
+            arr = arr.T.reshape(_hf_shape(path, arr.shape, config))
+        elif path[-1] == "kernel":
+            arr = arr.T
+        out[_hf_name(path)] = np.ascontiguousarray(arr)
+    return out
+
+
+def save_pretrained(model: Qwen25VL, directory: str, dtype=None, max_shard_bytes: int = 5 * 2**30) -> None:
+    """Write config.json + Hub-layout safetensors that transformers loads."""
+    os.makedirs(directory, exist_ok=True)
+    tensors = to_hf_tensors(model, dtype)
+    safetensors_io.save_checkpoint(tensors, directory, max_shard_bytes)
+    cfg = model.config.to_hf_dict()
+    cfg["torch_dtype"] = next(iter(tensors.values())).dtype.name
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)

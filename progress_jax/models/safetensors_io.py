@@ -1,0 +1,128 @@
+"""Minimal safetensors reader/writer on NumPy memory maps.
+
+Reading maps the file and hands out zero-copy views, so a loader can send each tensor (or each
+device's slice of it) to its device without a full host copy of the checkpoint. bfloat16 is
+read and written through ml_dtypes, which the `safetensors` package's NumPy API does not do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import ml_dtypes
+import numpy as np
+
+DTYPES = {
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
+NAMES = {v: k for k, v in DTYPES.items()}
+
+
+def read_header(path: str) -> tuple[dict, int]:
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise ValueError(f"{path}: not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", raw)
+        try:
+            header = json.loads(f.read(n))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: corrupt safetensors header ({e})") from None
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+def open_tensors(path: str) -> dict[str, np.ndarray]:
+    """name -> read-only memory-mapped array."""
+    header, start = read_header(path)
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    out = {}
+    for name, info in header.items():
+        if info["dtype"] not in DTYPES:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        a, b = info["data_offsets"]
+        out[name] = mm[start + a : start + b].view(DTYPES[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
+def checkpoint_files(directory: str) -> list[str]:
+    """The safetensors files of a checkpoint directory (sharded with an index, or single)."""
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        return [os.path.join(directory, name) for name in sorted(set(weight_map.values()))]
+    files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no .safetensors files in {directory}")
+    return [os.path.join(directory, f) for f in files]
+
+
+def open_checkpoint(directory: str) -> dict[str, np.ndarray]:
+    tensors = {}
+    for path in checkpoint_files(directory):
+        for name, arr in open_tensors(path).items():
+            if name in tensors:
+                raise ValueError(f"{directory}: tensor {name} appears in more than one file")
+            tensors[name] = arr
+    return tensors
+
+
+def save_file(tensors: dict[str, np.ndarray], path: str, metadata: dict | None = None) -> None:
+    header, offset = {}, 0
+    arrays = []
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        if arr.dtype not in NAMES:
+            raise ValueError(f"tensor {name}: unsupported dtype {arr.dtype}")
+        header[name] = {"dtype": NAMES[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+        arrays.append(arr)
+    if metadata:
+        header["__metadata__"] = metadata
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for arr in arrays:
+            f.write(arr.tobytes())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(tensors: dict[str, np.ndarray], directory: str, max_shard_bytes: int = 5 * 2**30) -> None:
+    """Write one file, or shards plus model.safetensors.index.json when over max_shard_bytes."""
+    os.makedirs(directory, exist_ok=True)
+    shards, current, size = [], {}, 0
+    for name in sorted(tensors):
+        nbytes = tensors[name].nbytes
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = tensors[name]
+        size += nbytes
+    shards.append(current)
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(directory, "model.safetensors"), meta)
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, os.path.join(directory, fname), meta)
+        weight_map.update({name: fname for name in shard})
+    total = sum(t.nbytes for t in tensors.values())
+    with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)

@@ -1,0 +1,88 @@
+"""Device mesh, partition rules for the Qwen2.5-VL parameter tree, and activation constraints.
+
+Mesh axes: `data` (pure data parallel), `fsdp` (data parallel with parameters sharded), `tensor`
+(Megatron-style: column-parallel in-projections, row-parallel out-projections). A dimension
+that a mesh axis does not divide stays replicated on that axis, so the same rules serve the
+tiny test model and the 3B.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")  # activations' batch dimension is split over both data axes
+
+_COL = r"(q_proj|k_proj|v_proj|gate_proj|up_proj|qkv|fc1|lm_head)"
+_ROW = r"(o_proj|down_proj|proj|fc2)"
+
+# (regex on the '/'-joined parameter path, spec). First match wins.
+RULES: tuple[tuple[str, P], ...] = (
+    (rf"{_COL}/kernel$", P("fsdp", "tensor")),
+    (rf"{_COL}/bias$", P("tensor")),
+    (rf"{_COL}/lora_a$", P("fsdp", None)),
+    (rf"{_COL}/lora_b$", P(None, "tensor")),
+    (rf"{_ROW}/kernel$", P("tensor", "fsdp")),
+    (rf"{_ROW}/bias$", P(None)),
+    (rf"{_ROW}/lora_a$", P("tensor", None)),
+    (rf"{_ROW}/lora_b$", P(None, "fsdp")),
+    (r"patch_embed/kernel$", P(None, "fsdp")),
+    (r"^embed_tokens$", P("tensor", "fsdp")),
+    (r"weight$", P(None)),  # norms
+)
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh; one axis may be -1 to take the remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise ValueError("mesh: at most one of data/fsdp/tensor may be -1")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"mesh: {len(devices)} devices not divisible by {known}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if int(np.prod(sizes)) != len(devices):
+        raise ValueError(f"mesh: data*fsdp*tensor = {int(np.prod(sizes))} but there are {len(devices)} devices")
+    return Mesh(np.array(devices).reshape(sizes), AXES)
+
+
+def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
+    for pattern, spec in RULES:
+        if re.search(pattern, path):
+            break
+    else:
+        raise ValueError(f"no partition rule for parameter {path}")
+    spec = tuple(spec) + (None,) * (len(shape) - len(spec))
+    # Replicate along any axis that does not divide its dimension.
+    fitted = [ax if ax is None or dim % mesh.shape[ax] == 0 else None for ax, dim in zip(spec, shape)]
+    return P(*fitted)
+
+
+def path_str(path) -> str:
+    return "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+
+
+def param_shardings(abstract_tree, mesh: Mesh):
+    """NamedShardings for a pytree of arrays / ShapeDtypeStructs keyed by parameter paths."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: NamedSharding(mesh, spec_for(path_str(path), tuple(x.shape), mesh)), abstract_tree
+    )
+
+
+def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int = 0) -> NamedSharding:
+    spec = [None] * ndim
+    spec[batch_axis] = BATCH
+    return NamedSharding(mesh, P(*spec))
+
+
+def constrain_batch(x, mesh: Mesh | None, batch_axis: int = 0):
+    """Pin an activation's batch dimension to the data axes (no-op without a mesh)."""
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, x.ndim, batch_axis))
