@@ -34,8 +34,12 @@ def mask_from_filter(state: nnx.State, wrt) -> nnx.State:
     """Trainable mask for an nnx.State: True where the variable matches the NNX filter `wrt`
     (e.g. nnx.LoRAParam), with the State's own tree structure, ready for `make_optimizer`."""
     predicate = nnx.filterlib.to_predicate(wrt)
+
+    def key(k):  # DictKey in nnx.State; SequenceKey/GetAttrKey should another container appear
+        return getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))
+
     return jax.tree.map_with_path(
-        lambda path, var: bool(predicate(tuple(k.key for k in path), var)), state,
+        lambda path, var: bool(predicate(tuple(key(k) for k in path), var)), state,
         is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
