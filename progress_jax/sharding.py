@@ -65,7 +65,13 @@ def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
 
 
 def path_str(path) -> str:
-    return "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+    """'/'-joined parameter path from nnx flat-state tuples or jax key paths (Variable wrappers dropped)."""
+    parts = []
+    for p in path:
+        p = getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))
+        if p not in ("value", ".value", "raw_value"):
+            parts.append(str(p))
+    return "/".join(parts)
 
 
 def param_shardings(abstract_tree, mesh: Mesh):

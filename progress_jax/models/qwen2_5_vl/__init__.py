@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from .config import Qwen25VLConfig, TextConfig, VisionConfig, preset, qwen2_5_vl_3b, qwen2_5_vl_7b, tiny
 from .model import Qwen25VL
-from .positions import get_rope_index, vision_inputs
+from .positions import get_rope_index, model_inputs, vision_inputs
 from .weights import from_pretrained, save_pretrained, to_hf_tensors
 
 
@@ -21,5 +21,5 @@ def init(config: Qwen25VLConfig, seed: int = 0, dtype=jnp.float32, param_dtype=j
 
 __all__ = [
     "Qwen25VL", "Qwen25VLConfig", "TextConfig", "VisionConfig", "from_pretrained", "save_pretrained",
-    "to_hf_tensors", "get_rope_index", "vision_inputs", "init", "preset", "qwen2_5_vl_3b", "qwen2_5_vl_7b", "tiny",
+    "to_hf_tensors", "get_rope_index", "model_inputs", "vision_inputs", "init", "preset", "qwen2_5_vl_3b", "qwen2_5_vl_7b", "tiny",
 ]

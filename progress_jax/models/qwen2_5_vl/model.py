@@ -35,18 +35,18 @@ class Qwen25VL(nnx.Module):
     # ---- host-side preparation -------------------------------------------------------------
 
     def prepare(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None) -> dict:
-        """NumPy index arrays for `forward`: M-RoPE positions, rope deltas, vision indices."""
-        cfg = self.config
-        input_ids = np.asarray(input_ids)
-        mask = np.ones_like(input_ids, np.int32) if attention_mask is None else np.asarray(attention_mask)
-        grid = None if image_grid_thw is None else np.asarray(image_grid_thw)
-        position_ids, rope_deltas = positions.get_rope_index(input_ids, grid, mask, cfg)
-        out = {"position_ids": position_ids, "rope_deltas": rope_deltas}
-        if pixel_values is not None:
-            if grid is None:
-                raise ValueError("pixel_values given without image_grid_thw")
-            out["vision"] = positions.vision_inputs(grid, np.shape(pixel_values)[0], cfg)
-        return out
+        """NumPy arrays for `forward` (M-RoPE positions, rope deltas, vision indices); see
+        positions.model_inputs."""
+        ids = np.asarray(input_ids)
+        batch = {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids) if attention_mask is None else attention_mask,
+            "pixel_values": pixel_values,
+            "image_grid_thw": image_grid_thw,
+        }
+        if pixel_values is not None and image_grid_thw is None:
+            raise ValueError("pixel_values given without image_grid_thw")
+        return positions.model_inputs(batch, self.config)
 
     # ---- compiled path ---------------------------------------------------------------------
 
@@ -98,8 +98,7 @@ class Qwen25VL(nnx.Module):
     def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None):
         """logits [B, L, V] for NumPy or JAX inputs; `pixel_values` laid out as transformers'
         processor lays them out ([total_patches, 1176])."""
-        prep = self.prepare(input_ids, attention_mask, pixel_values, image_grid_thw)
-        input_ids = jnp.asarray(input_ids)
-        mask = jnp.ones(input_ids.shape, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask)
-        vision = None if pixel_values is None else jax.tree.map(jnp.asarray, prep["vision"])
-        return self.forward(input_ids, mask, jnp.asarray(prep["position_ids"]), pixel_values, vision)
+        prep = jax.tree.map(jnp.asarray, self.prepare(input_ids, attention_mask, pixel_values, image_grid_thw))
+        return self.forward(
+            prep["input_ids"], prep["attention_mask"], prep["position_ids"], prep.get("pixel_values"), prep.get("vision")
+        )

@@ -136,3 +136,23 @@ def vision_inputs(image_grid_thw, num_patches: int, config: Qwen25VLConfig) -> d
         "full_segments": np.concatenate(full_seg).astype(np.int32),
         "window_segments": np.concatenate(win_seg).astype(np.int32),
     }
+
+
+def model_inputs(batch: dict, config: Qwen25VLConfig) -> dict:
+    """Host batch from data_pipeline (input_ids, attention_mask, pixel_values, image_grid_thw,
+    ...) -> the NumPy arrays `Qwen25VL.forward` takes, vision indices included."""
+    ids = np.asarray(batch["input_ids"])
+    mask = np.asarray(batch["attention_mask"])
+    grid = batch.get("image_grid_thw")
+    position_ids, rope_deltas = get_rope_index(ids, grid, mask, config)
+    out = {
+        "input_ids": ids.astype(np.int32),
+        "attention_mask": mask.astype(np.int32),
+        "position_ids": position_ids,
+        "rope_deltas": rope_deltas,
+    }
+    if batch.get("pixel_values") is not None:
+        pv = np.asarray(batch["pixel_values"], np.float32)
+        out["pixel_values"] = pv
+        out["vision"] = vision_inputs(grid, pv.shape[0], config)
+    return out
