@@ -12,6 +12,7 @@ from data_pipeline.sim.scene import CAMERA_NAMES, COLORS, item_solids, lerp_stat
 from data_pipeline.sim.tasks import Plan
 
 EDIT_KINDS = ("color", "replace", "remove", "occlude")
+MIN_CHANGED = 0.002  # fraction of pixels an object edit must visibly change, else the frame is occluded instead
 
 
 @dataclass
@@ -64,17 +65,34 @@ class SimEpisode:
     def editable_frames(self, camera: str):
         return None  # any frame can be edited by re-rendering
 
-    def _edit_rng(self, camera: str, t: int) -> np.random.Generator:
-        return np.random.default_rng([zlib.crc32(self.id.encode()), zlib.crc32(camera.encode()), t])
+    def _edit_rng(self, camera: str, t: int, stream: int = 0) -> np.random.Generator:
+        return np.random.default_rng([zlib.crc32(self.id.encode()), zlib.crc32(camera.encode()), t, stream])
 
     def edit_kind(self, camera: str, t: int) -> str:
-        kinds = [k for k in EDIT_KINDS if not (k == "replace" and self.plan.scene.item(self.plan.manip).kind == "lid")]
-        return kinds[int(self._edit_rng(camera, t).integers(len(kinds)))]
+        """The edit of this frame; an object edit hidden in this view (e.g. behind the arm) becomes an occlusion."""
+        key = ("kind", camera, t)
+        if key not in self._cache:
+            kinds = [k for k in EDIT_KINDS if not (k == "replace" and self.plan.scene.item(self.plan.manip).kind == "lid")]
+            kind = kinds[int(self._edit_rng(camera, t).integers(len(kinds)))]
+            if kind != "occlude":
+                scene, _ = self._edit_scene(kind, camera, t)
+                cam, state = scene.camera(camera), self.state_at(t)
+                edited = np.asarray(render(scene_solids(scene, state), cam, self.image_size, scene.background), int)
+                changed = (np.abs(edited - np.asarray(self.frame(camera, t), int)).max(axis=2) > 40).mean()
+                if changed < MIN_CHANGED:
+                    kind = "occlude"
+                else:
+                    self._cache[(camera, t, True)] = Image.fromarray(edited.astype(np.uint8))
+            self._cache[key] = kind
+        return self._cache[key]
 
     def edited_scene(self, camera: str, t: int):
         """The scene with the edit of this frame applied, and a sentence saying what changed."""
+        return self._edit_scene(self.edit_kind(camera, t), camera, t)
+
+    def _edit_scene(self, kind: str, camera: str, t: int):
         scene, m = self.plan.scene, self.plan.scene.item(self.plan.manip)
-        kind, rng = self.edit_kind(camera, t), self._edit_rng(camera, t)
+        rng = self._edit_rng(camera, t, stream=1)
         if kind == "color":
             used = {it.color for it in scene.items}
             options = [c for c in COLORS if c not in used] or [c for c in COLORS if c != m.color]
@@ -93,11 +111,12 @@ class SimEpisode:
 
     def edited_frame(self, camera: str, t: int) -> Image.Image:
         key = (camera, t, True)
+        kind = self.edit_kind(camera, t)  # caches the re-rendered image of object edits
         if key not in self._cache:
-            scene, _ = self.edited_scene(camera, t)
+            scene, _ = self._edit_scene(kind, camera, t)
             cam, size, state = scene.camera(camera), self.image_size, self.state_at(t)
             img = render(scene_solids(scene, state), cam, size, scene.background)
-            if self.edit_kind(camera, t) == "occlude":
+            if kind == "occlude":
                 img = self._occlude(img, camera, t, state)
             self._cache[key] = img
         return self._cache[key]
