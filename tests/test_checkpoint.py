@@ -87,7 +87,12 @@ def test_partially_written_checkpoint_is_ignored(tmp_path):
         assert_bit_equal(restored, good)
         with pytest.raises(FileNotFoundError, match="step 6"):
             ckpt.restore(6, abstract_like(good))
-    assert not tmp.exists()  # leftovers cleaned up at start
+        # The resumed run reaches step 6 again; the leftover is cleaned up before any save.
+        assert ckpt.save(6, newer)
+        ckpt.wait()
+        assert ckpt.all_steps() == [2, 4, 6]
+        assert_bit_equal(ckpt.restore(6, abstract_like(newer))[0], newer)
+    assert not tmp.exists()
 
 
 def test_restore_onto_a_different_sharding(tmp_path):
