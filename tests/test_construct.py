@@ -164,7 +164,8 @@ def test_closest_ties_go_to_the_earlier_entry():
 
 def test_replace_object():
     text = "[left] grasp the Cup, then stack two cups; a cupboard stays"
-    assert construct.replace_object(text, "cup", "box") == "[left] grasp the Box, then stack two boxes; a cupboard stays"
+    expected = "[left] grasp the Box, then stack two boxes; a cupboard stays"
+    assert construct.replace_object(text, "cup", "box") == expected
 
 
 @pytest.mark.parametrize("override,skip,match", [

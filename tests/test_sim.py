@@ -71,7 +71,8 @@ def test_labels_follow_the_raw_episode(sim):
             k = max(i for i in range(T) if kf[i] < t)
             p = 100 * (k + (t - kf[k]) / (kf[k + 1] - kf[k])) / T
             assert r.progress == pytest.approx(np.floor(p + 0.5) / 100)
-            entries = [100 * i / T for i in range(T + 1)] if r.kind == "visual" else [100 * i / T for i in range(1, T + 1)]
+            first = 0 if r.kind == "visual" else 1  # visual demos start at 0%, text step 1 is 100 / T
+            entries = [100 * i / T for i in range(first, T + 1)]
             dists = list(np.round([abs(p - e) for e in entries], 9))  # exact ties go to the earlier entry
             assert r.closest_idx == 1 + dists.index(min(dists))
 
@@ -186,7 +187,8 @@ def test_train_and_test_instances_are_disjoint(sim):
     bench = [r for name in BENCH for r in _load(sim, name)]
     train = _load(sim, "sft") + _load(sim, "rl")
     assert not {r.id for r in bench} & {r.id for r in train}
-    train_goals = {r.task_goal for r in train if r.answerable or r.kind == "visual"}  # text-unanswerable goals are edited
+    # text-unanswerable goals are edited, the others are the episode goals
+    train_goals = {r.task_goal for r in train if r.answerable or r.kind == "visual"}
     assert train_goals and not _bench_goals(sim) & train_goals
 
 

@@ -72,7 +72,8 @@ class SimEpisode:
         """The edit of this frame; an object edit hidden in this view (e.g. behind the arm) becomes an occlusion."""
         key = ("kind", camera, t)
         if key not in self._cache:
-            kinds = [k for k in EDIT_KINDS if not (k == "replace" and self.plan.scene.item(self.plan.manip).kind == "lid")]
+            is_lid = self.plan.scene.item(self.plan.manip).kind == "lid"
+            kinds = [k for k in EDIT_KINDS if not (k == "replace" and is_lid)]
             kind = kinds[int(self._edit_rng(camera, t).integers(len(kinds)))]
             if kind != "occlude":
                 scene, _ = self._edit_scene(kind, camera, t)
@@ -125,7 +126,8 @@ class SimEpisode:
         """Covers the manipulated object (and what holds it) with a textured gray patch."""
         m = self.plan.scene.item(self.plan.manip)
         size = self.image_size
-        x0, y0, x1, y1 = project_bbox(item_solids(m, np.asarray(state[f"pos:{m.key}"])), self.plan.scene.camera(camera), size)
+        solids = item_solids(m, np.asarray(state[f"pos:{m.key}"]))
+        x0, y0, x1, y1 = project_bbox(solids, self.plan.scene.camera(camera), size)
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         half = max(x1 - x0, y1 - y0, 0.16 * size) * 0.75
         box = [int(max(0, cx - half)), int(max(0, cy - half)), int(min(size, cx + half)), int(min(size, cy + half))]

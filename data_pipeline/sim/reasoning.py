@@ -54,7 +54,8 @@ def _holder(ep, state, key):
     """The arm whose closed fingers are around the item, if any."""
     item = ep.plan.scene.item(key)
     for i in range(len(ep.plan.scene.arms)):
-        if (np.linalg.norm(state[f"grip:{i}"] - state[f"pos:{key}"]) < 0.01 + item.half[2] + 0.012 * (item.kind == "lid")
+        reach = 0.01 + item.half[2] + 0.012 * (item.kind == "lid")  # a lid is held by its knob
+        if (np.linalg.norm(state[f"grip:{i}"] - state[f"pos:{key}"]) < reach
                 and state[f"width:{i}"][0] < 2 * max(item.half[:2]) + 0.01):
             return i
     return None
@@ -119,7 +120,7 @@ def _pct(index: int, total: int) -> int:
 
 
 def response(sample: Sample) -> str:
-    """The full answer for one sample: <ref_think>..</ref_think><ref>..</ref><score_think>..</score_think><score>..</score>."""
+    """The answer: <ref_think>..</ref_think><ref>..</ref><score_think>..</score_think><score>..</score>."""
     ep = sample.episode
     if not sample.answerable:
         return _unanswerable(sample)

@@ -186,7 +186,8 @@ def scene_solids(scene: Scene, state: dict) -> list[Solid]:
     solids = [table]
     drawer = float(state.get("drawer", np.zeros(1))[0])
     for item in scene.items:
-        solids += item_solids(item, np.asarray(state[f"pos:{item.key}"]), drawer if item.key == scene.drawer_key else 0.0)
+        opening = drawer if item.key == scene.drawer_key else 0.0
+        solids += item_solids(item, np.asarray(state[f"pos:{item.key}"]), opening)
     for i, arm in enumerate(scene.arms):
         solids += arm_solids(arm, i, np.asarray(state[f"grip:{i}"]), float(state[f"width:{i}"][0]))
     return solids

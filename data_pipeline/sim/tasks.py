@@ -188,7 +188,8 @@ def pick_place(rng) -> tuple:
 def stack(rng) -> tuple:
     b = _Builder(rng)
     h = rng.uniform(0.032, 0.038)
-    cubes = [b.add("cube", "cube", (h, h, h), yaw=rng.uniform(-0.4, 0.4)) for _ in range(3 if rng.random() < 0.5 else 2)]
+    count = 3 if rng.random() < 0.5 else 2
+    cubes = [b.add("cube", "cube", (h, h, h), yaw=rng.uniform(-0.4, 0.4)) for _ in range(count)]
     pos = {it.key: p for it, p in cubes}
     b.distractors(pos, n=int(rng.integers(0, 3)))
     arms = b.arms(dual=rng.random() < 0.3)
@@ -213,7 +214,7 @@ def push(rng) -> tuple:
         d = pz[:2] - pm[:2]
         if 0.18 < np.linalg.norm(d) < 0.34:
             break
-        b.items.pop()
+        b.colors.append(b.items.pop().color)  # rejected: free its color and spot
         b.layout.taken.pop()
     else:
         raise RuntimeError("no push target found")
@@ -230,7 +231,8 @@ def push(rng) -> tuple:
     s.act(f"{mk}move the gripper behind the {m.phrase}", [(arm, behind + [0, 0, HOVER], closed, None)])
     s.act(f"{mk}lower the gripper to the table behind the {m.phrase}", [(arm, behind, None, None)])
     s.act(f"{mk}push the {m.phrase} toward the {z.phrase}", [(arm, behind + (half_way - pm), None, m.key)])
-    s.act(f"{mk}push the {m.phrase} into the {z.phrase}", [(arm, behind + [pz[0] - pm[0], pz[1] - pm[1], 0], None, m.key)])
+    s.act(f"{mk}push the {m.phrase} into the {z.phrase}",
+          [(arm, behind + [pz[0] - pm[0], pz[1] - pm[1], 0], None, m.key)])
     s.act(f"{mk}lift the gripper away from the {m.phrase}", [(arm, s.grip(arm) + [0, 0, LIFT], None, None)])
     return b, s, f"push the {m.phrase} into the {z.phrase}", m.key, z.key, arms
 
@@ -279,10 +281,15 @@ def lid(rng) -> tuple:
     s.act(f"{mk}grasp the knob of the {lid_it.phrase}", [(arm, start + knob, 0.032, None)])
     s.act(f"{mk}lift the {lid_it.phrase}", [(arm, start + knob + [0, 0, LIFT], None, lid_it.key)])
     where = f"the {pot.phrase}" if cover else "the table"
-    s.act(f"{mk}carry the {lid_it.phrase} over {where}", [(arm, [dest[0], dest[1], dest[2] + knob[2] + LIFT], None, lid_it.key)])
+    s.act(f"{mk}carry the {lid_it.phrase} over {where}",
+          [(arm, [dest[0], dest[1], dest[2] + knob[2] + LIFT], None, lid_it.key)])
     s.act(f"{mk}lower the {lid_it.phrase} onto {where}", [(arm, dest + knob, None, lid_it.key)])
-    s.act(f"{mk}release the {lid_it.phrase} and raise the gripper", [(arm, dest + knob + [0, 0, HOVER], OPEN_WIDTH, None)])
-    goal = f"cover the {pot.phrase} with the {lid_it.phrase}" if cover else f"take the {lid_it.phrase} off the {pot.phrase} and put it on the table"
+    s.act(f"{mk}release the {lid_it.phrase} and raise the gripper",
+          [(arm, dest + knob + [0, 0, HOVER], OPEN_WIDTH, None)])
+    if cover:
+        goal = f"cover the {pot.phrase} with the {lid_it.phrase}"
+    else:
+        goal = f"take the {lid_it.phrase} off the {pot.phrase} and put it on the table"
     return b, s, goal, lid_it.key, pot.key, arms
 
 
