@@ -35,11 +35,12 @@ class Attention(nnx.Module):
         self.o_proj = Linear(cfg.num_attention_heads * h, d, bias=False, **kw)
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, kv, h
 
-    def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
+    def __call__(self, x, cos, sin, mask, cache=None, cache_index=None, dropout_rng=None):
         B, T, _ = x.shape
-        q = self.q_proj(x).reshape(B, T, self.num_heads, self.head_dim)
-        k = self.k_proj(x).reshape(B, T, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(B, T, self.num_kv_heads, self.head_dim)
+        rq, rk, rv, ro = (None,) * 4 if dropout_rng is None else jax.random.split(dropout_rng, 4)
+        q = self.q_proj(x, dropout_rng=rq).reshape(B, T, self.num_heads, self.head_dim)
+        k = self.k_proj(x, dropout_rng=rk).reshape(B, T, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x, dropout_rng=rv).reshape(B, T, self.num_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, cache_index, 0, 0))
@@ -47,7 +48,7 @@ class Attention(nnx.Module):
             cache = {"k": k, "v": v}
             k, v = k.astype(q.dtype), v.astype(q.dtype)
         out = attention(q, k, v, mask)
-        return self.o_proj(out.reshape(B, T, -1)), cache
+        return self.o_proj(out.reshape(B, T, -1), dropout_rng=ro), cache
 
 
 class DecoderLayer(nnx.Module):
@@ -59,7 +60,9 @@ class DecoderLayer(nnx.Module):
             cfg.hidden_size, cfg.intermediate_size, bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs
         )
 
-    def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
-        h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, cache_index)
+    def __call__(self, x, cos, sin, mask, cache=None, cache_index=None, dropout_rng=None):
+        """dropout_rng: a key for LoRA dropout (training); None runs without dropout."""
+        ra, rm = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
+        h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, cache_index, dropout_rng=ra)
         x = x + h
-        return x + self.mlp(self.post_attention_layernorm(x)), cache
+        return x + self.mlp(self.post_attention_layernorm(x), dropout_rng=rm), cache

@@ -57,8 +57,11 @@ class SwiGLU(nnx.Module):
         self.up_proj = Linear(dim, hidden, **kw)
         self.down_proj = Linear(hidden, dim, **kw)
 
-    def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+    def __call__(self, x, dropout_rng=None):
+        # One LoRA-dropout key per projection (PEFT draws a separate mask for each adapter).
+        g, u, d = (None,) * 3 if dropout_rng is None else jax.random.split(dropout_rng, 3)
+        h = jax.nn.silu(self.gate_proj(x, dropout_rng=g)) * self.up_proj(x, dropout_rng=u)
+        return self.down_proj(h, dropout_rng=d)
 
 
 def rotate_half(x):

@@ -13,6 +13,13 @@ from .language import DecoderLayer, mrope_cos_sin
 from .layers import Linear, RMSNorm
 from .vision import VisionTower
 
+# Decoder-layer rematerialisation: full saves only each layer's input; dots keeps matmul outputs.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
 
 class Qwen25VL(nnx.Module):
     def __init__(self, config: Qwen25VLConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
@@ -60,18 +67,29 @@ class Qwen25VL(nnx.Module):
         idx = (jnp.cumsum(is_img.reshape(-1)) - 1).reshape(is_img.shape)
         return jnp.where(is_img[..., None], feats[jnp.clip(idx, 0, feats.shape[0] - 1)], x)
 
-    def decode(self, x, position_ids, kv_mask, cache=None, cache_index=0):
+    def decode(self, x, position_ids, kv_mask, cache=None, cache_index=0, dropout_rng=None, remat="none"):
         """Decoder over embeddings x [B, T, D]. kv_mask [B, S] marks real key slots (S = T without a
         cache, the cache length with one); queries occupy slots cache_index .. cache_index + T - 1.
+        dropout_rng: key for LoRA dropout (training only). remat: none | full | dots, the
+        rematerialisation policy of each decoder layer (training without a cache).
         Returns final hidden states (normed) and the updated cache."""
         B, T, _ = x.shape
         S = kv_mask.shape[1]
         q_slot = cache_index + jnp.arange(T)
         mask = (jnp.arange(S)[None, :] <= q_slot[:, None])[None, None] & kv_mask[:, None, None, :].astype(bool)
         cos, sin = mrope_cos_sin(position_ids, self.config.text)
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+        if remat != "none" and cache is None:
+            run = nnx.remat(lambda layer, x, rng: layer(x, cos, sin, mask, dropout_rng=rng)[0],
+                            policy=REMAT_POLICIES[remat])
+            for i, layer in enumerate(self.layers):
+                x = run(layer, x, None if dropout_rng is None else jax.random.fold_in(dropout_rng, i))
+            return self.norm(x), None
         new_cache = []
         for i, layer in enumerate(self.layers):
-            x, c = layer(x, cos, sin, mask, None if cache is None else cache[i], cache_index)
+            rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
+            x, c = layer(x, cos, sin, mask, None if cache is None else cache[i], cache_index, dropout_rng=rng)
             new_cache.append(c)
         return self.norm(x), (new_cache if cache is not None else None)
 
@@ -81,10 +99,11 @@ class Qwen25VL(nnx.Module):
         w = self.embed_tokens[...].astype(self.dtype)
         return (hidden.astype(self.dtype) @ w.T).astype(jnp.float32)
 
-    def forward(self, input_ids, attention_mask, position_ids, pixel_values=None, vision=None):
+    def forward(self, input_ids, attention_mask, position_ids, pixel_values=None, vision=None, dropout_rng=None,
+                remat="none"):
         """Full forward on arrays only (jit-friendly). Returns logits [B, L, V] in float32."""
         x = self.embed(input_ids, pixel_values, vision)
-        hidden, _ = self.decode(x, position_ids, attention_mask)
+        hidden, _ = self.decode(x, position_ids, attention_mask, dropout_rng=dropout_rng, remat=remat)
         return self.logits(hidden)
 
     def init_cache(self, batch: int, length: int, dtype=None):

@@ -1,0 +1,109 @@
+"""LoRA on the language model's linear layers: injection, the trainable filter, merge, switch-off.
+
+A LoRA layer computes x @ W + scale * dropout(x) @ A @ B with A [in, r], B [r, out], scale =
+alpha / r (PEFT's defaults: A kaiming-uniform, B zeros, so training starts from the base model).
+A and B are `nnx.LoRAParam` variables on `layers.Linear`, so the NNX filter `nnx.LoRAParam`
+selects exactly them. `rank = 0` means no LoRA: the whole language model (embeddings included)
+is trained, the vision tower and merger stay frozen either way.
+"""
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from progress_jax import sharding
+from progress_jax.models.qwen2_5_vl.layers import Linear
+
+# q, k, v, o, gate, up and down projections of every decoder layer (paths as in sharding.RULES).
+DEFAULT_TARGETS = r"^layers/\d+/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)$"
+
+
+def _linears(model):
+    for path, module in nnx.iter_modules(model):
+        if isinstance(module, Linear):
+            yield "/".join(str(p) for p in path), module
+
+
+def inject(model, rank: int, alpha: float, dropout: float = 0.0, targets: str = DEFAULT_TARGETS,
+           seed: int = 0, mesh=None) -> list[str]:
+    """Add LoRA factors to every Linear whose '/'-joined path matches `targets` (in place).
+    Returns the adapted paths. With a mesh, the new factors are placed by sharding.RULES."""
+    if not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"config key lora.rank must be a positive integer to inject LoRA, got {rank!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"config key lora.dropout must be in [0, 1), got {dropout!r}")
+    try:
+        pattern = re.compile(targets)
+    except re.error as e:
+        raise ValueError(f"config key lora.targets is not a valid regex ({e}): {targets!r}") from None
+    key = jax.random.key(seed)
+    adapted = []
+    for i, (path, lin) in enumerate(_linears(model)):
+        if not pattern.search(path):
+            continue
+        if path.startswith("visual/"):
+            raise ValueError(f"config key lora.targets matches {path}: the vision tower stays frozen")
+        if lin.lora_a is not None:
+            raise ValueError(f"{path} already holds LoRA factors")
+        din, dout = lin.kernel.shape
+        dtype = lin.kernel[...].dtype
+        # PEFT: kaiming_uniform_(a=sqrt(5)) on A [r, in] -> U(-1/sqrt(in), 1/sqrt(in)).
+        bound = 1.0 / np.sqrt(din)
+        a = jax.random.uniform(jax.random.fold_in(key, i), (din, rank), jnp.float32, -bound, bound)
+        # nnx.data: Linear declares the slots as static None until LoRA is injected.
+        lin.lora_a = nnx.data(nnx.LoRAParam(a.astype(dtype)))
+        lin.lora_b = nnx.data(nnx.LoRAParam(jnp.zeros((rank, dout), dtype)))
+        lin.lora_scale = float(alpha) / rank
+        lin.lora_dropout = float(dropout)
+        adapted.append(path)
+    if not adapted:
+        raise ValueError(f"config key lora.targets {targets!r} matches no linear layer of the model")
+    if mesh is not None:
+        state = nnx.state(model, nnx.LoRAParam)
+        nnx.update(model, jax.device_put(state, sharding.param_shardings(state, mesh)))
+    return adapted
+
+
+def from_config(model, lora_cfg, seed: int = 0, mesh=None) -> list[str]:
+    """Apply the `lora` config section: rank 0 -> nothing injected (full-parameter training)."""
+    if lora_cfg.rank == 0:
+        return []
+    return inject(model, lora_cfg.rank, lora_cfg.alpha, lora_cfg.dropout, lora_cfg.targets, seed, mesh)
+
+
+def trainable_filter(rank: int):
+    """NNX filter of the trained variables: LoRA factors, or (rank 0) every language-model Param."""
+    if rank > 0:
+        return nnx.LoRAParam
+    return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("visual")))
+
+
+def param_count(model) -> int:
+    return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.LoRAParam)))
+
+
+def merge(model):
+    """Fold every LoRA update into its base kernel (W + scale * A @ B, in float32) and remove the
+    factors, in place; the result has the plain Qwen2.5-VL parameter tree (for save_pretrained)."""
+    for _, lin in _linears(model):
+        if lin.lora_a is None:
+            continue
+        w = lin.kernel[...]
+        delta = lin.lora_scale * (lin.lora_a[...].astype(jnp.float32) @ lin.lora_b[...].astype(jnp.float32))
+        lin.kernel.set_value((w.astype(jnp.float32) + delta).astype(w.dtype))
+        lin.lora_a = lin.lora_b = None
+        lin.lora_scale, lin.lora_dropout = 0.0, 0.0
+    return model
+
+
+def lora_off(params):
+    """The same parameters with every `lora_b` zeroed: the base model (the GRPO reference policy)
+    without a second copy of the base weights. Works on an nnx.State or a dict keyed by paths."""
+    def off(path, x):
+        return jnp.zeros_like(x) if sharding.path_str(path).endswith("lora_b") else x
+
+    return jax.tree_util.tree_map_with_path(off, params)
