@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from .config import Qwen25VLConfig, TextConfig, VisionConfig, preset, qwen2_5_vl_3b, qwen2_5_vl_7b, tiny
 from .model import Qwen25VL
 from .positions import get_rope_index, model_inputs, vision_inputs
-from .weights import from_pretrained, save_pretrained, to_hf_tensors
+from .weights import from_pretrained, load_orbax, save_orbax, save_pretrained, to_hf_tensors
 
 
 def init(config: Qwen25VLConfig, seed: int = 0, dtype=jnp.float32, param_dtype=jnp.float32) -> Qwen25VL:
@@ -20,6 +20,6 @@ def init(config: Qwen25VLConfig, seed: int = 0, dtype=jnp.float32, param_dtype=j
 
 
 __all__ = [
-    "Qwen25VL", "Qwen25VLConfig", "TextConfig", "VisionConfig", "from_pretrained", "save_pretrained",
+    "Qwen25VL", "Qwen25VLConfig", "TextConfig", "VisionConfig", "from_pretrained", "save_pretrained", "load_orbax", "save_orbax",
     "to_hf_tensors", "get_rope_index", "model_inputs", "vision_inputs", "init", "preset", "qwen2_5_vl_3b", "qwen2_5_vl_7b", "tiny",
 ]

@@ -152,3 +152,37 @@ def save_pretrained(model: Qwen25VL, directory: str, dtype=None, max_shard_bytes
     cfg["torch_dtype"] = next(iter(tensors.values())).dtype.name
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
+
+
+def save_orbax(model: Qwen25VL, directory: str) -> None:
+    """Parameters as an Orbax checkpoint (`params/`) plus the Hub-style config.json beside it."""
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    state = nnx.state(model, nnx.Param)
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(os.path.join(directory, "params"), state, force=True)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(model.config.to_hf_dict(), f, indent=2)
+
+
+def load_orbax(directory: str, dtype=None, compute_dtype=None, mesh=None) -> Qwen25VL:
+    """Inverse of save_orbax; dtype None keeps the stored parameter dtype."""
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(directory)
+    params = os.path.join(directory, "params")
+    config = Qwen25VLConfig.from_json(directory)
+    with ocp.StandardCheckpointer() as ckpt:
+        if dtype is None:
+            dtype = jax.tree.leaves(ckpt.metadata(params).item_metadata)[0].dtype
+        model = abstract_model(config, dtype=compute_dtype or dtype, param_dtype=dtype)
+        graphdef, state = nnx.split(model)
+        if mesh is not None:
+            shardings = shd.param_shardings(state, mesh)
+        else:
+            shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), state)
+        target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+        restored = ckpt.restore(params, target)
+    return nnx.merge(graphdef, restored)
