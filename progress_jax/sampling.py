@@ -1,0 +1,255 @@
+"""Batched generation for the Flax Qwen2.5-VL: prefill, then decode into a preallocated KV cache.
+
+Everything after host-side preparation runs in one jitted program per shape bucket: the prompt
+is left-padded, its length and the image patch count rounded up to powers of two and the batch
+to a power of two that the mesh's data axes divide, so a run compiles a handful of programs.
+The decode loop is a `lax.while_loop` inside that program; it ends when every row has stopped.
+
+Log-probs: `logprobs` holds log p(token) of each sampled token under the policy *at the
+sampling temperature*, log_softmax(logits / temperature), before top-k/top-p truncation. This
+is what EasyR1/verl use as old_log_prob for the GRPO ratio (their actor divides logits by the
+rollout temperature); `SamplingParams(logprobs_at_temperature=False)` gives the raw
+(temperature 1) log-probs instead. Greedy decoding (temperature 0) always reports raw log-probs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from progress_jax import sharding
+from progress_jax.models.qwen2_5_vl import positions
+from progress_jax.models.qwen2_5_vl.positions import valid_grids
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """Generation settings; only max_new_tokens is compiled in, the others are traced values."""
+
+    max_new_tokens: int = 4096
+    temperature: float = 0.6  # 0 = greedy
+    top_p: float = 1.0  # 1 = off
+    top_k: int = 0  # 0 = off
+    stop_token_ids: tuple[int, ...] = ()  # extra stop ids besides eos / <|im_end|>
+    ignore_eos: bool = False  # never stop early (benchmarks)
+    logprobs_at_temperature: bool = True
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+
+@dataclasses.dataclass
+class Generation:
+    """Per row of the input batch. `tokens`/`logprobs` [B, max_new_tokens]: the generated ids
+    (the stop token included, pad_id after it) and their log-probs (0 after the stop);
+    `lengths` [B]: generated tokens counting the stop token; `stopped` [B]: ended on a stop id;
+    `texts`: decoded tokens before the stop token (special tokens skipped), when a tokenizer was given."""
+
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    lengths: np.ndarray
+    stopped: np.ndarray
+    texts: list[str] | None = None
+
+
+def _pow2(n: int, minimum: int = 1) -> int:
+    return 1 << (max(n, minimum) - 1).bit_length()
+
+
+def stop_ids(model_config, params: SamplingParams, tokenizer=None) -> tuple[int, ...]:
+    if params.ignore_eos:
+        return tuple(sorted(set(params.stop_token_ids)))
+    ids = {model_config.eos_token_id, *params.stop_token_ids}
+    if tokenizer is not None:
+        ids.add(tokenizer.eos_id)
+    return tuple(sorted(ids))
+
+
+def left_pad(input_ids, attention_mask, batch_size: int, length: int, pad_id: int):
+    """Move each row's real tokens to the right end of a [batch_size, length] array. Rows without
+    real tokens (padding rows of a last batch, or extra rows up to batch_size) get one pad token
+    marked real, so that no row is fully masked; their outputs are meaningless."""
+    ids = np.full((batch_size, length), pad_id, np.int32)
+    mask = np.zeros((batch_size, length), np.int32)
+    src_ids, src_mask = np.asarray(input_ids), np.asarray(attention_mask) > 0
+    for b in range(batch_size):
+        real = src_ids[b][src_mask[b]] if b < len(src_ids) else np.zeros((0,), np.int32)
+        if real.size == 0:
+            mask[b, -1] = 1
+            continue
+        ids[b, length - real.size:], mask[b, length - real.size:] = real, 1
+    return ids, mask
+
+
+def prepare(batch: dict, config, pad_id: int, data_shards: int = 1) -> dict:
+    """Host batch (any padding side) -> left-padded, bucketed NumPy inputs of the generation program."""
+    input_ids, attention_mask = np.asarray(batch["input_ids"]), np.asarray(batch["attention_mask"])
+    if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
+        raise ValueError(f"input_ids {input_ids.shape} and attention_mask {attention_mask.shape} must be equal [B, L]")
+    B = input_ids.shape[0]
+    B_pad = -(-_pow2(B) // data_shards) * data_shards
+    L_pad = _pow2(int((attention_mask > 0).sum(1).max(initial=1)), 16)
+    ids, mask = left_pad(input_ids, attention_mask, B_pad, L_pad, pad_id)
+    host = {"input_ids": ids, "attention_mask": mask}
+    if batch.get("pixel_values") is not None and batch.get("image_grid_thw") is not None:
+        grid = valid_grids(batch["image_grid_thw"])
+        n = int(grid.prod(-1).sum())
+        if n:
+            pixel_values = np.asarray(batch["pixel_values"], np.float32)
+            if pixel_values.shape[0] < n:
+                raise ValueError(f"image_grid_thw needs {n} patch rows, pixel_values has {pixel_values.shape[0]}")
+            padded = np.zeros((_pow2(n, 4), pixel_values.shape[1]), np.float32)
+            padded[:n] = pixel_values[:n]
+            host["pixel_values"], host["image_grid_thw"] = padded, grid
+    out = positions.model_inputs(host, config)
+    out["num_rows"] = B
+    return out
+
+
+def _filter_logits(logits, temperature, top_p, top_k):
+    """Temperature, then top-k, then top-p (HF's warper order) on float32 logits [B, V]; top_k 0
+    and top_p 1 are off. Values are traced, so one program serves every setting."""
+    logits = logits / temperature
+
+    def truncate(logits):
+        V = logits.shape[-1]
+        desc = -jnp.sort(-logits, axis=-1)
+        k = jnp.where(top_k > 0, jnp.minimum(top_k, V), V)
+        logits = jnp.where(logits < jnp.take(desc, k - 1, axis=-1)[:, None], -jnp.inf, logits)
+        desc = jnp.where(jnp.arange(V) < k, desc, -jnp.inf)
+        probs = jax.nn.softmax(desc, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        # Keep the smallest prefix whose mass reaches top_p (at least one token).
+        n_keep = jnp.maximum(jnp.sum(mass_before < top_p, axis=-1), 1)
+        threshold = jnp.where(top_p < 1, jnp.take_along_axis(desc, n_keep[:, None] - 1, axis=-1), -jnp.inf)
+        return jnp.where(logits < threshold, -jnp.inf, logits)
+
+    return jax.lax.cond((top_k > 0) | (top_p < 1), truncate, lambda x: x, logits)
+
+
+def _pick(logits, key, t, knobs):
+    """Next token [B] and its log-prob from logits [B, V]; one independent key per row and step."""
+    temperature = knobs["temperature"]
+    safe_t = jnp.where(temperature > 0, temperature, 1.0)
+
+    def sample(logits):
+        step_key = jax.random.fold_in(key, t)
+        row_keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(logits.shape[0]))
+        filtered = _filter_logits(logits, safe_t, knobs["top_p"], knobs["top_k"])
+        return jax.vmap(jax.random.categorical)(row_keys, filtered).astype(jnp.int32)
+
+    tok = jax.lax.cond(temperature > 0, sample, lambda x: jnp.argmax(x, axis=-1).astype(jnp.int32), logits)
+    lp_logits = logits / jnp.where(knobs["logprobs_at_temperature"], safe_t, 1.0)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(lp_logits, axis=-1), tok[:, None], axis=-1)[:, 0]
+    return tok, logp
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "mesh"))
+def _generate(graphdef, state, inputs, key, knobs, *, max_new_tokens: int, mesh):
+    model = nnx.merge(graphdef, state)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    B, L = ids.shape
+    N = max_new_tokens
+    pad_id, stop_arr = knobs["pad_id"], knobs["stop_ids"]
+    cache = model.init_cache(B, L + N)
+    if mesh is not None:
+        kv = model.config.text.num_key_value_heads
+        heads = "tensor" if kv % mesh.shape["tensor"] == 0 else None
+        spec = NamedSharding(mesh, P(sharding.BATCH, None, heads, None))
+        cache = jax.lax.with_sharding_constraint(cache, [{"k": spec, "v": spec}] * len(cache))
+    kv_mask = jnp.concatenate([mask, jnp.ones((B, N), mask.dtype)], axis=1)
+
+    x = model.embed(ids, inputs.get("pixel_values"), inputs.get("vision"))
+    hidden, cache = model.decode(x, inputs["position_ids"], kv_mask, cache, 0)
+    tok, logp = _pick(model.logits(hidden[:, -1]), key, 0, knobs)
+    # Position of generated token t: real prompt tokens + t + rope delta (transformers' rule).
+    first_pos = mask.sum(1) + inputs["rope_deltas"][:, 0]
+    tokens = jnp.full((B, N), pad_id, jnp.int32).at[:, 0].set(tok)
+    logprobs = jnp.zeros((B, N), jnp.float32).at[:, 0].set(logp)
+    done = jnp.isin(tok, stop_arr)
+
+    def cond(carry):
+        t, _, done, *_ = carry
+        return (t < N) & ~jnp.all(done)
+
+    def body(carry):
+        t, prev, done, tokens, logprobs, lengths, cache = carry
+        pos = jnp.broadcast_to((first_pos + t - 1)[None, :, None], (3, B, 1))
+        hidden, cache = model.decode(model.embed(prev[:, None]), pos, kv_mask, cache, L + t - 1)
+        tok, logp = _pick(model.logits(hidden[:, 0]), key, t, knobs)
+        tok = jnp.where(done, pad_id, tok)
+        logp = jnp.where(done, 0.0, logp)
+        tokens = jax.lax.dynamic_update_slice(tokens, tok[:, None], (0, t))
+        logprobs = jax.lax.dynamic_update_slice(logprobs, logp[:, None], (0, t))
+        lengths = lengths + (~done).astype(jnp.int32)
+        return t + 1, tok, done | jnp.isin(tok, stop_arr), tokens, logprobs, lengths, cache
+
+    carry = (jnp.int32(1), tok, done, tokens, logprobs, jnp.ones((B,), jnp.int32), cache)
+    _, _, done, tokens, logprobs, lengths, _ = jax.lax.while_loop(cond, body, carry)
+    out = {"tokens": tokens, "logprobs": logprobs, "lengths": lengths, "stopped": done}
+    if mesh is not None:  # small outputs, replicated so that every host can read them
+        out = jax.lax.with_sharding_constraint(out, NamedSharding(mesh, P()))
+    return out
+
+
+def _to_device(inputs: dict, mesh) -> dict:
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, inputs)
+    batch_axis = {"input_ids": 0, "attention_mask": 0, "position_ids": 1, "rope_deltas": 0}
+
+    def put(path, x):
+        name = sharding.path_str(path[:1])
+        spec = sharding.batch_sharding(mesh, x.ndim, batch_axis[name]) if name in batch_axis else NamedSharding(mesh, P())
+        return jax.make_array_from_callback(x.shape, spec, lambda idx: x[idx])
+
+    return jax.tree_util.tree_map_with_path(put, inputs)
+
+
+def generate_arrays(model, inputs: dict, key, params: SamplingParams, *, stops=None, pad_id: int | None = None,
+                    mesh=None) -> dict:
+    """Lower level: `inputs` from `prepare` (NumPy). Returns NumPy tokens, logprobs, lengths, stopped
+    for the first `inputs['num_rows']` rows."""
+    pad_id = model.config.pad_token_id if pad_id is None else pad_id
+    stops = stop_ids(model.config, params) if stops is None else tuple(stops)
+    rows = inputs["num_rows"]
+    arrays = {k: v for k, v in inputs.items() if k != "num_rows"}
+    # Stop ids padded with -1 to a power of two, so that their number rarely changes the program.
+    stop_arr = np.full(_pow2(len(stops), 4), -1, np.int32)
+    stop_arr[: len(stops)] = stops
+    knobs = {"temperature": np.float32(params.temperature), "top_p": np.float32(params.top_p),
+             "top_k": np.int32(params.top_k), "logprobs_at_temperature": np.bool_(params.logprobs_at_temperature),
+             "pad_id": np.int32(pad_id), "stop_ids": stop_arr}
+    graphdef, state = nnx.split(model)
+    out = _generate(graphdef, state, _to_device(arrays, mesh), key, knobs, max_new_tokens=params.max_new_tokens,
+                    mesh=mesh)
+    return {k: np.asarray(v)[:rows] for k, v in out.items()}
+
+
+def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None, mesh=None) -> Generation:
+    """Main API: a host batch from data_pipeline (input_ids, attention_mask, pixel_values,
+    image_grid_thw; right- or left-padded) -> one Generation row per batch row."""
+    pad_id = tokenizer.pad_id if tokenizer is not None else model.config.pad_token_id
+    data_shards = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in sharding.BATCH]))
+    inputs = prepare(batch, model.config, pad_id, data_shards)
+    out = generate_arrays(model, inputs, key, params, stops=stop_ids(model.config, params, tokenizer),
+                          pad_id=pad_id, mesh=mesh)
+    gen = Generation(out["tokens"], out["logprobs"], out["lengths"], out["stopped"])
+    if tokenizer is not None:
+        gen.texts = [
+            tokenizer.decode(row[: n - 1 if stopped else n], skip_special_tokens=True)
+            for row, n, stopped in zip(gen.tokens, gen.lengths, gen.stopped)
+        ]
+    return gen
