@@ -183,6 +183,7 @@ def make_dataset(
     num_epochs: int | None = 1,
     drop_remainder: bool = True,
     worker_count: int = 0,
+    read_threads: int = 4,
     shard_index: int | None = None,
     shard_count: int | None = None,
     strict: bool = True,
@@ -192,7 +193,8 @@ def make_dataset(
     files: .jsonl record or chat files and/or .array_record shards; image_root: IMAGE_ROOT of
     the benchmark records (chat image paths are resolved against it too when given).
     Sequences longer than the largest length bucket are truncated per data_pipeline.prompts.
-    num_epochs=None repeats forever. With drop_remainder=True every shard gets the same number
+    worker_count: processes for parse/preprocess/tokenize (0: in this process); read_threads:
+    threads per process doing the same. num_epochs=None repeats forever. With drop_remainder=True every shard gets the same number
     of batches (the few samples that do not divide evenly are dropped and logged); with False
     the last batch is padded with empty rows (keys None). shard_index/count default to
     jax.process_index()/process_count(). `iter(dataset)` gives an iterator with
@@ -227,7 +229,9 @@ def make_dataset(
             ds = ds[:usable]
     ds = ds[shard_index::shard_count]
     ds = ds.map(_Prepare(tokenizer, image_root, mode, with_answers, min_pixels, max_pixels, length_buckets[-1]))
-    it = ds.to_iter_dataset()
+    # Threads overlap image decoding (PIL and NumPy release the GIL); a small read-ahead bounds memory,
+    # since one sample carries megabytes of patches (grain's default buffer is 500 samples).
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * batch_size))
     if worker_count > 0:
         _ensure_flags_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
