@@ -1,0 +1,349 @@
+"""Teacher models for data construction, and guided reasoning completion (paper appendix A).
+
+A teacher is any callable `teacher(prompts) -> texts`: one prompt is a list of chat messages in
+the Hugging Face multimodal layout (content a string or a list of {"type": "text"} /
+{"type": "image", "image": path or PIL image} parts), one text comes back per prompt. Two
+backends: `VllmTeacher` (offline vllm.LLM) and `JaxTeacher` (host batches for this project's
+sampler; the device call is injected so that data_pipeline never imports JAX).
+
+Guided completion: the teacher sees the normal prompt plus the ground-truth ref and score and
+writes the four-block answer reaching them. `check_cot` keeps an answer only when its format is
+strict (parsing.strict_format_ok) and it reaches the ground truth:
+- ref: the integer in <ref> equals closest_idx (n/a for an unanswerable record);
+- score: <score> must be written as a percentage with a '%' sign (a bare number is ambiguous
+  between the eval and reward rules) and equal the ground truth to 0.005 percentage points, i.e.
+  exactly at the two-decimal precision of the benchmark files ("33%" == "33.0%", "33.4%" != "33%").
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from data_pipeline.image_processor import preprocess
+from data_pipeline.parsing import NA, NUMBER, read_ref, read_reward_score, strict_format_ok
+from data_pipeline.prompts import build_messages, format_percent, render_text, tokenize_messages
+from data_pipeline.records import IMAGE_PLACEHOLDER, Record
+
+logger = logging.getLogger(__name__)
+
+SCORE_TOLERANCE = 0.005  # percentage points
+REJECT_REASONS = ("format_invalid", "ref_mismatch", "score_mismatch", "engine_error")
+_PERCENT_SCORE = re.compile(r"<score>\s*[+-]?\d+(?:\.\d+)?\s*%\s*</score>")
+
+
+# ---- backends ----
+
+@dataclass(frozen=True)
+class TeacherSampling:
+    temperature: float = 0.6
+    top_p: float = 0.9
+    top_k: int = 50
+    max_tokens: int = 4096
+    seed: int = 0
+
+
+def prompt_images(messages: list[dict]) -> list:
+    """The image parts of a prompt in order (paths or PIL images, as given)."""
+    return [part["image"] for m in messages if not isinstance(m["content"], str)
+            for part in m["content"] if part["type"] == "image"]
+
+
+def _pil(image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    with Image.open(image) as f:
+        return f.convert("RGB")
+
+
+class VllmTeacher:
+    """Offline vLLM: the Qwen chat string (one image pad per image, vLLM expands it) plus the images."""
+
+    def __init__(self, llm, sampling_params):
+        self.llm, self.sampling_params = llm, sampling_params
+
+    @classmethod
+    def load(cls, model: str, tensor_parallel_size: int = 1, max_images: int = 16,
+             sampling: TeacherSampling = TeacherSampling(), **engine_kwargs) -> "VllmTeacher":
+        try:
+            import vllm
+        except ImportError as e:
+            raise ImportError("the vllm teacher needs vLLM: pip install -e .[tools]") from e
+        llm = vllm.LLM(model=model, tensor_parallel_size=tensor_parallel_size,
+                       limit_mm_per_prompt={"image": max_images}, seed=sampling.seed, **engine_kwargs)
+        params = vllm.SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                                     max_tokens=sampling.max_tokens, seed=sampling.seed)
+        return cls(llm, params)
+
+    def __call__(self, prompts: list[list[dict]]) -> list[str]:
+        requests = []
+        for messages in prompts:
+            request = {"prompt": render_text(messages, add_generation_prompt=True)}
+            images = prompt_images(messages)
+            if images:
+                request["multi_modal_data"] = {"image": [_pil(i) for i in images]}
+            requests.append(request)
+        outputs = self.llm.generate(requests, self.sampling_params, use_tqdm=False)
+        if len(outputs) != len(requests):
+            raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(requests)} prompts")
+        return [o.outputs[0].text for o in outputs]
+
+
+class JaxTeacher:
+    """Builds right-padded host batches (input_ids, attention_mask, pixel_values, image_grid_thw) with
+    the training tokenization and image preprocessing, and hands them to `generate_fn(batch) -> texts`
+    (progress_jax.sampling.generate wrapped by the tool)."""
+
+    def __init__(self, generate_fn, tokenizer, max_prompt_length: int = 16384, min_pixels: int = 3136,
+                 max_pixels: int = 12845056):
+        self.generate_fn, self.tokenizer = generate_fn, tokenizer
+        self.max_prompt_length, self.min_pixels, self.max_pixels = max_prompt_length, min_pixels, max_pixels
+
+    def batch(self, prompts: list[list[dict]]) -> dict:
+        rows, pixels, grids = [], [], []
+        for i, messages in enumerate(prompts):
+            images = prompt_images(messages)
+            if images:
+                pv, grid = preprocess(images, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+                pixels.append(pv)
+                grids.append(grid)
+            else:
+                grid = np.zeros((0, 3), np.int64)
+            rows.append(tokenize_messages(self.tokenizer, messages, grid, self.max_prompt_length,
+                                          add_generation_prompt=True, name=f"teacher prompt {i}").input_ids)
+        L = max(len(r) for r in rows)
+        ids = np.full((len(rows), L), self.tokenizer.pad_id, np.int32)
+        mask = np.zeros((len(rows), L), np.int32)
+        for b, r in enumerate(rows):
+            ids[b, :len(r)], mask[b, :len(r)] = r, 1
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if pixels:
+            batch["pixel_values"] = np.concatenate(pixels).astype(np.float32)
+            batch["image_grid_thw"] = np.concatenate(grids).astype(np.int32)
+        return batch
+
+    def __call__(self, prompts: list[list[dict]]) -> list[str]:
+        texts = list(self.generate_fn(self.batch(prompts)))
+        if len(texts) != len(prompts):
+            raise RuntimeError(f"generate_fn returned {len(texts)} texts for {len(prompts)} prompts")
+        return texts
+
+
+# ---- resumable JSONL output ----
+
+class JsonlAppender:
+    """Appends one JSON line per call and flushes it (fsync=True also syncs it to disk), so a crash
+    loses at most the line being written. A truncated last line left by a crash is cut off first."""
+
+    def __init__(self, path, fsync: bool = False):
+        self.path, self.fsync = os.fspath(path), fsync
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        drop_partial_tail(self.path)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, obj: dict) -> None:
+        self._file.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def drop_partial_tail(path: str) -> None:
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        start = data.rfind(b"\n") + 1
+        try:
+            json.loads(data[start:])
+            f.write(b"\n")
+        except ValueError:
+            f.truncate(start)
+            logger.warning("%s: dropped a truncated last line (%d bytes) left by an interrupted run", path,
+                           len(data) - start)
+
+
+def read_jsonl_objects(path: str) -> list[dict]:
+    """Every line of a JSONL file this module wrote (missing file -> []); a bad line is an error naming it."""
+    if not os.path.exists(path):
+        return []
+    drop_partial_tail(path)
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, text in enumerate(f, start=1):
+            if text.strip():
+                try:
+                    out.append(json.loads(text))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: bad JSON: {e}") from None
+    return out
+
+
+def sample_key(record: Record) -> str:
+    """Stable key of a benchmark/RL sample across runs: file stem, trajectory id, observation."""
+    return f"{record.source}|{record.id}|{record.observation}"
+
+
+# ---- guided reasoning completion ----
+
+def _answer_text(record: Record) -> tuple[str, str]:
+    if not record.answerable:
+        return "n/a", "n/a"
+    return str(record.closest_idx), format_percent(record.progress)
+
+
+def cot_prompt(record: Record, image_root: str | None) -> list[dict]:
+    """The training prompt (think mode) plus the known answer and a request for reasoning reaching it."""
+    messages = build_messages(record, "think", image_root)
+    ref, score = _answer_text(record)
+    if record.answerable:
+        known = (f"The correct answer is known: the closest demonstration step is step {ref} and the progress "
+                 f"of the observation is {score}.")
+    else:
+        known = ("The correct answer is known: the observation does not fit the demonstrated task, so both "
+                 "<ref> and <score> must be n/a.")
+    guide = (f"\n\n{known} Write the reasoning a careful estimator would follow to reach exactly this answer "
+             "from what is visible, without saying that the answer was given. Use exactly the four blocks "
+             f"<ref_think></ref_think><ref>{ref}</ref><score_think></score_think><score>{score}</score> and nothing "
+             "outside them.")
+    messages[-1]["content"] = messages[-1]["content"] + [{"type": "text", "text": guide}]
+    return messages
+
+
+def check_cot(record: Record, text: str) -> str | None:
+    """None when the answer is kept, else the reject reason (see the module docstring)."""
+    if not strict_format_ok(text):
+        return "format_invalid"
+    ref_status, ref = read_ref(text)
+    if record.answerable:
+        if ref_status != NUMBER or ref != record.closest_idx:
+            return "ref_mismatch"
+    elif ref_status != NA:
+        return "ref_mismatch"
+    score_status, score = read_reward_score(text)
+    if record.answerable:
+        if (score_status != NUMBER or not _PERCENT_SCORE.search(text)
+                or abs(score - 100.0 * record.progress) > SCORE_TOLERANCE):
+            return "score_mismatch"
+    elif score_status != NA:
+        return "score_mismatch"
+    return None
+
+
+def sft_chat_record(record: Record, answer: str) -> dict:
+    """The SFT chat line read by records.load_chat_records: the normal think prompt (no hint), the
+    answer, images relative to the image root ({id}/{file}), plus provenance under "meta"."""
+    messages = []
+    for m in build_messages(record, "think") + [{"role": "assistant", "content": answer}]:
+        content = m["content"]
+        if not isinstance(content, str):
+            content = "".join(IMAGE_PLACEHOLDER if p["type"] == "image" else p["text"] for p in content)
+        messages.append({"role": m["role"], "content": content})
+    images = [f"{record.id}/{f}" for f in list(record.visual_demo or ()) + [record.observation]]
+    ref, score = _answer_text(record)
+    return {"messages": messages, "images": images,
+            "meta": {"key": sample_key(record), "id": record.id, "ref": ref, "score": score}}
+
+
+
+# ---- batched, resumable runs ----
+
+class TeacherRun:
+    """Calls a teacher batch by batch with a progress bar. A batch whose call raises counts as an
+    engine error for each of its samples (they are retried by the next run); after
+    `max_consecutive_errors` failing batches in a row the run stops, as the engine is likely broken."""
+
+    def __init__(self, teacher, batch_size: int, total: int, desc: str, progress: bool = True,
+                 max_consecutive_errors: int = 3):
+        from tqdm import tqdm
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.teacher, self.batch_size, self.max_errors = teacher, batch_size, max_consecutive_errors
+        self.bar = tqdm(total=total, desc=desc, disable=not progress)
+        self._errors = 0
+
+    def batches(self, items: list):
+        """Yields (batch, texts, error): texts None and error a message when the call failed."""
+        for start in range(0, len(items), self.batch_size):
+            batch = items[start:start + self.batch_size]
+            prompts = [prompt for _, prompt in batch]
+            try:
+                texts, error = self.teacher(prompts), None
+                self._errors = 0
+            except Exception as e:  # an engine failure must not lose the run; it is counted and logged
+                logger.exception("teacher call failed for %d prompts", len(prompts))
+                texts, error = None, f"{type(e).__name__}: {e}"
+                self._errors += 1
+            yield [item for item, _ in batch], texts, error
+            self.bar.update(len(batch))
+            if self._errors >= self.max_errors:
+                raise RuntimeError(f"{self._errors} teacher batches failed in a row; last error: {error}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def done_keys(out_path: str, rejects_path: str | None, out_key) -> set[str]:
+    """Keys already settled: written to the output, or rejected for a reason other than an engine error."""
+    keys = {out_key(obj) for obj in read_jsonl_objects(out_path)}
+    if rejects_path:
+        keys |= {obj["key"] for obj in read_jsonl_objects(rejects_path) if obj.get("reason") != "engine_error"}
+    return keys
+
+
+def rejects_path_for(out_path: str) -> str:
+    return os.path.splitext(out_path)[0] + ".rejected.jsonl"
+
+
+def run_guided_completion(records: list[Record], image_root: str | None, teacher, out_path: str,
+                          batch_size: int = 8, rejects_path: str | None = None, progress: bool = True) -> dict:
+    """Guided reasoning completion over records; appends kept SFT chat lines to out_path and rejected
+    answers (key, reason, text) to rejects_path. Returns counts: kept, one per reject reason, skipped
+    (settled by an earlier run), duplicate (a key seen twice in the input)."""
+    rejects_path = rejects_path or rejects_path_for(out_path)
+    settled = done_keys(out_path, rejects_path, lambda obj: obj["meta"]["key"])
+    counts = dict.fromkeys(("kept", *REJECT_REASONS, "skipped", "duplicate"), 0)
+    todo, seen = [], set()
+    for r in records:
+        key = sample_key(r)
+        if key in seen:
+            counts["duplicate"] += 1
+        elif key in settled:
+            counts["skipped"] += 1
+        else:
+            todo.append((r, cot_prompt(r, image_root)))
+        seen.add(key)
+    run = TeacherRun(teacher, batch_size, len(todo), "guided CoT", progress)
+    with JsonlAppender(out_path) as out, JsonlAppender(rejects_path) as rejects:
+        try:
+            for batch, texts, error in run.batches(todo):
+                for i, record in enumerate(batch):
+                    text = None if texts is None else texts[i].strip()
+                    reason = "engine_error" if text is None else check_cot(record, text)
+                    if reason is None:
+                        out.write(sft_chat_record(record, text))
+                        counts["kept"] += 1
+                    else:
+                        rejects.write({"key": sample_key(record), "reason": reason, "text": text, "error": error})
+                        counts[reason] += 1
+                run.bar.set_postfix(kept=counts["kept"], rejected=sum(counts[r] for r in REJECT_REASONS))
+        finally:
+            run.close()
+    return counts

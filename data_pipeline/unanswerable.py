@@ -1,0 +1,448 @@
+"""Unanswerable samples (paper appendix A): teacher object swaps in text demos, teacher-proposed image
+edits, and the human review queue that decides which edited samples enter the benchmark.
+
+Text swap. The teacher names the manipulated object and a replacement and rewrites the goal and
+every step, answering
+
+    <original_object>red cube</original_object><new_object>banana</new_object>
+    <goal>...</goal><steps><step>...</step>...</steps>
+
+An answer is kept only if (reject reason in brackets):
+- every tag is there once and the steps are inside <steps> [xml_invalid]; as many steps as before [step_count];
+- the original object (the phrase, matched as whole words, case-insensitive, plural -s/-es allowed)
+  occurs in the original goal or a step [original_object_absent];
+- the new object is a plausible short noun phrase: 1-4 words of letters (hyphen and apostrophe
+  allowed), different from the original, with a different head noun (last word), not already named
+  in the original texts, and in the allow-list when one is given [new_object_implausible];
+- arm markers such as [left], [right], [towards] are the same, in the same order, in every text [markers_changed];
+- every text that named the original object no longer names it and names the new one [object_not_replaced];
+- nothing else changed: with the new object mapped back to the original, every text is at least
+  90% similar to its original (difflib ratio, lower case) [unrelated_change].
+The records are the text-normal records of that trajectory with the new goal and steps and
+closest_idx / progress_score "n/a" (official text-unanswerable layout).
+
+Image edit, stage 1. The teacher sees the observation, the goal, the steps (when known) and the
+matching step, and answers <strategy>S</strategy><instruction>I</instruction>, S one of
+STRATEGIES (case, spaces, hyphens and slashes are normalised: "color change" -> color_change)
+[strategy_invalid], I one line of 1-20 words [instruction_invalid]. Stage 2 (image_edit.py) applies
+it; the record becomes official visual-unanswerable (closest_idx, progress_score, delta "n/a",
+observation "{stem}_edit.jpg"), and a review-queue line carries it to the review app.
+
+Review. Decisions are JSONL lines {"key", "decision": "keep" | "discard", "time"}; the last
+decision of a key wins. `apply_decisions` writes the kept records in queue order.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+
+from data_pipeline.prompts import progress_label
+from data_pipeline.records import Record, record_image_path
+
+TEXT_REASONS = ("xml_invalid", "step_count", "original_object_absent", "new_object_implausible", "markers_changed",
+                "object_not_replaced", "unrelated_change")
+STRATEGIES = ("color_change", "object_replacement", "occlusion_removal")
+IMAGE_REASONS = ("xml_invalid", "strategy_invalid", "instruction_invalid")
+DECISIONS = ("keep", "discard")
+MAX_INSTRUCTION_WORDS = 20
+MAX_OBJECT_WORDS = 4
+SIMILARITY = 0.9
+_MARKER = re.compile(r"\[[^\[\]]+\]")
+_OBJECT_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
+
+
+class Rejected(ValueError):
+    """A teacher answer that fails validation; `reason` is one of the documented codes."""
+
+    def __init__(self, reason: str, detail: str):
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}")
+
+
+def _tags(text: str, name: str) -> list[str]:
+    return [m.strip() for m in re.findall(rf"<{name}>(.*?)</{name}>", text, re.DOTALL)]
+
+
+def _one_tag(text: str, name: str) -> str:
+    found = _tags(text, name)
+    if len(found) != 1:
+        raise Rejected("xml_invalid", f"expected one <{name}>...</{name}>, found {len(found)}")
+    return found[0]
+
+
+# ---- official layouts ----
+
+def official_fields(record: Record) -> dict:
+    """The record as an official JSONL object (field names and types of Progress-Bench)."""
+    if record.kind == "text":
+        obj = {"id": record.id, "task_goal": record.task_goal, "text_demo": list(record.text_demo),
+               "total_steps": record.total_steps, "stage_to_estimate": record.observation}
+    else:
+        obj = {"id": record.id, "task_goal": record.task_goal, "visual_demo": list(record.visual_demo),
+               "total_steps": str(record.total_steps), "stage_to_estimate": [record.observation]}
+    if record.data_source is not None:
+        obj["data_source"] = record.data_source
+    if record.camera_combination is not None:
+        obj["camera_combination"] = record.camera_combination
+    return obj
+
+
+def edit_file_name(observation: str) -> str:
+    """camera_front_0223.jpg -> camera_front_0223_edit.jpg (always JPEG)."""
+    return os.path.splitext(observation)[0] + "_edit.jpg"
+
+
+def visual_unanswerable_record(record: Record) -> dict:
+    obj = official_fields(record)
+    obj.update(stage_to_estimate=[edit_file_name(record.observation)], closest_idx="n/a", delta="n/a",
+               progress_score="n/a")
+    return obj
+
+
+# ---- text swap ----
+
+@dataclass(frozen=True)
+class TextSwap:
+    original_object: str
+    new_object: str
+    goal: str
+    steps: tuple[str, ...]
+
+
+def text_swap_prompt(goal: str, steps) -> list[dict]:
+    listing = "\n".join(f"Step {k}: {s}" for k, s in enumerate(steps, start=1))
+    text = (
+        f"Task goal: {goal}\n\nSteps of the demonstration:\n{listing}\n\n"
+        "Identify the object that the robot manipulates in this task, and replace it with a different, everyday "
+        "object that does not appear in the task. Rewrite the goal and every step with the new object: keep the "
+        "sentence structure, the verbs, every other object and every arm marker such as [left] or [right] exactly "
+        "as they are; change only the words naming the manipulated object. Write the original object exactly as "
+        "it is written in the text. Answer in exactly this format:\n"
+        "<original_object>the object as written</original_object><new_object>the new object</new_object>"
+        f"<goal>the rewritten goal</goal><steps>{'<step>...</step>' * 2}... one <step> per step, "
+        f"{len(steps)} in all</steps>"
+    )
+    return [{"role": "system", "content": "You edit robot task descriptions precisely."},
+            {"role": "user", "content": text}]
+
+
+def parse_text_swap(text: str) -> TextSwap:
+    original, new, goal = (_one_tag(text, t) for t in ("original_object", "new_object", "goal"))
+    steps_block = _one_tag(text, "steps")
+    steps = tuple(_tags(steps_block, "step"))
+    if not steps or len(_tags(text, "step")) != len(steps):
+        raise Rejected("xml_invalid", "every <step> must be inside the one <steps> block")
+    return TextSwap(original, new, goal, steps)
+
+
+def _mentions(text: str, phrase: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(phrase)}(?:e?s)?(?![\w-])", text, re.IGNORECASE) is not None
+
+
+def _head(phrase: str) -> str:
+    return phrase.split()[-1].lower()
+
+
+def validate_text_swap(goal: str, steps, swap: TextSwap, allowed_objects=None) -> None:
+    """Raises Rejected with the first failing check (module docstring); returns None when kept."""
+    steps = list(steps)
+    if len(swap.steps) != len(steps):
+        raise Rejected("step_count", f"{len(swap.steps)} steps, expected {len(steps)}")
+    old_texts, new_texts = [goal] + steps, [swap.goal] + list(swap.steps)
+    orig, new = " ".join(swap.original_object.split()), " ".join(swap.new_object.split())
+    if not orig or not any(_mentions(t, orig) for t in old_texts):
+        raise Rejected("original_object_absent", f"{orig!r} is not named in the goal or any step")
+    words = new.split()
+    if (not 1 <= len(words) <= MAX_OBJECT_WORDS or not all(_OBJECT_WORD.fullmatch(w) for w in words)
+            or new.lower() == orig.lower() or _head(new) == _head(orig)
+            or any(_mentions(t, new) for t in old_texts)
+            or (allowed_objects is not None and new.lower() not in {a.lower() for a in allowed_objects})):
+        raise Rejected("new_object_implausible", f"{new!r} (original {orig!r})")
+    for i, (old, rewritten) in enumerate(zip(old_texts, new_texts)):
+        where = "goal" if i == 0 else f"step {i}"
+        if _MARKER.findall(old) != _MARKER.findall(rewritten):
+            raise Rejected("markers_changed", f"{where}: {_MARKER.findall(old)} -> {_MARKER.findall(rewritten)}")
+        if _mentions(old, orig) and (_mentions(rewritten, orig) or not _mentions(rewritten, new)):
+            raise Rejected("object_not_replaced", f"{where}: {rewritten!r}")
+        mapped = re.sub(rf"(?<![\w-]){re.escape(new)}(?![\w-])", orig, rewritten, flags=re.IGNORECASE)
+        ratio = difflib.SequenceMatcher(None, old.lower(), mapped.lower()).ratio()
+        if ratio < SIMILARITY:
+            raise Rejected("unrelated_change", f"{where}: {old!r} -> {rewritten!r} (similarity {ratio:.2f})")
+
+
+def text_unanswerable_record(record: Record, swap: TextSwap) -> dict:
+    obj = official_fields(record)
+    obj.update(task_goal=swap.goal, text_demo=list(swap.steps), closest_idx="n/a", progress_score="n/a")
+    return obj
+
+
+# ---- image edit strategy ----
+
+@dataclass(frozen=True)
+class EditProposal:
+    strategy: str  # one of STRATEGIES
+    instruction: str
+
+
+def edit_strategy_prompt(record: Record, image_root: str, steps=None) -> list[dict]:
+    """Observation image, goal, steps (text steps when known, else the key-frame progress values) and the
+    step the observation matches; asks for one edit in XML."""
+    k = record.closest_idx
+    if steps:
+        listing = "\n".join(f"Step {i}: {s}" for i, s in enumerate(steps, start=1))
+        matching = f"The observation is closest to key frame {k} of the demonstration"
+        matching += f", the end of step {k - 1}: {steps[k - 2]}" if k >= 2 and k - 2 < len(steps) else ", the start"
+    else:
+        listing = "(only key frames, at " + ", ".join(f"{progress_label(i, record.total_steps)}%"
+                                                      for i in range(record.num_demos)) + ")"
+        matching = f"The observation is closest to key frame {k} of the demonstration"
+    text = (
+        f"\n\nTask goal: {record.task_goal}\n\nSteps of the demonstration:\n{listing}\n\n{matching}.\n\n"
+        "Propose one edit of this image after which the image no longer fits the task (so its progress cannot be "
+        "estimated) while still looking natural. Choose one strategy: color_change (change the color of the "
+        "manipulated object), object_replacement (replace it by a different object) or occlusion_removal (hide "
+        f"it or remove it). Write an image-editing instruction of at most {MAX_INSTRUCTION_WORDS} words. "
+        "Answer in exactly this format:\n<strategy>the strategy</strategy><instruction>the instruction</instruction>"
+    )
+    image = record_image_path(image_root, record, record.observation)
+    return [{"role": "system", "content": "You design image edits for a robot-manipulation benchmark."},
+            {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
+
+
+def parse_edit_strategy(text: str) -> EditProposal:
+    strategy = re.sub(r"[\s/-]+", "_", _one_tag(text, "strategy").lower())
+    if strategy not in STRATEGIES:
+        raise Rejected("strategy_invalid", f"{strategy!r} is not one of {STRATEGIES}")
+    instruction = " ".join(_one_tag(text, "instruction").split())
+    n = len(instruction.split())
+    if not 1 <= n <= MAX_INSTRUCTION_WORDS or "\n" in _one_tag(text, "instruction").strip() or "<" in instruction:
+        raise Rejected("instruction_invalid", f"{n} words (1-{MAX_INSTRUCTION_WORDS}, one line, no tags): "
+                                              f"{instruction!r:.200}")
+    return EditProposal(strategy, instruction)
+
+
+# ---- review queue and decisions ----
+
+def queue_entry(key: str, record: Record, image_root: str, proposal: EditProposal, steps=None) -> dict:
+    """One line of the review queue: what the reviewer sees, and the record the benchmark gets if kept."""
+    return {"key": key, "record": visual_unanswerable_record(record),
+            "original_image": record_image_path(image_root, record, record.observation),
+            "edited_image": record_image_path(image_root, record, edit_file_name(record.observation)),
+            "goal": record.task_goal, "steps": list(steps) if steps else [], "matching_step": record.closest_idx,
+            "strategy": proposal.strategy, "instruction": proposal.instruction}
+
+
+def _read_lines(path: str, required: tuple[str, ...]) -> list[dict]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                if not text.endswith("\n"):  # the last line of a killed run; a decision there was not made
+                    break
+                raise ValueError(f"{path}:{n}: bad JSON: {e}") from None
+            for key in required:
+                if key not in obj:
+                    raise ValueError(f"{path}:{n}: field '{key}' missing")
+            out.append(obj)
+    return out
+
+
+def load_queue(path: str) -> list[dict]:
+    entries = _read_lines(path, ("key", "record", "original_image", "edited_image", "strategy", "instruction"))
+    seen = set()
+    for e in entries:
+        if e["key"] in seen:
+            raise ValueError(f"{path}: key {e['key']!r} appears twice")
+        seen.add(e["key"])
+    return entries
+
+
+def load_decisions(path: str) -> dict[str, str]:
+    """key -> decision, the last line of a key winning; a missing file means no decisions yet."""
+    if not os.path.exists(path):
+        return {}
+    decisions = {}
+    for n, obj in enumerate(_read_lines(path, ("key", "decision")), start=1):
+        if obj["decision"] not in DECISIONS:
+            raise ValueError(f"{path}: decision {n}: field 'decision' must be one of {DECISIONS}, "
+                             f"got {obj['decision']!r}")
+        decisions[obj["key"]] = obj["decision"]
+    return decisions
+
+
+def decision_line(key: str, decision: str) -> dict:
+    if decision not in DECISIONS:
+        raise ValueError(f"decision must be one of {DECISIONS}, got {decision!r}")
+    return {"key": key, "decision": decision, "time": time.time()}
+
+
+def first_undecided(queue: list[dict], decisions: dict[str, str]) -> int | None:
+    return next((i for i, e in enumerate(queue) if e["key"] not in decisions), None)
+
+
+def apply_decisions(queue: list[dict], decisions: dict[str, str], out_path: str,
+                    allow_undecided: bool = False) -> dict:
+    """Writes the kept records in queue order; returns counts. Refuses while samples are undecided unless
+    allow_undecided (they are then left out, and counted)."""
+    keys = {e["key"] for e in queue}
+    unknown = sorted(set(decisions) - keys)
+    if unknown:
+        raise ValueError(f"{len(unknown)} decisions name keys that are not in the queue, e.g. {unknown[:3]}")
+    undecided = [e["key"] for e in queue if e["key"] not in decisions]
+    if undecided and not allow_undecided:
+        raise ValueError(f"{len(undecided)} of {len(queue)} samples are undecided (first: {undecided[0]!r}); "
+                         "review them or pass allow_undecided")
+    kept = [e["record"] for e in queue if decisions.get(e["key"]) == "keep"]
+    os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
+    tmp = out_path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in kept:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, out_path)
+    return {"kept": len(kept), "discarded": sum(d == "discard" for d in decisions.values()),
+            "undecided": len(undecided)}
+
+
+# ---- batched, resumable runs ----
+
+def _write_jsonl(path: str, objects: list[dict]) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for obj in objects:
+            f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def run_text_swaps(records: list[Record], teacher, out_path: str, batch_size: int = 8,
+                   rejects_path: str | None = None, allowed_objects=None, progress: bool = True) -> dict:
+    """One teacher call per trajectory (text records grouped by id; they must share goal and steps), the
+    same swap for all its records. Appends official text-unanswerable lines to out_path and rejected
+    answers to rejects_path. A trajectory partly written by an interrupted run is completed with the
+    swap already in the output. Counts: trajectories kept / per reason, records written, skipped."""
+    from data_pipeline.teacher import JsonlAppender, TeacherRun, read_jsonl_objects, rejects_path_for
+
+    rejects_path = rejects_path or rejects_path_for(out_path)
+    groups: dict[str, list[Record]] = {}
+    for r in records:
+        if r.kind != "text" or not r.answerable:
+            raise ValueError(f"{r.source}:{r.line}: text swaps need answerable text records (text-normal), "
+                             f"id {r.id} is {'unanswerable' if not r.answerable else 'visual'}")
+        first = groups.setdefault(r.id, [r])[0]
+        if r is not first:
+            if (r.task_goal, r.text_demo) != (first.task_goal, first.text_demo):
+                raise ValueError(f"{r.source}:{r.line}: id {r.id} has a different goal or steps than line {first.line}")
+            groups[r.id].append(r)
+    written: dict[str, dict] = {}
+    for obj in read_jsonl_objects(out_path):
+        written.setdefault(obj["id"], {"swap": TextSwap("", "", obj["task_goal"], tuple(obj["text_demo"])),
+                                       "stages": set()})["stages"].add(obj["stage_to_estimate"])
+    rejected = {obj["key"] for obj in read_jsonl_objects(rejects_path) if obj.get("reason") != "engine_error"}
+    counts = dict.fromkeys(("kept", *TEXT_REASONS, "engine_error", "records", "skipped"), 0)
+
+    with JsonlAppender(out_path) as out, JsonlAppender(rejects_path) as rejects:
+        def emit(group: list[Record], swap: TextSwap, stages_done=frozenset()) -> None:
+            for r in group:
+                if r.observation not in stages_done:
+                    out.write(text_unanswerable_record(r, swap))
+                    counts["records"] += 1
+
+        todo = []
+        for rid, group in groups.items():
+            if rid in written:
+                emit(group, written[rid]["swap"], written[rid]["stages"])
+                counts["skipped"] += 1
+            elif rid in rejected:
+                counts["skipped"] += 1
+            else:
+                todo.append((group, text_swap_prompt(group[0].task_goal, group[0].text_demo)))
+        run = TeacherRun(teacher, batch_size, len(todo), "text swaps", progress)
+        try:
+            for batch, texts, error in run.batches(todo):
+                for i, group in enumerate(batch):
+                    first = group[0]
+                    text = None if texts is None else texts[i]
+                    try:
+                        if text is None:
+                            raise Rejected("engine_error", error)
+                        swap = parse_text_swap(text)
+                        validate_text_swap(first.task_goal, first.text_demo, swap, allowed_objects)
+                    except Rejected as e:
+                        rejects.write({"key": first.id, "reason": e.reason, "detail": str(e), "text": text})
+                        counts[e.reason] += 1
+                        continue
+                    emit(group, swap)
+                    counts["kept"] += 1
+        finally:
+            run.close()
+    return counts
+
+
+def run_image_edits(records: list[Record], image_root: str, teacher, editor, queue_path: str, out_path: str,
+                    steps_by_id: dict | None = None, batch_size: int = 8, rejects_path: str | None = None,
+                    progress: bool = True) -> dict:
+    """Stage 1 (teacher proposals) and stage 2 (editor) for answerable visual records. Each edited image
+    is written to IMAGE_ROOT/{id}/{stem}_edit.jpg, then its review-queue line appended (fsync). At the end
+    out_path is rewritten with every queued record (unreviewed, official visual-unanswerable layout).
+    Editor failures (EditError) are rejects "edit_failed". Counts: kept, per reason, skipped, duplicate."""
+    from PIL import Image
+
+    from data_pipeline.image_edit import EditError
+    from data_pipeline.teacher import JsonlAppender, TeacherRun, read_jsonl_objects, rejects_path_for, sample_key
+
+    rejects_path = rejects_path or rejects_path_for(queue_path)
+    steps_by_id = steps_by_id or {}
+    settled = {obj["key"] for obj in read_jsonl_objects(queue_path)}
+    settled |= {obj["key"] for obj in read_jsonl_objects(rejects_path) if obj.get("reason") != "engine_error"}
+    counts = dict.fromkeys(("kept", *IMAGE_REASONS, "edit_failed", "engine_error", "skipped", "duplicate"), 0)
+    todo, seen = [], set()
+    for r in records:
+        if r.kind != "visual" or not r.answerable:
+            raise ValueError(f"{r.source}:{r.line}: image edits need answerable visual records, id {r.id} is "
+                             f"{'unanswerable' if not r.answerable else 'text'}")
+        key, where = sample_key(r), (r.id, r.observation)
+        if where in seen:
+            counts["duplicate"] += 1  # same edited file name: edit each observation once
+        elif key in settled:
+            counts["skipped"] += 1
+        else:
+            todo.append((r, edit_strategy_prompt(r, image_root, steps_by_id.get(r.id))))
+        seen.add(where)
+    run = TeacherRun(teacher, batch_size, len(todo), "image edits", progress)
+    with JsonlAppender(queue_path, fsync=True) as queue, JsonlAppender(rejects_path) as rejects:
+        try:
+            for batch, texts, error in run.batches(todo):
+                for i, r in enumerate(batch):
+                    key, text = sample_key(r), None if texts is None else texts[i]
+                    try:
+                        if text is None:
+                            raise Rejected("engine_error", error)
+                        proposal = parse_edit_strategy(text)
+                        src = record_image_path(image_root, r, r.observation)
+                        with Image.open(src) as f:
+                            image = f.convert("RGB")
+                        try:
+                            edited = editor(r, image, proposal, key)
+                        except EditError as e:
+                            raise Rejected("edit_failed", str(e)) from None
+                    except Rejected as e:
+                        rejects.write({"key": key, "reason": e.reason, "detail": str(e), "text": text})
+                        counts[e.reason] += 1
+                        continue
+                    dst = record_image_path(image_root, r, edit_file_name(r.observation))
+                    edited.convert("RGB").save(dst + ".tmp", format="JPEG", quality=95)
+                    os.replace(dst + ".tmp", dst)
+                    queue.write(queue_entry(key, r, image_root, proposal, steps_by_id.get(r.id)))
+                    counts["kept"] += 1
+        finally:
+            run.close()
+    _write_jsonl(out_path, [e["record"] for e in load_queue(queue_path)])
+    return counts

@@ -1,0 +1,93 @@
+"""Guided reasoning completion: a teacher writes the four-block answer reaching each record's known
+ref and score; answers with a strict format that reach them become SFT chat records.
+
+    python -m tools.generate_cot --records train.jsonl --image-root IMAGES --out sft_cot.jsonl \
+        --backend vllm --model Qwen/Qwen2.5-VL-72B-Instruct --tensor-parallel-size 4
+    python -m tools.generate_cot ... --backend jax [--model CHECKPOINT_DIR | --preset tiny]
+
+Resumable: samples already in --out (or rejected for a reason other than an engine error, in
+--rejects, default OUT.rejected.jsonl) are skipped. The images of the output are relative to the
+same --image-root ({id}/{file}).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from data_pipeline.records import load_records
+from data_pipeline.teacher import JaxTeacher, TeacherSampling, VllmTeacher, run_guided_completion
+
+
+def add_teacher_args(ap: argparse.ArgumentParser) -> None:
+    g = ap.add_argument_group("teacher")
+    g.add_argument("--backend", choices=("vllm", "jax"), required=True)
+    g.add_argument("--model", default="", help="vLLM model name/path, or a checkpoint directory for jax "
+                                                 "(empty with jax: a random model of --preset)")
+    g.add_argument("--preset", default="tiny", help="jax: model preset when --model is empty")
+    g.add_argument("--tensor-parallel-size", type=int, default=1)
+    g.add_argument("--max-images", type=int, default=16, help="vllm: limit_mm_per_prompt images")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--temperature", type=float, default=0.6)
+    g.add_argument("--top-p", type=float, default=0.9)
+    g.add_argument("--top-k", type=int, default=50)
+    g.add_argument("--max-tokens", type=int, default=4096)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max-prompt-length", type=int, default=16384, help="jax: prompt tokens (longer are cut)")
+    g.add_argument("--max-pixels", type=int, default=12845056, help="jax: image max_pixels")
+
+
+def jax_generate_fn(model_path: str, preset: str, sampling: TeacherSampling):
+    """progress_jax.sampling.generate on one model as `batch -> texts`, with the tokenizer it needs."""
+    import jax
+
+    from data_pipeline.tokenizer import load_tokenizer
+    from progress_jax import sampling as sampler
+    from progress_jax.models import qwen2_5_vl
+
+    if model_path:
+        model = qwen2_5_vl.from_pretrained(model_path)
+    else:
+        model = qwen2_5_vl.init(qwen2_5_vl.preset(preset), seed=sampling.seed)
+    tokenizer = load_tokenizer(model_path or None)
+    params = sampler.SamplingParams(max_new_tokens=sampling.max_tokens, temperature=sampling.temperature,
+                                    top_p=sampling.top_p, top_k=sampling.top_k)
+    key, calls = jax.random.key(sampling.seed), [0]
+
+    def generate(batch: dict) -> list[str]:
+        calls[0] += 1
+        return sampler.generate(model, batch, params, jax.random.fold_in(key, calls[0]), tokenizer=tokenizer).texts
+
+    return generate, tokenizer
+
+
+def make_teacher(args):
+    sampling = TeacherSampling(args.temperature, args.top_p, args.top_k, args.max_tokens, args.seed)
+    if args.backend == "vllm":
+        if not args.model:
+            raise SystemExit("--model is required with --backend vllm")
+        return VllmTeacher.load(args.model, args.tensor_parallel_size, args.max_images, sampling)
+    generate, tokenizer = jax_generate_fn(args.model, args.preset, sampling)
+    return JaxTeacher(generate, tokenizer, args.max_prompt_length, max_pixels=args.max_pixels)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--records", nargs="+", required=True, help="benchmark/RL-format JSONL files")
+    ap.add_argument("--image-root", required=True)
+    ap.add_argument("--out", required=True, help="SFT chat JSONL (appended)")
+    ap.add_argument("--rejects", default=None, help="rejected answers JSONL (default OUT.rejected.jsonl)")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N records")
+    ap.add_argument("--no-progress", action="store_true")
+    add_teacher_args(ap)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    records = [r for path in args.records for r in load_records(path, image_root=args.image_root)][:args.limit]
+    counts = run_guided_completion(records, args.image_root, make_teacher(args), args.out, args.batch_size,
+                                   args.rejects, progress=not args.no_progress)
+    print(json.dumps(counts))
+    return counts
+
+
+if __name__ == "__main__":
+    main()
