@@ -16,6 +16,7 @@ sample is refused with an error naming it.
 from __future__ import annotations
 
 import logging
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -37,10 +38,10 @@ SYSTEM_PROMPT = (
     "progressed in the observation, or answer n/a when the observation does not fit the demonstrated task."
 )
 THINK_INSTRUCTIONS = (
-    "Find the demonstration step that is closest to the current observation, compare the two, and "
+    "Find the demonstration frame or step that is closest to the current observation, compare the two, and "
     "estimate the progress of the observation. Answer in exactly this format:\n"
-    "<ref_think>which step is closest and why</ref_think><ref>the number of that step</ref>"
-    "<score_think>how the observation differs from that step and what that means for the progress</score_think>"
+    "<ref_think>which frame or step is closest and why</ref_think><ref>its number</ref>"
+    "<score_think>how the observation differs from it and what that means for the progress</score_think>"
     "<score>the progress as a percentage</score>\n"
     "If the observation does not fit the demonstrated task, write n/a in both <ref> and <score>."
 )
@@ -51,8 +52,9 @@ DIRECT_INSTRUCTIONS = (
 
 
 def progress_label(step: int, total_steps: int) -> int:
-    """Progress in percent of demo step `step` out of `total_steps` (Python round, as in the references)."""
-    return round(100 * step / total_steps)
+    """Progress in percent of demo entry `step` of `total_steps`, rounded half up (12.5 -> 13) as the
+    benchmark construction (data_pipeline.construct) rounds its labels."""
+    return math.floor(100 * step / total_steps + 0.5)
 
 
 def format_percent(progress: float | None) -> str:
@@ -89,7 +91,7 @@ def build_messages(record: Record, mode: str = "think", image_root: str | None =
     if record.visual_demo is not None:
         text("Demonstration, key frames with the progress each one reaches:\n")
         for i in range(record.num_demos):
-            text(f"Step {i + 1}: ")
+            text(f"Frame {i + 1}: ")
             parts.append({"type": "image", "image": images[i]})
             text(f" {progress_label(i, record.total_steps)}%\n")
     else:

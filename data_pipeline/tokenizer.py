@@ -140,8 +140,30 @@ _REASONS = [
 ]
 
 
+def _sim_texts(episodes: int = 60) -> list[str]:
+    """ProgressBench-Sim training samples (goals, steps, rule-based reasoning) as rendered prompts + answers."""
+    import numpy as np
+
+    from data_pipeline.construct import SUBSETS, plan_samples, to_record
+    from data_pipeline.prompts import build_messages, render_text
+    from data_pipeline.records import parse_record
+    from data_pipeline.sim.build import make_episode
+    from data_pipeline.sim.reasoning import response
+
+    texts = []
+    for index in range(episodes):
+        episode = make_episode("train_sft", index, seed=0, image_size=224)
+        subset = SUBSETS[index % len(SUBSETS)]
+        for sample in plan_samples(episode, subset, 3, np.random.default_rng([0, index])):
+            record = parse_record(to_record(sample), subset, "sim", index + 1)
+            messages = build_messages(record, "think") + [{"role": "assistant", "content": response(sample)}]
+            texts.append(render_text(messages))
+    return texts
+
+
 def _corpus(seed: int = 0, samples: int = 600) -> list[str]:
-    """Prompt text in both modes and both demo kinds, answers in the four-block format, all percentages."""
+    """Prompt text in both modes and both demo kinds, answers in the four-block format, all percentages,
+    and the sim's texts."""
     from data_pipeline.prompts import build_messages, format_percent, render_text
     from data_pipeline.records import Record
 
@@ -172,7 +194,7 @@ def _corpus(seed: int = 0, samples: int = 600) -> list[str]:
                       f"<score_think>{score_reason}</score_think><score>{answer}</score>")
         messages = build_messages(record, mode) + [{"role": "assistant", "content": answer}]
         texts.append(render_text(messages))
-    return texts
+    return texts + _sim_texts()
 
 
 def train_tiny_tokenizer(texts: list[str]):

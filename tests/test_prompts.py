@@ -73,7 +73,7 @@ def test_percent_labels_and_layout():
     assert images == record_images(VISUAL, "/data")
     flat = "".join("<image>" if p["type"] == "image" else p["text"] for p in parts)
     # frame i of 3 steps stands for round(100 i / 3)%: 0, 33, 67, 100
-    assert "Step 1: <image> 0%\nStep 2: <image> 33%\nStep 3: <image> 67%\nStep 4: <image> 100%\n" in flat
+    assert "Frame 1: <image> 0%\nFrame 2: <image> 33%\nFrame 3: <image> 67%\nFrame 4: <image> 100%\n" in flat
     assert flat.startswith("Task goal: stack the blue block on the red block\n\n")
     sections = flat.split("\n\n")
     assert sections[-2].endswith("<image>") and "<ref_think>" in sections[-1] and "n/a" in sections[-1]
@@ -84,6 +84,10 @@ def test_percent_labels_and_layout():
         in text_flat
     assert text_flat.count("<image>") == 1 and "<ref_think>" not in text_flat and "percentage" in text_flat
     assert record_images(TEXT) == ["obs2.jpg"]
+    # 8 steps: step 1 is 12.5%, rounded half up as the benchmark labels are
+    eight = Record(**{**TEXT.__dict__, "text_demo": tuple(f"s{k}" for k in range(8)), "total_steps": 8})
+    eight_flat = build_messages(eight, "direct")[1]["content"][0]["text"]
+    assert "Step 1: s0 (13%)\nStep 2: s1 (25%)\nStep 3: s2 (38%)\n" in eight_flat
     with pytest.raises(ValueError, match="mode"):
         build_messages(TEXT, "cot")
 
