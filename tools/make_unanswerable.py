@@ -1,0 +1,111 @@
+"""Unanswerable samples: teacher object swaps in text demos, teacher-proposed and applied image edits.
+
+    python -m tools.make_unanswerable text --records text-normal.jsonl --out text-unanswerable.jsonl \
+        --backend vllm --model Qwen/Qwen2.5-VL-72B-Instruct [--allowed-objects nouns.txt]
+    python -m tools.make_unanswerable image --records visual_same_view.jsonl --image-root IMAGES \
+        --queue review_queue.jsonl --out visual-unanswerable.unreviewed.jsonl --backend vllm --model ... \
+        --editor diffusers [--edit-model Qwen/Qwen-Image-Edit --edit-steps 50 --true-cfg-scale 4 ...]
+    python -m tools.make_unanswerable image ... --editor sim --sim-seed 0     # ProgressBench-Sim, procedural
+
+Validation rules and layouts: data_pipeline/unanswerable.py. Edited images go to
+IMAGE_ROOT/{id}/{stem}_edit.jpg; the review app (tools/review_app.py) turns the queue into the
+final visual-unanswerable file. Both commands resume: settled samples are skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from data_pipeline.image_edit import DEFAULT_MODEL, DTYPES, DiffusersEditor, SimEditor
+from data_pipeline.records import load_records
+from data_pipeline.unanswerable import run_image_edits, run_text_swaps
+from tools.generate_cot import add_teacher_args, make_teacher
+
+
+def _read_steps(path: str) -> dict:
+    """JSONL lines with "id" and "steps" (or "text_demo"): the text steps of visual trajectories."""
+    steps = {}
+    with open(path, encoding="utf-8") as f:
+        for n, text in enumerate(f, start=1):
+            if text.strip():
+                obj = json.loads(text)
+                value = obj.get("steps", obj.get("text_demo"))
+                if "id" not in obj or not isinstance(value, list):
+                    raise SystemExit(f"{path}:{n}: expected fields 'id' and 'steps' (a list of strings)")
+                steps[str(obj["id"])] = value
+    return steps
+
+
+def _text(args) -> dict:
+    records = [r for path in args.records for r in load_records(path)][:args.limit]
+    allowed = None
+    if args.allowed_objects:
+        with open(args.allowed_objects, encoding="utf-8") as f:
+            allowed = [line.strip() for line in f if line.strip()]
+    return run_text_swaps(records, make_teacher(args), args.out, args.batch_size, args.rejects, allowed,
+                          progress=not args.no_progress)
+
+
+def make_editor(args):
+    if args.editor == "sim":
+        return SimEditor(args.sim_seed)
+    return DiffusersEditor.load(args.edit_model, args.edit_dtype, args.edit_device,
+                                num_inference_steps=args.edit_steps, true_cfg_scale=args.true_cfg_scale,
+                                guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt,
+                                seed=args.edit_seed)
+
+
+def _image(args) -> dict:
+    records = [r for path in args.records for r in load_records(path, image_root=args.image_root)][:args.limit]
+    editor = make_editor(args)
+    steps = _read_steps(args.steps) if args.steps else {}
+    if isinstance(editor, SimEditor):  # the sim knows its steps
+        from PIL import Image
+
+        for r in records:
+            if r.id not in steps:
+                with Image.open(f"{args.image_root}/{r.id}/{r.observation}") as im:
+                    steps[r.id] = editor.steps(r, im.size[0])
+    return run_image_edits(records, args.image_root, make_teacher(args), editor, args.queue, args.out, steps,
+                           args.batch_size, args.rejects, progress=not args.no_progress)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    text = sub.add_parser("text", help="object swaps in text demos -> text-unanswerable records")
+    text.add_argument("--records", nargs="+", required=True, help="text-normal JSONL files")
+    text.add_argument("--out", required=True)
+    text.add_argument("--allowed-objects", default=None, help="file with one allowed new object per line")
+    image = sub.add_parser("image", help="teacher edit proposals + image editing -> review queue")
+    image.add_argument("--records", nargs="+", required=True, help="answerable visual JSONL files")
+    image.add_argument("--image-root", required=True)
+    image.add_argument("--queue", required=True, help="review queue JSONL (appended)")
+    image.add_argument("--out", required=True, help="all queued records, unreviewed (rewritten)")
+    image.add_argument("--steps", default=None, help="JSONL {id, steps} with the text steps of the trajectories")
+    image.add_argument("--editor", choices=("diffusers", "sim"), default="diffusers")
+    image.add_argument("--edit-model", default=DEFAULT_MODEL, help="diffusers pipeline name or local path")
+    image.add_argument("--edit-dtype", choices=DTYPES, default="bfloat16")
+    image.add_argument("--edit-device", default="cuda")
+    image.add_argument("--edit-steps", type=int, default=50)
+    image.add_argument("--true-cfg-scale", type=float, default=None, help="default: the pipeline's (4.0 for Qwen)")
+    image.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's")
+    image.add_argument("--negative-prompt", default=" ")
+    image.add_argument("--edit-seed", type=int, default=0)
+    image.add_argument("--sim-seed", type=int, default=0, help="seed ProgressBench-Sim was generated with")
+    for p in (text, image):
+        p.add_argument("--rejects", default=None,
+                       help="rejected answers JSONL (default OUT.rejected.jsonl, QUEUE.rejected.jsonl for image)")
+        p.add_argument("--limit", type=int, default=None)
+        p.add_argument("--no-progress", action="store_true")
+        add_teacher_args(p)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    counts = _text(args) if args.command == "text" else _image(args)
+    print(json.dumps(counts))
+    return counts
+
+
+if __name__ == "__main__":
+    main()
