@@ -23,8 +23,8 @@ import numpy as np
 
 from data_pipeline.array_record import SUFFIX, decode_entry
 from data_pipeline.image_processor import preprocess
-from data_pipeline.prompts import record_images, target_answer, tokenize_chat, tokenize_record
-from data_pipeline.records import ChatRecord, Record, load_chat_records, load_records
+from data_pipeline.prompts import MODES, record_images, target_answer, tokenize_chat, tokenize_record
+from data_pipeline.records import ChatRecord, load_chat_records, load_records
 
 logger = logging.getLogger(__name__)
 
@@ -194,12 +194,14 @@ def make_dataset(
     the benchmark records (chat image paths are resolved against it too when given).
     Sequences longer than the largest length bucket are truncated per data_pipeline.prompts.
     worker_count: processes for parse/preprocess/tokenize (0: in this process); read_threads:
-    threads per process doing the same. num_epochs=None repeats forever. With drop_remainder=True every shard gets the same number
-    of batches (the few samples that do not divide evenly are dropped and logged); with False
-    the last batch is padded with empty rows (keys None). shard_index/count default to
+    threads per process doing the same. num_epochs=None repeats forever. With drop_remainder=True
+    every shard gets the same number of batches (the few samples that do not divide evenly are
+    dropped and logged); with False the last batch is padded with empty rows (keys None). shard_index/count default to
     jax.process_index()/process_count(). `iter(dataset)` gives an iterator with
     get_state()/set_state() for checkpoints.
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     length_buckets = _check_buckets("length_buckets", length_buckets)
     patch_buckets = _check_buckets("patch_buckets", patch_buckets, multiple=4)
     image_buckets = _check_buckets("image_buckets", image_buckets)
@@ -214,10 +216,8 @@ def make_dataset(
     ds = _source(files, image_root, strict)
     if shuffle:
         ds = ds.shuffle(seed=seed)  # grain reseeds each epoch with seed + epoch
-    if num_epochs is not None and num_epochs != 1:
-        ds = ds.repeat(num_epochs)
-    elif num_epochs is None:
-        ds = ds.repeat(None)
+    if num_epochs != 1:
+        ds = ds.repeat(num_epochs)  # None: forever
     if drop_remainder and num_epochs is not None:
         per_step = shard_count * batch_size
         usable = len(ds) - len(ds) % per_step

@@ -190,7 +190,7 @@ def tokenize_messages(tokenizer, messages: list[dict], image_grid_thw, max_lengt
                 pieces.append(([tokenizer.vision_start_id] + [tokenizer.image_pad_id] * n
                                + [tokenizer.vision_end_id], "image"))
             elif header is not None and not is_target:
-                # Encode header and text together so a leading newline in the text merges as it would in the full string.
+                # Header and text encoded together: a leading newline in the text merges as in the full string.
                 joint, head = tokenizer.encode(header + part["text"]), tokenizer.encode(header)
                 if joint[: len(head)] == head:
                     pieces += [(head, "fixed"), (joint[len(head):], "cut" if role == "user" else "fixed")]

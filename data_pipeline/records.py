@@ -162,7 +162,8 @@ def parse_record(obj: dict, source: str, path: str, line: int, image_root: str |
     if total is None or total < 1:
         raise RecordError(path, line, "total_steps", f"expected a positive integer, got {obj['total_steps']!r}")
     if visual is not None and len(visual) != total + 1:
-        raise RecordError(path, line, "visual_demo", f"has {len(visual)} frames, expected total_steps + 1 = {total + 1}")
+        raise RecordError(path, line, "visual_demo",
+                          f"has {len(visual)} frames, expected total_steps + 1 = {total + 1}")
     if text is not None and len(text) != total:
         raise RecordError(path, line, "text_demo", f"has {len(text)} steps, expected total_steps = {total}")
     num_demos = len(visual if visual is not None else text)
@@ -171,7 +172,8 @@ def parse_record(obj: dict, source: str, path: str, line: int, image_root: str |
     if isinstance(stage, list) and len(stage) == 1:
         stage = stage[0]
     if not isinstance(stage, str) or not stage:
-        raise RecordError(path, line, "stage_to_estimate", f"expected a file name or a one-element list, got {stage!r:.200}")
+        raise RecordError(path, line, "stage_to_estimate",
+                          f"expected a file name or a one-element list, got {stage!r:.200}")
 
     closest = _parse_int(_require(obj, "closest_idx", path, line), "closest_idx", path, line)
     if closest is not None and not 1 <= closest <= num_demos:
@@ -218,7 +220,8 @@ def parse_chat_record(obj: dict, source: str, path: str, line: int, image_root: 
     for i, m in enumerate(messages):
         field = f"messages[{i}]"
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise RecordError(path, line, field, f"expected {{role: system|user|assistant, content: str}}, got {m!r:.200}")
+            raise RecordError(path, line, field,
+                              f"expected {{role: system|user|assistant, content: str}}, got {m!r:.200}")
         parsed.append((m["role"], m["content"]))
     if parsed[-1][0] != "assistant":
         raise RecordError(path, line, "messages", "the last message must be the assistant answer")
@@ -227,7 +230,8 @@ def parse_chat_record(obj: dict, source: str, path: str, line: int, image_root: 
         raise RecordError(path, line, "images", f"expected a list of paths, got {images!r:.200}")
     placeholders = sum(content.count(IMAGE_PLACEHOLDER) for _, content in parsed)
     if placeholders != len(images):
-        raise RecordError(path, line, "images", f"{len(images)} images but {placeholders} '<image>' placeholders in messages")
+        raise RecordError(path, line, "images",
+                          f"{len(images)} images but {placeholders} '<image>' placeholders in messages")
     if image_root is not None:
         images = [os.path.join(image_root, p) for p in images]
         for p in images:

@@ -117,9 +117,10 @@ lowering raised raising inserted inserting poured pouring wiped wiping folded fo
 turned turning pulled pulling dropped dropping flipped flipping aligned aligning transferred covering
 """.split()
 _STEP_TEMPLATES = [
-    "{arm}reach towards the {obj}", "{arm}grasp the {obj}", "{arm}lift the {obj}", "{arm}move the {obj} above {place}",
-    "{arm}lower the {obj} onto {place}", "{arm}release the {obj}", "{arm}retract the gripper", "{arm}push the {obj} to {place}",
-    "{arm}open the {obj}", "{arm}close the {obj}", "{arm}rotate the {obj}", "{arm}slide the {obj} towards {place}",
+    "{arm}reach towards the {obj}", "{arm}grasp the {obj}", "{arm}lift the {obj}",
+    "{arm}move the {obj} above {place}", "{arm}lower the {obj} onto {place}", "{arm}release the {obj}",
+    "{arm}retract the gripper", "{arm}push the {obj} to {place}", "{arm}open the {obj}", "{arm}close the {obj}",
+    "{arm}rotate the {obj}", "{arm}slide the {obj} towards {place}",
 ]
 _ARMS = ["", "", "[left] ", "[right] ", "[towards] "]
 _REASONS = [
