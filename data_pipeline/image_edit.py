@@ -66,7 +66,11 @@ class DiffusersEditor:
             raise ImportError("the diffusers editor needs diffusers and torch: pip install -e .[tools]") from e
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-        pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=getattr(torch, dtype))
+        from diffusers.pipelines import pipeline_utils
+
+        # diffusers >= 0.36 names the argument dtype (torch_dtype is deprecated there); older ones torch_dtype.
+        name = "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
+        pipe = DiffusionPipeline.from_pretrained(model, **{name: getattr(torch, dtype)})
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe, device=device, **settings)
