@@ -65,6 +65,10 @@ class Generation:
     texts: list[str] | None = None
 
 
+# Smallest prompt-length and patch-count buckets: below these, padding costs less than compiling.
+MIN_LENGTH, MIN_PATCHES = 128, 256
+
+
 def _pow2(n: int, minimum: int = 1) -> int:
     return 1 << (max(n, minimum) - 1).bit_length()
 
@@ -101,7 +105,7 @@ def prepare(batch: dict, config, pad_id: int, data_shards: int = 1) -> dict:
         raise ValueError(f"input_ids {input_ids.shape} and attention_mask {attention_mask.shape} must be equal [B, L]")
     B = input_ids.shape[0]
     B_pad = -(-_pow2(B) // data_shards) * data_shards
-    L_pad = _pow2(int((attention_mask > 0).sum(1).max(initial=1)), 16)
+    L_pad = _pow2(int((attention_mask > 0).sum(1).max(initial=1)), MIN_LENGTH)
     ids, mask = left_pad(input_ids, attention_mask, B_pad, L_pad, pad_id)
     host = {"input_ids": ids, "attention_mask": mask}
     if batch.get("pixel_values") is not None and batch.get("image_grid_thw") is not None:
@@ -111,7 +115,7 @@ def prepare(batch: dict, config, pad_id: int, data_shards: int = 1) -> dict:
             pixel_values = np.asarray(batch["pixel_values"], np.float32)
             if pixel_values.shape[0] < n:
                 raise ValueError(f"image_grid_thw needs {n} patch rows, pixel_values has {pixel_values.shape[0]}")
-            padded = np.zeros((_pow2(n, 4), pixel_values.shape[1]), np.float32)
+            padded = np.zeros((_pow2(n, MIN_PATCHES), pixel_values.shape[1]), np.float32)
             padded[:n] = pixel_values[:n]
             host["pixel_values"], host["image_grid_thw"] = padded, grid
     out = positions.model_inputs(host, config)

@@ -1,0 +1,161 @@
+"""The evaluation job: generate answers to Progress-Bench prompts with the JAX sampler, append them to a
+predictions JSONL (resumable), score it, write metrics.json, tables and figures.
+
+`run(config)` is the job (configs/eval.py); `evaluate(...)` does the work for an in-memory model, so
+that other jobs (GRPO) can score the models they hold.
+
+Several processes: every process runs the same batches (the model and batch are sharded over all
+devices, so that is still data-parallel on the devices); only process 0 writes files and prints.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import jax
+import ml_collections
+
+from data_pipeline.parsing import MODES
+from data_pipeline.pipeline import make_dataset
+from progress_jax import runtime, sampling
+from progress_jax.eval.predictions import (done_keys, load_bench, prediction_line, PredictionWriter,
+                                           read_predictions, score, write_results)
+from progress_jax.train.metrics_writer import progress_bar
+
+
+# Placeholders of configs/eval.py: with a checkpoint, the paper's eval settings (REFERENCE §6) and
+# the SFT recipe's image size; for the tiny random default, small images and short answers.
+CHECKPOINT_DEFAULTS = {"max_new_tokens": 4096, "min_pixels": 3136, "max_pixels": 1003520,
+                       "length_buckets": (2048, 4096, 8192, 16384, 32768),
+                       "patch_buckets": (8192, 16384, 32768, 65536, 131072), "image_buckets": (16, 32, 64, 128)}
+TINY_DEFAULTS = {"max_new_tokens": 160, "min_pixels": 56 * 56, "max_pixels": 112 * 112,
+                 "length_buckets": (512, 1024), "patch_buckets": (1024, 2048, 4096, 8192),
+                 "image_buckets": (16, 32, 64, 128)}
+DATA_KEYS = ("min_pixels", "max_pixels", "length_buckets", "patch_buckets", "image_buckets")
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy with the unset (None) sampling/data fields filled for the model at hand."""
+    c = config.copy_and_resolve_references()
+    c.unlock()
+    defaults = CHECKPOINT_DEFAULTS if c.model.path else TINY_DEFAULTS
+    if c.sampling.get("max_new_tokens") is None:
+        c.sampling.max_new_tokens = defaults["max_new_tokens"]
+    for key in DATA_KEYS:
+        if c.data.get(key) is None:
+            c.data[key] = defaults[key]
+    return c
+
+
+def sampling_params(config) -> sampling.SamplingParams:
+    s = config.sampling
+    return sampling.SamplingParams(max_new_tokens=int(s.max_new_tokens), temperature=float(s.temperature),
+                                   top_p=float(s.top_p), top_k=int(s.top_k))
+
+
+def bench_files(config) -> tuple[list[str], str]:
+    """(benchmark JSONL files, image root) from eval.bench_files / data.bench_dir, else the sim's bench."""
+    files = [os.fspath(f) for f in config.eval.get("bench_files", ())]
+    bench_dir = config.data.bench_dir
+    if not files and not bench_dir:
+        bench_dir = runtime.sim_paths(config)["bench_dir"]
+    if not files:
+        if not os.path.isdir(bench_dir):
+            raise FileNotFoundError(f"config key data.bench_dir: no directory {bench_dir}")
+        files = sorted(os.path.join(bench_dir, n) for n in os.listdir(bench_dir) if n.endswith(".jsonl"))
+        if not files:
+            raise FileNotFoundError(f"config key data.bench_dir: no .jsonl benchmark files in {bench_dir}")
+    image_root = config.data.image_root or os.path.join(bench_dir or os.path.dirname(files[0]), "images")
+    if not os.path.isdir(image_root):
+        raise FileNotFoundError(f"config key data.image_root: no image directory {image_root}")
+    return files, image_root
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def _pending_file(path: str, lines: list[int], directory: str) -> str:
+    """The given lines of a benchmark file, copied under the same file name (the name is the setting)."""
+    with open(path, encoding="utf-8") as f:
+        texts = f.readlines()
+    out = os.path.join(directory, os.path.basename(path))
+    with open(out, "w", encoding="utf-8") as f:
+        f.writelines(texts[i - 1].rstrip("\n") + "\n" for i in lines)
+    return out
+
+
+def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, mesh=None,
+             run_name: str = "model", verbose: bool = True) -> dict:
+    """Predict the samples of `files` not yet in <out_dir>/predictions.jsonl, then score all of them.
+
+    config: an eval-style config (resolved: no None fields): data.mode, data buckets/pixels,
+    data.worker_count, sampling.*, seed. Writes predictions.jsonl, metrics.json, table1/2 and the
+    figures to out_dir; returns the metrics dict (the metrics.json content), {} off process 0."""
+    mode = config.data.mode
+    if mode not in MODES:
+        raise ValueError(f"config key data.mode must be one of {MODES}, got {mode!r}")
+    params = sampling_params(config)
+    main = jax.process_index() == 0
+    pred_path = os.path.join(out_dir, "predictions.jsonl")
+    bench = load_bench(files)
+    done = done_keys(pred_path)
+    todo = {path: [r.line for r in bench[_stem(path)] if r.key not in done] for path in files}
+    total = sum(map(len, todo.values()))
+    if verbose and main:
+        print(f"{run_name}: {total} of {sum(map(len, bench.values()))} samples to predict ({mode} mode) -> {pred_path}")
+    pending_dir = tempfile.mkdtemp(prefix="eval_pending_")
+    key = jax.random.key(config.seed)
+    step = 0
+    writer = PredictionWriter(pred_path) if main else None
+    bar = progress_bar(total, desc=f"eval {run_name}", enabled=main and verbose and total > 0)
+    try:
+        for path, lines in todo.items():
+            if not lines:
+                continue
+            pending = _pending_file(path, lines, pending_dir)  # make_dataset reads files
+            batches = make_dataset(
+                [pending], image_root, tokenizer, mode=mode, with_answers=False,
+                batch_size=config.sampling.batch_size, length_buckets=config.data.length_buckets,
+                patch_buckets=config.data.patch_buckets, image_buckets=config.data.image_buckets,
+                min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels, shuffle=False,
+                num_epochs=1, drop_remainder=False, worker_count=config.data.worker_count,
+                shard_index=0, shard_count=1)
+            for batch in batches:
+                gen = sampling.generate(model, batch, params, jax.random.fold_in(key, step), tokenizer=tokenizer,
+                                        mesh=mesh)
+                step += 1
+                rows = [(r, t) for r, t in zip(batch["records"], gen.texts) if r is not None]
+                if writer is not None:
+                    for record, text in rows:
+                        writer.write(prediction_line(record, text, mode))
+                bar.update(len(rows))
+    finally:
+        shutil.rmtree(pending_dir, ignore_errors=True)
+        bar.close()
+        if writer is not None:
+            writer.close()
+
+    if not main:
+        return {}
+    result = score(bench, (obj for _, obj in read_predictions(pred_path).lines), mode=mode)
+    tables = write_results(result, out_dir, run_name)
+    if verbose:
+        print("\n".join(result.report.lines()))
+        print(tables)
+        print(f"wrote predictions, metrics.json, tables and figures to {out_dir}")
+    return result.metrics
+
+
+def run(config) -> None:
+    runtime.maybe_initialize_distributed()
+    config = resolve(config)
+    mesh = runtime.make_mesh(config)
+    model = runtime.load_model(config, mesh)
+    tokenizer = runtime.load_tokenizer(config)
+    files, image_root = bench_files(config)
+    out_dir = config.eval.out_dir or os.path.join(config.workdir, config.data.mode)
+    name = config.eval.run_name or (os.path.basename(os.path.normpath(config.model.path)) if config.model.path
+                                    else "tiny-random")
+    evaluate(model, tokenizer, files, image_root, out_dir, config, mesh=mesh, run_name=name)
