@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
+import sys
 import os
 import shutil
 import time
@@ -79,7 +80,9 @@ def _render_all(samples_by_root: list[tuple[list[Sample], str]], workers: int) -
     jobs = [(group, root) for (root, _), group in groups.items()]
     if workers <= 1:
         return sum(map(_render, jobs))
-    with mp.get_context("fork").Pool(workers) as pool:
+    # Forking a process that runs JAX's threads can deadlock; spawn then.
+    method = "spawn" if "jax" in sys.modules else "fork"
+    with mp.get_context(method).Pool(workers) as pool:
         return sum(pool.imap_unordered(_render, jobs, chunksize=4))
 
 
