@@ -50,7 +50,7 @@ def inject(model, rank: int, alpha: float, dropout: float = 0.0, targets: str = 
         if lin.lora_a is not None:
             raise ValueError(f"{path} already holds LoRA factors")
         din, dout = lin.kernel.shape
-        dtype = lin.kernel[...].dtype
+        dtype = jnp.float32  # adapters in float32 whatever the base dtype (as PEFT's default)
         # PEFT: kaiming_uniform_(a=sqrt(5)) on A [r, in] -> U(-1/sqrt(in), 1/sqrt(in)).
         bound = 1.0 / np.sqrt(din)
         a = jax.random.uniform(jax.random.fold_in(key, i), (din, rank), jnp.float32, -bound, bound)

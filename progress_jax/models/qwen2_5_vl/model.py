@@ -81,10 +81,13 @@ class Qwen25VL(nnx.Module):
         if remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
         if remat != "none" and cache is None:
-            run = nnx.remat(lambda layer, x, rng: layer(x, cos, sin, mask, dropout_rng=rng)[0],
-                            policy=REMAT_POLICIES[remat])
+            # jax.checkpoint over a pure function of the layer's state (no NNX graph updates).
             for i, layer in enumerate(self.layers):
-                x = run(layer, x, None if dropout_rng is None else jax.random.fold_in(dropout_rng, i))
+                graphdef, state = nnx.split(layer)
+                run = jax.checkpoint(
+                    lambda st, x, rng, g=graphdef: nnx.merge(g, st)(x, cos, sin, mask, dropout_rng=rng)[0],
+                    policy=REMAT_POLICIES[remat])
+                x = run(state, x, None if dropout_rng is None else jax.random.fold_in(dropout_rng, i))
             return self.norm(x), None
         new_cache = []
         for i, layer in enumerate(self.layers):
