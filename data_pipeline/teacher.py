@@ -77,7 +77,7 @@ class VllmTeacher:
         llm = vllm.LLM(model=model, tensor_parallel_size=tensor_parallel_size,
                        limit_mm_per_prompt={"image": max_images}, seed=sampling.seed, **engine_kwargs)
         params = vllm.SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                                     max_tokens=sampling.max_tokens, seed=sampling.seed)
+                                     max_tokens=sampling.max_tokens)  # the engine seed makes runs repeatable
         return cls(llm, params)
 
     def __call__(self, prompts: list[list[dict]]) -> list[str]:

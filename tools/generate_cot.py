@@ -35,20 +35,24 @@ def add_teacher_args(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max-prompt-length", type=int, default=16384, help="jax: prompt tokens (longer are cut)")
     g.add_argument("--max-pixels", type=int, default=12845056, help="jax: image max_pixels")
+    g.add_argument("--jax-dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="jax: parameter and compute dtype (bfloat16 for a 3B model on an accelerator)")
 
 
-def jax_generate_fn(model_path: str, preset: str, sampling: TeacherSampling):
-    """progress_jax.sampling.generate on one model as `batch -> texts`, with the tokenizer it needs."""
+def jax_generate_fn(model_path: str, preset: str, sampling: TeacherSampling, dtype: str = "float32"):
+    """progress_jax.sampling.generate on one model (one device) as `batch -> texts`, with its tokenizer."""
     import jax
+    import jax.numpy as jnp
 
     from data_pipeline.tokenizer import load_tokenizer
     from progress_jax import sampling as sampler
     from progress_jax.models import qwen2_5_vl
 
+    dt = getattr(jnp, dtype)
     if model_path:
-        model = qwen2_5_vl.from_pretrained(model_path)
+        model = qwen2_5_vl.from_pretrained(model_path, dtype=dt)
     else:
-        model = qwen2_5_vl.init(qwen2_5_vl.preset(preset), seed=sampling.seed)
+        model = qwen2_5_vl.init(qwen2_5_vl.preset(preset), seed=sampling.seed, dtype=dt, param_dtype=dt)
     tokenizer = load_tokenizer(model_path or None)
     params = sampler.SamplingParams(max_new_tokens=sampling.max_tokens, temperature=sampling.temperature,
                                     top_p=sampling.top_p, top_k=sampling.top_k)
@@ -67,7 +71,7 @@ def make_teacher(args):
         if not args.model:
             raise SystemExit("--model is required with --backend vllm")
         return VllmTeacher.load(args.model, args.tensor_parallel_size, args.max_images, sampling)
-    generate, tokenizer = jax_generate_fn(args.model, args.preset, sampling)
+    generate, tokenizer = jax_generate_fn(args.model, args.preset, sampling, args.jax_dtype)
     return JaxTeacher(generate, tokenizer, args.max_prompt_length, max_pixels=args.max_pixels)
 
 

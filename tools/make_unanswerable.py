@@ -18,7 +18,7 @@ import json
 import logging
 
 from data_pipeline.image_edit import DEFAULT_MODEL, DTYPES, DiffusersEditor, SimEditor
-from data_pipeline.records import load_records
+from data_pipeline.records import load_records, record_image_path
 from data_pipeline.unanswerable import run_image_edits, run_text_swaps
 from tools.generate_cot import add_teacher_args, make_teacher
 
@@ -65,7 +65,7 @@ def _image(args) -> dict:
 
         for r in records:
             if r.id not in steps:
-                with Image.open(f"{args.image_root}/{r.id}/{r.observation}") as im:
+                with Image.open(record_image_path(args.image_root, r, r.observation)) as im:
                     steps[r.id] = editor.steps(r, im.size[0])
     return run_image_edits(records, args.image_root, make_teacher(args), editor, args.queue, args.out, steps,
                            args.batch_size, args.rejects, progress=not args.no_progress)
