@@ -36,7 +36,8 @@ def host_batch(rows, seed=0, cfg=CFG, L=64, P=256):
     pv = np.zeros((P, 1176), np.float32)
     pv[:64 * len(grids)] = rng.standard_normal((64 * len(grids), 1176)).astype(np.float32)
     grid = np.zeros((4, 3), np.int32)
-    grid[:len(grids)] = grids
+    if grids:
+        grid[:len(grids)] = grids
     return {"input_ids": ids, "attention_mask": att, "loss_mask": loss, "pixel_values": pv, "image_grid_thw": grid}
 
 
