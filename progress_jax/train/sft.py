@@ -119,10 +119,10 @@ def resolve(config) -> None:
     a model.path, the fast tiny demo without; then check every value, naming the key."""
     t = config.train
     tiny = not config.model.path
-    defaults = dict(lr=3e-3 if tiny else 1e-4, batch_size=8 if tiny else 64,
-                    micro_batch_size=8 if tiny else 1, epochs=6.0 if tiny else 3.0,
+    defaults = dict(lr=5e-3 if tiny else 1e-4, batch_size=4 if tiny else 64,
+                    micro_batch_size=4 if tiny else 1, epochs=1.0 if tiny else 3.0,
                     demo_samples=2 if tiny else 0)
-    data_defaults = (dict(min_pixels=56 * 56, max_pixels=112 * 112, length_buckets=(512, 1024),
+    data_defaults = (dict(min_pixels=56 * 56, max_pixels=56 * 56, length_buckets=(512, 1024),
                           patch_buckets=(1024, 2048, 4096), image_buckets=(16, 32, 64)) if tiny else
                      dict(min_pixels=3136, max_pixels=1003520, length_buckets=(4096, 8192, 16384, 32768),
                           patch_buckets=(8192, 16384, 32768, 65536), image_buckets=(8, 16, 32)))
