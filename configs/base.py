@@ -56,8 +56,8 @@ def base() -> ml_collections.ConfigDict:
 
 def tiny_data(c: ml_collections.ConfigDict) -> None:
     """Small images and buckets that keep the tiny default fast on two CPU cores."""
-    c.data.max_pixels = 112 * 112
+    c.data.max_pixels = 112 * 112  # 16 tokens per image
     c.data.min_pixels = 56 * 56
     c.data.length_buckets = (512, 1024)
-    c.data.patch_buckets = (512, 1024)
-    c.data.image_buckets = (8,)
+    c.data.patch_buckets = (2048, 4096, 8192)
+    c.data.image_buckets = (32, 64, 128)

@@ -112,7 +112,8 @@ def jit_step(fn, mesh, state_sh, frozen_sh, batch_sh):
 
 # Batch axis (after the leading micro-batch axis) of each array; patch arrays use the patch axis.
 BATCH_AXIS = {"input_ids": 1, "attention_mask": 1, "loss_mask": 1, "position_ids": 2, "pixel_values": 1,
-              "window_index": 1, "reverse_index": 1, "rope_hw": 1, "full_segments": 1, "window_segments": 1}
+              "window_index": 1, "reverse_index": 1, "rope_hw": 1, "full_segments": 1, "window_segments": 1,
+              "advantages": 1, "old_logp": 1, "ref_logp": 1}
 PATCH_KEYS = ("pixel_values", "window_index", "reverse_index", "rope_hw", "full_segments", "window_segments")
 
 

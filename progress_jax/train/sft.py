@@ -84,7 +84,7 @@ def make_step(parts: loop.Parts, tx, mesh=None, remat: str = "none", loss_chunk:
         rng = jax.random.fold_in(state["rng"], state["step"]) if dropout else None
         loss, grads, n_tokens = loss_and_grads(parts, state["params"], frozen, batch, rng, mesh, remat, loss_chunk)
         new_state = loop.apply_gradients(state, grads, tx)
-        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), "target_tokens": n_tokens}
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "target_tokens": n_tokens}
 
     return step
 

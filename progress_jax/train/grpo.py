@@ -1,0 +1,426 @@
+"""GRPO on image+text prompts with the decomposed progress reward (REFERENCE §5-6).
+
+One step: a batch of prompts -> n rollouts each (the JAX sampler, images included) -> rewards
+(format / ref / score) -> group advantages -> old log-probs (the current policy, before any
+update) and reference log-probs (the same backbone with LoRA switched off; a frozen copy of
+the initial weights only when lora.rank = 0) -> `updates_per_rollout` optimizer updates, each
+the clipped dual-clip surrogate + kl_coef * low_var_kl as a token-mean over all response
+tokens of its global batch, exact under micro-batching.
+
+Log-probs are taken at the rollout temperature (logits / temperature), as EasyR1/verl do.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from progress_jax import lora, runtime, sampling, sharding
+from progress_jax.models import qwen2_5_vl
+from progress_jax.rewards import progress_rewards
+from progress_jax.train import checkpoint, grpo_loss, guards, loop, metrics_writer, schedule
+from progress_jax.train.sft import stack_micro
+
+log = logging.getLogger(__name__)
+
+# ---- rollouts --------------------------------------------------------------------------------
+
+def images_per_row(input_ids, vision_start_id: int) -> np.ndarray:
+    return (np.asarray(input_ids) == vision_start_id).sum(1)
+
+
+def repeat_rows(batch: dict, n: int, vision_start_id: int) -> dict:
+    """Each prompt row repeated n times (rows of one prompt contiguous), its images with it."""
+    grid = qwen2_5_vl.positions.valid_grids(batch["image_grid_thw"])
+    counts = images_per_row(batch["input_ids"], vision_start_id)
+    if counts.sum() != len(grid):
+        raise ValueError(f"prompts hold {counts.sum()} images but image_grid_thw lists {len(grid)}")
+    img_end = np.cumsum(counts)
+    patch_end = np.concatenate([[0], np.cumsum(grid.prod(-1))])
+    grids, pixels, rows = [], [], []
+    for b in range(len(counts)):
+        if batch["records"][b] is None:
+            continue  # a padding row of an incomplete batch
+        i0, i1 = img_end[b] - counts[b], img_end[b]
+        for _ in range(n):
+            rows.append(b)
+            grids.append(grid[i0:i1])
+            pixels.append(batch["pixel_values"][patch_end[i0]:patch_end[i1]])
+    rows = np.array(rows)
+    return {
+        "input_ids": batch["input_ids"][rows],
+        "attention_mask": batch["attention_mask"][rows],
+        "pixel_values": np.concatenate(pixels),
+        "image_grid_thw": np.concatenate(grids),
+        "records": [batch["records"][b] for b in rows],
+    }
+
+
+def rollout_sequences(prompts: dict, gen: sampling.Generation, config) -> list[dict]:
+    """One host row per rollout: prompt tokens + response tokens (stop token included); loss_mask
+    marks the response tokens; the row's images travel with it. A response is cut before any
+    vision special token it generated (a text-only continuation cannot hold an image)."""
+    vision_ids = np.array([config.image_token_id, config.video_token_id, config.vision_start_token_id,
+                           config.vision_end_token_id])
+    grid = prompts["image_grid_thw"]
+    counts = images_per_row(prompts["input_ids"], config.vision_start_token_id)
+    img_end = np.cumsum(counts)
+    patch_end = np.concatenate([[0], np.cumsum(grid.prod(-1))])
+    rows = []
+    for b in range(len(prompts["records"])):
+        prompt = prompts["input_ids"][b][prompts["attention_mask"][b] > 0]
+        response = gen.tokens[b, : gen.lengths[b]]
+        bad = np.flatnonzero(np.isin(response, vision_ids))
+        if bad.size:
+            response = response[: bad[0]]
+        ids = np.concatenate([prompt, response]).astype(np.int32)
+        i0, i1 = img_end[b] - counts[b], img_end[b]
+        rows.append({
+            "input_ids": ids,
+            "loss_mask": np.concatenate([np.zeros(len(prompt), np.int32), np.ones(len(response), np.int32)]),
+            "pixel_values": prompts["pixel_values"][patch_end[i0]:patch_end[i1]],
+            "image_grid_thw": grid[i0:i1],
+        })
+    return rows
+
+
+def pack(rows: list[dict], extra: dict[str, np.ndarray], pad_id: int, length: int, patches: int) -> dict:
+    """Rows -> one right-padded host batch of `length` tokens and `patches` patch rows; `extra`
+    holds per-row values (advantages) kept as [B] arrays."""
+    B = len(rows)
+    ids = np.full((B, length), pad_id, np.int32)
+    mask = np.zeros((B, length), np.int32)
+    loss = np.zeros((B, length), np.int32)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n], mask[i, :n], loss[i, :n] = r["input_ids"], 1, r["loss_mask"]
+    pv = np.concatenate([r["pixel_values"] for r in rows])
+    pixel_values = np.zeros((patches, pv.shape[1]), np.float32)
+    pixel_values[: len(pv)] = pv
+    return {"input_ids": ids, "attention_mask": mask, "loss_mask": loss, "pixel_values": pixel_values,
+            "image_grid_thw": np.concatenate([r["image_grid_thw"] for r in rows]), **extra}
+
+
+def bucket(n: int, buckets) -> int:
+    """The smallest configured bucket >= n (else the next power of two), so that updates compile
+    a handful of shapes."""
+    for b in sorted(buckets):
+        if n <= b:
+            return b
+    return 1 << (n - 1).bit_length()
+
+
+# ---- log-probs and the update -----------------------------------------------------------------
+
+def token_logps(model, mb: dict, temperature: float, mesh=None, remat: str = "none"):
+    """log p(token t+1 | tokens <= t) at the given temperature for every position [B, L-1], and
+    the per-token entropy of that distribution."""
+    ids = mb["input_ids"]
+    x = sharding.constrain_batch(model.embed(ids, mb.get("pixel_values"), mb.get("vision")), mesh)
+    hidden, _ = model.decode(x, mb["position_ids"], mb["attention_mask"], remat=remat)
+    logits = model.logits(hidden[:, :-1]) / temperature
+    logp_all = jax.nn.log_softmax(logits, axis=-1)
+    logp = jnp.take_along_axis(logp_all, ids[:, 1:, None], axis=-1)[..., 0]
+    entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+    return logp, entropy
+
+
+def make_logp_fn(parts: loop.Parts, temperature: float, mesh=None, remat: str = "none", off: bool = False):
+    """(params, frozen, micro-batches [k, ...]) -> log-probs [k, B, L-1]; off=True: LoRA switched off."""
+    def fn(params, frozen, batch):
+        p = lora.lora_off(params) if off else params
+        model = parts.model(p, frozen)
+        return jax.lax.map(lambda mb: token_logps(model, mb, temperature, mesh, remat)[0], batch)
+
+    return fn
+
+
+def make_update(parts: loop.Parts, tx, g, temperature: float, mesh=None, remat: str = "none"):
+    """update(state, frozen, batch) -> (state, metrics): gradients of the GRPO loss summed over the
+    batch's micro-batches, each divided by the global response-token count (exact token-mean)."""
+    def update(state, frozen, batch):
+        mask_all = batch["loss_mask"][:, :, 1:].astype(jnp.float32)
+        n_tokens = jnp.maximum(mask_all.sum(), 1.0)
+
+        def micro(carry, mb):
+            def loss_fn(params):
+                logp, entropy = token_logps(parts.model(params, frozen), mb, temperature, mesh, remat)
+                mask = mb["loss_mask"][:, 1:].astype(jnp.float32)
+                ref = mb["ref_logp"] if g.kl_coef else None
+                loss, m = grpo_loss.grpo_loss(logp, mb["old_logp"], ref, mb["advantages"], mask, n_tokens,
+                                              kl_coef=g.kl_coef, clip_low=g.clip_low, clip_high=g.clip_high,
+                                              dual_clip=g.dual_clip)
+                m["entropy"] = grpo_loss.token_mean(entropy, mask, n_tokens)
+                return loss, m
+
+            (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+            acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), carry, (grads, m))
+            return acc, None
+
+        zeros_g = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"])
+        metric_keys = ("pg_loss", "clip_frac", "dual_clip_frac", "entropy", "loss") + (("kl",) if g.kl_coef else ())
+        zeros_m = {k: jnp.zeros((), jnp.float32) for k in metric_keys}
+        (grads, metrics), _ = jax.lax.scan(micro, (zeros_g, zeros_m), batch)
+        new_state = loop.apply_gradients(state, grads, tx)
+        return new_state, {**metrics, "grad_norm": optax.tree.norm(grads), "response_tokens": n_tokens}
+
+    return update
+
+
+# ---- config ----------------------------------------------------------------------------------
+
+def resolve(config) -> None:
+    """Fill unset fields with the paper's recipe (model.path given) or the built-in demo's, then
+    check every value, naming the key."""
+    g, t = config.grpo, config.train
+    demo = not config.model.path
+    defaults = dict(lr=2e-4 if demo else 1e-6, batch_size=8 if demo else 64, rollout_batch_size=8 if demo else 64,
+                    micro_batch_size=8 if demo else 4, steps=12 if demo else 0, epochs=2.0)
+    with config.unlocked():
+        for k, v in defaults.items():
+            section = g if k == "rollout_batch_size" else t
+            if section.get(k) is None:
+                section[k] = v
+        if config.sampling.get("max_new_tokens") is None:
+            config.sampling.max_new_tokens = 384 if demo else 8192
+    checks = [
+        ("grpo.n", g.n >= 1, "must be >= 1"),
+        ("grpo.kl_coef", g.kl_coef >= 0, "must be >= 0"),
+        ("grpo.advantage", g.advantage in ("grpo", "drgrpo"), "must be 'grpo' or 'drgrpo'"),
+        ("grpo.reward", g.reward in ("paper", "anti_hack"), "must be 'paper' or 'anti_hack'"),
+        ("grpo.rollout_batch_size", g.rollout_batch_size >= 1, "must be >= 1"),
+        ("train.batch_size", t.batch_size >= 1 and g.rollout_batch_size % t.batch_size == 0,
+         "must divide grpo.rollout_batch_size"),
+        ("train.micro_batch_size", t.micro_batch_size >= 1 and (t.batch_size * g.n) % t.micro_batch_size == 0,
+         "must divide train.batch_size x grpo.n (rollout rows per update)"),
+        ("train.lr", t.lr > 0, "must be > 0"),
+        ("sampling.temperature", config.sampling.temperature > 0, "must be > 0 for GRPO rollouts"),
+        ("sampling.max_new_tokens", config.sampling.max_new_tokens >= 1, "must be >= 1"),
+    ]
+    for key, ok, problem in checks:
+        if not ok:
+            section, name = key.split(".")
+            raise ValueError(f"config key {key} {problem}, got {config[section][name]!r}")
+    if g.rollout_batch_size % jax.process_count():
+        raise ValueError(f"config key grpo.rollout_batch_size must be a multiple of the {jax.process_count()} processes")
+    if g.init_lora and not os.path.isfile(os.path.join(g.init_lora, loop.TRAINABLE_FILE)):
+        raise FileNotFoundError(f"config key grpo.init_lora: no {loop.TRAINABLE_FILE} in {g.init_lora}")
+    for f in config.data.train_files:
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"config key data.train_files: no file {f}")
+
+
+# ---- the trainer -------------------------------------------------------------------------------
+
+class Trainer:
+    """Holds the model parts, jitted functions and state of one GRPO run."""
+
+    def __init__(self, config, model, tokenizer, mesh, reward_fn=None):
+        """reward_fn(generation, records) -> one {"overall", ...} dict per rollout; default: the
+        progress reward (config.grpo.reward) of each text against its record's closest_idx,
+        progress and num_demos."""
+        self.config, self.model, self.tokenizer, self.mesh = config, model, tokenizer, mesh
+        self.reward_fn = reward_fn or (lambda gen, recs: progress_rewards(
+            gen.texts, [r.closest_idx for r in recs], [r.progress for r in recs], [r.num_demos for r in recs],
+            variant=config.grpo.reward))
+        g, t = config.grpo, config.train
+        self.parts, params = loop.split(model, lora.trainable_filter(config.lora.rank))
+        self.updates_per_rollout = g.rollout_batch_size // t.batch_size
+        self.tx = schedule.make_optimizer(t.lr, t.weight_decay, t.warmup_ratio,
+                                          max(1, t.steps * self.updates_per_rollout), t.clip_norm or None)
+        state = loop.init_state(params, self.tx, config.seed)
+        self.state_sh = loop.state_shardings(jax.eval_shape(lambda: state), mesh)
+        self.state = jax.device_put(state, self.state_sh)
+        self.frozen_sh = sharding.param_shardings(self.parts.frozen, mesh)
+        # Full-parameter RL: the reference policy needs its own frozen copy of the initial weights.
+        self.ref_params = None if config.lora.rank > 0 else jax.tree.map(jnp.copy, self.state["params"])
+        temp, remat = config.sampling.temperature, config.model.remat
+        self._logp = jax.jit(make_logp_fn(self.parts, temp, mesh, remat))
+        self._ref_logp = jax.jit(make_logp_fn(self.parts, temp, mesh, remat, off=config.lora.rank > 0))
+        self._update_fn = make_update(self.parts, self.tx, g, temp, mesh, remat)
+        self._update = {}
+        self.sampling = sampling.SamplingParams(
+            max_new_tokens=int(config.sampling.max_new_tokens), temperature=float(config.sampling.temperature),
+            top_p=float(config.sampling.top_p), top_k=int(config.sampling.top_k))
+
+    def policy(self):
+        return self.parts.model(self.state["params"])
+
+    def _micro(self, rows: list[dict], advantages: np.ndarray) -> dict:
+        """Rollout rows -> device micro-batches [k, mb, ...] with position ids and vision indices."""
+        mb = self.config.train.micro_batch_size
+        d = self.config.data
+        new = self.sampling.max_new_tokens
+        length = bucket(max(len(r["input_ids"]) for r in rows), [-(-(b + new) // 128) * 128 for b in d.length_buckets])
+        hosts = []
+        for i in range(0, len(rows), mb):
+            chunk = rows[i:i + mb]
+            patches = bucket(sum(len(r["pixel_values"]) for r in chunk), d.patch_buckets)
+            hosts.append(pack(chunk, {}, self.tokenizer.pad_id, length, patches))
+        stacked = stack_micro(hosts, self.model.config)
+        stacked["advantages"] = advantages.reshape(len(hosts), mb).astype(np.float32)
+        return loop.to_device(stacked, loop.batch_shardings(stacked, self.mesh))
+
+    def step(self, prompts: dict, key) -> dict:
+        """One GRPO step on a host batch of prompts; returns the step's metrics."""
+        g, t = self.config.grpo, self.config.train
+        t0 = time.perf_counter()
+        batch = repeat_rows(prompts, g.n, self.model.config.vision_start_token_id)
+        gen = sampling.generate(self.policy(), batch, self.sampling, key, tokenizer=self.tokenizer, mesh=self.mesh)
+        t_rollout = time.perf_counter() - t0
+        rewards = self.reward_fn(gen, batch["records"])
+        overall = np.array([r["overall"] for r in rewards], np.float32)
+        adv = np.asarray(grpo_loss.group_advantages(overall, g.n, g.advantage))
+        rows = rollout_sequences(batch, gen, self.model.config)
+
+        t1 = time.perf_counter()
+        per_update = t.batch_size * g.n
+        metrics = []
+        updates = []
+        for u in range(0, len(rows), per_update):
+            dev = self._micro(rows[u:u + per_update], adv[u:u + per_update])
+            frozen = self.parts.frozen
+            dev["old_logp"] = self._logp(self.state["params"], frozen, dev)
+            ref_params = self.state["params"] if self.ref_params is None else self.ref_params
+            dev["ref_logp"] = self._ref_logp(ref_params, frozen, dev) if g.kl_coef else dev["old_logp"]
+            updates.append(dev)
+        t2 = time.perf_counter()
+        for dev in updates:
+            if "fn" not in self._update:
+                self._update["fn"] = jax.jit(self._update_fn, donate_argnums=(0,))
+            self.state, m = self._update["fn"](self.state, self.parts.frozen, dev)
+            metrics.append(jax.device_get(m))
+        t3 = time.perf_counter()
+
+        out = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
+        for k in rewards[0]:
+            out[f"reward/{k}"] = float(np.mean([r[k] for r in rewards]))
+        lengths = gen.lengths.astype(np.float64)
+        total_tokens = sum(len(r["input_ids"]) for r in rows)
+        out.update({
+            "response_length": float(lengths.mean()),
+            "response_clip_frac": float(np.mean(~gen.stopped)),
+            "tokens_per_s": total_tokens / (t3 - t0),
+            "time/rollout_s": t_rollout, "time/logprobs_s": t2 - t1, "time/update_s": t3 - t2,
+            "step_time_s": t3 - t0,
+        })
+        return out
+
+
+def run(config) -> dict:
+    """The GRPO job (configs/grpo.py). With no model.path: the built-in demo (sim data, a short
+    SFT warm start, GRPO, then both models evaluated side by side). Returns a summary dict."""
+    runtime.maybe_initialize_distributed()
+    demo = not config.model.path
+    resolve(config)
+    if demo and config.grpo.demo_sft and not config.grpo.init_lora:
+        from progress_jax.train import sft
+
+        sft_cfg = config.demo_sft_config
+        sft.run(sft_cfg)
+        with config.unlocked():
+            config.grpo.init_lora = os.path.join(sft_cfg.workdir, "final")
+    return _run_grpo(config, demo)
+
+
+def _run_grpo(config, demo: bool) -> dict:
+    g, t = config.grpo, config.train
+    mesh = runtime.make_mesh(config)
+    model = runtime.load_model(config, mesh)
+    lora.from_config(model, config.lora, seed=config.seed, mesh=mesh)
+    if g.init_lora:
+        params, _ = loop.load_trainable(g.init_lora)
+        loop.assign(model, params)
+    tokenizer = runtime.load_tokenizer(config)
+    files, image_root = list(config.data.train_files), config.data.image_root or None
+    sim = None
+    if not files:
+        sim = runtime.sim_paths(config)
+        files, image_root = [sim["rl"]], sim["train_images"]
+
+    from data_pipeline.pipeline import make_dataset
+
+    d = config.data
+    per_process = g.rollout_batch_size // jax.process_count()
+    data = make_dataset(files, image_root, tokenizer, mode=d.mode, with_answers=False, batch_size=per_process,
+                        length_buckets=d.length_buckets, patch_buckets=d.patch_buckets,
+                        image_buckets=d.image_buckets, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
+                        seed=config.seed, num_epochs=None, worker_count=d.worker_count)
+    it = iter(data)
+    if not t.steps:
+        n = sum(1 for _ in open(files[0])) if len(files) == 1 and files[0].endswith(".jsonl") else 0
+        with config.unlocked():
+            t.steps = max(1, math.floor(t.epochs * n / g.rollout_batch_size)) if n else 1
+    trainer = Trainer(config, model, tokenizer, mesh)
+
+    results = {}
+    bench = None
+    if demo and g.eval_demo:
+        from progress_jax.eval import runner
+
+        bench = runner.bench_files(config) if config.data.bench_dir else _sim_bench(sim)
+        results["sft"] = runner.evaluate(trainer.policy(), tokenizer, bench[0], bench[1],
+                                         os.path.join(config.workdir, "eval_sft"), _eval_config(config),
+                                         mesh=mesh, run_name="sft", verbose=False)
+
+    os.makedirs(config.workdir, exist_ok=True)
+    ckpt = checkpoint.Checkpointer(os.path.join(config.workdir, "checkpoints"), t.save_every, t.keep)
+    trainer.state, start = loop.restore_or_keep(ckpt, trainer.state, it)
+    key = jax.random.key(config.seed)
+    rewards = []
+    log.info("GRPO: %d steps of %d prompts x %d rollouts, from step %d, workdir %s",
+             t.steps, g.rollout_batch_size, g.n, start, config.workdir)
+    main = jax.process_index() == 0
+    with metrics_writer.MetricsWriter(config.workdir, enabled=main) as writer, guards.StopRequest() as stop:
+        bar = metrics_writer.progress_bar(t.steps, start, desc="grpo", enabled=main)
+        last_saved = ckpt.latest_step()
+        for step in range(start + 1, t.steps + 1):
+            prompts = next(it)
+            m = trainer.step(prompts, jax.random.fold_in(key, step))
+            guards.check_finite(step, last_saved, loss=m["loss"], grad_norm=m["grad_norm"])
+            writer.write(step, m)
+            rewards.append(m["reward/overall"])
+            bar.update(1)
+            bar.set_postfix(reward=f"{m['reward/overall']:.3f}")
+            if ckpt.save(step, trainer.state, it.get_state(), {"step": step}, force=step == t.steps or stop.requested):
+                last_saved = step
+            if stop.requested:
+                log.warning("%s received: saved step %d, stopping", stop.signal_name, step)
+                break
+        bar.close()
+    ckpt.close()
+    final_dir = os.path.join(config.workdir, "final")
+    loop.save_trainable(final_dir, trainer.state["params"],
+                        {"lora": config.lora.to_dict(), "model_path": config.model.path,
+                         "model_preset": config.model.preset, "seed": config.seed, "steps": t.steps})
+    if bench is not None:
+        from progress_jax.eval import runner, tables
+
+        results["grpo"] = runner.evaluate(trainer.policy(), tokenizer, bench[0], bench[1],
+                                          os.path.join(config.workdir, "eval_grpo"), _eval_config(config),
+                                          mesh=mesh, run_name="grpo", verbose=False)
+        if main:
+            md = tables.to_markdown(*tables.table1(results))
+            with open(os.path.join(config.workdir, "table1.md"), "w") as f:
+                f.write(md + "\n")
+            print("\nProgressBench-Sim test split, SFT warm start vs after GRPO:\n" + md, flush=True)
+    if main and rewards:
+        print(f"mean reward per step: {' '.join(f'{r:.3f}' for r in rewards)}", flush=True)
+    return {"rewards": rewards, "metrics": results, "final_dir": final_dir}
+
+
+def _sim_bench(sim: dict):
+    names = ("visual_same_view", "visual_cross_view", "text-normal", "text-unanswerable", "visual-unanswerable")
+    return [sim[n] for n in names], sim["bench_images"]
+
+
+def _eval_config(config):
+    """The eval settings of this run (greedy-free: the paper's sampling) as runner.evaluate reads them."""
+    c = config.copy_and_resolve_references()
+    return c
