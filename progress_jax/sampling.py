@@ -1,8 +1,9 @@
 """Batched generation for the Flax Qwen2.5-VL: prefill, then decode into a preallocated KV cache.
 
 Everything after host-side preparation runs in one jitted program per shape bucket: the prompt
-is left-padded, its length and the image patch count rounded up to powers of two and the batch
-to a power of two that the mesh's data axes divide, so a run compiles a handful of programs.
+is left-padded, its length rounded up to a power of two or the midpoint between two, the image
+patch count to a power of two and the batch to a power of two that the mesh's data axes divide,
+so a run compiles a handful of programs.
 The decode loop is a `lax.while_loop` inside that program; it ends when every row has stopped.
 
 Log-probs: `logprobs` holds log p(token) of each sampled token under the policy *at the
@@ -73,7 +74,15 @@ def _pow2(n: int, minimum: int = 1) -> int:
     return 1 << (max(n, minimum) - 1).bit_length()
 
 
+def _length_bucket(n: int) -> int:
+    """Powers of two and their midpoints (128, 192, 256, 384, 512, ...): at most 1.5x padding."""
+    p = _pow2(n, MIN_LENGTH)
+    return p * 3 // 4 if p > MIN_LENGTH and n <= p * 3 // 4 else p
+
+
 def stop_ids(model_config, params: SamplingParams, tokenizer=None) -> tuple[int, ...]:
+    """The model config's eos, the tokenizer's <|im_end|> and params.stop_token_ids (only the latter
+    with ignore_eos)."""
     if params.ignore_eos:
         return tuple(sorted(set(params.stop_token_ids)))
     ids = {model_config.eos_token_id, *params.stop_token_ids}
@@ -105,7 +114,7 @@ def prepare(batch: dict, config, pad_id: int, data_shards: int = 1) -> dict:
         raise ValueError(f"input_ids {input_ids.shape} and attention_mask {attention_mask.shape} must be equal [B, L]")
     B = input_ids.shape[0]
     B_pad = -(-_pow2(B) // data_shards) * data_shards
-    L_pad = _pow2(int((attention_mask > 0).sum(1).max(initial=1)), MIN_LENGTH)
+    L_pad = _length_bucket(int((attention_mask > 0).sum(1).max(initial=1)))
     ids, mask = left_pad(input_ids, attention_mask, B_pad, L_pad, pad_id)
     host = {"input_ids": ids, "attention_mask": mask}
     if batch.get("pixel_values") is not None and batch.get("image_grid_thw") is not None:
