@@ -7,7 +7,7 @@
 With model.path: the paper's eval sampling (REFERENCE §6: temperature 0.6, top_p 0.9, 4096 new
 tokens), images at most 1003520 pixels (the SFT recipe's image_max_pixels, so that the model sees
 images as in training). With nothing given: the built-in tiny random model on ProgressBench-Sim
-small, end to end in about a minute on two CPU cores; 160 new tokens (enough for the sim's
+small, end to end in about a minute on two CPU cores (plus ~20 s to generate the sim the first time); 160 new tokens (enough for the sim's
 shortest reasoning answers; a random model's metrics are poor anyway).
 
 Outputs in `eval.out_dir` (default <workdir>/<mode>): predictions.jsonl (resumable: a rerun only

@@ -56,7 +56,7 @@ def sampling_params(config) -> sampling.SamplingParams:
 
 def bench_files(config) -> tuple[list[str], str]:
     """(benchmark JSONL files, image root) from eval.bench_files / data.bench_dir, else the sim's bench."""
-    files = [os.fspath(f) for f in config.eval.get("bench_files", ())]
+    files = [os.fspath(f) for f in (config.get("eval") or {}).get("bench_files", ())]
     bench_dir = config.data.bench_dir
     if not files and not bench_dir:
         bench_dir = runtime.sim_paths(config)["bench_dir"]
