@@ -24,6 +24,7 @@ def base() -> ml_collections.ConfigDict:
     c.data.sim_dir = "cache/sim_small"  # generated when train/bench files are not given
     c.data.sim_size = "small"
     c.data.sim_image_size = 224
+    c.data.sim_reasoning = "full"  # full | brief: the SFT targets the sim writes (brief: ~60 tokens)
     c.data.bench_dir = ""  # directory of benchmark JSONL files + images/; "" = the sim's bench
     c.data.image_root = ""  # IMAGE_ROOT; "" = <bench_dir>/images
     c.data.min_pixels = 3136

@@ -26,8 +26,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.job = "grpo"
     c.workdir = "runs/grpo"
     tiny_data(c)
+    # The CPU demo trains on the sim's brief answers (~60 tokens): rollouts and SFT stay short.
+    c.data.sim_dir = "cache/sim_small_brief"
+    c.data.sim_reasoning = "brief"
     c.data.train_files = ()  # RL records (official fields); empty: ProgressBench-Sim's train/rl.jsonl
-    c.sampling.max_new_tokens = config_dict.placeholder(int)  # None: 8192, or 384 for the demo (sim answers run to ~330 tokens)
+    c.sampling.max_new_tokens = config_dict.placeholder(int)  # None: 8192, or 128 for the demo
 
     g = c.grpo = ml_collections.ConfigDict()
     g.n = 4  # rollouts per prompt
@@ -57,7 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
     # The demo's warm start: full-parameter SFT of the tiny model on the sim's reasoning texts.
     s = c.demo_sft_config = sft_config.get_config()
     s.workdir = "runs/grpo/sft"
-    s.data.sim_dir = c.data.sim_dir
+    s.data.sim_dir, s.data.sim_reasoning = c.data.sim_dir, c.data.sim_reasoning
     s.lora.rank = 0
     s.train.lr = 2e-3
     s.train.steps = 120

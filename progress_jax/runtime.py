@@ -67,4 +67,6 @@ def sim_paths(cfg) -> dict:
     """Generate ProgressBench-Sim (cached) and return its paths (bench_dir, train_dir, ...)."""
     from data_pipeline import sim
 
-    return sim.generate(cfg.data.sim_dir, size=cfg.data.sim_size, seed=cfg.seed, image_size=cfg.data.sim_image_size)
+    d = cfg.data
+    return sim.generate(d.sim_dir, size=d.sim_size, seed=cfg.seed, image_size=d.sim_image_size,
+                        reasoning=d.sim_reasoning)

@@ -213,3 +213,21 @@ def test_deterministic_and_skips_complete_output(sim, tmp_path):
     with open(again["sft"]) as f:
         first = json.loads(f.readline())
     assert first["response"].startswith("<ref_think>")
+
+
+def test_brief_reasoning_keeps_the_labels(tmp_path):
+    """The short answers of the CPU demo: strict four-block format, ref and score equal the labels,
+    and the bracketing demo entries named in the reasoning contain the closest one."""
+    from data_pipeline.parsing import parse_think, strict_format_ok
+
+    paths = generate(str(tmp_path), size="small", seed=0, image_size=SIZE, workers=2, reasoning="brief")
+    recs = _load(paths, "sft")
+    for r in recs:
+        assert strict_format_ok(r.response), r.response
+        parsed = parse_think(r.response)
+        if r.answerable:
+            label = f"step {r.closest_idx}" if r.kind == "text" else f"demo frame {r.closest_idx}"
+            assert parsed.ref == r.closest_idx and abs(parsed.score - r.progress) < 5e-3
+            assert f"closer to {label}." in r.response
+        else:
+            assert parsed.na and "<ref>n/a</ref>" in r.response

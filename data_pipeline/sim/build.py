@@ -97,8 +97,10 @@ def paths_for(out_dir: str) -> dict:
 
 
 def generate(out_dir: str, size: str = "small", seed: int = 0, image_size: int = 224, workers: int | None = None,
-             force: bool = False) -> dict:
+             force: bool = False, reasoning: str = "full") -> dict:
     """Writes OUT/bench/*.jsonl + images and OUT/train/{sft,rl}.jsonl + images; returns their paths.
+    reasoning: "full" (scene descriptions, ~250 tokens) or "brief" (~50 tokens: the bracketing demo
+    entries and the arithmetic only; what the CPU demo trains on).
 
     Skips the work when OUT holds a complete output with the same parameters (a marker file written last).
     """
@@ -106,7 +108,11 @@ def generate(out_dir: str, size: str = "small", seed: int = 0, image_size: int =
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     if image_size < 56:
         raise ValueError(f"image_size must be at least 56 pixels, got {image_size}")
+    if reasoning not in ("full", "brief"):
+        raise ValueError(f"reasoning must be 'full' or 'brief', got {reasoning!r}")
     params = {"size": size, "seed": seed, "image_size": image_size, "version": FORMAT_VERSION}
+    if reasoning != "full":
+        params["reasoning"] = reasoning
     paths = paths_for(out_dir)
     marker = os.path.join(out_dir, MARKER)
     if not force and os.path.exists(marker):
@@ -153,7 +159,7 @@ def generate(out_dir: str, size: str = "small", seed: int = 0, image_size: int =
     train = {"sft": _fill(n_sft, per, _stream("train_sft", seed, image_size, bench_goals), mixed, seed, "train_sft"),
              "rl": _fill(n_rl, per, _stream("train_rl", seed, image_size, bench_goals), mixed, seed, "train_rl")}
 
-    sft_records = [dict(to_record(s), response=response(s)) for s in train["sft"]]
+    sft_records = [dict(to_record(s), response=response(s, brief=reasoning == "brief")) for s in train["sft"]]
     written = _render_all([(s, paths["bench_images"]) for s in bench.values()]
                           + [(s, paths["train_images"]) for s in train.values()], workers)
     for subset, samples in bench.items():

@@ -119,11 +119,12 @@ def _pct(index: int, total: int) -> int:
     return round_half_up(100.0 * index / total)
 
 
-def response(sample: Sample) -> str:
-    """The answer: <ref_think>..</ref_think><ref>..</ref><score_think>..</score_think><score>..</score>."""
+def response(sample: Sample, brief: bool = False) -> str:
+    """The answer: <ref_think>..</ref_think><ref>..</ref><score_think>..</score_think><score>..</score>.
+    brief: only the bracketing demo entries and the arithmetic, without scene descriptions."""
     ep = sample.episode
     if not sample.answerable:
-        return _unanswerable(sample)
+        return _unanswerable(sample, brief)
     T, obs = sample.total_steps, sample.obs
     state = ep.state_at(obs.frame)
     c = sample.closest_idx if sample.kind == "text" else sample.closest_idx - 1  # key-state index of the answer
@@ -133,6 +134,8 @@ def response(sample: Sample) -> str:
     if sample.demo_camera and sample.demo_camera != sample.obs_camera:
         view = (f" The demo is filmed by {sample.demo_camera.replace('_', ' ')} and the observation by "
                 f"{sample.obs_camera.replace('_', ' ')}, so I match object positions rather than pixels.")
+    if brief:
+        return _brief(sample, k, c)
     lines = [f"Goal: {ep.goal}.{view} In the current image {describe(ep, state)}."]
     for idx in sorted({c, other}):
         key_state = ep.state_at(ep.key_frames[idx])
@@ -160,8 +163,22 @@ def response(sample: Sample) -> str:
             f"<score_think>{score_think}</score_think><score>{p}%</score>")
 
 
-def _unanswerable(sample: Sample) -> str:
+def _brief(sample: Sample, k: int, c: int) -> str:
+    T, done, p = sample.total_steps, round_half_up(100 * sample.obs.fraction), round_half_up(sample.progress)
+    lo, hi = _pct(k, T), _pct(k + 1, T)
+    start = _label(sample, k) if k > 0 or sample.kind != "text" else "the start"
+    ref_think = f"Between {start} and {_label(sample, k + 1)}, closer to {_label(sample, c)}."
+    score_think = f"Step {k + 1} spans {lo}% to {hi}% and is {done}% done: {p}%."
+    return (f"<ref_think>{ref_think}</ref_think><ref>{sample.closest_idx}</ref>"
+            f"<score_think>{score_think}</score_think><score>{p}%</score>")
+
+
+def _unanswerable(sample: Sample, brief: bool = False) -> str:
     ep = sample.episode
+    if brief:
+        mismatch = "The image does not match this task." if sample.edited else "The steps do not match this task."
+        return (f"<ref_think>{mismatch}</ref_think><ref>n/a</ref>"
+                f"<score_think>No matching step.</score_think><score>n/a</score>")
     state = ep.state_at(sample.obs.frame)
     manip = ep.plan.scene.item(ep.plan.manip)
     if sample.edited:

@@ -188,7 +188,7 @@ def resolve(config) -> None:
             if section.get(k) is None:
                 section[k] = v
         if config.sampling.get("max_new_tokens") is None:
-            config.sampling.max_new_tokens = 384 if demo else 8192
+            config.sampling.max_new_tokens = 128 if demo else 8192
     checks = [
         ("grpo.n", g.n >= 1, "must be >= 1"),
         ("grpo.kl_coef", g.kl_coef >= 0, "must be >= 0"),
