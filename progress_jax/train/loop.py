@@ -112,9 +112,9 @@ def jit_step(fn, mesh, state_sh, frozen_sh, batch_sh):
 
 # Batch axis (after the leading micro-batch axis) of each array; patch arrays use the patch axis.
 BATCH_AXIS = {"input_ids": 1, "attention_mask": 1, "loss_mask": 1, "position_ids": 2, "pixel_values": 1,
-              "window_index": 1, "reverse_index": 1, "rope_hw": 1, "full_segments": 1, "window_segments": 1,
+              "window_index": 1, "reverse_index": 1, "rope_hw": 1, "window_groups": 1, "image_groups": 1,
               "advantages": 1, "old_logp": 1, "ref_logp": 1}
-PATCH_KEYS = ("pixel_values", "window_index", "reverse_index", "rope_hw", "full_segments", "window_segments")
+PATCH_KEYS = ("pixel_values", "window_index", "reverse_index", "rope_hw", "window_groups", "image_groups")
 
 
 def batch_shardings(batch: dict, mesh):
@@ -133,13 +133,13 @@ def batch_shardings(batch: dict, mesh):
 
 def _offset_vision(vis: dict, num_patches: int, unit: int) -> dict:
     """Process-local vision indices -> global ones: this process's patches follow those of the
-    lower-ranked processes (equal patch counts per process)."""
+    lower-ranked processes (equal patch counts and group shapes per process)."""
     p = jax.process_index()
     out = dict(vis)
     for k in ("window_index", "reverse_index"):
         out[k] = vis[k] + p * (num_patches // unit)
-    for k in ("full_segments", "window_segments"):
-        out[k] = np.where(vis[k] >= 0, vis[k] + p * num_patches, -1)  # unique ids per process
+    for k in ("window_groups", "image_groups"):
+        out[k] = np.where(vis[k] >= 0, vis[k] + p * num_patches, -1)
     return out
 
 

@@ -18,6 +18,7 @@ from flax import nnx
 
 from progress_jax import lora, runtime, sharding
 from progress_jax.models import qwen2_5_vl
+from progress_jax.models.qwen2_5_vl import positions
 from progress_jax.models.qwen2_5_vl.model import REMAT_POLICIES
 from progress_jax.train import checkpoint, loop, metrics_writer, schedule
 
@@ -109,6 +110,11 @@ def stack_micro(host_batches: list[dict], config: qwen2_5_vl.Qwen25VLConfig) -> 
         inputs.pop("rope_deltas")
         inputs["loss_mask"] = np.pad(b["loss_mask"], ((0, 0), (0, pad_l))).astype(np.int32)
         out.append(inputs)
+    for key in positions.GROUP_KEYS:  # attention groups: one shape for all micro-batches
+        rows = max(o["vision"][key].shape[0] for o in out)
+        width = max(o["vision"][key].shape[1] for o in out)
+        for o in out:
+            o["vision"][key] = positions.pad_groups(o["vision"], rows, width, key)
     return jax.tree.map(lambda *xs: np.stack(xs), *out)
 
 

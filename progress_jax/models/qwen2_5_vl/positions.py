@@ -82,8 +82,9 @@ def vision_inputs(image_grid_thw, num_patches: int, config: Qwen25VLConfig) -> d
       padding units stay at the end in place. U = num_patches / merge**2.
     - reverse_index [U]: its inverse, restoring the processor's order after the merger.
     - rope_hw [P, 2]: (h, w) patch coordinates in window order, for the 2-D RoPE.
-    - full_segments [P], window_segments [P]: attention segment ids in window order (per image,
-      per window); padding patches get -1 and attend only among themselves.
+    - window_groups [W, 64], image_groups [I, N]: the positions (in window order) of each window's
+      and each image's patches, -1 padded; attention runs within each row. W, I and N are rounded
+      up to powers of two so that a run compiles few shapes; padding patches are in no group.
     """
     v = config.vision
     merge, unit = v.spatial_merge_size, v.spatial_merge_size**2
@@ -95,9 +96,8 @@ def vision_inputs(image_grid_thw, num_patches: int, config: Qwen25VLConfig) -> d
         raise ValueError(f"image_grid_thw needs {real} patches but pixel_values has {num_patches} rows")
     win = v.window_size // merge // v.patch_size  # window side in merged units
 
-    window_index, hw, full_seg, win_seg = [], [], [], []
-    unit_offset = 0
-    win_id = 0
+    window_index, hw, windows, images = [], [], [], []
+    unit_offset, pos = 0, 0
     for img, (t, h, w) in enumerate(grids):
         gh, gw = h // merge, w // merge
         # (h, w) of each patch, in the processor's merge-block order.
@@ -111,31 +111,51 @@ def vision_inputs(image_grid_thw, num_patches: int, config: Qwen25VLConfig) -> d
         padded = np.pad(units, ((0, 0), (0, ph), (0, pw)), constant_values=-1)
         nh, nw = padded.shape[1] // win, padded.shape[2] // win
         padded = padded.reshape(t, nh, win, nw, win).transpose(0, 1, 3, 2, 4).reshape(t * nh * nw, win * win)
+        start = pos
         for window in padded:
             members = window[window >= 0]
             if members.size == 0:
                 continue
             window_index.append(members + unit_offset)
             hw.append(coords[members].reshape(-1, 2))
-            win_seg.append(np.full(members.size * unit, win_id))
-            full_seg.append(np.full(members.size * unit, img))
-            win_id += 1
+            windows.append(np.arange(pos, pos + members.size * unit))
+            pos += members.size * unit
+        images.append(np.arange(start, pos))
         unit_offset += t * gh * gw
 
     num_units = num_patches // unit
     pad_units = num_units - unit_offset
     window_index.append(np.arange(unit_offset, num_units))
     hw.append(np.zeros((pad_units * unit, 2), np.int64))
-    win_seg.append(np.full(pad_units * unit, -1))
-    full_seg.append(np.full(pad_units * unit, -1))
     window_index = np.concatenate(window_index).astype(np.int32)
     return {
         "window_index": window_index,
         "reverse_index": np.argsort(window_index).astype(np.int32),
         "rope_hw": np.concatenate(hw).astype(np.int32),
-        "full_segments": np.concatenate(full_seg).astype(np.int32),
-        "window_segments": np.concatenate(win_seg).astype(np.int32),
+        "window_groups": _groups(windows, (win * merge) ** 2),
+        "image_groups": _groups(images, _pow2(max((len(g) for g in images), default=1))),
     }
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _groups(members: list[np.ndarray], width: int) -> np.ndarray:
+    """Rows of member positions, -1 padded to [pow2(len(members)), width]."""
+    out = np.full((_pow2(max(len(members), 1)), width), -1, np.int32)
+    for i, m in enumerate(members):
+        out[i, : len(m)] = m
+    return out
+
+
+GROUP_KEYS = ("window_groups", "image_groups")
+
+
+def pad_groups(vision: dict, rows: int, width: int, key: str) -> np.ndarray:
+    """A group array padded with -1 to [rows, width] (to stack micro-batches of one shape)."""
+    g = vision[key]
+    return np.pad(g, ((0, rows - g.shape[0]), (0, width - g.shape[1])), constant_values=-1)
 
 
 def model_inputs(batch: dict, config: Qwen25VLConfig) -> dict:

@@ -17,13 +17,22 @@ class VisionAttention(nnx.Module):
         self.proj = Linear(cfg.hidden_size, cfg.hidden_size, bias=True, **kw)
         self.num_heads = cfg.num_heads
 
-    def __call__(self, x, cos, sin, mask):
+    def __call__(self, x, cos, sin, groups):
         P, D = x.shape
         q, k, v = jnp.split(self.qkv(x).reshape(P, 3, self.num_heads, D // self.num_heads), 3, axis=1)
-        q, k, v = q[:, 0], k[:, 0], v[:, 0]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = attention(q[None], k[None], v[None], mask)[0]
-        return self.proj(out.reshape(P, D))
+        q, k = apply_rope(q[:, 0], cos, sin), apply_rope(k[:, 0], cos, sin)
+        return self.proj(grouped_attention(q, k, v[:, 0], groups).reshape(P, D))
+
+
+def grouped_attention(q, k, v, groups):
+    """Attention within each row of `groups` [G, N] (positions into q/k/v [P, heads, d], -1 padded):
+    gathered into a batch of G sequences, padding keys masked, results scattered back. Cost is
+    that of the windows / images, not of all P x P pairs; rows of P in no group come out zero."""
+    valid = groups >= 0
+    idx = jnp.where(valid, groups, 0)
+    out = attention(q[idx], k[idx], v[idx], valid[:, None, None, :])
+    dest = jnp.where(valid, groups, q.shape[0]).reshape(-1)
+    return jnp.zeros_like(q).at[dest].set(out.reshape(-1, *q.shape[1:]), mode="drop")
 
 
 class VisionBlock(nnx.Module):
@@ -35,8 +44,8 @@ class VisionBlock(nnx.Module):
             cfg.hidden_size, cfg.intermediate_size, bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs
         )
 
-    def __call__(self, x, cos, sin, mask):
-        x = x + self.attn(self.norm1(x), cos, sin, mask)
+    def __call__(self, x, cos, sin, groups):
+        x = x + self.attn(self.norm1(x), cos, sin, groups)
         return x + self.mlp(self.norm2(x))
 
 
@@ -82,9 +91,6 @@ class VisionTower(nnx.Module):
         P, D = x.shape
         x = x.reshape(P // unit, unit, D)[vis["window_index"]].reshape(P, D)
         cos, sin = self.rope(vis["rope_hw"])
-        seg_full, seg_win = vis["full_segments"], vis["window_segments"]
-        full_mask = (seg_full[:, None] == seg_full[None, :])[None, None]
-        win_mask = (seg_win[:, None] == seg_win[None, :])[None, None]
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, full_mask if i in cfg.fullatt_block_indexes else win_mask)
+            x = block(x, cos, sin, vis["image_groups"] if i in cfg.fullatt_block_indexes else vis["window_groups"])
         return self.merger(x)[vis["reverse_index"]]
