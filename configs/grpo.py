@@ -57,16 +57,14 @@ def get_config() -> ml_collections.ConfigDict:
     t.save_every = 20
     t.keep = 3
 
-    # The demo's warm start: full-parameter SFT of the tiny model on the sim's reasoning texts.
+    # The demo's warm start: configs/sft.py's tiny default (full-parameter SFT on the sim's brief
+    # answers) on this run's data settings.
+    # References: overriding --config.data.* or --config.seed changes both jobs.
     s = c.demo_sft_config = sft_config.get_config()
-    s.workdir = "runs/grpo/sft"
-    s.data.sim_dir, s.data.sim_reasoning = c.data.sim_dir, c.data.sim_reasoning
-    s.lora.rank = 0
-    s.train.lr = 2e-3
-    s.train.steps = 120
-    s.train.batch_size = 8
-    s.train.micro_batch_size = 8
+    s.workdir = ""  # set by the job: <workdir>/sft
     s.train.demo_samples = 0
-    for key in ("min_pixels", "max_pixels", "length_buckets", "patch_buckets", "image_buckets"):
-        s.data[key] = c.data[key]
+    s.seed = c.get_ref("seed")
+    for key in ("sim_dir", "sim_reasoning", "min_pixels", "max_pixels", "length_buckets", "patch_buckets",
+                "image_buckets"):
+        s.data[key] = c.data.get_ref(key)
     return c

@@ -180,7 +180,7 @@ def resolve(config) -> None:
     check every value, naming the key."""
     g, t = config.grpo, config.train
     demo = not config.model.path
-    defaults = dict(lr=2e-4 if demo else 1e-6, batch_size=8 if demo else 64, rollout_batch_size=8 if demo else 64,
+    defaults = dict(lr=5e-4 if demo else 1e-6, batch_size=8 if demo else 64, rollout_batch_size=8 if demo else 64,
                     micro_batch_size=8 if demo else 4, steps=12 if demo else 0, epochs=2.0)
     with config.unlocked():
         for k, v in defaults.items():
@@ -323,6 +323,8 @@ def run(config) -> dict:
         from progress_jax.train import sft
 
         sft_cfg = config.demo_sft_config
+        with sft_cfg.unlocked():
+            sft_cfg.workdir = os.path.join(config.workdir, "sft")
         sft.run(sft_cfg)
         with config.unlocked():
             config.grpo.init_lora = os.path.join(sft_cfg.workdir, "final")
@@ -367,7 +369,7 @@ def _run_grpo(config, demo: bool) -> dict:
         bench = runner.bench_files(config) if config.data.bench_dir else _sim_bench(sim)
         results["sft"] = runner.evaluate(trainer.policy(), tokenizer, bench[0], bench[1],
                                          os.path.join(config.workdir, "eval_sft"), _eval_config(config),
-                                         mesh=mesh, run_name="sft", verbose=False)
+                                         mesh=mesh, run_name="sft")
 
     os.makedirs(config.workdir, exist_ok=True)
     ckpt = checkpoint.Checkpointer(os.path.join(config.workdir, "checkpoints"), t.save_every, t.keep)
@@ -404,14 +406,16 @@ def _run_grpo(config, demo: bool) -> dict:
 
         results["grpo"] = runner.evaluate(trainer.policy(), tokenizer, bench[0], bench[1],
                                           os.path.join(config.workdir, "eval_grpo"), _eval_config(config),
-                                          mesh=mesh, run_name="grpo", verbose=False)
+                                          mesh=mesh, run_name="grpo")
         if main:
             md = tables.to_markdown(*tables.table1(results))
             with open(os.path.join(config.workdir, "table1.md"), "w") as f:
                 f.write(md + "\n")
             print("\nProgressBench-Sim test split, SFT warm start vs after GRPO:\n" + md, flush=True)
     if main and rewards:
-        print(f"mean reward per step: {' '.join(f'{r:.3f}' for r in rewards)}", flush=True)
+        k = max(1, len(rewards) // 4)
+        print(f"mean reward per step: {' '.join(f'{r:.3f}' for r in rewards)}\n"
+              f"first {k} steps: {np.mean(rewards[:k]):.3f}, last {k} steps: {np.mean(rewards[-k:]):.3f}", flush=True)
     return {"rewards": rewards, "metrics": results, "final_dir": final_dir}
 
 

@@ -125,15 +125,17 @@ def resolve(config) -> None:
     a model.path, the fast tiny demo without; then check every value, naming the key."""
     t = config.train
     tiny = not config.model.path
-    defaults = dict(lr=5e-3 if tiny else 1e-4, batch_size=4 if tiny else 64,
-                    micro_batch_size=4 if tiny else 1, epochs=1.0 if tiny else 3.0,
+    defaults = dict(lr=2e-3 if tiny else 1e-4, batch_size=8 if tiny else 64,
+                    micro_batch_size=8 if tiny else 1, epochs=1.0 if tiny else 3.0, steps=120 if tiny else 0,
                     demo_samples=2 if tiny else 0)
-    data_defaults = (dict(min_pixels=56 * 56, max_pixels=56 * 56, length_buckets=(512, 1024),
-                          patch_buckets=(1024, 2048, 4096), image_buckets=(16, 32, 64)) if tiny else
+    data_defaults = (dict(min_pixels=56 * 56, max_pixels=112 * 112, length_buckets=(512, 1024),
+                          patch_buckets=(2048, 4096, 8192), image_buckets=(32, 64, 128)) if tiny else
                      dict(min_pixels=3136, max_pixels=1003520, length_buckets=(4096, 8192, 16384, 32768),
                           patch_buckets=(8192, 16384, 32768, 65536), image_buckets=(8, 16, 32)))
+    # The tiny default trains every LM weight: LoRA on a random base has nothing to adapt.
+    lora_defaults = dict(rank=0 if tiny else 8)
     with config.unlocked():
-        for section, values in ((t, defaults), (config.data, data_defaults)):
+        for section, values in ((t, defaults), (config.data, data_defaults), (config.lora, lora_defaults)):
             for k, v in values.items():
                 if section.get(k) is None:
                     section[k] = v
