@@ -43,7 +43,7 @@ def command(d, workdir):
             f"--config.workdir={workdir}", f"--config.data.train_files=('{d / 'sft.jsonl'}',)",
             f"--config.data.image_root={d / 'images'}", f"--config.train.steps={STEPS}",
             "--config.train.save_every=2", "--config.train.batch_size=2", "--config.train.micro_batch_size=2",
-            "--config.train.demo_samples=0", "--config.data.length_buckets=(256,)",
+            "--config.train.demo_samples=0", "--config.lora.rank=8", "--config.data.length_buckets=(256,)",
             "--config.data.patch_buckets=(128,)", "--config.data.image_buckets=(8,)",
             "--config.data.max_pixels=3136", "--config.data.min_pixels=3136"]
 
