@@ -70,3 +70,40 @@ def sim_paths(cfg) -> dict:
     d = cfg.data
     return sim.generate(d.sim_dir, size=d.sim_size, seed=cfg.seed, image_size=d.sim_image_size,
                         reasoning=d.sim_reasoning)
+
+
+def load_policy(cfg, mesh, init_dir: str = ""):
+    """The model to train: base weights, LoRA injected per cfg.lora, and (init_dir) the trained
+    parameters an earlier SFT/GRPO run wrote with train.loop.save_trainable."""
+    from progress_jax import lora
+    from progress_jax.train import loop
+
+    model = load_model(cfg, mesh)
+    lora.from_config(model, cfg.lora, seed=cfg.seed, mesh=mesh)
+    if init_dir:
+        params, _ = loop.load_trainable(init_dir)
+        loop.assign(model, params)
+    return model
+
+
+def train_data(cfg, sim_split: str) -> tuple[list[str], str | None, dict | None]:
+    """(files, image root, sim paths or None): data.train_files, else the sim's `sim_split` file
+    ("sft" or "rl"), generated on first use."""
+    files, image_root = list(cfg.data.train_files), cfg.data.image_root or None
+    if files:
+        return files, image_root, None
+    sim = sim_paths(cfg)
+    return [sim[sim_split]], sim["train_images"], sim
+
+
+def count_samples(files) -> int:
+    n = 0
+    for f in files:
+        if f.endswith(".array_record"):
+            import grain
+
+            n += len(grain.sources.ArrayRecordDataSource([f]))
+        else:
+            with open(f, encoding="utf-8") as fh:
+                n += sum(1 for line in fh if line.strip())
+    return n

@@ -1,6 +1,5 @@
 """The Flax Qwen2.5-VL against transformers' PyTorch model on tiny random checkpoints (float32)."""
 
-import json
 import os
 
 import jax

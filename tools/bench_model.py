@@ -134,8 +134,8 @@ def compare(a):
     tf, tb = bench_torch(hf, ids, mask, pv, grid, a.repeats)
     print(f"config: LM hidden {a.hidden}, {a.layers} layers; vision 4 blocks x 256; batch 2 x {a.tokens} tokens, "
           f"2 images 224x224 each; float32; {os.cpu_count()} CPU cores; median of {a.repeats}")
-    print(f"| pass | JAX (ms) | PyTorch (ms) | JAX / PyTorch |")
-    print(f"|---|---|---|---|")
+    print("| pass | JAX (ms) | PyTorch (ms) | JAX / PyTorch |")
+    print("|---|---|---|---|")
     print(f"| forward | {jf * 1e3:.1f} | {tf * 1e3:.1f} | {jf / tf:.2f} |")
     print(f"| forward+backward | {jb * 1e3:.1f} | {tb * 1e3:.1f} | {jb / tb:.2f} |")
 

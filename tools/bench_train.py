@@ -15,7 +15,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from progress_jax import lora, sharding
@@ -122,7 +121,7 @@ def main() -> None:
     print(f"LoRA SFT step, preset {args.preset}, batch {args.batch} x {args.length} tokens, "
           f"{args.images} images/row, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
-    print(f"| stack | step time (ms) | tokens/s |\n|---|---|---|")
+    print("| stack | step time (ms) | tokens/s |\n|---|---|---|")
     print(f"| progress_jax (JAX, jit) | {1e3 * t_jax:.1f} | {tokens / t_jax:.0f} |")
     print(f"| transformers + PEFT (PyTorch) | {1e3 * t_torch:.1f} | {tokens / t_torch:.0f} |")
     print(f"JAX / PyTorch step time: {t_jax / t_torch:.2f}x (goal <= 0.7x)")

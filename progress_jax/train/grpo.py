@@ -334,17 +334,9 @@ def run(config) -> dict:
 def _run_grpo(config, demo: bool) -> dict:
     g, t = config.grpo, config.train
     mesh = runtime.make_mesh(config)
-    model = runtime.load_model(config, mesh)
-    lora.from_config(model, config.lora, seed=config.seed, mesh=mesh)
-    if g.init_lora:
-        params, _ = loop.load_trainable(g.init_lora)
-        loop.assign(model, params)
+    model = runtime.load_policy(config, mesh, g.init_lora)
     tokenizer = runtime.load_tokenizer(config)
-    files, image_root = list(config.data.train_files), config.data.image_root or None
-    sim = None
-    if not files:
-        sim = runtime.sim_paths(config)
-        files, image_root = [sim["rl"]], sim["train_images"]
+    files, image_root, sim = runtime.train_data(config, "rl")
 
     from data_pipeline.pipeline import make_dataset
 
@@ -356,9 +348,8 @@ def _run_grpo(config, demo: bool) -> dict:
                         seed=config.seed, num_epochs=None, worker_count=d.worker_count)
     it = iter(data)
     if not t.steps:
-        n = sum(1 for _ in open(files[0])) if len(files) == 1 and files[0].endswith(".jsonl") else 0
         with config.unlocked():
-            t.steps = max(1, math.floor(t.epochs * n / g.rollout_batch_size)) if n else 1
+            t.steps = max(1, math.floor(t.epochs * runtime.count_samples(files) / g.rollout_batch_size))
     trainer = Trainer(config, model, tokenizer, mesh)
 
     results = {}
@@ -366,10 +357,9 @@ def _run_grpo(config, demo: bool) -> dict:
     if demo and g.eval_demo:
         from progress_jax.eval import runner
 
-        bench = runner.bench_files(config) if config.data.bench_dir else _sim_bench(sim)
+        bench = _sim_bench(sim or runtime.sim_paths(config))
         results["sft"] = runner.evaluate(trainer.policy(), tokenizer, bench[0], bench[1],
-                                         os.path.join(config.workdir, "eval_sft"), _eval_config(config),
-                                         mesh=mesh, run_name="sft")
+                                         os.path.join(config.workdir, "eval_sft"), config, mesh=mesh, run_name="sft")
 
     os.makedirs(config.workdir, exist_ok=True)
     ckpt = checkpoint.Checkpointer(os.path.join(config.workdir, "checkpoints"), t.save_every, t.keep)
@@ -405,8 +395,8 @@ def _run_grpo(config, demo: bool) -> dict:
         from progress_jax.eval import runner, tables
 
         results["grpo"] = runner.evaluate(trainer.policy(), tokenizer, bench[0], bench[1],
-                                          os.path.join(config.workdir, "eval_grpo"), _eval_config(config),
-                                          mesh=mesh, run_name="grpo")
+                                          os.path.join(config.workdir, "eval_grpo"), config, mesh=mesh,
+                                          run_name="grpo")
         if main:
             md = tables.to_markdown(*tables.table1(results))
             with open(os.path.join(config.workdir, "table1.md"), "w") as f:
@@ -422,9 +412,3 @@ def _run_grpo(config, demo: bool) -> dict:
 def _sim_bench(sim: dict):
     names = ("visual_same_view", "visual_cross_view", "text-normal", "text-unanswerable", "visual-unanswerable")
     return [sim[n] for n in names], sim["bench_images"]
-
-
-def _eval_config(config):
-    """The eval settings of this run (greedy-free: the paper's sampling) as runner.evaluate reads them."""
-    c = config.copy_and_resolve_references()
-    return c

@@ -176,18 +176,6 @@ def resolve(config) -> None:
     runtime.dtype(config.model.compute_dtype, "model.compute_dtype")
 
 
-def _count_samples(files) -> int:
-    n = 0
-    for f in files:
-        if f.endswith(".array_record"):
-            import grain
-            n += len(grain.sources.ArrayRecordDataSource([f]))
-        else:
-            with open(f, encoding="utf-8") as fh:
-                n += sum(1 for line in fh if line.strip())
-    return n
-
-
 def _peak_flops(t) -> float | None:
     if t.peak_flops_per_device > 0:
         return t.peak_flops_per_device * jax.device_count()
@@ -223,18 +211,10 @@ def run(config) -> dict:
                          f"over the mesh's data x fsdp = {n_batch} devices")
     accum = t.batch_size // (t.micro_batch_size * jax.process_count())
 
-    model = runtime.load_model(config, mesh)
-    lora.from_config(model, config.lora, seed=config.seed, mesh=mesh)
-    if t.init_params:
-        params, _ = loop.load_trainable(t.init_params)
-        loop.assign(model, params)
+    model = runtime.load_policy(config, mesh, t.init_params)
     tokenizer = runtime.load_tokenizer(config)
-    files, image_root = list(config.data.train_files), config.data.image_root or None
-    sim = None
-    if not files:
-        sim = runtime.sim_paths(config)
-        files, image_root = [sim["sft"]], sim["train_images"]
-    n_samples = _count_samples(files)
+    files, image_root, sim = runtime.train_data(config, "sft")
+    n_samples = runtime.count_samples(files)
     steps = t.steps or max(1, math.floor(t.epochs * n_samples / t.batch_size))
 
     data = _dataset(config, files, image_root, tokenizer)
