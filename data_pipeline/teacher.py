@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from data_pipeline.image_processor import preprocess
+from data_pipeline.jsonl import drop_partial_tail
 from data_pipeline.parsing import NA, NUMBER, read_ref, read_reward_score, strict_format_ok
 from data_pipeline.prompts import build_messages, format_percent, render_text, tokenize_messages
 from data_pipeline.records import IMAGE_PLACEHOLDER, Record
@@ -160,23 +161,6 @@ class JsonlAppender:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def drop_partial_tail(path: str) -> None:
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        return
-    with open(path, "rb+") as f:
-        data = f.read()
-        if data.endswith(b"\n"):
-            return
-        start = data.rfind(b"\n") + 1
-        try:
-            json.loads(data[start:])
-            f.write(b"\n")
-        except ValueError:
-            f.truncate(start)
-            logger.warning("%s: dropped a truncated last line (%d bytes) left by an interrupted run", path,
-                           len(data) - start)
 
 
 def read_jsonl_objects(path: str) -> list[dict]:

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from data_pipeline.jsonl import drop_partial_tail
 from data_pipeline.parsing import NUMBER, eval_score_value, parse_response, parse_score_text, read_ref
 from data_pipeline.records import Record, load_records
 from progress_jax.eval import plots
@@ -40,31 +41,13 @@ def prediction_key(obj: Mapping) -> tuple[str, str, str]:
     return (obj["setting"], str(obj["id"]), obj["stage"])
 
 
-def _drop_partial_tail(path: str) -> None:
-    """Before appending: a last line without newline that is not valid JSON (a killed run) is cut off."""
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        return
-    with open(path, "rb+") as f:
-        data = f.read()
-        if data.endswith(b"\n"):
-            return
-        start = data.rfind(b"\n") + 1
-        try:
-            json.loads(data[start:])
-            f.write(b"\n")  # a complete line written without newline: keep it
-        except ValueError:
-            f.truncate(start)
-            logger.warning("%s: dropped a truncated last line (line %d, %d bytes); that sample will be redone",
-                           path, data.count(b"\n") + 1, len(data) - start)
-
-
 class PredictionWriter:
     """Appends one JSON line per prediction and flushes it, so a killed run loses at most one line."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        _drop_partial_tail(self.path)
+        drop_partial_tail(self.path)
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, obj: Mapping) -> None:
