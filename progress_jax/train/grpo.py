@@ -31,33 +31,27 @@ log = logging.getLogger(__name__)
 
 # ---- rollouts --------------------------------------------------------------------------------
 
-def images_per_row(input_ids, vision_start_id: int) -> np.ndarray:
-    return (np.asarray(input_ids) == vision_start_id).sum(1)
-
-
-def repeat_rows(batch: dict, n: int, vision_start_id: int) -> dict:
-    """Each prompt row repeated n times (rows of one prompt contiguous), its images with it."""
+def row_images(batch: dict, vision_start_id: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per batch row: (its image_grid_thw rows, its pixel_values rows); one vision_start per image."""
     grid = qwen2_5_vl.positions.valid_grids(batch["image_grid_thw"])
-    counts = images_per_row(batch["input_ids"], vision_start_id)
+    counts = (np.asarray(batch["input_ids"]) == vision_start_id).sum(1)
     if counts.sum() != len(grid):
         raise ValueError(f"prompts hold {counts.sum()} images but image_grid_thw lists {len(grid)}")
     img_end = np.cumsum(counts)
     patch_end = np.concatenate([[0], np.cumsum(grid.prod(-1))])
-    grids, pixels, rows = [], [], []
-    for b in range(len(counts)):
-        if batch["records"][b] is None:
-            continue  # a padding row of an incomplete batch
-        i0, i1 = img_end[b] - counts[b], img_end[b]
-        for _ in range(n):
-            rows.append(b)
-            grids.append(grid[i0:i1])
-            pixels.append(batch["pixel_values"][patch_end[i0]:patch_end[i1]])
-    rows = np.array(rows)
+    return [(grid[e - c:e], batch["pixel_values"][patch_end[e - c]:patch_end[e]]) for c, e in zip(counts, img_end)]
+
+
+def repeat_rows(batch: dict, n: int, vision_start_id: int) -> dict:
+    """Each prompt row repeated n times (rows of one prompt contiguous), its images with it;
+    padding rows of an incomplete batch (record None) dropped."""
+    images = row_images(batch, vision_start_id)
+    rows = np.array([b for b, r in enumerate(batch["records"]) if r is not None for _ in range(n)])
     return {
         "input_ids": batch["input_ids"][rows],
         "attention_mask": batch["attention_mask"][rows],
-        "pixel_values": np.concatenate(pixels),
-        "image_grid_thw": np.concatenate(grids),
+        "pixel_values": np.concatenate([images[b][1] for b in rows]),
+        "image_grid_thw": np.concatenate([images[b][0] for b in rows]),
         "records": [batch["records"][b] for b in rows],
     }
 
@@ -68,31 +62,24 @@ def rollout_sequences(prompts: dict, gen: sampling.Generation, config) -> list[d
     vision special token it generated (a text-only continuation cannot hold an image)."""
     vision_ids = np.array([config.image_token_id, config.video_token_id, config.vision_start_token_id,
                            config.vision_end_token_id])
-    grid = prompts["image_grid_thw"]
-    counts = images_per_row(prompts["input_ids"], config.vision_start_token_id)
-    img_end = np.cumsum(counts)
-    patch_end = np.concatenate([[0], np.cumsum(grid.prod(-1))])
     rows = []
-    for b in range(len(prompts["records"])):
+    for b, (grid, pixels) in enumerate(row_images(prompts, config.vision_start_token_id)):
         prompt = prompts["input_ids"][b][prompts["attention_mask"][b] > 0]
         response = gen.tokens[b, : gen.lengths[b]]
         bad = np.flatnonzero(np.isin(response, vision_ids))
         if bad.size:
             response = response[: bad[0]]
-        ids = np.concatenate([prompt, response]).astype(np.int32)
-        i0, i1 = img_end[b] - counts[b], img_end[b]
         rows.append({
-            "input_ids": ids,
+            "input_ids": np.concatenate([prompt, response]).astype(np.int32),
             "loss_mask": np.concatenate([np.zeros(len(prompt), np.int32), np.ones(len(response), np.int32)]),
-            "pixel_values": prompts["pixel_values"][patch_end[i0]:patch_end[i1]],
-            "image_grid_thw": grid[i0:i1],
+            "pixel_values": pixels,
+            "image_grid_thw": grid,
         })
     return rows
 
 
-def pack(rows: list[dict], extra: dict[str, np.ndarray], pad_id: int, length: int, patches: int) -> dict:
-    """Rows -> one right-padded host batch of `length` tokens and `patches` patch rows; `extra`
-    holds per-row values (advantages) kept as [B] arrays."""
+def pack(rows: list[dict], pad_id: int, length: int, patches: int) -> dict:
+    """Rows -> one right-padded host batch of `length` tokens and `patches` patch rows."""
     B = len(rows)
     ids = np.full((B, length), pad_id, np.int32)
     mask = np.zeros((B, length), np.int32)
@@ -104,7 +91,7 @@ def pack(rows: list[dict], extra: dict[str, np.ndarray], pad_id: int, length: in
     pixel_values = np.zeros((patches, pv.shape[1]), np.float32)
     pixel_values[: len(pv)] = pv
     return {"input_ids": ids, "attention_mask": mask, "loss_mask": loss, "pixel_values": pixel_values,
-            "image_grid_thw": np.concatenate([r["image_grid_thw"] for r in rows]), **extra}
+            "image_grid_thw": np.concatenate([r["image_grid_thw"] for r in rows])}
 
 
 def bucket(n: int, buckets) -> int:
@@ -262,7 +249,7 @@ class Trainer:
         for i in range(0, len(rows), mb):
             chunk = rows[i:i + mb]
             patches = bucket(sum(len(r["pixel_values"]) for r in chunk), d.patch_buckets)
-            hosts.append(pack(chunk, {}, self.tokenizer.pad_id, length, patches))
+            hosts.append(pack(chunk, self.tokenizer.pad_id, length, patches))
         stacked = stack_micro(hosts, self.model.config)
         stacked["advantages"] = advantages.reshape(len(hosts), mb).astype(np.float32)
         return loop.to_device(stacked, loop.batch_shardings(stacked, self.mesh))
