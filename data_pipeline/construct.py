@@ -38,6 +38,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
+from data_pipeline.jsonl import write_jsonl
+
 COARSE_DELTAS = (0.25, 0.5, 0.75)
 FINE_DELTAS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 SUBSETS = ("visual_same_view", "visual_cross_view", "text-normal", "text-unanswerable", "visual-unanswerable")
@@ -255,15 +257,6 @@ def write_images(samples: list[Sample], image_root: str) -> int:
             os.replace(tmp, path)
             written += 1
     return written
-
-
-def write_jsonl(path: str, records: list[dict]) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 class FolderEpisode:

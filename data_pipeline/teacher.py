@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from data_pipeline.image_processor import preprocess
-from data_pipeline.jsonl import drop_partial_tail
+from data_pipeline.jsonl import JsonlAppender, drop_partial_tail
 from data_pipeline.parsing import NA, NUMBER, read_ref, read_reward_score, strict_format_ok
 from data_pipeline.prompts import build_messages, format_percent, render_text, tokenize_messages
 from data_pipeline.records import IMAGE_PLACEHOLDER, Record
@@ -136,32 +136,6 @@ class JaxTeacher:
 
 
 # ---- resumable JSONL output ----
-
-class JsonlAppender:
-    """Appends one JSON line per call and flushes it (fsync=True also syncs it to disk), so a crash
-    loses at most the line being written. A truncated last line left by a crash is cut off first."""
-
-    def __init__(self, path, fsync: bool = False):
-        self.path, self.fsync = os.fspath(path), fsync
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        drop_partial_tail(self.path)
-        self._file = open(self.path, "a", encoding="utf-8")
-
-    def write(self, obj: dict) -> None:
-        self._file.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        self._file.flush()
-        if self.fsync:
-            os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
 
 def read_jsonl_objects(path: str) -> list[dict]:
     """Every line of a JSONL file this module wrote (missing file -> []); a bad line is an error naming it."""

@@ -40,6 +40,7 @@ import re
 import time
 from dataclasses import dataclass
 
+from data_pipeline.jsonl import JsonlAppender, write_jsonl
 from data_pipeline.prompts import progress_label
 from data_pipeline.records import Record, record_image_path
 
@@ -313,22 +314,13 @@ def apply_decisions(queue: list[dict], decisions: dict[str, str], out_path: str,
 
 # ---- batched, resumable runs ----
 
-def _write_jsonl(path: str, objects: list[dict]) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for obj in objects:
-            f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def run_text_swaps(records: list[Record], teacher, out_path: str, batch_size: int = 8,
                    rejects_path: str | None = None, allowed_objects=None, progress: bool = True) -> dict:
     """One teacher call per trajectory (text records grouped by id; they must share goal and steps), the
     same swap for all its records. Appends official text-unanswerable lines to out_path and rejected
     answers to rejects_path. A trajectory partly written by an interrupted run is completed with the
     swap already in the output. Counts: trajectories kept / per reason, records written, skipped."""
-    from data_pipeline.teacher import JsonlAppender, TeacherRun, read_jsonl_objects, rejects_path_for
+    from data_pipeline.teacher import TeacherRun, read_jsonl_objects, rejects_path_for
 
     rejects_path = rejects_path or rejects_path_for(out_path)
     groups: dict[str, list[Record]] = {}
@@ -396,7 +388,7 @@ def run_image_edits(records: list[Record], image_root: str, teacher, editor, que
     from PIL import Image
 
     from data_pipeline.image_edit import EditError
-    from data_pipeline.teacher import JsonlAppender, TeacherRun, read_jsonl_objects, rejects_path_for, sample_key
+    from data_pipeline.teacher import TeacherRun, read_jsonl_objects, rejects_path_for, sample_key
 
     rejects_path = rejects_path or rejects_path_for(queue_path)
     steps_by_id = steps_by_id or {}
@@ -444,5 +436,5 @@ def run_image_edits(records: list[Record], image_root: str, teacher, editor, que
                     counts["kept"] += 1
         finally:
             run.close()
-    _write_jsonl(out_path, [e["record"] for e in load_queue(queue_path)])
+    write_jsonl(out_path, [e["record"] for e in load_queue(queue_path)])
     return counts

@@ -19,7 +19,7 @@ import threading
 
 from PIL import Image
 
-from data_pipeline.teacher import JsonlAppender
+from data_pipeline.jsonl import JsonlAppender
 from data_pipeline.unanswerable import apply_decisions, decision_line, first_undecided, load_decisions, load_queue
 
 

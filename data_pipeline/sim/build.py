@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-from data_pipeline.construct import (Sample, make_text_unanswerable, plan_samples, to_record, write_images,
-                                     write_jsonl)
+from data_pipeline.construct import Sample, make_text_unanswerable, plan_samples, to_record, write_images
+from data_pipeline.jsonl import write_jsonl
 from data_pipeline.sim.episode import SimEpisode
 from data_pipeline.sim.reasoning import response
 from data_pipeline.sim.tasks import FAMILIES, make_plan

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from data_pipeline.jsonl import drop_partial_tail
+from data_pipeline.jsonl import JsonlAppender
 from data_pipeline.parsing import NUMBER, eval_score_value, parse_response, parse_score_text, read_ref
 from data_pipeline.records import Record, load_records
 from progress_jax.eval import plots
@@ -41,27 +41,8 @@ def prediction_key(obj: Mapping) -> tuple[str, str, str]:
     return (obj["setting"], str(obj["id"]), obj["stage"])
 
 
-class PredictionWriter:
-    """Appends one JSON line per prediction and flushes it, so a killed run loses at most one line."""
-
-    def __init__(self, path):
-        self.path = os.fspath(path)
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        drop_partial_tail(self.path)
-        self._file = open(self.path, "a", encoding="utf-8")
-
-    def write(self, obj: Mapping) -> None:
-        self._file.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+# Appends one JSON line per prediction and flushes it, so a killed run loses at most one line.
+PredictionWriter = JsonlAppender
 
 
 @dataclass
