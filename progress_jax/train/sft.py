@@ -20,7 +20,7 @@ from progress_jax import lora, runtime, sharding
 from progress_jax.models import qwen2_5_vl
 from progress_jax.models.qwen2_5_vl import positions
 from progress_jax.models.qwen2_5_vl.model import REMAT_POLICIES
-from progress_jax.train import checkpoint, loop, metrics_writer, schedule
+from progress_jax.train import checkpoint, guards, loop, metrics_writer, schedule
 
 log = logging.getLogger(__name__)
 
@@ -249,23 +249,26 @@ def run(config) -> dict:
     losses = []
     log.info("SFT: %d samples, %d steps of %d rows (%d micro-batches), from step %d, workdir %s",
              n_samples, steps, t.batch_size, accum, start, config.workdir)
-    with metrics_writer.MetricsWriter(config.workdir, enabled=jax.process_index() == 0) as writer:
-        state, done = loop.train(
-            step, state, parts.frozen, next_batch, it, steps, ckpt, writer, start, lr_fn=tx_schedule(t, steps),
-            flops_per_token=flops_per_token(model.config, seq_len, config.lora.rank > 0),
-            peak_flops=_peak_flops(t), on_step=lambda s, m: losses.append(m["loss"]))
-    ckpt.close()
-    final_dir = os.path.join(config.workdir, "final")
-    if done == steps:
-        meta = {"lora": config.lora.to_dict(), "model_path": config.model.path, "model_preset": config.model.preset,
-                "seed": config.seed, "steps": steps}
-        loop.save_trainable(final_dir, state["params"], meta)
-        log.info("trained parameters written to %s", final_dir)
-        trained = parts.model(state["params"])
-        if t.demo_samples and sim is not None:
-            demo(trained, tokenizer, config, sim, t.demo_samples)
-        if t.export_merged:
-            qwen2_5_vl.save_pretrained(lora.merge(trained), os.path.join(config.workdir, "merged"))
+    # SIGTERM between or after the steps also ends the job cleanly: the loop's own handler covers
+    # the steps; this one lets the final save finish and skips the optional demo and export.
+    with guards.StopRequest() as stop:
+        with metrics_writer.MetricsWriter(config.workdir, enabled=jax.process_index() == 0) as writer:
+            state, done = loop.train(
+                step, state, parts.frozen, next_batch, it, steps, ckpt, writer, start, lr_fn=tx_schedule(t, steps),
+                flops_per_token=flops_per_token(model.config, seq_len, config.lora.rank > 0),
+                peak_flops=_peak_flops(t), on_step=lambda s, m: losses.append(m["loss"]))
+        ckpt.close()
+        final_dir = os.path.join(config.workdir, "final")
+        if done == steps:
+            meta = {"lora": config.lora.to_dict(), "model_path": config.model.path,
+                    "model_preset": config.model.preset, "seed": config.seed, "steps": steps}
+            loop.save_trainable(final_dir, state["params"], meta)
+            log.info("trained parameters written to %s", final_dir)
+            trained = parts.model(state["params"])
+            if t.demo_samples and sim is not None and not stop.requested:
+                demo(trained, tokenizer, config, sim, t.demo_samples)
+            if t.export_merged and not stop.requested:
+                qwen2_5_vl.save_pretrained(lora.merge(trained), os.path.join(config.workdir, "merged"))
     return {"final_dir": final_dir, "steps": done, "losses": losses}
 
 
