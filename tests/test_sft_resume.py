@@ -60,20 +60,30 @@ def losses(workdir):
     return out
 
 
+def read_lines(path):
+    """Complete lines only: the run may be half-way through writing the last one."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line for line in f.read().split("\n")[:-1] if line.strip()]
+
+
 def saved_steps(workdir):
     d = os.path.join(workdir, "checkpoints")
     return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
 
 
 def start_and_signal(d, workdir, sig, after_step):
-    """Start a run; once metrics show `after_step` and a checkpoint was completed, send `sig`.
-    Returns the exit code."""
+    """Start a run; once this run itself has logged `after_step` (a resumed run's workdir already holds
+    the killed run's lines) and a checkpoint was completed, send `sig`. Returns the exit code."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    old_lines = len(read_lines(path))
     proc = subprocess.Popen(command(d, workdir), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    path = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(path) and max(losses(workdir), default=0) >= after_step and saved_steps(workdir):
+        new = [json.loads(line)["step"] for line in read_lines(path)[old_lines:]]
+        if new and max(new) >= after_step and saved_steps(workdir):
             proc.send_signal(sig)
             break
         time.sleep(0.05)
