@@ -7,8 +7,11 @@ to 8192 tokens, reward 0.1 format + 0.6 ref + 0.3 score.
 
 With nothing given, the built-in demo on a fresh machine: ProgressBench-Sim small (generated and
 cached under data.sim_dir), a short SFT warm start of the tiny model (full-parameter: LoRA on a
-random base has nothing to adapt), GRPO with LoRA on top of it (the SFT model is the reference
-policy), then both models evaluated on the sim's test split, their Table 1 rows side by side.
+random base has nothing to adapt), full-parameter GRPO from it (a frozen copy of the SFT model is
+the reference policy), then both models evaluated on the sim's test split, their Table 1 rows
+side by side. Every grpo.probe_every steps it also scores a probe: n rollouts on a fixed set of
+training prompts with one fixed sampling key, so that its curve moves only when the policy does
+(a step's own mean reward mostly reflects which prompts that step drew).
 
 Outputs in `workdir`: sft/ (the warm start), metrics.jsonl + TensorBoard, checkpoints/ (resumed
 automatically), final/trainable.safetensors, eval_sft/ and eval_grpo/ (predictions, metrics,
@@ -31,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.sim_reasoning = "brief"
     c.data.train_files = ()  # RL records (official fields); empty: ProgressBench-Sim's train/rl.jsonl
     c.sampling.max_new_tokens = config_dict.placeholder(int)  # None: 8192, or 128 for the demo
+    c.lora.rank = config_dict.placeholder(int)  # None: 8 with model.path, 0 (full) for the demo
 
     g = c.grpo = ml_collections.ConfigDict()
     g.n = 4  # rollouts per prompt
@@ -42,6 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
     g.advantage = "grpo"  # grpo | drgrpo
     g.reward = "paper"  # paper (0.1/0.6/0.3) | anti_hack
     g.init_lora = ""  # an SFT run's final/ directory (trainable.safetensors)
+    g.probe_every = config_dict.placeholder(int)  # steps between probe rewards; None: 4 (demo) or 0 (off)
+    g.probe_batches = 2  # the probe's fixed prompts: this many rollout batches
     g.demo_sft = True  # demo only: run the SFT warm start first
     g.eval_demo = True  # demo only: evaluate before and after GRPO
 

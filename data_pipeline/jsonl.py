@@ -25,7 +25,7 @@ def drop_partial_tail(path: str) -> None:
         except ValueError:
             f.truncate(start)
             logger.warning("%s: dropped a truncated last line (line %d, %d bytes) left by an interrupted run; "
-                           "that sample will be redone", path, data.count(b"\n") + 1, len(data) - start)
+                           "that record is redone", path, data.count(b"\n") + 1, len(data) - start)
 
 
 class JsonlAppender:

@@ -18,6 +18,7 @@ from tests.test_sft import CFG, host_batch, lora_model
 def _config(**train):
     c = grpo_config.get_config()
     c.grpo.n, c.grpo.rollout_batch_size, c.grpo.kl_coef = 4, 4, 0.05
+    c.lora.rank = 8
     c.train.update(dict(lr=1e-2, batch_size=4, micro_batch_size=8, steps=6, epochs=1.0, **train))
     c.sampling.max_new_tokens, c.sampling.temperature, c.sampling.top_p = 8, 1.0, 1.0
     c.data.length_buckets, c.data.patch_buckets = (64,), (256,)
@@ -85,7 +86,8 @@ def test_lora_off_reference_is_the_base_model():
 
 def test_mean_reward_rises_on_toy_task():
     """Reward = share of generated tokens from the lower half of a 64-token vocabulary (about 0.5
-    for the random policy): a few GRPO steps must raise it clearly."""
+    for the random policy): a few GRPO steps must raise it clearly, in the steps' own rewards and
+    in the fixed-key probe."""
     cfg = _config()
     cfg.lora.rank = 0
     small = dataclasses.replace(CFG, text=dataclasses.replace(CFG.text, vocab_size=64))
@@ -104,5 +106,10 @@ def test_mean_reward_rises_on_toy_task():
     trainer = grpo.Trainer(cfg, model, tokenizer, mesh, reward_fn=reward_fn)
     prompts = host_batch([(20, 1), (12, 2), (30, 0), (16, 1)], seed=5, cfg=small, L=64, P=256)
     prompts["records"] = ["p0", "p1", "p2", "p3"]
+    probe_key = jax.random.key(99)
+    before = trainer.probe([prompts], probe_key)
+    assert trainer.probe([prompts], probe_key) == before  # same policy, same key: the same probe
     rewards = [trainer.step(prompts, jax.random.key(s))["reward/overall"] for s in range(6)]
     assert np.mean(rewards[-2:]) > np.mean(rewards[:2]) + 0.15, rewards
+    after = trainer.probe([prompts], probe_key)
+    assert after["probe/low_half"] > before["probe/low_half"] + 0.15, (before, after)

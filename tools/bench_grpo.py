@@ -68,6 +68,7 @@ def main():
         c.model.param_dtype = c.model.compute_dtype = "bfloat16"
         c.model.remat = "full"
     c.grpo.n, c.grpo.rollout_batch_size = a.n, a.prompts
+    c.lora.rank = 8
     c.train.update(dict(lr=1e-6, batch_size=a.prompts, micro_batch_size=a.micro_batch, steps=a.steps, epochs=1.0))
     c.sampling.max_new_tokens = a.new_tokens
     c.data.length_buckets = (1 << (a.text + 8 + a.images * ((a.side // 28) ** 2 + 2) - 1).bit_length(),)

@@ -11,6 +11,8 @@ Log-probs are taken at the rollout temperature (logits / temperature), as EasyR1
 """
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import math
 import os
@@ -168,20 +170,27 @@ def resolve(config) -> None:
     g, t = config.grpo, config.train
     demo = not config.model.path
     defaults = dict(lr=5e-4 if demo else 1e-6, batch_size=8 if demo else 64, rollout_batch_size=8 if demo else 64,
-                    micro_batch_size=8 if demo else 4, steps=12 if demo else 0, epochs=2.0)
+                    micro_batch_size=8 if demo else 4, steps=12 if demo else 0, epochs=2.0,
+                    probe_every=4 if demo else 0)
     with config.unlocked():
         for k, v in defaults.items():
-            section = g if k == "rollout_batch_size" else t
+            section = g if k in ("rollout_batch_size", "probe_every") else t
             if section.get(k) is None:
                 section[k] = v
         if config.sampling.get("max_new_tokens") is None:
             config.sampling.max_new_tokens = 128 if demo else 8192
+        # The demo's tiny model is small enough to train whole, against a frozen copy of the SFT model.
+        if config.lora.get("rank") is None:
+            config.lora.rank = 0 if demo else 8
     checks = [
         ("grpo.n", g.n >= 1, "must be >= 1"),
+        ("lora.rank", isinstance(config.lora.rank, int) and config.lora.rank >= 0, "must be an integer >= 0"),
         ("grpo.kl_coef", g.kl_coef >= 0, "must be >= 0"),
         ("grpo.advantage", g.advantage in ("grpo", "drgrpo"), "must be 'grpo' or 'drgrpo'"),
         ("grpo.reward", g.reward in ("paper", "anti_hack"), "must be 'paper' or 'anti_hack'"),
         ("grpo.rollout_batch_size", g.rollout_batch_size >= 1, "must be >= 1"),
+        ("grpo.probe_every", g.probe_every >= 0, "must be >= 0"),
+        ("grpo.probe_batches", g.probe_batches >= 1, "must be >= 1"),
         ("train.batch_size", t.batch_size >= 1 and g.rollout_batch_size % t.batch_size == 0,
          "must divide grpo.rollout_batch_size"),
         ("train.micro_batch_size", t.micro_batch_size >= 1 and (t.batch_size * g.n) % t.micro_batch_size == 0,
@@ -254,6 +263,16 @@ class Trainer:
         stacked["advantages"] = advantages.reshape(len(hosts), mb).astype(np.float32)
         return loop.to_device(stacked, loop.batch_shardings(stacked, self.mesh))
 
+    def probe(self, batches: list[dict], key) -> dict:
+        """Mean reward components ("probe/...") of n rollouts per prompt of fixed prompt batches."""
+        rewards = []
+        for i, prompts in enumerate(batches):
+            batch = repeat_rows(prompts, self.config.grpo.n, self.model.config.vision_start_token_id)
+            gen = sampling.generate(self.policy(), batch, self.sampling, jax.random.fold_in(key, i),
+                                    tokenizer=self.tokenizer, mesh=self.mesh)
+            rewards += self.reward_fn(gen, batch["records"])
+        return {f"probe/{k}": float(np.mean([r[k] for r in rewards])) for k in rewards[0]}
+
     def step(self, prompts: dict, key) -> dict:
         """One GRPO step on a host batch of prompts; returns the step's metrics."""
         g, t = self.config.grpo, self.config.train
@@ -302,23 +321,29 @@ class Trainer:
 
 def run(config) -> dict:
     """The GRPO job (configs/grpo.py). With no model.path: the built-in demo (sim data, a short
-    SFT warm start, GRPO, then both models evaluated side by side). Returns a summary dict."""
+    SFT warm start, GRPO, then both models evaluated side by side). Returns a summary dict
+    ({"stopped": True} when a SIGTERM ended it; rerunning resumes)."""
     runtime.maybe_initialize_distributed()
     demo = not config.model.path
     resolve(config)
-    if demo and config.grpo.demo_sft and not config.grpo.init_lora:
-        from progress_jax.train import sft
+    # A SIGTERM anywhere in the job ends it cleanly: the warm start and the step loop save and
+    # stop; between them this handler skips what is left (evaluations, the final export).
+    with guards.StopRequest() as stop:
+        if demo and config.grpo.demo_sft and not config.grpo.init_lora:
+            from progress_jax.train import sft
 
-        sft_cfg = config.demo_sft_config
-        with sft_cfg.unlocked():
-            sft_cfg.workdir = os.path.join(config.workdir, "sft")
-        sft.run(sft_cfg)
-        with config.unlocked():
-            config.grpo.init_lora = os.path.join(sft_cfg.workdir, "final")
-    return _run_grpo(config, demo)
+            sft_cfg = config.demo_sft_config
+            with sft_cfg.unlocked():
+                sft_cfg.workdir = os.path.join(config.workdir, "sft")
+            if sft.run(sft_cfg)["stopped"]:
+                log.warning("SFT warm start stopped; rerun the same command to resume it")
+                return {"stopped": True}
+            with config.unlocked():
+                config.grpo.init_lora = os.path.join(sft_cfg.workdir, "final")
+        return _run_grpo(config, demo, stop)
 
 
-def _run_grpo(config, demo: bool) -> dict:
+def _run_grpo(config, demo: bool, stop: guards.StopRequest) -> dict:
     g, t = config.grpo, config.train
     mesh = runtime.make_mesh(config)
     model = runtime.load_policy(config, mesh, g.init_lora)
@@ -329,11 +354,19 @@ def _run_grpo(config, demo: bool) -> dict:
 
     d = config.data
     per_process = g.rollout_batch_size // jax.process_count()
-    data = make_dataset(files, image_root, tokenizer, mode=d.mode, with_answers=False, batch_size=per_process,
-                        length_buckets=d.length_buckets, patch_buckets=d.patch_buckets,
-                        image_buckets=d.image_buckets, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
-                        seed=config.seed, num_epochs=None, worker_count=d.worker_count)
-    it = iter(data)
+
+    def prompts(**kw):
+        return make_dataset(files, image_root, tokenizer, mode=d.mode, with_answers=False, batch_size=per_process,
+                            length_buckets=d.length_buckets, patch_buckets=d.patch_buckets,
+                            image_buckets=d.image_buckets, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
+                            worker_count=d.worker_count, **kw)
+
+    it = iter(prompts(seed=config.seed, num_epochs=None))
+    # The probe: fixed prompts (another shuffle of the training prompts), sampled with one fixed
+    # key. A step's own mean reward mostly reflects which prompts it drew; this one moves only
+    # when the policy does.
+    probe = (list(itertools.islice(iter(prompts(seed=config.seed + 1, num_epochs=None)), g.probe_batches))
+             if g.probe_every else [])
     if not t.steps:
         with config.unlocked():
             t.steps = max(1, math.floor(t.epochs * runtime.count_samples(files) / g.rollout_batch_size))
@@ -347,38 +380,46 @@ def _run_grpo(config, demo: bool) -> dict:
         bench = _sim_bench(sim or runtime.sim_paths(config))
         results["sft"] = runner.evaluate(trainer.policy(), tokenizer, bench[0], bench[1],
                                          os.path.join(config.workdir, "eval_sft"), config, mesh=mesh, run_name="sft")
+    if stop.requested:
+        log.warning("%s received before the first GRPO step: stopping", stop.signal_name)
+        return {"stopped": True}
 
     os.makedirs(config.workdir, exist_ok=True)
     ckpt = checkpoint.Checkpointer(os.path.join(config.workdir, "checkpoints"), t.save_every, t.keep)
     trainer.state, start = loop.restore_or_keep(ckpt, trainer.state, it)
     key = jax.random.key(config.seed)
-    rewards = []
+    probe_key = jax.random.fold_in(key, 0)  # steps use fold_in(key, step), step >= 1
     log.info("GRPO: %d steps of %d prompts x %d rollouts, from step %d, workdir %s",
              t.steps, g.rollout_batch_size, g.n, start, config.workdir)
     main = jax.process_index() == 0
-    with metrics_writer.MetricsWriter(config.workdir, enabled=main) as writer, guards.StopRequest() as stop:
+    with metrics_writer.MetricsWriter(config.workdir, enabled=main) as writer:
+        if probe and start == 0:
+            writer.write(0, trainer.probe(probe, probe_key))
         bar = metrics_writer.progress_bar(t.steps, start, desc="grpo", enabled=main)
         last_saved = ckpt.latest_step()
         for step in range(start + 1, t.steps + 1):
-            prompts = next(it)
-            m = trainer.step(prompts, jax.random.fold_in(key, step))
+            m = trainer.step(next(it), jax.random.fold_in(key, step))
             guards.check_finite(step, last_saved, loss=m["loss"], grad_norm=m["grad_norm"])
+            if probe and (step % g.probe_every == 0 or step == t.steps):
+                m.update(trainer.probe(probe, probe_key))
             writer.write(step, m)
-            rewards.append(m["reward/overall"])
             bar.update(1)
             bar.set_postfix(reward=f"{m['reward/overall']:.3f}")
             if ckpt.save(step, trainer.state, it.get_state(), {"step": step}, force=step == t.steps or stop.requested):
                 last_saved = step
             if stop.requested:
-                log.warning("%s received: saved step %d, stopping", stop.signal_name, step)
                 break
         bar.close()
     ckpt.close()
+    if stop.requested:
+        log.warning("%s received: saved step %d, stopping; rerun the same command to resume", stop.signal_name,
+                    last_saved)
+        return {"stopped": True}
     final_dir = os.path.join(config.workdir, "final")
     loop.save_trainable(final_dir, trainer.state["params"],
                         {"lora": config.lora.to_dict(), "model_path": config.model.path,
                          "model_preset": config.model.preset, "seed": config.seed, "steps": t.steps})
-    if bench is not None:
+    if bench is not None and not stop.requested:
         from progress_jax.eval import runner, tables
 
         results["grpo"] = runner.evaluate(trainer.policy(), tokenizer, bench[0], bench[1],
@@ -389,11 +430,32 @@ def _run_grpo(config, demo: bool) -> dict:
             with open(os.path.join(config.workdir, "table1.md"), "w") as f:
                 f.write(md + "\n")
             print("\nProgressBench-Sim test split, SFT warm start vs after GRPO:\n" + md, flush=True)
-    if main and rewards:
-        k = max(1, len(rewards) // 4)
-        print(f"mean reward per step: {' '.join(f'{r:.3f}' for r in rewards)}\n"
-              f"first {k} steps: {np.mean(rewards[:k]):.3f}, last {k} steps: {np.mean(rewards[-k:]):.3f}", flush=True)
-    return {"rewards": rewards, "metrics": results, "final_dir": final_dir}
+    history = _history(os.path.join(config.workdir, "metrics.jsonl")) if main else {}
+    if history:
+        print(_reward_report(history, g.probe_batches * per_process, g.n), flush=True)
+    return {"history": history, "metrics": results, "final_dir": final_dir, "stopped": False}
+
+
+def _history(path: str) -> dict[int, dict]:
+    """metrics.jsonl -> {step: metrics}; the last line for a step wins (a resumed run rewrites it)."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            m = json.loads(line)
+            out[m["step"]] = m
+    return out
+
+
+def _reward_report(history: dict[int, dict], probe_prompts: int, n: int) -> str:
+    steps = [s for s in sorted(history) if "reward/overall" in history[s]]
+    rewards = [history[s]["reward/overall"] for s in steps]
+    lines = [f"mean reward per step (its own prompts): {' '.join(f'{r:.3f}' for r in rewards)}"]
+    probes = [(s, history[s]) for s in sorted(history) if "probe/overall" in history[s]]
+    if probes:
+        lines.append(f"probe reward ({probe_prompts} fixed prompts x {n} rollouts, one fixed key), by step:")
+        lines += [f"  step {s:4d}: " + "  ".join(f"{k[6:]} {v:.3f}" for k, v in m.items() if k.startswith("probe/"))
+                  for s, m in probes]
+    return "\n".join(lines)
 
 
 def _sim_bench(sim: dict):

@@ -13,12 +13,13 @@ count only the work done (the default 2.0 is the conventional full-training coun
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
+
+from data_pipeline.jsonl import JsonlAppender
 
 
 def train_flops_per_token(n_matmul_params: int, n_layers: int, seq_len: int, attn_dim: int,
@@ -41,7 +42,8 @@ def progress_bar(total: int, initial: int = 0, desc: str = "train", enabled: boo
 
 class MetricsWriter:
     """Appends {"step": step, **metrics} to `<log_dir>/metrics.jsonl` (flushed each write, so a
-    killed run keeps every line; a resumed run appends, and the last line for a step wins) and
+    killed run keeps every complete line and its half-written one is cut off on resume; a resumed
+    run appends, and the last line for a step wins) and
     the same scalars to TensorBoard in `log_dir`. Writes nothing when `enabled` is False
     (processes other than 0)."""
 
@@ -50,7 +52,7 @@ class MetricsWriter:
         self._jsonl = self._tb = None
         if enabled:
             os.makedirs(log_dir, exist_ok=True)
-            self._jsonl = open(os.path.join(log_dir, "metrics.jsonl"), "a", encoding="utf-8")
+            self._jsonl = JsonlAppender(os.path.join(log_dir, "metrics.jsonl"))
             self._tb = SummaryWriter(log_dir) if tensorboard else None
 
     def write(self, step: int, metrics: dict) -> None:
@@ -64,8 +66,7 @@ class MetricsWriter:
                 raise ValueError(f"metric {name!r} at step {step} is not a scalar: {value!r}") from e
         # JSON has no NaN/Inf: write them as strings so the line stays valid JSON.
         line = {k: v if math.isfinite(v) else str(v) for k, v in scalars.items()}
-        self._jsonl.write(json.dumps({"step": int(step), **line}) + "\n")
-        self._jsonl.flush()
+        self._jsonl.write({"step": int(step), **line})
         if self._tb is not None:
             for name, value in scalars.items():
                 self._tb.add_scalar(name, value, int(step))

@@ -200,7 +200,8 @@ def flops_per_token(config: qwen2_5_vl.Qwen25VLConfig, seq_len: int, lora_on: bo
 # ---- the run ---------------------------------------------------------------------------------
 
 def run(config) -> dict:
-    """The SFT job. Returns {"final_dir", "steps", "losses"}; see configs/sft.py."""
+    """The SFT job. Returns {"final_dir", "steps", "losses", "stopped"} (stopped: a SIGTERM
+    ended it); see configs/sft.py."""
     runtime.maybe_initialize_distributed()
     resolve(config)
     t = config.train
@@ -269,7 +270,7 @@ def run(config) -> dict:
                 demo(trained, tokenizer, config, sim, t.demo_samples)
             if t.export_merged and not stop.requested:
                 qwen2_5_vl.save_pretrained(lora.merge(trained), os.path.join(config.workdir, "merged"))
-    return {"final_dir": final_dir, "steps": done, "losses": losses}
+    return {"final_dir": final_dir, "steps": done, "losses": losses, "stopped": stop.requested or done < steps}
 
 
 def tx_schedule(t, steps):

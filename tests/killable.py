@@ -1,0 +1,83 @@
+"""Helpers for the kill-and-resume tests: a job as a real subprocess, signalled once its own
+metrics reach a step and a checkpoint exists."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+
+
+def write_records(d, n=12, answers=True):
+    """<d>/sft.jsonl (answers=True: with four-block responses) or <d>/rl.jsonl (without) and
+    <d>/images: vision-demo records, 2 demo frames + 1 observation, 56x56 random images."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(n):
+        rid = f"traj{i}"
+        os.makedirs(d / "images" / rid)
+        for f in ("d0.jpg", "d1.jpg", "obs.jpg"):
+            Image.fromarray(rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)).save(d / "images" / rid / f)
+        score = int(rng.integers(0, 100))
+        record = {
+            "id": rid, "task_goal": f"put block {i} in the box", "visual_demo": ["d0.jpg", "d1.jpg"],
+            "total_steps": "1", "stage_to_estimate": ["obs.jpg"], "closest_idx": "1", "delta": "+5%",
+            "progress_score": f"{score}%", "data_source": "test"}
+        if answers:
+            record["response"] = (f"<ref_think>near the first frame</ref_think><ref>1</ref>"
+                                  f"<score_think>a little after it</score_think><score>{score}%</score>")
+        lines.append(json.dumps(record))
+    (d / ("sft.jsonl" if answers else "rl.jsonl")).write_text("\n".join(lines) + "\n")
+
+
+def read_lines(path):
+    """Complete lines only: the run may be half-way through writing the last one."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line for line in f.read().split("\n")[:-1] if line.strip()]
+
+
+def metrics(workdir) -> dict[int, dict]:
+    """{step: metrics line}; the last line for a step wins."""
+    out = {}
+    for line in read_lines(os.path.join(workdir, "metrics.jsonl")):
+        m = json.loads(line)
+        out[m["step"]] = m
+    return out
+
+
+def saved_steps(workdir):
+    d = os.path.join(workdir, "checkpoints")
+    return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
+
+
+def start_and_signal(command, workdir, sig, after_step):
+    """Start `command`; once this run itself has logged `after_step` (a resumed run's workdir
+    already holds the killed run's lines) and a checkpoint was completed, send `sig`.
+    Returns the exit code, which must be 0 or -SIGKILL."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    old_lines = len(read_lines(path))
+    proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        new = [json.loads(line)["step"] for line in read_lines(path)[old_lines:]]
+        if new and max(new) >= after_step and saved_steps(workdir):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode in (0, -signal.SIGKILL), err[-3000:]
+    return proc.returncode
+
+
+def run_to_end(command):
+    done = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
