@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.train_files = ()  # RL records (official fields); empty: ProgressBench-Sim's train/rl.jsonl
     c.sampling.max_new_tokens = config_dict.placeholder(int)  # None: 8192, or 128 for the demo
     c.lora.rank = config_dict.placeholder(int)  # None: 8 with model.path, 0 (full) for the demo
+    # None: 0.6 with model.path; 1.0 for the demo, whose tiny model at 0.6 gives rollouts of a
+    # prompt too alike to learn much from in 24 steps. Evaluation samples at the same temperature.
+    c.sampling.temperature = config_dict.placeholder(float)
 
     g = c.grpo = ml_collections.ConfigDict()
     g.n = 4  # rollouts per prompt

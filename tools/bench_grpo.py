@@ -70,7 +70,7 @@ def main():
     c.grpo.n, c.grpo.rollout_batch_size = a.n, a.prompts
     c.lora.rank = 8
     c.train.update(dict(lr=1e-6, batch_size=a.prompts, micro_batch_size=a.micro_batch, steps=a.steps, epochs=1.0))
-    c.sampling.max_new_tokens = a.new_tokens
+    c.sampling.max_new_tokens, c.sampling.temperature = a.new_tokens, 0.6
     c.data.length_buckets = (1 << (a.text + 8 + a.images * ((a.side // 28) ** 2 + 2) - 1).bit_length(),)
     c.data.patch_buckets = (1 << (a.micro_batch * a.images * (a.side // 14) ** 2 - 1).bit_length(),)
     mesh = runtime.make_mesh(c)

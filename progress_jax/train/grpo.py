@@ -169,19 +169,19 @@ def resolve(config) -> None:
     check every value, naming the key."""
     g, t = config.grpo, config.train
     demo = not config.model.path
-    defaults = dict(lr=5e-4 if demo else 1e-6, batch_size=8 if demo else 64, rollout_batch_size=8 if demo else 64,
-                    micro_batch_size=8 if demo else 4, steps=12 if demo else 0, epochs=2.0,
-                    probe_every=4 if demo else 0)
-    with config.unlocked():
-        for k, v in defaults.items():
-            section = g if k in ("rollout_batch_size", "probe_every") else t
-            if section.get(k) is None:
-                section[k] = v
-        if config.sampling.get("max_new_tokens") is None:
-            config.sampling.max_new_tokens = 128 if demo else 8192
+    defaults = [
+        (t, dict(lr=1e-4 if demo else 1e-6, batch_size=8 if demo else 64, micro_batch_size=8 if demo else 4,
+                steps=24 if demo else 0, epochs=2.0)),
+        (g, dict(rollout_batch_size=8 if demo else 64, probe_every=4 if demo else 0)),
+        (config.sampling, dict(max_new_tokens=128 if demo else 8192, temperature=1.0 if demo else 0.6)),
         # The demo's tiny model is small enough to train whole, against a frozen copy of the SFT model.
-        if config.lora.get("rank") is None:
-            config.lora.rank = 0 if demo else 8
+        (config.lora, dict(rank=0 if demo else 8)),
+    ]
+    with config.unlocked():
+        for section, values in defaults:
+            for k, v in values.items():
+                if section.get(k) is None:
+                    section[k] = v
     checks = [
         ("grpo.n", g.n >= 1, "must be >= 1"),
         ("lora.rank", isinstance(config.lora.rank, int) and config.lora.rank >= 0, "must be an integer >= 0"),
