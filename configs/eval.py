@@ -3,6 +3,7 @@
     --config.model.path=DIR       a Qwen2.5-VL Hub checkpoint (config.json, safetensors, tokenizer)
     --config.data.bench_dir=DIR   benchmark JSONL files, images under DIR/images (or data.image_root)
     --config.data.mode=direct     no-think prompts and answers (default think)
+    --config.eval.trained=RUN/final  evaluate what an SFT or GRPO run trained
 
 With model.path: the paper's eval sampling (REFERENCE §6: temperature 0.6, top_p 0.9, 4096 new
 tokens), images at most 1003520 pixels (the SFT recipe's image_max_pixels, so that the model sees
@@ -32,5 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.bench_files = ()  # empty: every *.jsonl in data.bench_dir (or the sim's bench)
     c.eval.out_dir = ""  # "" = <workdir>/<data.mode>
-    c.eval.run_name = ""  # row name in the tables; "" = the model directory name, or "tiny-random"
+    c.eval.run_name = ""  # row name in the tables; "" = the run or model directory name, or "tiny-random"
+    # An SFT/GRPO run's final/ directory: its trained parameters (LoRA adapters at the run's rank,
+    # or full language-model weights) on top of model.path (or the tiny model it was trained from).
+    c.eval.trained = ""
     return c

@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -98,4 +99,58 @@ def test_missing_bench_dir_names_the_key(config):
     c, _ = config
     c.data.bench_dir = "/nonexistent/bench"
     with pytest.raises(FileNotFoundError, match="data.bench_dir"):
+        main.run(c)
+
+
+def test_eval_job_on_a_trained_run(config, tmp_path, monkeypatch):
+    """eval.trained=RUN/final: the job evaluates the run's LoRA model (its rank, alpha, targets and
+    trained tensors), answering exactly like that model in memory, and unlike the base model."""
+    from flax import nnx
+
+    from progress_jax import lora
+    from progress_jax.eval import runner
+    from progress_jax.train import loop
+
+    c, _ = config
+    base = runtime.load_model(c)
+    # The job injects LoRA into what load_model returns: hand it a fresh copy each time.
+    monkeypatch.setattr(runtime, "load_model", lambda cfg, mesh=None: nnx.clone(base))
+    policy = nnx.clone(base)
+    lora.inject(policy, 4, 8.0, targets=lora.DEFAULT_TARGETS, seed=3)
+    for i, (_, lin) in enumerate(lora._linears(policy)):
+        if lin.lora_b is not None:  # B = 0 at init would make the adapters a no-op
+            lin.lora_b.set_value(0.5 * jax.random.normal(jax.random.key(i), lin.lora_b.shape))
+    _, params = loop.split(policy, lora.trainable_filter(4))
+    final = tmp_path / "myrun" / "final"
+    loop.save_trainable(str(final), params, {"lora": {"rank": 4, "alpha": 8.0, "dropout": 0.05,
+                                                      "targets": lora.DEFAULT_TARGETS},
+                                             "model_path": "", "model_preset": "tiny"})
+
+    def responses(out_dir):
+        return {(o["setting"], o["id"], o["stage"]): o["response"]
+                for o in read_lines(os.path.join(out_dir, "predictions.jsonl"))}
+
+    main.run(c)
+    untrained = responses(os.path.join(c.workdir, "think"))
+    c.eval.trained = str(final)
+    c.workdir = str(tmp_path / "trained")
+    main.run(c)
+    got = responses(os.path.join(c.workdir, "think"))
+    assert "| myrun |" in open(os.path.join(c.workdir, "think", "table1.md")).read()
+
+    r = runner.resolve(c)
+    files, root = runner.bench_files(r)
+    runner.evaluate(policy, runtime.load_tokenizer(r), files, root, str(tmp_path / "direct"), r, run_name="direct")
+    assert got == responses(tmp_path / "direct")
+    assert got != untrained
+
+
+def test_trained_run_on_another_base_is_refused(config, tmp_path):
+    c, _ = config
+    final = tmp_path / "final"
+    os.makedirs(final)
+    (final / "trainable.json").write_text(json.dumps({"lora": {"rank": 0, "alpha": 16.0, "targets": ""},
+                                                      "model_path": "/ckpt/Qwen2.5-VL-3B-Instruct"}))
+    c.eval.trained = str(final)
+    with pytest.raises(ValueError, match="eval.trained.*Qwen2.5-VL-3B-Instruct"):
         main.run(c)

@@ -21,6 +21,7 @@ from data_pipeline.pipeline import make_dataset
 from progress_jax import runtime, sampling
 from progress_jax.eval.predictions import (done_keys, load_bench, prediction_line, PredictionWriter,
                                            read_predictions, score, write_results)
+from progress_jax.train import loop
 from progress_jax.train.metrics_writer import progress_bar
 
 
@@ -152,10 +153,29 @@ def run(config) -> None:
     runtime.maybe_initialize_distributed()
     config = resolve(config)
     mesh = runtime.make_mesh(config)
-    model = runtime.load_model(config, mesh)
+    trained = config.eval.get("trained")
+    model = load_trained(config, mesh, trained) if trained else runtime.load_model(config, mesh)
     tokenizer = runtime.load_tokenizer(config)
     files, image_root = bench_files(config)
     out_dir = config.eval.out_dir or os.path.join(config.workdir, config.data.mode)
-    name = config.eval.run_name or (os.path.basename(os.path.normpath(config.model.path)) if config.model.path
-                                    else "tiny-random")
+    if config.eval.run_name:
+        name = config.eval.run_name
+    elif trained:  # runs/grpo/final -> grpo
+        name = os.path.basename(os.path.dirname(os.path.abspath(trained)))
+    else:
+        name = os.path.basename(os.path.normpath(config.model.path)) if config.model.path else "tiny-random"
     evaluate(model, tokenizer, files, image_root, out_dir, config, mesh=mesh, run_name=name)
+
+
+def load_trained(config, mesh, directory: str):
+    """The base model (model.path or the tiny preset) with a training run's parameters: LoRA
+    injected at the rank and targets the run used, then its trained tensors assigned."""
+    meta = loop.read_meta(directory)
+    if bool(meta.get("model_path")) != bool(config.model.path):
+        raise ValueError(f"config key eval.trained: {directory} was trained on "
+                         f"{meta.get('model_path') or 'the tiny preset'}, but model.path is "
+                         f"{config.model.path or 'empty (the tiny preset)'}")
+    with config.unlocked():
+        config.lora.update({k: meta["lora"][k] for k in ("rank", "alpha", "targets")})
+    return runtime.load_policy(config, mesh, directory)
+

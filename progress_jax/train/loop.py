@@ -237,6 +237,13 @@ def load_trainable(directory: str) -> tuple[dict, dict]:
     path = os.path.join(directory, TRAINABLE_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no {TRAINABLE_FILE} in {directory} (expected the output of an SFT run)")
-    with open(os.path.join(directory, TRAINABLE_META)) as f:
-        meta = json.load(f)
-    return {k: np.asarray(v) for k, v in safetensors_io.open_tensors(path).items()}, meta
+    return {k: np.asarray(v) for k, v in safetensors_io.open_tensors(path).items()}, read_meta(directory)
+
+
+def read_meta(directory: str) -> dict:
+    """`trainable.json` of a save_trainable directory: the lora config and the base model."""
+    path = os.path.join(directory, TRAINABLE_META)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no {TRAINABLE_META} in {directory} (expected the final/ of an SFT or GRPO run)")
+    with open(path) as f:
+        return json.load(f)
