@@ -1,17 +1,26 @@
 """Helpers for the kill-and-resume tests: a job as a real subprocess, signalled once its own
 metrics reach a step and a checkpoint exists."""
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 
 import numpy as np
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+# One persistent compilation cache for the test's runs: the reference run compiles, the killed
+# and resumed runs load the same programs instead of compiling them again.
+XLA_CACHE = tempfile.mkdtemp(prefix="progress_jax_tests_xla_")
+atexit.register(shutil.rmtree, XLA_CACHE, ignore_errors=True)
+ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
+       "JAX_COMPILATION_CACHE_DIR": XLA_CACHE, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+       "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
 def write_records(d, n=12, answers=True):
@@ -61,7 +70,7 @@ def saved_steps(workdir):
 def start_and_signal(command, workdir, sig, after_step):
     """Start `command`; once this run itself has logged `after_step` (a resumed run's workdir
     already holds the killed run's lines) and a checkpoint was completed, send `sig`.
-    Returns the exit code, which must be 0 or -SIGKILL."""
+    Returns (exit code, which must be 0 or -SIGKILL; the last step this run logged)."""
     path = os.path.join(workdir, "metrics.jsonl")
     old_lines = len(read_lines(path))
     proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -74,7 +83,8 @@ def start_and_signal(command, workdir, sig, after_step):
         time.sleep(0.05)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode in (0, -signal.SIGKILL), err[-3000:]
-    return proc.returncode
+    new = [json.loads(line)["step"] for line in read_lines(path)[old_lines:]]
+    return proc.returncode, max(new, default=None)
 
 
 def run_to_end(command):
