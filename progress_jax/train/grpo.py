@@ -296,6 +296,7 @@ class Trainer:
             ref_params = self.state["params"] if self.ref_params is None else self.ref_params
             dev["ref_logp"] = self._ref_logp(ref_params, frozen, dev) if g.kl_coef else dev["old_logp"]
             updates.append(dev)
+        jax.block_until_ready([(d["old_logp"], d["ref_logp"]) for d in updates])  # an honest time split
         t2 = time.perf_counter()
         for dev in updates:
             if "fn" not in self._update:
