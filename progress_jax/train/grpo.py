@@ -299,8 +299,9 @@ class Trainer:
         jax.block_until_ready([(d["old_logp"], d["ref_logp"]) for d in updates])  # an honest time split
         t2 = time.perf_counter()
         for dev in updates:
-            if "fn" not in self._update:
-                self._update["fn"] = jax.jit(self._update_fn, donate_argnums=(0,))
+            if "fn" not in self._update:  # shardings depend on the batch's keys: jit on the first batch
+                self._update["fn"] = loop.jit_step(self._update_fn, self.mesh, self.state_sh, self.frozen_sh,
+                                                   loop.batch_shardings(dev, self.mesh))
             self.state, m = self._update["fn"](self.state, self.parts.frozen, dev)
             metrics.append(jax.device_get(m))
         t3 = time.perf_counter()
