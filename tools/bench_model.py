@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -29,25 +27,7 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from progress_jax.models import qwen2_5_vl  # noqa: E402
-
-IMAGE, VSTART, VEND = 8000, 8001, 8002
-
-
-def hf_config(a):
-    from transformers import Qwen2_5_VLConfig
-
-    return Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=8192, hidden_size=a.hidden, intermediate_size=a.hidden * 11 // 4, num_hidden_layers=a.layers,
-            num_attention_heads=a.hidden // 64, num_key_value_heads=2, rope_theta=1e6, rms_norm_eps=1e-6,
-            rope_scaling={"type": "mrope", "mrope_section": [8, 12, 12]}, max_position_embeddings=4096,
-        ),
-        vision_config=dict(depth=4, hidden_size=256, intermediate_size=640, num_heads=4, out_hidden_size=a.hidden,
-                           fullatt_block_indexes=[1, 3], window_size=112),
-        image_token_id=IMAGE, video_token_id=8003, vision_start_token_id=VSTART, vision_end_token_id=VEND,
-        tie_word_embeddings=True,
-    )
-
+from tools.bench_common import IMAGE, VEND, VSTART, hf_config, median_time  # noqa: E402
 
 def make_batch(tokens: int, images_per_sample: int = 2, side: int = 224, seed: int = 0):
     rng = np.random.default_rng(seed)
@@ -66,16 +46,6 @@ def make_batch(tokens: int, images_per_sample: int = 2, side: int = 224, seed: i
     return ids, np.ones_like(ids), pv, grid
 
 
-def timed(fn, repeats):
-    fn()  # warm-up / compile
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def bench_jax(model, ids, mask, pv, grid, repeats):
     prep = jax.tree.map(jnp.asarray, model.prepare(ids, mask, pv, grid))
     graphdef, state = nnx.split(model)
@@ -89,8 +59,8 @@ def bench_jax(model, ids, mask, pv, grid, repeats):
 
     fwd = jax.jit(loss_fn)
     grad = jax.jit(jax.value_and_grad(loss_fn))
-    t_fwd = timed(lambda: fwd(state, prep).block_until_ready(), repeats)
-    t_bwd = timed(lambda: jax.block_until_ready(grad(state, prep)), repeats)
+    t_fwd = median_time(lambda: fwd(state, prep).block_until_ready(), repeats)
+    t_bwd = median_time(lambda: jax.block_until_ready(grad(state, prep)), repeats)
     return t_fwd, t_bwd
 
 
@@ -116,7 +86,7 @@ def bench_torch(hf, ids, mask, pv, grid, repeats):
         hf.zero_grad(set_to_none=True)
         loss().backward()
 
-    return timed(fwd, repeats), timed(fwd_bwd, repeats)
+    return median_time(fwd, repeats), median_time(fwd_bwd, repeats)
 
 
 def compare(a):
@@ -125,7 +95,7 @@ def compare(a):
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
-    hf = Qwen2_5_VLForConditionalGeneration(hf_config(a)).eval()
+    hf = Qwen2_5_VLForConditionalGeneration(hf_config(a.hidden, a.layers)).eval()
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
         model = qwen2_5_vl.from_pretrained(d)

@@ -28,26 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from progress_jax import sampling  # noqa: E402
 from progress_jax.models import qwen2_5_vl  # noqa: E402
-
-IMAGE, VSTART, VEND, EOS = 8000, 8001, 8002, 8004
-
-
-def hf_config(a):
-    from transformers import Qwen2_5_VLConfig
-
-    return Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=8192, hidden_size=a.hidden, intermediate_size=a.hidden * 11 // 4, num_hidden_layers=a.layers,
-            num_attention_heads=a.hidden // 64, num_key_value_heads=2, rope_theta=1e6, rms_norm_eps=1e-6,
-            rope_scaling={"type": "mrope", "mrope_section": [8, 12, 12]}, max_position_embeddings=4096,
-            eos_token_id=EOS,
-        ),
-        vision_config=dict(depth=4, hidden_size=256, intermediate_size=640, num_heads=4, out_hidden_size=a.hidden,
-                           fullatt_block_indexes=[1, 3], window_size=112),
-        image_token_id=IMAGE, video_token_id=8003, vision_start_token_id=VSTART, vision_end_token_id=VEND,
-        tie_word_embeddings=True,
-    )
-
+from tools.bench_common import IMAGE, VEND, VSTART, hf_config  # noqa: E402
 
 def make_batch(batch: int, image_token: int, vstart: int, vend: int, vocab: int, side: int = 224, seed: int = 0):
     """Left-padded prompts of varying length (150-214 text tokens around one image each)."""
@@ -108,7 +89,7 @@ def compare(a):
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
-    hf = Qwen2_5_VLForConditionalGeneration(hf_config(a)).eval()
+    hf = Qwen2_5_VLForConditionalGeneration(hf_config(a.hidden, a.layers)).eval()
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
         model = qwen2_5_vl.from_pretrained(d)

@@ -11,15 +11,17 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
+import sys
 
 import jax
 import numpy as np
 
-from progress_jax import lora, sharding
-from progress_jax.models import qwen2_5_vl
-from progress_jax.train import loop, schedule, sft
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from progress_jax import lora, sharding  # noqa: E402
+from progress_jax.models import qwen2_5_vl  # noqa: E402
+from progress_jax.train import loop, schedule, sft  # noqa: E402
+from tools.bench_common import median_time  # noqa: E402
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -43,17 +45,6 @@ def make_batch(cfg, batch: int, length: int, images: int, seed: int = 0) -> dict
             "image_grid_thw": np.tile(np.array([[1, 8, 8]], np.int32), (n, 1))}
 
 
-def time_steps(fn, steps: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def bench_jax(cfg, host: dict, steps: int, remat: str) -> float:
     model = qwen2_5_vl.init(cfg, seed=0)
     lora.inject(model, 8, 16.0, 0.05)
@@ -73,7 +64,7 @@ def bench_jax(cfg, host: dict, steps: int, remat: str) -> float:
         box["state"], m = step(box["state"], frozen, dev)
         jax.block_until_ready(m)
 
-    return time_steps(run, steps)
+    return median_time(run, steps, warmup=2)
 
 
 def bench_torch(cfg, host: dict, steps: int) -> float:
@@ -101,7 +92,7 @@ def bench_torch(cfg, host: dict, steps: int) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return time_steps(run, steps)
+    return median_time(run, steps, warmup=2)
 
 
 def main() -> None:
