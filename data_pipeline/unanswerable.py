@@ -302,12 +302,7 @@ def apply_decisions(queue: list[dict], decisions: dict[str, str], out_path: str,
         raise ValueError(f"{len(undecided)} of {len(queue)} samples are undecided (first: {undecided[0]!r}); "
                          "review them or pass allow_undecided")
     kept = [e["record"] for e in queue if decisions.get(e["key"]) == "keep"]
-    os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
-    tmp = out_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in kept:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, out_path)
+    write_jsonl(out_path, kept)
     return {"kept": len(kept), "discarded": sum(d == "discard" for d in decisions.values()),
             "undecided": len(undecided)}
 
