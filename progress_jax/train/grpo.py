@@ -12,7 +12,6 @@ Log-probs are taken at the rollout temperature (logits / temperature), as EasyR1
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import os
@@ -432,20 +431,10 @@ def _run_grpo(config, demo: bool, stop: guards.StopRequest) -> dict:
             with open(os.path.join(config.workdir, "table1.md"), "w") as f:
                 f.write(md + "\n")
             print("\nProgressBench-Sim test split, SFT warm start vs after GRPO:\n" + md, flush=True)
-    history = _history(os.path.join(config.workdir, "metrics.jsonl")) if main else {}
+    history = metrics_writer.read_metrics(config.workdir) if main else {}
     if history:
         print(_reward_report(history, g.probe_batches * per_process, g.n), flush=True)
     return {"history": history, "metrics": results, "final_dir": final_dir, "stopped": False}
-
-
-def _history(path: str) -> dict[int, dict]:
-    """metrics.jsonl -> {step: metrics}; the last line for a step wins (a resumed run rewrites it)."""
-    out = {}
-    with open(path) as f:
-        for line in f:
-            m = json.loads(line)
-            out[m["step"]] = m
-    return out
 
 
 def _reward_report(history: dict[int, dict], probe_prompts: int, n: int) -> str:

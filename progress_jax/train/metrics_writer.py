@@ -13,6 +13,7 @@ count only the work done (the default 2.0 is the conventional full-training coun
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -84,3 +85,14 @@ class MetricsWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def read_metrics(log_dir: str) -> dict[int, dict]:
+    """`<log_dir>/metrics.jsonl` as {step: metrics}; the last line for a step wins (a resumed run
+    rewrites the steps after its checkpoint)."""
+    out = {}
+    with open(os.path.join(log_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            m = json.loads(line)
+            out[m["step"]] = m
+    return out
