@@ -131,6 +131,17 @@ def test_sigterm_sets_the_flag_and_handlers_are_restored():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_a_nested_stop_request_passes_the_signal_out():
+    with StopRequest() as job:
+        with StopRequest() as loop:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert loop.requested and job.requested and job.signal_name == "SIGTERM"
+    with StopRequest() as job:
+        with StopRequest():
+            pass
+        assert not job.requested
+
+
 LOOP = textwrap.dedent("""
     import sys, time
     import jax.numpy as jnp

@@ -11,8 +11,9 @@ class NonFiniteLossError(FloatingPointError):
 
 class StopRequest:
     """While active (a context manager), SIGTERM only sets `requested`; the loop checks it
-    after each step, saves a checkpoint and returns. The previous handlers come back on exit.
-    Install from the main thread (a Python rule for signal handlers)."""
+    after each step, saves a checkpoint and returns. Nested requests (a job around its train
+    loop) all see the signal. The previous handlers come back on exit. Install from the main
+    thread (a Python rule for signal handlers)."""
 
     def __init__(self, signals=(signal.SIGTERM,)):
         self.signals = tuple(signals)
@@ -23,6 +24,9 @@ class StopRequest:
     def _handle(self, signum, frame):
         self.requested = True
         self.signal_name = signal.Signals(signum).name
+        outer = self._previous.get(signum)
+        if isinstance(getattr(outer, "__self__", None), StopRequest):
+            outer(signum, frame)
 
     def __enter__(self):
         for s in self.signals:

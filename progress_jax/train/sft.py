@@ -270,7 +270,7 @@ def run(config) -> dict:
                 demo(trained, tokenizer, config, sim, t.demo_samples)
             if t.export_merged and not stop.requested:
                 qwen2_5_vl.save_pretrained(lora.merge(trained), os.path.join(config.workdir, "merged"))
-    return {"final_dir": final_dir, "steps": done, "losses": losses, "stopped": stop.requested or done < steps}
+    return {"final_dir": final_dir, "steps": done, "losses": losses, "stopped": stop.requested}
 
 
 def tx_schedule(t, steps):
