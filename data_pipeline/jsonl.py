@@ -1,12 +1,47 @@
-"""Append-only JSONL files that survive a killed writer."""
+"""JSONL files: one reader for every line-oriented input, append-only writers that survive a killed
+writer, and an atomic whole-file write."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+from collections.abc import Iterator
+from typing import NamedTuple
 
 logger = logging.getLogger(__name__)
+
+
+class JsonLine(NamedTuple):
+    number: int  # 1-based line number in the file
+    obj: object  # the decoded value, None when error is set
+    error: str | None  # why the line could not be decoded (bad UTF-8, bad JSON)
+    unterminated: bool  # the file's last line, with no newline after it (a killed writer?)
+
+
+def read_json_lines(path) -> Iterator[JsonLine]:
+    """Every non-blank line of a JSONL file, decoded. A UTF-8 byte-order mark at the start is
+    ignored; a line that is not UTF-8 or not JSON comes back with `error` set, never raised, so
+    that callers can name the file and line in their own error type."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    raw_lines = data.split(b"\n")
+    last = len(raw_lines) - 1
+    for i, raw in enumerate(raw_lines):
+        if not raw.strip():
+            continue
+        unterminated = i == last
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield JsonLine(i + 1, None, f"not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 4]!r})", unterminated)
+            continue
+        try:
+            yield JsonLine(i + 1, json.loads(text), None, unterminated)
+        except (ValueError, RecursionError) as e:
+            yield JsonLine(i + 1, None, f"bad JSON: {e}", unterminated)
 
 
 def drop_partial_tail(path: str) -> None:
@@ -54,11 +89,16 @@ class JsonlAppender:
         self.close()
 
 
-def write_jsonl(path: str, objects: list[dict]) -> None:
-    """Write a whole JSONL file atomically (temporary file, then rename)."""
+def write_text(path, text: str) -> None:
+    """Write a whole text file atomically (temporary file, then rename): readers never see half a file."""
+    path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        for obj in objects:
-            f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_jsonl(path: str, objects: list[dict]) -> None:
+    """Write a whole JSONL file atomically (temporary file, then rename)."""
+    write_text(path, "".join(json.dumps(obj, ensure_ascii=False) + "\n" for obj in objects))

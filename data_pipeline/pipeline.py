@@ -146,8 +146,8 @@ def _check_buckets(name: str, buckets: Sequence[int], multiple: int = 1) -> tupl
     return out
 
 
-def _source(files: Sequence[str], image_root: str | None, strict: bool) -> grain.MapDataset:
-    parts = []
+def _source(files: Sequence[str], image_root: str | None, strict: bool, records: Sequence = ()) -> grain.MapDataset:
+    parts = [grain.MapDataset.source(list(records))] if records else []
     jsonl = [os.fspath(f) for f in files if not os.fspath(f).endswith(SUFFIX)]
     shards = [os.fspath(f) for f in files if os.fspath(f).endswith(SUFFIX)]
     for f in jsonl + shards:
@@ -158,7 +158,7 @@ def _source(files: Sequence[str], image_root: str | None, strict: bool) -> grain
     if shards:
         parts.append(grain.MapDataset.source(grain.sources.ArrayRecordDataSource(shards)))
     if not parts:
-        raise ValueError("no data files given")
+        raise ValueError("no data files or records given")
     ds = parts[0] if len(parts) == 1 else grain.MapDataset.concatenate(parts)
     if len(ds) == 0:
         raise ValueError(f"no records in {list(files)}")
@@ -186,7 +186,8 @@ def make_dataset(
     read_threads: int = 4,
     shard_index: int | None = None,
     shard_count: int | None = None,
-    strict: bool = True,
+    strict: bool = False,
+    records: Sequence = (),
 ) -> grain.IterDataset:
     """Host batches for training (with_answers=True: targets in the loss mask) or generation (prompts only).
 
@@ -198,7 +199,9 @@ def make_dataset(
     every shard gets the same number of batches (the few samples that do not divide evenly are
     dropped and logged); with False the last batch is padded with empty rows (keys None). shard_index/count default to
     jax.process_index()/process_count(). `iter(dataset)` gives an iterator with
-    get_state()/set_state() for checkpoints.
+    get_state()/set_state() for checkpoints. records: already loaded Record/ChatRecord objects,
+    used before the files' (their images are not checked here). strict=True also raises on the
+    lines the official loaders skip (docs/formats.md).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -213,7 +216,7 @@ def make_dataset(
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index {shard_index} is outside 0..{shard_count - 1}")
 
-    ds = _source(files, image_root, strict)
+    ds = _source(files, image_root, strict, records)
     if shuffle:
         ds = ds.shuffle(seed=seed)  # grain reseeds each epoch with seed + epoch
     if num_epochs != 1:

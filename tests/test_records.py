@@ -4,7 +4,7 @@ import logging
 import pytest
 
 from data_pipeline.records import (
-    ChatRecord, RecordError, load_chat_records, load_records, parse_percent, read_records,
+    ChatRecord, RecordError, SkippedLine, file_format, load_chat_records, load_records, parse_percent, read_records,
 )
 
 # One line per official variant, laid out as in the released Progress-Bench files.
@@ -73,13 +73,9 @@ def test_response_carried(tmp_path):
 
 @pytest.mark.parametrize("bad, field, words", [
     ("{not json", None, "bad JSON"),
-    ({k: v for k, v in SAME_VIEW.items() if k != "task_goal"}, "task_goal", "missing"),
-    ({k: v for k, v in SAME_VIEW.items() if k != "progress_score"}, "progress_score", "missing"),
     (dict(SAME_VIEW, closest_idx="6"), "closest_idx", "outside 1..5"),
     (dict(SAME_VIEW, closest_idx="0"), "closest_idx", "outside"),
     (dict(TEXT, closest_idx=6), "closest_idx", "outside 1..5"),
-    (dict(SAME_VIEW, total_steps="3"), "visual_demo", "expected total_steps + 1 = 4"),
-    (dict(TEXT, total_steps=4), "text_demo", "expected total_steps = 4"),
     (dict(SAME_VIEW, progress_score="thirty%"), "progress_score", "not a percentage"),
     (dict(SAME_VIEW, progress_score="130%"), "progress_score", "outside"),
     (dict(SAME_VIEW, delta="x"), "delta", "not a percentage"),
@@ -91,8 +87,9 @@ def test_response_carried(tmp_path):
 def test_errors_name_file_line_field(tmp_path, bad, field, words):
     path = write_jsonl(tmp_path / "b.jsonl", [SAME_VIEW, bad])
     with pytest.raises(RecordError) as info:
-        load_records(path)
+        load_records(path)  # not one of the official skips: raised by default
     err = info.value
+    assert not isinstance(err, SkippedLine)
     assert err.line == 2 and err.field == field
     msg = str(err)
     assert f"{path}:2" in msg and words in msg
@@ -113,14 +110,70 @@ def test_image_root(tmp_path):
     assert len(load_records(path)) == 1  # without an image root the files are not checked
 
 
-def test_lenient_mode_counts_and_reports(tmp_path, caplog):
-    path = write_jsonl(tmp_path / "m.jsonl", [SAME_VIEW, "{oops", TEXT, dict(TEXT, closest_idx=9)])
+# The lines the official loaders skip (eval/qwen25vl/codes/datasets/*_demo_dataset.py), one per reason.
+OFFICIAL_SKIPS = [
+    ({k: v for k, v in SAME_VIEW.items() if k != "task_goal"}, "task_goal", "missing field(s) task_goal"),
+    ({k: v for k, v in TEXT.items() if k not in ("progress_score", "closest_idx")}, "progress_score",
+     "missing field(s) progress_score, closest_idx"),
+    ({k: v for k, v in TEXT.items() if k != "text_demo"}, "visual_demo/text_demo", "missing field(s) visual_demo/text_demo"),
+    (dict(TEXT_NA, task_goal=""), "task_goal", "non-empty string"),  # text-unanswerable.jsonl line 237
+    (dict(TEXT, task_goal="   "), "task_goal", "non-empty string"),
+    (dict(SAME_VIEW, total_steps="3"), "visual_demo", "has 5 frames, expected total_steps + 1 = 4"),
+    (dict(TEXT, total_steps=4), "text_demo", "has 5 steps, expected total_steps = 4"),  # raw_rl mismatches
+    (dict(TEXT_NA, total_steps="6"), "text_demo", "has 5 steps, expected total_steps = 6"),
+]
+
+
+@pytest.mark.parametrize("bad, field, words", OFFICIAL_SKIPS)
+def test_official_skips_are_skipped_warned_and_counted(tmp_path, caplog, bad, field, words):
+    path = write_jsonl(tmp_path / "m.jsonl", [SAME_VIEW, "", bad, TEXT])
     with caplog.at_level(logging.WARNING):
-        records, errors = read_records(path, strict=False)
-    assert [r.line for r in records] == [1, 3]
-    assert [(e.line, e.field) for e in errors] == [(2, None), (4, "closest_idx")]
-    assert "skipped 2 bad line(s), kept 2" in caplog.text and "m.jsonl:4" in caplog.text
-    assert len(load_records(path, strict=False)) == 2
+        records, skipped = read_records(path)
+    assert [r.line for r in records] == [1, 4]
+    assert [(e.line, e.field) for e in skipped] == [(3, field)] and words in skipped[0].reason
+    assert f"m.jsonl:3: field '{field}'" in caplog.text and words in caplog.text
+    assert "skipped 1 line(s)" in caplog.text and "kept 2" in caplog.text
+    with pytest.raises(SkippedLine) as info:
+        load_records(path, strict=True)
+    assert info.value.line == 3 and f"{path}:3" in str(info.value)
+
+
+def test_every_line_skipped_is_an_error(tmp_path):
+    chat = {"messages": [{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "a"}],
+            "images": ["a.jpg"]}
+    path = write_jsonl(tmp_path / "chat.jsonl", [chat, chat])
+    with pytest.raises(RecordError, match=r"chat.jsonl:1: .*all 2 line\(s\) would be skipped \(it looks like a chat file\)"):
+        load_records(path)
+    assert len(load_chat_records(path)) == 2
+    assert load_records(write_jsonl(tmp_path / "empty.jsonl", [""])) == []
+
+
+def test_bom_junk_and_truncation_name_the_line(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + (json.dumps(SAME_VIEW) + "\n" + json.dumps(TEXT) + "\n").encode())
+    assert [r.line for r in load_records(path)] == [1, 2]  # a byte-order mark (Windows editors) is ignored
+    path.write_bytes((json.dumps(SAME_VIEW) + "\n").encode() + b'{"id": "\xff\xfe"}\n')
+    with pytest.raises(RecordError, match=r"bom.jsonl:2: not UTF-8"):
+        load_records(path)
+    path.write_text(json.dumps(SAME_VIEW) + "\n" + json.dumps(TEXT)[:40])
+    with pytest.raises(RecordError, match=r"bom.jsonl:2: bad JSON"):
+        load_records(path)
+
+
+def test_file_format(tmp_path):
+    assert file_format(write_jsonl(tmp_path / "a.jsonl", ["", SAME_VIEW])) == "bench"
+    assert file_format(write_jsonl(tmp_path / "b.jsonl", [{"messages": [], "images": []}])) == "chat"
+    assert file_format(write_jsonl(tmp_path / "c.jsonl", [{"response": "x", "meta_data": {"id": "t"}}])) == "results"
+    assert file_format(write_jsonl(tmp_path / "d.jsonl", [{"setting": "s", "id": "t", "stage": "o"}])) == "predictions"
+    assert file_format(write_jsonl(tmp_path / "e.jsonl", ["{bad", ""])) is None
+
+
+def test_empty_text_steps_load(tmp_path):
+    # raw_train/text_demo/h5_tienkung_xsens_text_train_all.jsonl has empty strings among the steps
+    (rec,) = load_records(write_jsonl(tmp_path / "t.jsonl", [dict(TEXT, text_demo=["a", "", "c", "d", "e"])]))
+    assert rec.text_demo[1] == ""
+    with pytest.raises(RecordError, match="'visual_demo'"):
+        load_records(write_jsonl(tmp_path / "v.jsonl", [dict(SAME_VIEW, visual_demo=["a", "", "c", "d", "e"])]))
 
 
 def test_chat_records(tmp_path):

@@ -24,7 +24,7 @@ def record(source="visual_same_view", tid="t1", obs="a.jpg", progress=0.25):
 
 def test_prediction_line_parses_response():
     line = prediction_line(record(), think("3", "40%"))
-    assert line == {"setting": "visual_same_view", "id": "t1", "stage": "a.jpg", "response": think("3", "40%"),
+    assert line == {"setting": "visual_same_view", "id": "t1", "stage": "a.jpg", "line": 1, "response": think("3", "40%"),
                     "ref": 3, "score": pytest.approx(0.4), "na": False, "unparseable": False}
     bad = prediction_line(record(), "I think 40%")
     assert bad["na"] and bad["unparseable"] and bad["score"] is None
@@ -40,7 +40,7 @@ def test_writer_resume_after_killed_run(tmp_path):
         f.write('{"setting": "visual_same_view", "id": "t1", "sta')  # killed mid-line
     pf = read_predictions(path)
     assert pf.truncated_line == 3 and len(pf.lines) == 2
-    assert done_keys(path) == {("visual_same_view", "t1", "a.jpg"), ("visual_same_view", "t1", "b.jpg")}
+    assert done_keys(path) == {("visual_same_view", "t1", "a.jpg", 1), ("visual_same_view", "t1", "b.jpg", 1)}
     with PredictionWriter(path) as w:  # resume: the partial line is cut, the new one starts cleanly
         w.write(prediction_line(record(obs="c.jpg"), think(3, "30%")))
     pf = read_predictions(path)
@@ -52,7 +52,7 @@ def test_writer_resume_after_killed_run(tmp_path):
 def test_complete_last_line_without_newline_is_kept(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"setting": "s", "id": 1, "stage": "a.jpg", "score": 0.5}')
-    assert done_keys(path) == {("s", "1", "a.jpg")}
+    assert done_keys(path) == {("s", "1", "a.jpg", None)}
     with PredictionWriter(path) as w:
         w.write({"setting": "s", "id": "2", "stage": "b.jpg", "score": None})
     assert len(read_predictions(path).lines) == 2
@@ -116,7 +116,7 @@ def bench_and_preds(tmp_path):
     return bench, pred
 
 
-# Hand-computed expectations for the fixture (REFERENCE §4 definitions).
+# Hand-computed expectations for the fixture (metric definitions: progress_jax/eval/metrics.py).
 V_NSE = (0.05 / 0.75 + 0.05 / 0.75 + 0.1 / 0.5) / 3
 EXPECTED = {
     "visual_same_view": {"n": 4, "nse": 100 * V_NSE, "prc": 100.0, "afrr": 25.0, "uda": None},
@@ -146,9 +146,9 @@ def test_score_library(bench_and_preds):
     check_metrics(result.metrics)
     r = result.report
     assert (r.n_bench, r.n_predictions, r.matched) == (8, 9, 7)
-    assert r.missing == [("visual_same_view", "t2", "d.jpg")]
-    assert r.unknown == [("visual_same_view", "t9", "z.jpg")]
-    assert r.duplicates == [("visual_same_view", "t1", "a.jpg")]
+    assert r.missing == [("visual_same_view", "t2", "d.jpg", 4)]
+    assert r.unknown == [("visual_same_view", "t9", "z.jpg", None)]
+    assert r.duplicates == [("visual_same_view", "t1", "a.jpg", None)]
     refs = {s.record.observation: s.ref for s in result.samples if s.record.source == "visual_same_view"}
     assert refs == {"a.jpg": 2, "b.jpg": 4, "c.jpg": 3, "d.jpg": None}
 

@@ -53,6 +53,7 @@ def _by_file(samples: Sequence[Sample]) -> dict[str, list[Sample]]:
 
 
 def _grid(n: int, width: float = 4.5, height: float = 3.2):
+    n = max(n, 1)  # an empty panel rather than a division by zero
     cols = min(n, 3)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
@@ -64,8 +65,11 @@ def _grid(n: int, width: float = 4.5, height: float = 3.2):
 def _save(fig, path: str) -> str:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp{ext}"  # savefig picks the format from the extension
+    fig.savefig(tmp, dpi=100)
     plt.close(fig)
+    os.replace(tmp, path)
     return path
 
 
@@ -86,7 +90,7 @@ def plot_score_histograms(samples: Sequence[Sample], path: str) -> str:
 def plot_error_distributions(samples: Sequence[Sample], path: str) -> str:
     """Per-sample normalized error (%) of answerable samples with a numeric prediction, per file."""
     files = {stem: g for stem, g in _by_file(samples).items() if any(s.record.answerable for s in g)}
-    fig, axes = _grid(max(len(files), 1))
+    fig, axes = _grid(len(files))
     bins = np.linspace(0, 100, 21)
     for ax, (stem, group) in zip(axes, files.items()):
         errors = [100 * normalized_error(s.record.progress, s.score)
@@ -103,7 +107,7 @@ def plot_coupling(samples: Sequence[Sample], path: str) -> str:
     """Heatmap of retrieved ref vs score-aligned demo step, one panel per setting (vision, text)."""
     groups = {name: [s for s in samples if s.setting == name] for name in SETTINGS}
     groups = {k: v for k, v in groups.items() if v}
-    fig, axes = _grid(max(len(groups), 1), width=4.8, height=4.2)
+    fig, axes = _grid(len(groups), width=4.8, height=4.2)
     for ax, (name, group) in zip(axes, groups.items()):
         counts, out_of_range = coupling_counts(group)
         image = ax.imshow(counts, origin="lower", cmap="viridis",

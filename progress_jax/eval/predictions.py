@@ -1,20 +1,23 @@
 """Predictions JSONL (one line per sample, append-only, resumable) and scoring it against benchmark files.
 
-A line: {"setting": file stem, "id": trajectory id, "stage": observation file, "response": raw text,
-"ref": int | null, "score": float in [0, 1] | null, "na": bool, "unparseable": bool}.
-Files from other tools may carry only "score" (and "ref") instead of "response".
+A line: {"setting": file stem, "id": trajectory id, "stage": observation file, "line": the sample's
+1-based line in the benchmark file, "response": raw text, "ref": int | null, "score": float in [0, 1] |
+null, "na": bool, "unparseable": bool}. Files from other tools may carry only "score" (and "ref")
+instead of "response", and may leave out "line". The result files of the official ProgressLM
+harnesses (nested "meta_data") are read too. Layouts and the matching rules: docs/formats.md.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from data_pipeline.jsonl import JsonlAppender
+from data_pipeline.jsonl import JsonlAppender, read_json_lines, write_text
 from data_pipeline.parsing import NUMBER, eval_score_value, parse_response, parse_score_text, read_ref
-from data_pipeline.records import Record, load_records
+from data_pipeline.records import Record, file_format, load_records
 from progress_jax.eval import plots
 from progress_jax.eval import tables as tables_lib
 from progress_jax.eval.metrics import Sample, compute_metrics
@@ -26,6 +29,7 @@ KEY_FIELDS = ("setting", "id", "stage")
 
 class PredictionError(ValueError):
     def __init__(self, path, line: int, key: str | None, message: str):
+        self.path, self.line, self.key = path, line, key
         where = f"{path}:{line}" + (f": key '{key}'" if key else "")
         super().__init__(f"{where}: {message}")
 
@@ -33,12 +37,14 @@ class PredictionError(ValueError):
 def prediction_line(record: Record, response: str, mode: str = "think") -> dict:
     """The JSONL object for one generated response, parsed with the shared parser."""
     parsed = parse_response(response, mode)
-    return {"setting": record.source, "id": record.id, "stage": record.observation, "response": response,
-            "ref": parsed.ref, "score": parsed.score, "na": parsed.na, "unparseable": parsed.unparseable}
+    return {"setting": record.source, "id": record.id, "stage": record.observation, "line": record.line,
+            "response": response, "ref": parsed.ref, "score": parsed.score, "na": parsed.na,
+            "unparseable": parsed.unparseable}
 
 
-def prediction_key(obj: Mapping) -> tuple[str, str, str]:
-    return (obj["setting"], str(obj["id"]), obj["stage"])
+def prediction_key(obj: Mapping) -> tuple[str, str, str, int | None]:
+    """(setting, id, stage, line); line is None for files keyed only by (setting, id, stage)."""
+    return (obj["setting"], str(obj["id"]), obj["stage"], obj.get("line"))
 
 
 # Appends one JSON line per prediction and flushes it, so a killed run loses at most one line.
@@ -48,8 +54,10 @@ PredictionWriter = JsonlAppender
 @dataclass
 class PredictionFile:
     path: str
-    lines: list[tuple[int, dict]]  # (1-based line number, object)
+    lines: list[tuple[int, dict]]  # (1-based line number, prediction object)
     truncated_line: int | None = None  # a partial last line that was ignored
+    format: str = "predictions"  # or "results": an official harness's output, converted
+    unmatched: list[int] = field(default_factory=list)  # result lines that match no benchmark sample
 
 
 def _validate(obj, path: str, line: int) -> dict:
@@ -59,48 +67,126 @@ def _validate(obj, path: str, line: int) -> dict:
         value = obj.get(key)
         if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
             raise PredictionError(path, line, key, f"missing or not a non-empty string: {value!r:.100}")
+    number = obj.get("line")
+    if number is not None and (isinstance(number, bool) or not isinstance(number, int) or number < 1):
+        raise PredictionError(path, line, "line", f"expected a positive integer or null, got {number!r:.100}")
     if obj.get("response") is not None:
         if not isinstance(obj["response"], str):
             raise PredictionError(path, line, "response", f"expected a string, got {type(obj['response']).__name__}")
     elif "score" not in obj:
         raise PredictionError(path, line, None, "needs 'response' (raw text) or 'score' (parsed, null for N/A)")
     else:
-        score = obj["score"]
-        if isinstance(score, bool) or not (score is None or isinstance(score, (int, float, str))):
-            raise PredictionError(path, line, "score", f"expected a number, a string or null, got {score!r:.100}")
-        ref = obj.get("ref")
-        if isinstance(ref, bool) or not (ref is None or isinstance(ref, (int, str))):
-            raise PredictionError(path, line, "ref", f"expected an integer, a string or null, got {ref!r:.100}")
+        _check_answer_fields(obj, "score", path, line)
     return obj
 
 
-def read_predictions(path) -> PredictionFile:
-    """All prediction lines; a partial last line (killed run) is ignored and reported, a bad line elsewhere raises."""
+def _check_answer_fields(obj: Mapping, score_key: str, path: str, line: int) -> None:
+    score = obj.get(score_key)
+    if isinstance(score, bool) or not (score is None or isinstance(score, (int, float, str))):
+        raise PredictionError(path, line, score_key, f"expected a number, a string or null, got {score!r:.100}")
+    ref = obj.get("ref")
+    if isinstance(ref, bool) or not (ref is None or isinstance(ref, (int, str))):
+        raise PredictionError(path, line, "ref", f"expected an integer, a string or null, got {ref!r:.100}")
+
+
+def _result_fields(obj, path: str, line: int) -> tuple[dict, str]:
+    """The meta_data and the prediction field ('score' or 'predicted_score') of an official result line."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("meta_data"), dict):
+        raise PredictionError(path, line, "meta_data", "expected an official result line with a 'meta_data' object")
+    meta = obj["meta_data"]
+    rid = meta.get("id")
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)) or str(rid) == "":
+        raise PredictionError(path, line, "meta_data.id", f"missing or not a non-empty string: {rid!r:.100}")
+    stage = meta.get("stage_to_estimate")
+    if isinstance(stage, list) and len(stage) == 1:
+        stage = stage[0]
+    if not isinstance(stage, str) or not stage:
+        raise PredictionError(path, line, "meta_data.stage_to_estimate", f"expected a file path, got {stage!r:.100}")
+    # Which field holds the prediction, as eval/metric.py of the official release decides it.
+    score_key = "score" if "score" in obj else "predicted_score" if "predicted_score" in obj else None
+    if score_key is None:
+        raise PredictionError(path, line, None, "an official result line needs 'score' or 'predicted_score'")
+    _check_answer_fields(obj, score_key, path, line)
+    for key in ("progress_score", "closest_idx"):
+        value = meta.get(key)
+        if isinstance(value, bool) or not (value is None or isinstance(value, (int, float, str))):
+            raise PredictionError(path, line, f"meta_data.{key}", f"expected a number or null, got {value!r:.100}")
+    return dict(meta, stage_to_estimate=stage), score_key
+
+
+def _same_truth(meta: Mapping, record: Record) -> bool:
+    """Does the ground truth an official result line carries (parsed by the official loader) equal the record's?"""
+    gt = meta.get("progress_score")
+    if isinstance(gt, str):
+        return False  # the official loader stores the parsed float or None
+    if (gt is None) != (record.progress is None) or (gt is not None and abs(gt - record.progress) > 1e-6):
+        return False
+    ref = meta.get("closest_idx")
+    if ref is None or isinstance(ref, str):
+        return True  # absent from some failed lines; the progress decided
+    return ref == record.closest_idx
+
+
+def _result_to_prediction(meta: Mapping, obj: Mapping, score_key: str, index, path: str, line: int) -> dict | None:
+    """Our prediction object for an official result line: the benchmark sample is the one with its id,
+    observation file and ground truth; None when no sample matches."""
+    candidates = index.get((str(meta["id"]), os.path.basename(meta["stage_to_estimate"])), [])
+    if len(candidates) > 1:
+        candidates = [r for r in candidates if _same_truth(meta, r)]
+    if not candidates:
+        return None
+    settings = {r.source for r in candidates}
+    if len(settings) > 1:
+        raise PredictionError(path, line, "meta_data", f"matches samples of several benchmark files {sorted(settings)}; "
+                              "score one official result file against its own benchmark file")
+    record = candidates[0]
+    return {"setting": record.source, "id": record.id, "stage": record.observation,
+            "line": record.line if len(candidates) == 1 else None,
+            "score": obj[score_key], "ref": obj.get("ref") if score_key == "score" else None}
+
+
+def read_predictions(path, bench: Mapping[str, Sequence[Record]] | None = None) -> PredictionFile:
+    """All prediction lines; a partial last line (killed run) is ignored and reported, a bad line
+    elsewhere raises PredictionError. An official result file (nested meta_data) is converted to
+    prediction objects, matched to the samples of `bench` (required for that layout)."""
     path = os.fspath(path)
-    with open(path, encoding="utf-8") as f:
-        texts = f.read().split("\n")
-    lines, truncated = [], None
-    last = max((i for i, t in enumerate(texts) if t.strip()), default=-1)
-    for i, text in enumerate(texts):
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            if i == last and i == len(texts) - 1:  # last line, no newline after it
-                truncated = i + 1
-                logger.warning("%s:%d: ignoring a truncated last line (a killed run?)", path, i + 1)
+    results = file_format(path) == "results"
+    if results and bench is None:
+        raise ValueError(f"{path}: an official result file; the benchmark files are needed to match its lines")
+    index = defaultdict(list)
+    for records in (bench or {}).values():
+        for r in records:
+            index[(r.id, os.path.basename(r.observation))].append(r)
+    out = PredictionFile(path, [], format="results" if results else "predictions")
+    for entry in read_json_lines(path):
+        if entry.error is not None:
+            if entry.unterminated:
+                out.truncated_line = entry.number
+                logger.warning("%s:%d: ignoring a truncated last line (a killed run?)", path, entry.number)
                 continue
-            raise PredictionError(path, i + 1, None, f"bad JSON: {e}") from None
-        lines.append((i + 1, _validate(obj, path, i + 1)))
-    return PredictionFile(path, lines, truncated)
+            raise PredictionError(path, entry.number, None, entry.error)
+        if not results:
+            out.lines.append((entry.number, _validate(entry.obj, path, entry.number)))
+            continue
+        meta, score_key = _result_fields(entry.obj, path, entry.number)
+        prediction = _result_to_prediction(meta, entry.obj, score_key, index, path, entry.number)
+        if prediction is None:
+            out.unmatched.append(entry.number)
+        else:
+            out.lines.append((entry.number, prediction))
+    return out
 
 
-def done_keys(path) -> set[tuple[str, str, str]]:
-    """Keys (setting, id, stage) already predicted in a (possibly absent) predictions file, for resume."""
+def done_keys(path) -> set[tuple[str, str, str, int | None]]:
+    """Keys (setting, id, stage, line) already predicted in a (possibly absent) predictions file, for resume."""
     if not os.path.exists(path):
         return set()
     return {prediction_key(obj) for _, obj in read_predictions(path).lines}
+
+
+def is_predicted(record: Record, keys: set) -> bool:
+    """A sample is predicted by a line with its key and line, or by one keyed only by (setting, id, stage)."""
+    return (*record.key, record.line) in keys or (*record.key, None) in keys
 
 
 def prediction_answer(obj: Mapping, mode: str = "think") -> tuple[float | None, int | None]:
@@ -126,20 +212,24 @@ class ScoreReport:
     n_bench: int = 0
     n_predictions: int = 0
     matched: int = 0
-    missing: list[tuple[str, str, str]] = field(default_factory=list)  # bench samples without prediction
-    unknown: list[tuple[str, str, str]] = field(default_factory=list)  # predictions matching no sample
-    duplicates: list[tuple[str, str, str]] = field(default_factory=list)  # repeated prediction keys (last wins)
-    duplicate_bench_keys: list[tuple[str, str, str]] = field(default_factory=list)
+    missing: list[tuple] = field(default_factory=list)  # bench samples without prediction (setting, id, stage, line)
+    unknown: list[tuple] = field(default_factory=list)  # predictions matching no sample
+    duplicates: list[tuple] = field(default_factory=list)  # repeated prediction keys (last wins)
+    duplicate_bench_keys: list[tuple] = field(default_factory=list)  # (setting, id, stage, line) sharing a key
+    shared: int = 0  # samples with a duplicated (id, stage) scored by one prediction keyed without a line
 
     def lines(self) -> list[str]:
         out = [f"benchmark samples: {self.n_bench}; predictions: {self.n_predictions}; matched: {self.matched}"]
         for name, keys, note in [("missing predictions", self.missing, "counted as N/A"),
                                  ("unknown predictions", self.unknown, "ignored"),
                                  ("duplicate predictions", self.duplicates, "the last one used"),
-                                 ("duplicate benchmark keys", self.duplicate_bench_keys, "share one prediction")]:
+                                 ("benchmark lines sharing (id, stage)", self.duplicate_bench_keys,
+                                  "separate samples, told apart by line")]:
             if keys:
-                shown = ", ".join("/".join(k) for k in keys[:3]) + (" ..." if len(keys) > 3 else "")
+                shown = ", ".join("/".join(map(str, k)) for k in keys[:3]) + (" ..." if len(keys) > 3 else "")
                 out.append(f"{name}: {len(keys)} ({note}), e.g. {shown}")
+        if self.shared:
+            out.append(f"{self.shared} of those samples took a prediction keyed only by (setting, id, stage)")
         return out
 
 
@@ -151,34 +241,53 @@ class ScoreResult:
 
 
 def score(bench: Mapping[str, Sequence[Record]], predictions: Iterable[Mapping], mode: str = "think") -> ScoreResult:
-    """Match predictions to benchmark records by (setting, id, stage) and compute metrics.json.
+    """Match predictions to benchmark records and compute metrics.json; a missing prediction is an N/A answer.
 
-    bench maps a file stem to its records; a missing prediction is an N/A answer."""
+    bench maps a file stem to its records. A prediction names its sample by (setting, id, stage) and,
+    optionally, line. The line only matters where a benchmark file repeats (id, stage) with different
+    ground truth (separate samples): there a prediction with a line scores that line only, one
+    without a line scores each of them. Elsewhere the line is not needed to match."""
     report = ScoreReport()
-    by_key: dict[tuple[str, str, str], tuple[float | None, int | None]] = {}
+    by_key: dict[tuple, dict] = defaultdict(dict)  # (setting, id, stage) -> {line or None: answer}
     for obj in predictions:
         report.n_predictions += 1
-        key = prediction_key(obj)
-        if key in by_key:
-            report.duplicates.append(key)
-        by_key[key] = prediction_answer(obj, mode)
-    samples, seen = [], set()
+        setting, rid, stage, line = prediction_key(obj)
+        answers = by_key[(setting, rid, stage)]
+        if line in answers:
+            report.duplicates.append((setting, rid, stage, line))
+        answers[line] = prediction_answer(obj, mode)
+    lines_of: dict[tuple, list[int]] = defaultdict(list)
     for stem, records in bench.items():
         for record in records:
             if record.source != stem:
                 raise ValueError(f"record from {record.source!r} (line {record.line}) listed under bench file {stem!r}")
+            lines_of[record.key].append(record.line)
+    samples, used = [], set()
+    for records in bench.values():
+        for record in records:
             report.n_bench += 1
-            if record.key in seen:
-                report.duplicate_bench_keys.append(record.key)
-            seen.add(record.key)
-            if record.key in by_key:
-                report.matched += 1
-                pred_score, pred_ref = by_key[record.key]
+            answers = by_key.get(record.key, {})
+            shared = len(lines_of[record.key]) > 1
+            if shared:
+                report.duplicate_bench_keys.append((*record.key, record.line))
+            if record.line in answers:
+                line = record.line
+            elif None in answers:
+                line = None
+                report.shared += shared
+            elif answers and not shared:  # a unique sample: any line number (the file may have been re-saved)
+                line = list(answers)[-1]
+                report.duplicates += [(*record.key, other) for other in list(answers)[:-1]]
             else:
-                report.missing.append(record.key)
-                pred_score, pred_ref = None, None
+                report.missing.append((*record.key, record.line))
+                samples.append(Sample(record, None, None))
+                continue
+            report.matched += 1
+            used.add((*record.key, line))
+            pred_score, pred_ref = answers[line]
             samples.append(Sample(record, pred_score, pred_ref))
-    report.unknown = [k for k in by_key if k not in seen]
+    report.unknown = [(*key, line) for key, answers in by_key.items() for line in answers
+                      if (*key, line) not in used and (*key, line) not in report.duplicates]
     return ScoreResult(compute_metrics(samples), samples, report)
 
 
@@ -202,15 +311,17 @@ def load_bench(paths: Iterable) -> dict[str, list[Record]]:
             raise ValueError(f"{path}: a second benchmark file with stem {stem!r}; "
                              "stems name settings and must be unique")
         bench[stem] = load_records(path)
+        if not bench[stem]:
+            raise ValueError(f"{path}: no benchmark samples in this file (empty); nothing to score")
     return bench
 
 
 def write_results(result: ScoreResult, out_dir, run_name: str) -> str:
     """Writes metrics.json, table1/table2 (.md, .csv) and the figures; returns the tables as printable text."""
+    if not result.samples:
+        raise ValueError("no benchmark samples to score; nothing written")
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump(result.metrics, f, indent=2)
+    write_text(os.path.join(out_dir, "metrics.json"), json.dumps(result.metrics, indent=2))
     runs = {run_name: result.metrics}
     tables = {"table1": tables_lib.table1(runs)}
     views = tables_lib.view_stems(result.metrics)
@@ -219,10 +330,8 @@ def write_results(result: ScoreResult, out_dir, run_name: str) -> str:
     text = []
     for name, (header, rows) in tables.items():
         markdown = tables_lib.to_markdown(header, rows)
-        with open(os.path.join(out_dir, f"{name}.md"), "w", encoding="utf-8") as f:
-            f.write(markdown)
-        with open(os.path.join(out_dir, f"{name}.csv"), "w", encoding="utf-8") as f:
-            f.write(tables_lib.to_csv(header, rows))
+        write_text(os.path.join(out_dir, f"{name}.md"), markdown)
+        write_text(os.path.join(out_dir, f"{name}.csv"), tables_lib.to_csv(header, rows))
         text.append(markdown)
     plots.write_figures(result.samples, out_dir)
     return "\n".join(text)
