@@ -24,7 +24,10 @@ def vis(tid, obs, score, closest):
 
 def write_bench(root) -> list[tuple[str, str, str]]:
     bench = {
-        "visual_same_view": [vis("t1", "o1.jpg", "30%", "2"), vis("t1", "o2.jpg", "80%", "3")],
+        # Lines 1 and 3 share (id, stage) with different ground truth, as 20 lines of the official
+        # visual_same_view.jsonl do: two samples.
+        "visual_same_view": [vis("t1", "o1.jpg", "30%", "2"), vis("t1", "o2.jpg", "80%", "3"),
+                             vis("t1", "o1.jpg", "40%", "2")],
         "visual-unanswerable": [vis("t1", "o3.jpg", "n/a", "n/a")],
         "text-normal": [{"id": "t2", "task_goal": "open the drawer", "text_demo": STEPS,
                          "total_steps": len(STEPS), "stage_to_estimate": "o1.jpg", "closest_idx": 1, "progress_score": "50%"}],
@@ -76,23 +79,27 @@ def test_eval_job_predicts_resumes_and_scores(config, capsys):
     assert sorted((o["setting"], o["id"], o["stage"]) for o in lines) == sorted(keys)
     assert all(isinstance(o["response"], str) and o["response"] for o in lines)
     out = capsys.readouterr().out
-    assert "4 of 4 samples to predict" in out and "| tiny-random |" in out
+    assert "5 of 5 samples to predict" in out and "| tiny-random |" in out
+    assert sorted(o["line"] for o in lines if o["setting"] == "visual_same_view") == [1, 2, 3]
 
     metrics = json.load(open(os.path.join(c.workdir, "think", "metrics.json")))
     assert set(metrics) == {"visual_same_view", "visual-unanswerable", "text-normal", "vision", "text", "micro", "macro"}
-    assert metrics["visual_same_view"]["n"] == 2 and metrics["vision"]["n_answerable"] == 2
+    assert metrics["visual_same_view"]["n"] == 3 and metrics["vision"]["n_answerable"] == 3
     assert {"nse", "prc", "afrr", "uda"} <= set(metrics["macro"])
 
-    # A rerun predicts nothing; after dropping one line it predicts exactly that sample again.
+    # A rerun predicts nothing; after dropping one line it predicts exactly that sample again
+    # (the duplicate's twin, with the same id and stage, stays done).
     before = open(pred_path).read()
     main.run(c)
     assert open(pred_path).read() == before
-    assert "0 of 4 samples to predict" in capsys.readouterr().out
+    assert "0 of 5 samples to predict" in capsys.readouterr().out
+    dropped = next(o for o in lines if o["setting"] == "visual_same_view" and o["line"] == 3)
     with open(pred_path, "w") as f:
-        f.writelines(json.dumps(o) + "\n" for o in lines[1:])
+        f.writelines(json.dumps(o) + "\n" for o in lines if o is not dropped)
     main.run(c)
+    assert "1 of 5 samples to predict" in capsys.readouterr().out
     redone = read_lines(pred_path)
-    assert len(redone) == 4 and redone[-1] == lines[0]
+    assert len(redone) == 5 and redone[-1] == dropped
 
 
 def test_missing_bench_dir_names_the_key(config):
@@ -154,3 +161,52 @@ def test_trained_run_on_another_base_is_refused(config, tmp_path):
     c.eval.trained = str(final)
     with pytest.raises(ValueError, match="eval.trained.*Qwen2.5-VL-3B-Instruct"):
         main.run(c)
+
+
+@pytest.fixture
+def no_model(config, tmp_path, monkeypatch):
+    """The job up to generation: the tests below must fail before any model call; the system temp
+    directory is a fresh one, to see what the job leaves there."""
+    import tempfile
+
+    monkeypatch.setattr(runtime, "load_model", lambda cfg, mesh=None: None)
+    tmp = tmp_path / "systemtmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    return config[0], tmp
+
+
+def test_resumed_eval_names_the_users_file_and_line_for_a_missing_image(no_model):
+    from data_pipeline.records import RecordError
+
+    c, tmp = no_model
+    bench = c.data.bench_dir
+    out = os.path.join(c.workdir, "think")
+    os.makedirs(out)
+    with open(os.path.join(out, "predictions.jsonl"), "w") as f:  # line 1 of visual_same_view already done
+        f.write(json.dumps({"setting": "visual_same_view", "id": "t1", "stage": "o1.jpg", "line": 1, "score": 0.3}) + "\n")
+    os.remove(os.path.join(bench, "images", "t1", "o2.jpg"))  # the image of line 2
+    with pytest.raises(RecordError) as info:
+        main.run(c)
+    assert info.value.path == os.path.join(bench, "visual_same_view.jsonl") and info.value.line == 2
+    assert f"visual_same_view.jsonl:2: field 'stage_to_estimate': image file not found" in str(info.value)
+    assert "eval_pending" not in str(info.value)
+    assert os.listdir(tmp) == []
+
+
+def test_unwritable_out_dir_leaks_nothing(no_model, tmp_path):
+    c, tmp = no_model
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    c.eval.out_dir = str(blocker / "out")
+    with pytest.raises(OSError):
+        main.run(c)
+    assert os.listdir(tmp) == []
+
+
+def test_empty_bench_file_is_refused_before_anything_is_written(no_model):
+    c, _ = no_model
+    open(os.path.join(c.data.bench_dir, "visual_cross_view.jsonl"), "w").close()
+    with pytest.raises(ValueError, match=r"visual_cross_view.jsonl: no benchmark samples"):
+        main.run(c)
+    assert not os.path.exists(c.workdir) or os.listdir(c.workdir) == []

@@ -10,16 +10,15 @@ devices, so that is still data-parallel on the devices); only process 0 writes f
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 import jax
 import ml_collections
 
 from data_pipeline.parsing import MODES
 from data_pipeline.pipeline import make_dataset
+from data_pipeline.records import check_images
 from progress_jax import runtime, sampling
-from progress_jax.eval.predictions import (done_keys, load_bench, prediction_line, PredictionWriter,
+from progress_jax.eval.predictions import (done_keys, is_predicted, load_bench, prediction_line, PredictionWriter,
                                            read_predictions, score, write_results)
 from progress_jax.train import loop
 from progress_jax.train.metrics_writer import progress_bar
@@ -77,16 +76,6 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def _pending_file(path: str, lines: list[int], directory: str) -> str:
-    """The given lines of a benchmark file, copied under the same file name (the name is the setting)."""
-    with open(path, encoding="utf-8") as f:
-        texts = f.readlines()
-    out = os.path.join(directory, os.path.basename(path))
-    with open(out, "w", encoding="utf-8") as f:
-        f.writelines(texts[i - 1].rstrip("\n") + "\n" for i in lines)
-    return out
-
-
 def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, mesh=None,
              run_name: str = "model", verbose: bool = True) -> dict:
     """Predict the samples of `files` not yet in <out_dir>/predictions.jsonl, then score all of them.
@@ -100,24 +89,27 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
     params = sampling_params(config)
     main = jax.process_index() == 0
     pred_path = os.path.join(out_dir, "predictions.jsonl")
-    bench = load_bench(files)
+    bench = load_bench(files)  # refuses empty benchmark files before anything is written
     done = done_keys(pred_path)
-    todo = {path: [r.line for r in bench[_stem(path)] if r.key not in done] for path in files}
+    # The samples still to predict, fed to the pipeline as records (no copy of the file): every error
+    # names the user's file and line. Their images are checked here, before any generation.
+    todo = {path: [r for r in bench[_stem(path)] if not is_predicted(r, done)] for path in files}
+    for records in todo.values():
+        for record in records:
+            check_images(record, image_root)
     total = sum(map(len, todo.values()))
     if verbose and main:
         print(f"{run_name}: {total} of {sum(map(len, bench.values()))} samples to predict ({mode} mode) -> {pred_path}")
-    pending_dir = tempfile.mkdtemp(prefix="eval_pending_")
     key = jax.random.key(config.seed)
     step = 0
     writer = PredictionWriter(pred_path) if main else None
     bar = progress_bar(total, desc=f"eval {run_name}", enabled=main and verbose and total > 0)
     try:
-        for path, lines in todo.items():
-            if not lines:
+        for records in todo.values():
+            if not records:
                 continue
-            pending = _pending_file(path, lines, pending_dir)  # make_dataset reads files
             batches = make_dataset(
-                [pending], image_root, tokenizer, mode=mode, with_answers=False,
+                [], image_root, tokenizer, records=records, mode=mode, with_answers=False,
                 batch_size=config.sampling.batch_size, length_buckets=config.data.length_buckets,
                 patch_buckets=config.data.patch_buckets, image_buckets=config.data.image_buckets,
                 min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels, shuffle=False,
@@ -133,7 +125,6 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
                         writer.write(prediction_line(record, text, mode))
                 bar.update(len(rows))
     finally:
-        shutil.rmtree(pending_dir, ignore_errors=True)
         bar.close()
         if writer is not None:
             writer.close()
