@@ -195,3 +195,147 @@ def test_cli_bad_bench_line_names_file_and_line(tmp_path):
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode != 0
     assert "b.jsonl:2: field 'closest_idx'" in proc.stderr
+
+
+# --- duplicate (id, stage) lines, official result files, empty benchmark files -------------------------
+
+@pytest.fixture
+def dup_bench(tmp_path):
+    """Lines 1 and 3 share (id, stage) with different ground truth, as 20 lines of the official
+    visual_same_view.jsonl (8 of visual_cross_view.jsonl) do."""
+    path = tmp_path / "visual_same_view.jsonl"
+    write_jsonl(path, [vis("t1", "a.jpg", "25%", "2"), vis("t1", "b.jpg", "75%", "4"), vis("t1", "a.jpg", "50%", "3")])
+    return load_bench([path])
+
+
+def scores_by_line(result):
+    return {s.record.line: s.score for s in result.samples}
+
+
+def test_duplicate_lines_are_separate_samples(dup_bench):
+    preds = [{"setting": "visual_same_view", "id": "t1", "stage": "a.jpg", "line": 1, "score": 0.25},
+             {"setting": "visual_same_view", "id": "t1", "stage": "a.jpg", "line": 3, "score": 0.5},
+             {"setting": "visual_same_view", "id": "t1", "stage": "b.jpg", "score": 0.7}]
+    result = score(dup_bench, preds)
+    assert scores_by_line(result) == {1: 0.25, 2: pytest.approx(0.7), 3: 0.5}
+    assert result.report.matched == 3 and not result.report.missing and not result.report.unknown
+    # NSE over the three: 0, |0.75 - 0.7| / 0.75, 0
+    assert result.metrics["visual_same_view"]["nse"] == pytest.approx(100 * (0.05 / 0.75) / 3)
+    assert len(result.report.duplicate_bench_keys) == 2
+
+
+def test_predictions_keyed_without_line_score_each_duplicate(dup_bench):
+    preds = [{"setting": "visual_same_view", "id": "t1", "stage": "a.jpg", "score": 0.25},
+             {"setting": "visual_same_view", "id": "t1", "stage": "b.jpg", "score": 0.75}]
+    result = score(dup_bench, preds)
+    assert scores_by_line(result) == {1: 0.25, 2: 0.75, 3: 0.25}
+    assert result.report.matched == 3 and result.report.shared == 2
+    assert result.metrics["visual_same_view"]["nse"] == pytest.approx(100 * (0.25 / 0.5) / 3)
+
+
+def test_line_numbers_drive_resume(dup_bench, tmp_path):
+    from progress_jax.eval.predictions import is_predicted
+
+    rec1, rec2, rec3 = dup_bench["visual_same_view"]
+    path = tmp_path / "p.jsonl"
+    write_jsonl(path, [prediction_line(rec1, think(2, "25%"))])
+    keys = done_keys(path)
+    assert [is_predicted(r, keys) for r in (rec1, rec2, rec3)] == [True, False, False]
+    write_jsonl(path, [{"setting": "visual_same_view", "id": "t1", "stage": "a.jpg", "score": 0.3}])
+    assert [is_predicted(r, done_keys(path)) for r in (rec1, rec2, rec3)] == [True, False, True]
+
+
+def official_item(record_obj, image_root="/data/images"):
+    """What the official loaders keep of a benchmark line in meta_data (visual_demo_dataset.py):
+    parsed ground truth, int total_steps, image paths joined to image_root."""
+    stage = record_obj["stage_to_estimate"]
+    stage = stage[0] if isinstance(stage, list) else stage
+    item = dict(record_obj)
+    item.update(total_steps=int(item["total_steps"]),
+                closest_idx=None if item["closest_idx"] == "n/a" else int(item["closest_idx"]),
+                progress_score=None if item["progress_score"] == "n/a" else float(item["progress_score"][:-1]) / 100,
+                stage_to_estimate=f"{image_root}/{item['id']}/{stage}", _inference_idx=0)
+    return item
+
+
+def official_think_line(record_obj, ref, score_text, status="success"):
+    # The layout run_visual_demo.py writes (json.dumps, so inf becomes Infinity).
+    item = official_item(record_obj)
+    return {"ref": ref, "score": score_text, "closest_idx": str(item["closest_idx"]),
+            "ground_truth_score": record_obj["progress_score"], "ref_score": float("inf"), "pred_score": float("inf"),
+            "ref_false_positive": False, "score_false_positive": False, "response": "<ref>...</ref>",
+            "meta_data": {**item, "status": status}}
+
+
+def official_nothink_line(record_obj, score_text):
+    # The layout run_visual_demo_nothink.py writes.
+    return {"predicted_score": score_text, "ground_truth_score": record_obj["progress_score"],
+            "evaluation_score": 0.1, "score_false_positive": False, "response": score_text,
+            "meta_data": {**official_item(record_obj), "status": "success"}}
+
+
+def test_official_result_files_score_like_our_predictions(tmp_path):
+    lines = [vis("t1", "a.jpg", "25%", "2"), vis("t1", "b.jpg", "75%", "4"), vis("t1", "a.jpg", "50%", "3"),
+             vis("t2", "c.jpg", "n/a", "n/a")]
+    bench_path = tmp_path / "visual_same_view.jsonl"
+    write_jsonl(bench_path, lines)
+    bench = load_bench([bench_path])
+    results = tmp_path / "results.jsonl"
+    # Official order need not follow the file; line 3 (the duplicate) before line 1; one failed parse.
+    write_jsonl(results, [official_think_line(lines[2], "3", "50%"), official_think_line(lines[0], "2", "20%"),
+                          official_think_line(lines[1], None, None, status="failed"),
+                          official_think_line(lines[3], "n/a", "n/a"),
+                          official_think_line(vis("t9", "z.jpg", "10%", "1"), "1", "10%")])
+    pf = read_predictions(results, bench)
+    assert pf.format == "results" and pf.unmatched == [5]
+    got = score(bench, [obj for _, obj in pf.lines])
+    ours = [{"setting": "visual_same_view", "id": "t1", "stage": "a.jpg", "line": 3, "score": "50%", "ref": "3"},
+            {"setting": "visual_same_view", "id": "t1", "stage": "a.jpg", "line": 1, "score": "20%", "ref": "2"},
+            {"setting": "visual_same_view", "id": "t1", "stage": "b.jpg", "line": 2, "score": None},
+            {"setting": "visual_same_view", "id": "t2", "stage": "c.jpg", "line": 4, "score": "n/a", "ref": "n/a"}]
+    expected = score(bench, ours)
+    assert got.metrics == expected.metrics
+    assert scores_by_line(got) == {1: pytest.approx(0.2), 2: None, 3: pytest.approx(0.5), 4: None}
+    assert {s.record.line: s.ref for s in got.samples} == {1: 2, 2: None, 3: 3, 4: None}
+    assert got.metrics["visual_same_view"]["uda"] == 100.0  # the n/a sample answered n/a
+
+    nothink = tmp_path / "nothink.jsonl"
+    write_jsonl(nothink, [official_nothink_line(lines[0], "30%"), official_nothink_line(lines[2], "40%")])
+    pf = read_predictions(nothink, bench)
+    assert scores_by_line(score(bench, [o for _, o in pf.lines])) == {1: pytest.approx(0.3), 2: None,
+                                                                      3: pytest.approx(0.4), 4: None}
+    with pytest.raises(ValueError, match="official result file"):
+        read_predictions(nothink)  # the benchmark is needed to place its lines
+    bad = tmp_path / "bad.jsonl"
+    write_jsonl(bad, [official_think_line(lines[0], "2", "20%"), {"meta_data": {"id": "t1"}, "score": "1%"}])
+    with pytest.raises(PredictionError, match=r"bad.jsonl:2: key 'meta_data.stage_to_estimate'"):
+        read_predictions(bad, bench)
+
+
+def test_cli_scores_an_official_result_file(tmp_path):
+    lines = [vis("t1", "a.jpg", "25%", "2"), vis("t1", "b.jpg", "75%", "4")]
+    bench = tmp_path / "visual_same_view.jsonl"
+    write_jsonl(bench, lines)
+    results = tmp_path / "qwen72b_results.jsonl"
+    write_jsonl(results, [official_think_line(lines[0], "2", "25%"), official_think_line(lines[1], "4", "75%")])
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "tools.score_predictions", "--bench", str(bench),
+                           "--pred", str(results), "--out", str(out)], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "official result file, 2 line(s) matched" in proc.stdout
+    assert json.loads((out / "metrics.json").read_text())["visual_same_view"]["nse"] == 0.0
+
+
+def test_cli_refuses_an_empty_benchmark_file_before_writing(tmp_path):
+    good, empty = tmp_path / "visual_same_view.jsonl", tmp_path / "visual_cross_view.jsonl"
+    write_jsonl(good, [vis("t1", "a.jpg", "25%", "2")])
+    empty.write_text("\n")
+    pred = tmp_path / "p.jsonl"
+    write_jsonl(pred, [{"setting": "visual_same_view", "id": "t1", "stage": "a.jpg", "score": 0.25}])
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "score_predictions.py"), "--bench", str(good),
+                           str(empty), "--pred", str(pred), "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and "visual_cross_view.jsonl: no benchmark samples" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
