@@ -114,6 +114,14 @@ def _result_fields(obj, path: str, line: int) -> tuple[dict, str]:
     return dict(meta, stage_to_estimate=stage), score_key
 
 
+def validate_line(obj, path: str, line: int, fmt: str = "predictions") -> None:
+    """Raise PredictionError for a bad line of a predictions file, or of an official result file (fmt 'results')."""
+    if fmt == "results":
+        _result_fields(obj, path, line)
+    else:
+        _validate(obj, path, line)
+
+
 def _same_truth(meta: Mapping, record: Record) -> bool:
     """Does the ground truth an official result line carries (parsed by the official loader) equal the record's?"""
     gt = meta.get("progress_score")
