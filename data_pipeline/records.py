@@ -245,7 +245,8 @@ def parse_chat_record(obj: dict, source: str, path: str, line: int, image_root: 
     parsed = []
     for i, m in enumerate(messages):
         field = f"messages[{i}]"
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+        role = m.get("role") if isinstance(m, dict) else None
+        if not isinstance(role, str) or role not in ROLES or not isinstance(m.get("content"), str):
             raise RecordError(path, line, field,
                               f"expected {{role: system|user|assistant, content: str}}, got {m!r:.200}")
         parsed.append((m["role"], m["content"]))
