@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 
-from data_pipeline.records import RecordError, parse_chat_record, parse_record
+from data_pipeline.jsonl import read_json_lines
+from data_pipeline.records import RecordError, SkippedLine, parse_chat_record, parse_record
+
+logger = logging.getLogger(__name__)
 
 SUFFIX = ".array_record"
 
@@ -21,13 +25,9 @@ def _is_chat(obj) -> bool:
     return isinstance(obj, dict) and "messages" in obj
 
 
-def encode_line(path: str, line: int, text: str, image_root: str | None = None) -> bytes:
-    """Validate one JSONL line (raising RecordError) and return its ArrayRecord entry."""
+def encode_line(path: str, line: int, obj, image_root: str | None = None) -> bytes:
+    """Validate one decoded JSONL line (raising RecordError) and return its ArrayRecord entry."""
     source = os.path.splitext(os.path.basename(path))[0]
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise RecordError(path, line, None, f"bad JSON: {e}") from None
     chat = _is_chat(obj)
     (parse_chat_record if chat else parse_record)(obj, source, path, line, image_root)
     return json.dumps({"path": path, "source": source, "line": line, "chat": chat, "obj": obj}).encode("utf-8")
@@ -45,8 +45,8 @@ def decode_entry(data: bytes, image_root: str | None = None):
 def convert(jsonl_paths: list[str], out_dir: str, num_shards: int = 1, image_root: str | None = None) -> list[str]:
     """Write every line of the JSONL files, validated, round-robin into num_shards shards; returns their paths.
 
-    Any bad line stops the conversion with its RecordError (convert clean data; lenient
-    skipping belongs to load_records)."""
+    The lines the official loaders skip are skipped with a warning each and counted, as load_records
+    does (docs/formats.md); any other bad line stops the conversion with its RecordError."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
     if num_shards < 1:
@@ -55,18 +55,26 @@ def convert(jsonl_paths: list[str], out_dir: str, num_shards: int = 1, image_roo
     stem = "_".join(os.path.splitext(os.path.basename(p))[0] for p in jsonl_paths)[:100] or "records"
     paths = [os.path.join(out_dir, f"{stem}-{i:05d}-of-{num_shards:05d}{SUFFIX}") for i in range(num_shards)]
     writers = [ArrayRecordWriter(p, "group_size:1") for p in paths]  # group_size 1: cheap random access
-    count = 0
+    count = skipped = 0
     try:
         for path in jsonl_paths:
             path = os.fspath(path)
-            with open(path, encoding="utf-8") as f:
-                for line_no, text in enumerate(f, start=1):
-                    if text.strip():
-                        writers[count % num_shards].write(encode_line(path, line_no, text, image_root))
-                        count += 1
+            for entry in read_json_lines(path):
+                if entry.error is not None:
+                    raise RecordError(path, entry.number, None, entry.error)
+                try:
+                    data = encode_line(path, entry.number, entry.obj, image_root)
+                except SkippedLine as e:
+                    logger.warning("skipped %s", e)
+                    skipped += 1
+                    continue
+                writers[count % num_shards].write(data)
+                count += 1
     finally:
         for w in writers:
             w.close()
+    if skipped:
+        logger.warning("skipped %d line(s) as the official loaders do, wrote %d", skipped, count)
     return paths
 
 

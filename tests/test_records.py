@@ -202,3 +202,20 @@ def test_chat_records(tmp_path):
         with pytest.raises(RecordError) as info:
             load_chat_records(p, image_root=str(root))
         assert info.value.field == field and words in str(info.value) and info.value.line == 1
+
+
+def test_array_record_conversion_skips_as_the_loader(tmp_path, caplog):
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    from data_pipeline.array_record import convert, decode_entry
+
+    path = write_jsonl(tmp_path / "rl.jsonl", [TEXT, dict(TEXT_NA, task_goal=""), "", TEXT_NA])
+    with caplog.at_level(logging.WARNING):
+        (shard,) = convert([path], str(tmp_path / "ar"))
+    assert "rl.jsonl:2: field 'task_goal'" in caplog.text and "skipped 1 line(s)" in caplog.text
+    reader = ArrayRecordReader(shard)
+    assert [decode_entry(reader.read([i])[0]).line for i in range(reader.num_records())] == [1, 4]
+    reader.close()
+    bad = write_jsonl(tmp_path / "bad.jsonl", [TEXT, dict(TEXT, closest_idx=9)])
+    with pytest.raises(RecordError, match="bad.jsonl:2: field 'closest_idx'"):
+        convert([bad], str(tmp_path / "ar2"))
