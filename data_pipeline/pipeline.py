@@ -13,7 +13,6 @@ rows that pad an incomplete last batch. `device_arrays(batch)` drops the lists.
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ import numpy as np
 from data_pipeline.array_record import SUFFIX, decode_entry
 from data_pipeline.image_processor import preprocess
 from data_pipeline.prompts import MODES, record_images, target_answer, tokenize_chat, tokenize_record
-from data_pipeline.records import ChatRecord, load_chat_records, load_records
+from data_pipeline.records import ChatRecord, file_format, load_chat_records, load_records
 
 logger = logging.getLogger(__name__)
 
@@ -37,19 +36,8 @@ def device_arrays(batch: dict) -> dict:
     return {k: batch[k] for k in ARRAY_KEYS}
 
 
-def _is_chat_file(path: str) -> bool:
-    with open(path, encoding="utf-8") as f:
-        for text in f:
-            if text.strip():
-                try:
-                    return "messages" in json.loads(text)
-                except (json.JSONDecodeError, TypeError):
-                    return False  # the record loader reports the bad line
-    return False
-
-
 def _load_jsonl(path: str, image_root: str | None, strict: bool) -> list:
-    if _is_chat_file(path):
+    if file_format(path) == "chat":
         return load_chat_records(path, image_root, strict)
     return load_records(path, image_root, strict)
 
