@@ -27,6 +27,9 @@ class RecordError(ValueError):
         self.reason = message
         super().__init__(f"{where}: {message}")
 
+    def __reduce__(self):  # picklable (worker processes pass errors back)
+        return (type(self), (self.path, self.line, self.field, self.reason))
+
 
 class SkippedLine(RecordError):
     """A line the official ProgressLM loaders skip with a warning (a missing field, an empty task_goal,

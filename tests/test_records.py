@@ -219,3 +219,11 @@ def test_array_record_conversion_skips_as_the_loader(tmp_path, caplog):
     bad = write_jsonl(tmp_path / "bad.jsonl", [TEXT, dict(TEXT, closest_idx=9)])
     with pytest.raises(RecordError, match="bad.jsonl:2: field 'closest_idx'"):
         convert([bad], str(tmp_path / "ar2"))
+
+
+def test_errors_survive_pickling():
+    import pickle
+
+    for err in (RecordError("f.jsonl", 3, "closest_idx", "bad"), SkippedLine("f.jsonl", 4, "task_goal", "empty")):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err) and (back.line, back.field) == (err.line, err.field)

@@ -29,9 +29,12 @@ KEY_FIELDS = ("setting", "id", "stage")
 
 class PredictionError(ValueError):
     def __init__(self, path, line: int, key: str | None, message: str):
-        self.path, self.line, self.key = path, line, key
+        self.path, self.line, self.key, self.reason = path, line, key, message
         where = f"{path}:{line}" + (f": key '{key}'" if key else "")
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.line, self.key, self.reason))
 
 
 def prediction_line(record: Record, response: str, mode: str = "think") -> dict:
