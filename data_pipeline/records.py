@@ -142,9 +142,11 @@ def _str_list(obj: dict, field: str, path: str, line: int) -> tuple[str, ...]:
     """A non-empty list of strings; file names must be non-empty, text steps may be (the official
     raw_train text files hold a few empty steps)."""
     value = obj[field]
+    files = field == "visual_demo"
     if (not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value)
-            or (field == "visual_demo" and not all(value))):
-        raise RecordError(path, line, field, f"expected a non-empty list of {'file names' if field == 'visual_demo' else 'strings'}, got {value!r:.200}")
+            or (files and not all(value))):
+        what = "file names" if files else "strings"
+        raise RecordError(path, line, field, f"expected a non-empty list of {what}, got {value!r:.200}")
     return tuple(value)
 
 

@@ -189,7 +189,7 @@ def test_resumed_eval_names_the_users_file_and_line_for_a_missing_image(no_model
     with pytest.raises(RecordError) as info:
         main.run(c)
     assert info.value.path == os.path.join(bench, "visual_same_view.jsonl") and info.value.line == 2
-    assert f"visual_same_view.jsonl:2: field 'stage_to_estimate': image file not found" in str(info.value)
+    assert "visual_same_view.jsonl:2: field 'stage_to_estimate': image file not found" in str(info.value)
     assert "eval_pending" not in str(info.value)
     assert os.listdir(tmp) == []
 
