@@ -234,15 +234,21 @@ def test_predictions_keyed_without_line_score_each_duplicate(dup_bench):
 
 
 def test_line_numbers_drive_resume(dup_bench, tmp_path):
-    from progress_jax.eval.predictions import is_predicted
+    from progress_jax.eval.predictions import pending_records
 
     rec1, rec2, rec3 = dup_bench["visual_same_view"]
     path = tmp_path / "p.jsonl"
-    write_jsonl(path, [prediction_line(rec1, think(2, "25%"))])
-    keys = done_keys(path)
-    assert [is_predicted(r, keys) for r in (rec1, rec2, rec3)] == [True, False, False]
-    write_jsonl(path, [{"setting": "visual_same_view", "id": "t1", "stage": "a.jpg", "score": 0.3}])
-    assert [is_predicted(r, done_keys(path)) for r in (rec1, rec2, rec3)] == [True, False, True]
+
+    def pending_lines(preds):
+        write_jsonl(path, preds)
+        return [r.line for r in pending_records(dup_bench, done_keys(path))["visual_same_view"]]
+
+    assert pending_lines([prediction_line(rec1, think(2, "25%"))]) == [2, 3]  # the twin on line 3 is not done
+    assert pending_lines([{"setting": "visual_same_view", "id": "t1", "stage": "a.jpg", "score": 0.3}]) == [2]
+    # a unique sample is done under any line number (a re-saved benchmark file); a repeated one is not
+    assert pending_lines([{"setting": "visual_same_view", "id": "t1", "stage": "b.jpg", "line": 9, "score": 0.7},
+                          {"setting": "visual_same_view", "id": "t1", "stage": "a.jpg", "line": 9, "score": 0.3}]) == [1, 3]
+    assert [r.line for r in pending_records(dup_bench, set())["visual_same_view"]] == [1, 2, 3]
 
 
 def official_item(record_obj, image_root="/data/images"):

@@ -47,7 +47,7 @@ def prediction_line(record: Record, response: str, mode: str = "think") -> dict:
 
 def prediction_key(obj: Mapping) -> tuple[str, str, str, int | None]:
     """(setting, id, stage, line); line is None for files keyed only by (setting, id, stage)."""
-    return (obj["setting"], str(obj["id"]), obj["stage"], obj.get("line"))
+    return (str(obj["setting"]), str(obj["id"]), str(obj["stage"]), obj.get("line"))
 
 
 # Appends one JSON line per prediction and flushes it, so a killed run loses at most one line.
@@ -195,9 +195,39 @@ def done_keys(path) -> set[tuple[str, str, str, int | None]]:
     return {prediction_key(obj) for _, obj in read_predictions(path).lines}
 
 
-def is_predicted(record: Record, keys: set) -> bool:
-    """A sample is predicted by a line with its key and line, or by one keyed only by (setting, id, stage)."""
-    return (*record.key, record.line) in keys or (*record.key, None) in keys
+_NO_MATCH = object()
+
+
+def _matching_line(record: Record, lines, shared: bool):
+    """Which prediction, among those with the record's (setting, id, stage) keyed by their line
+    (None: no line), scores the record; _NO_MATCH when none does. The line decides only where the
+    bench repeats (id, stage) (`shared`); a unique sample takes a prediction with any line, since the
+    benchmark file may have been re-saved since (docs/formats.md)."""
+    if record.line in lines:
+        return record.line
+    if None in lines:
+        return None
+    if lines and not shared:
+        return list(lines)[-1]
+    return _NO_MATCH
+
+
+def _repeated_keys(bench: Mapping[str, Sequence[Record]]) -> set[tuple[str, str, str]]:
+    seen, repeated = set(), set()
+    for records in bench.values():
+        for record in records:
+            (repeated if record.key in seen else seen).add(record.key)
+    return repeated
+
+
+def pending_records(bench: Mapping[str, Sequence[Record]], keys: set) -> dict[str, list[Record]]:
+    """The samples of `bench` (by file stem) that no prediction key from done_keys() scores yet."""
+    lines_by_key = defaultdict(set)
+    for setting, rid, stage, line in keys:
+        lines_by_key[(setting, rid, stage)].add(line)
+    repeated = _repeated_keys(bench)
+    return {stem: [r for r in records if _matching_line(r, lines_by_key.get(r.key, ()), r.key in repeated) is _NO_MATCH]
+            for stem, records in bench.items()}
 
 
 def prediction_answer(obj: Mapping, mode: str = "think") -> tuple[float | None, int | None]:
@@ -267,32 +297,28 @@ def score(bench: Mapping[str, Sequence[Record]], predictions: Iterable[Mapping],
         if line in answers:
             report.duplicates.append((setting, rid, stage, line))
         answers[line] = prediction_answer(obj, mode)
-    lines_of: dict[tuple, list[int]] = defaultdict(list)
     for stem, records in bench.items():
         for record in records:
             if record.source != stem:
                 raise ValueError(f"record from {record.source!r} (line {record.line}) listed under bench file {stem!r}")
-            lines_of[record.key].append(record.line)
+    repeated = _repeated_keys(bench)
     samples, used = [], set()
     for records in bench.values():
         for record in records:
             report.n_bench += 1
             answers = by_key.get(record.key, {})
-            shared = len(lines_of[record.key]) > 1
+            shared = record.key in repeated
             if shared:
                 report.duplicate_bench_keys.append((*record.key, record.line))
-            if record.line in answers:
-                line = record.line
-            elif None in answers:
-                line = None
-                report.shared += shared
-            elif answers and not shared:  # a unique sample: any line number (the file may have been re-saved)
-                line = list(answers)[-1]
-                report.duplicates += [(*record.key, other) for other in list(answers)[:-1]]
-            else:
+            line = _matching_line(record, answers, shared)
+            if line is _NO_MATCH:
                 report.missing.append((*record.key, record.line))
                 samples.append(Sample(record, None, None))
                 continue
+            if line is None:
+                report.shared += shared
+            elif line != record.line:  # a unique sample predicted under other line numbers
+                report.duplicates += [(*record.key, other) for other in answers if other != line]
             report.matched += 1
             used.add((*record.key, line))
             pred_score, pred_ref = answers[line]

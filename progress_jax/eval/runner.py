@@ -18,7 +18,7 @@ from data_pipeline.parsing import MODES
 from data_pipeline.pipeline import make_dataset
 from data_pipeline.records import check_images
 from progress_jax import runtime, sampling
-from progress_jax.eval.predictions import (done_keys, is_predicted, load_bench, prediction_line, PredictionWriter,
+from progress_jax.eval.predictions import (done_keys, load_bench, pending_records, prediction_line, PredictionWriter,
                                            read_predictions, score, write_results)
 from progress_jax.train import loop
 from progress_jax.train.metrics_writer import progress_bar
@@ -90,10 +90,10 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
     main = jax.process_index() == 0
     pred_path = os.path.join(out_dir, "predictions.jsonl")
     bench = load_bench(files)  # refuses empty benchmark files before anything is written
-    done = done_keys(pred_path)
     # The samples still to predict, fed to the pipeline as records (no copy of the file): every error
     # names the user's file and line. Their images are checked here, before any generation.
-    todo = {path: [r for r in bench[_stem(path)] if not is_predicted(r, done)] for path in files}
+    pending = pending_records(bench, done_keys(pred_path))
+    todo = {path: pending[_stem(path)] for path in files}
     for records in todo.values():
         for record in records:
             check_images(record, image_root)
