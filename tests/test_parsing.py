@@ -1,8 +1,11 @@
-"""Output parser: eval rule (think/direct), reward reads, strict format check (REFERENCE §3, §5)."""
+"""Output parser: eval rule (think/direct), the reward reads of each reward function, the lenient format
+check (docs/rewards.md)."""
 import pytest
 
 from data_pipeline.parsing import (NA, NUMBER, UNPARSEABLE, parse_direct, parse_response, parse_think, read_ref,
-                                   read_reward_score, strict_format_ok)
+                                   read_reward_score, strict_format_ok, paper_read_ref, paper_read_score,
+                                   anti_hack_ref_value, anti_hack_score_value, anti_hack_ref_text,
+                                   anti_hack_score_text, anti_hack_score_think)
 
 
 def four(ref="2", score="45%", ref_think="frame 2 matches", score_think="a bit after"):
@@ -120,3 +123,42 @@ def test_strict_format_accepts(response):
 ])
 def test_strict_format_rejects(response):
     assert not strict_format_ok(response)
+
+
+# ---- the official reward reads (values worked out from visual_demo_reward.py / progresslm_reward.py) ----
+
+@pytest.mark.parametrize("text, ref, score", [
+    ("<ref>3</ref><score>45%</score>", (NUMBER, 3), (NUMBER, 45.0)),
+    ("<ref> 3 </ref><score> 0.45 </score>", (NUMBER, 3), (NUMBER, 0.45)),
+    ("<ref>n/a</ref><score>n/a</score>", (NA, None), (NA, None)),
+    ("<ref>N/A</ref><score>NA</score>", (UNPARSEABLE, None), (UNPARSEABLE, None)),
+    ("<ref>x</ref><ref>4</ref><score>4 %</score><score>150%</score>", (NUMBER, 4), (NUMBER, 150.0)),
+    ("<REF>3</REF><SCORE>5</SCORE>", (UNPARSEABLE, None), (UNPARSEABLE, None)),
+])
+def test_paper_reads(text, ref, score):
+    assert paper_read_ref(text) == ref
+    assert paper_read_score(text) == score
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (3, (False, 3)), (3.0, (False, 3)), (3.5, (False, None)), (True, (False, 1)), (None, (False, None)),
+    (" N/A ", (True, None)), ("+3", (False, 3)), ("-3", (False, -3)), ("Step 12 of 14", (False, 12)),
+    ("3.9", (False, 3)), ("none", (False, None)), ("inf", (False, None)), ([3], (False, None)),
+])
+def test_anti_hack_ref_value(raw, expected):
+    assert anti_hack_ref_value(raw) == expected
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (45, (False, 45.0)), ("45%", (False, 45.0)), ("45 %", (False, 45.0)), (" n/A", (True, None)),
+    ("-5", (False, -5.0)), ("1e2", (False, 100.0)), ("45%%", (False, None)), ("about 4", (False, None)),
+    (None, (False, None)),
+])
+def test_anti_hack_score_value(raw, expected):
+    assert anti_hack_score_value(raw) == expected
+
+
+def test_anti_hack_tag_reads():
+    text = "<REF></REF><Ref> No. 2 </Ref><score_think>\n N/A \n</score_think><SCORE>50</SCORE>"
+    assert (anti_hack_ref_text(text), anti_hack_score_text(text), anti_hack_score_think(text)) == ("No. 2", "50", "N/A")
+    assert (anti_hack_ref_text("x"), anti_hack_score_text("x"), anti_hack_score_think("x")) == (None, None, "")
