@@ -128,6 +128,49 @@ def parse_response(response: str, mode: str = "think") -> ParsedAnswer:
     raise ValueError(f"unknown parse mode {mode!r}; expected one of {MODES}")
 
 
+# ---- the official qwen25vl runners' read (eval and CoT generation) ----
+# parse_*_demo_response of eval/qwen25vl/codes/run_{visual,text}_demo*.py (the CoT-generation runners
+# share it) and the fields the runners then write; eval/metric.py scores those fields, not the text.
+
+_RUN_REF = re.compile(r"<ref>(.*?)</ref>", re.DOTALL)
+_RUN_SCORE = re.compile(r"<score>(.*?)</score>", re.DOTALL)
+_RUN_DIGITS = re.compile(r"\d+")
+
+
+def official_percent_text(fraction: float) -> str:
+    """A fraction as the official runners write it: int(fraction * 100) truncates (0.29 -> "28%")."""
+    return f"{int(fraction * 100)}%"
+
+
+def official_runner_fields(text: str) -> tuple[str, str | None, bool]:
+    """(ref, score, parsed) as the official runners write them for a response: ref "n/a" (n/a or na,
+    any case), else the first integer in `<ref>`, else the tag's text ("" without a tag); score "n/a",
+    or official_percent_text of the number read (X% -> X / 100, a bare number > 1 -> / 100, clamped
+    to [0, 1]), None when unreadable; parsed False (status "failed") when `<score>` is missing or
+    unreadable."""
+    ref = ""
+    match = _RUN_REF.search(text)
+    if match:
+        content = match.group(1).strip()
+        digits = _RUN_DIGITS.search(content)
+        ref = "n/a" if content.lower() in ("n/a", "na") else str(int(digits.group())) if digits else content
+    match = _RUN_SCORE.search(text)
+    if match is None:
+        return ref, None, False
+    content = match.group(1).strip()
+    if content.lower() in ("n/a", "na"):
+        return ref, "n/a", True
+    try:
+        if content.endswith("%"):
+            value = float(content[:-1]) / 100.0
+        else:
+            value = float(content)
+            value = value / 100.0 if value > 1.0 else value
+    except ValueError:
+        return ref, None, False
+    return ref, official_percent_text(max(0.0, min(1.0, value))), True
+
+
 # ---- RL reward reads (see docs/rewards.md) ----
 # Each reward function reads the tags its own way; the official two are reproduced exactly, the
 # project's earlier reading stays as the "lenient" one.

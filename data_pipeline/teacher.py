@@ -34,7 +34,7 @@ from PIL import Image
 from data_pipeline.image_processor import preprocess
 from data_pipeline.jsonl import JsonlAppender, drop_partial_tail
 from data_pipeline import construction_texts as texts
-from data_pipeline.parsing import NA, NUMBER, read_ref, read_reward_score, strict_format_ok
+from data_pipeline.parsing import NA, NUMBER, official_percent_text, official_runner_fields, read_ref, read_reward_score, strict_format_ok
 from data_pipeline.prompts import build_messages, format_percent, render_text, tokenize_messages
 from data_pipeline.records import IMAGE_PLACEHOLDER, Record, record_image_path
 
@@ -179,11 +179,6 @@ def _official_percent(index: int, total_steps: int) -> int:
     return round((index / total_steps) * 100)
 
 
-def official_score_text(progress: float) -> str:
-    """The score as the official CoT scripts write it: int(progress * 100) truncates (0.29 -> "28%")."""
-    return f"{int(progress * 100)}%"
-
-
 def cot_prompt(record: Record, image_root: str | None) -> list[dict]:
     """The official CoT-generation prompt with its ground-truth hint (module docstring)."""
     def image(file: str) -> dict:
@@ -209,53 +204,20 @@ def cot_prompt(record: Record, image_root: str | None) -> list[dict]:
         ref = texts.COT_REF_NA
     else:
         ref = (texts.COT_REF_VISUAL if visual else texts.COT_REF_TEXT).format(index=record.closest_idx)
-    score = texts.COT_SCORE_NA if record.progress is None else official_score_text(record.progress)
+    score = texts.COT_SCORE_NA if record.progress is None else official_percent_text(record.progress)
     parts.append({"type": "text", "text": (texts.COT_HINT_VISUAL if visual else texts.COT_HINT_TEXT).format(
         ref=ref, score=score)})
     return [{"role": "user", "content": parts}]
 
 
-_RUN_REF = re.compile(r"<ref>(.*?)</ref>", re.DOTALL)
-_RUN_SCORE = re.compile(r"<score>(.*?)</score>", re.DOTALL)
-_DIGITS = re.compile(r"\d+")
-
-
-def official_cot_fields(text: str) -> tuple[str, str | None, bool]:
-    """(ref, score, parsed) as the official CoT runner writes them for an answer: ref "n/a", the
-    first integer in `<ref>`, else the tag's text ("" without a tag); score "n/a" or int(percent)%
-    of the number read (X% -> X / 100, a bare number > 1 -> / 100, clamped to [0, 1]), None when
-    unreadable; parsed False (status "failed") when `<score>` is missing or unreadable."""
-    ref = ""
-    match = _RUN_REF.search(text)
-    if match:
-        content = match.group(1).strip()
-        digits = _DIGITS.search(content)
-        ref = "n/a" if content.lower() in ("n/a", "na") else str(int(digits.group())) if digits else content
-    match = _RUN_SCORE.search(text)
-    if match is None:
-        return ref, None, False
-    content = match.group(1).strip()
-    if content.lower() in ("n/a", "na"):
-        return ref, "n/a", True
-    try:
-        if content.endswith("%"):
-            value = float(content[:-1]) / 100.0
-        else:
-            value = float(content)
-            value = value / 100.0 if value > 1.0 else value
-    except ValueError:
-        return ref, None, False
-    return ref, official_score_text(max(0.0, min(1.0, value))), True
-
-
 def _check_official(record: Record, text: str, match: bool) -> str | None:
-    ref, score, parsed = official_cot_fields(text)
+    ref, score, parsed = official_runner_fields(text)
     if not parsed:
         return "parse_error"
     if match:
         if ref != ("n/a" if record.closest_idx is None else str(record.closest_idx)):
             return "ref_mismatch"
-        if score != ("n/a" if record.progress is None else official_score_text(record.progress)):
+        if score != ("n/a" if record.progress is None else official_percent_text(record.progress)):
             return "score_mismatch"
     return None
 
@@ -378,9 +340,9 @@ def run_guided_completion(records: list[Record], image_root: str | None, teacher
     run = TeacherRun(teacher, batch_size, len(todo), "guided CoT", progress)
     with JsonlAppender(out_path) as out, JsonlAppender(rejects_path) as rejects:
         try:
-            for batch, texts, error in run.batches(todo):
+            for batch, answers, error in run.batches(todo):
                 for i, record in enumerate(batch):
-                    text = None if texts is None else texts[i].strip()
+                    text = None if answers is None else answers[i].strip()
                     reason = "engine_error" if text is None else check_cot(record, text, accept)
                     if reason is None:
                         out.write(sft_chat_record(record, text))

@@ -498,10 +498,10 @@ def _run_object_tag_swaps(records: list[Record], teacher, out_path: str, batch_s
                                                      _image_part(image_root, group[0]))))
         run = TeacherRun(teacher, batch_size, len(todo), "text swaps", progress)
         try:
-            for batch, texts, error in run.batches(todo):
+            for batch, answers, error in run.batches(todo):
                 for i, group in enumerate(batch):
                     first = group[0]
-                    text = None if texts is None else texts[i]
+                    text = None if answers is None else answers[i]
                     try:
                         if text is None:
                             raise Rejected("engine_error", error)
@@ -557,9 +557,9 @@ def run_image_edits(records: list[Record], image_root: str, teacher, editor, que
     run = TeacherRun(teacher, batch_size, len(todo), "image edits", progress)
     with JsonlAppender(queue_path, fsync=True) as queue, JsonlAppender(rejects_path) as rejects:
         try:
-            for batch, texts, error in run.batches(todo):
+            for batch, answers, error in run.batches(todo):
                 for i, r in enumerate(batch):
-                    key, text = sample_key(r), None if texts is None else texts[i]
+                    key, text = sample_key(r), None if answers is None else answers[i]
                     try:
                         if text is None:
                             raise Rejected("engine_error", error)

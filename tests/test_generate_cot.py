@@ -13,8 +13,7 @@ from PIL import Image
 from data_pipeline.image_processor import preprocess
 from data_pipeline.prompts import render_text, tokenize_chat, tokenize_record
 from data_pipeline.records import load_chat_records, load_records
-from data_pipeline.teacher import (VllmTeacher, check_cot, cot_prompt, official_cot_fields, official_score_text,
-                                   run_guided_completion)
+from data_pipeline.teacher import VllmTeacher, check_cot, cot_prompt, run_guided_completion
 from data_pipeline.tokenizer import load_tokenizer
 
 GOAL = "put the red cube on the blue plate"
@@ -156,29 +155,6 @@ def test_text_cot_prompt_is_the_official_text(bench):
             hint("The No. 1 text demo is the most relevant one", "33%") + extra +
             "<|im_end|>\n<|im_start|>assistant\n")
     assert render_text(cot_prompt(text, root), add_generation_prompt=True) == want
-
-
-def test_official_score_text_truncates():
-    # int(progress * 100) as the official scripts write it: 0.29 * 100 = 28.999999999999996 -> 28
-    assert [official_score_text(p) for p in (0.29, 0.57, 0.885, 0.38, 1.0, 0.0)] == ["28%", "56%", "88%", "38%",
-                                                                                   "100%", "0%"]
-
-
-@pytest.mark.parametrize("text, fields", [
-    (answer(2, "38%"), ("2", "38%", True)),
-    (answer("The No. 2 demo image is the most relevant frame", " 0.38 "), ("2", "38%", True)),
-    (answer("NA", "N/A"), ("n/a", "n/a", True)),
-    (answer("n/a (no valid reference found)", "n/a (no valid progress estimation)"),
-     ("n/a (no valid reference found)", None, False)),        # the hint copied: the score does not parse
-    (answer("x", "45"), ("x", "45%", True)),                  # a bare number > 1 is percent
-    (answer(2, "150%"), ("2", "100%", True)), (answer(2, "-5%"), ("2", "0%", True)),   # clamped
-    (answer(2, "45 %"), ("2", "45%", True)),                  # float() takes "45 "
-    (answer(2, "about 40%"), ("2", None, False)),
-    ("<ref>3</ref> no score", ("3", None, False)),
-    ("<score>29%</score>", ("", "28%", True)),                # no ref tag -> ""; 0.29 -> 28 %
-])
-def test_official_cot_fields(text, fields):
-    assert official_cot_fields(text) == fields
 
 
 def test_check_cot_rules(bench):

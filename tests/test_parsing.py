@@ -5,7 +5,8 @@ import pytest
 from data_pipeline.parsing import (NA, NUMBER, UNPARSEABLE, parse_direct, parse_response, parse_think, read_ref,
                                    read_reward_score, strict_format_ok, paper_read_ref, paper_read_score,
                                    anti_hack_ref_value, anti_hack_score_value, anti_hack_ref_text,
-                                   anti_hack_score_text, anti_hack_score_think)
+                                   anti_hack_score_text, anti_hack_score_think, official_percent_text,
+                                   official_runner_fields)
 
 
 def four(ref="2", score="45%", ref_think="frame 2 matches", score_think="a bit after"):
@@ -162,3 +163,32 @@ def test_anti_hack_tag_reads():
     text = "<REF></REF><Ref> No. 2 </Ref><score_think>\n N/A \n</score_think><SCORE>50</SCORE>"
     assert (anti_hack_ref_text(text), anti_hack_score_text(text), anti_hack_score_think(text)) == ("No. 2", "50", "N/A")
     assert (anti_hack_ref_text("x"), anti_hack_score_text("x"), anti_hack_score_think("x")) == (None, None, "")
+
+
+# ---- the official runners' read (parse_*_demo_response of eval/qwen25vl/codes/run_*_demo*.py) ----
+
+def answer(ref, score):
+    return f"<ref_think>t</ref_think>\n<ref>{ref}</ref>\n<score_think>t</score_think>\n<score>{score}</score>"
+
+
+def test_official_percent_text_truncates():
+    # int(fraction * 100) as the official runners write it: 0.29 * 100 = 28.999999999999996 -> 28
+    assert [official_percent_text(p) for p in (0.29, 0.57, 0.885, 0.38, 1.0, 0.0)] == ["28%", "56%", "88%", "38%",
+                                                                                   "100%", "0%"]
+
+
+@pytest.mark.parametrize("text, fields", [
+    (answer(2, "38%"), ("2", "38%", True)),
+    (answer("The No. 2 demo image is the most relevant frame", " 0.38 "), ("2", "38%", True)),
+    (answer("NA", "N/A"), ("n/a", "n/a", True)),
+    (answer("n/a (no valid reference found)", "n/a (no valid progress estimation)"),
+     ("n/a (no valid reference found)", None, False)),        # the hint copied: the score does not parse
+    (answer("x", "45"), ("x", "45%", True)),                  # a bare number > 1 is percent
+    (answer(2, "150%"), ("2", "100%", True)), (answer(2, "-5%"), ("2", "0%", True)),   # clamped
+    (answer(2, "45 %"), ("2", "45%", True)),                  # float() takes "45 "
+    (answer(2, "about 40%"), ("2", None, False)),
+    ("<ref>3</ref> no score", ("3", None, False)),
+    ("<score>29%</score>", ("", "28%", True)),                # no ref tag -> ""; 0.29 -> 28 %
+])
+def test_official_runner_fields(text, fields):
+    assert official_runner_fields(text) == fields
