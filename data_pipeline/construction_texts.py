@@ -80,8 +80,8 @@ COT_TEXT_TASK = (
 # build_ground_truth_section() of each file: the hint, the last text part of the prompt.
 COT_REF_VISUAL = "The No. {index} demo image is the most relevant frame"
 COT_REF_TEXT = "The No. {index} text demo is the most relevant one"
-COT_REF_NA = "n/a (no valid reference found)"
-COT_SCORE_NA = "n/a (no valid progress estimation)"
+# (Their n/a branch, "n/a (no valid reference found)" / "n/a (no valid progress estimation)", is not used:
+# unanswerable records get the nega prompts below, as the release's nega runners gave them.)
 COT_HINT_VISUAL = (
     "\n\nGround-truth Partial Response:\n\n"
     "    <ref_think></ref_think>\n"
@@ -170,3 +170,69 @@ EDIT_PROMPT = (
 EDIT_UNKNOWN_STEP = "Unknown instruction"  # the step text when there are no steps
 # The three strategies the prompt names, as written in it.
 EDIT_STRATEGIES = ("Color Change", "Object Replacement", "Occlusion/Removal")
+
+# ---- guided CoT generation for unanswerable records ----------------------------------------------
+# eval/qwen25vl/codes/prompts/visual_nega_prompt.py (run by run_visual_nega_72B.py) and text_nega_prompt.py
+# (run by run_text_nega.py), both with no system message. Visual: the cot_gen layout with NEGA_VISUAL_TASK
+# and NEGA_HINT_VISUAL. Text: NEGA_TEXT_INSTRUCTION_TRAIN + COT_TEXT_SYSTEM + goal, the cot_gen text parts,
+# and the hint BEFORE the task instructions (COT_TEXT_TASK, the same text); {original_step} is the step
+# the unedited observation showed (raw_text_demo[rank] in the official input).
+NEGA_TEXT_INSTRUCTION_TRAIN = (
+    "Given the below Task, the Ground-truth Partial Response, and the Additional Hint, you only need to fill the "
+    "content within <ref_think></ref_think> and <score_think></score_think> to complete the response and should "
+    "not change the Ground-truth Partial Response's content within <ref></ref> and <score></score>. Note that you "
+    "need to pretend you do not know the ground-truth answer and provide a coherent reasoning chain based on what "
+    "is given.\n\nThe Task is:\n"
+)
+NEGA_VISUAL_TASK = (
+    "Your task:\n"
+    "1. Analyze the overall task goal and visual demonstration to understand how the task progresses from start "
+    "to completion.\n"
+    "2. Check the current state image carefully.\n"
+    "3. Identify the reference states from the visual demonstration that are most related to the current state "
+    "image.\n"
+    "4. Compare the current state image with the chosen reference state, determining whether the image is behind "
+    "or after the reference state.\n"
+    "5. Estimate the progress numerically as a floating-point value between 0% and 100%.\n"
+    "6. If you really cannot match the current state image to any of the states from demonstration, you need to "
+    "explain the reason within `<ref_think></ref_think>` and directly output \"n/a\" within `<ref></ref>`, "
+    "`<score_think></score_think>`, and `<score></score>`.\n\n"
+    "Your response **must** strictly follow this format:\n"
+    "<ref_think>Reason for choosing the most related state from the demonstration as the reference or explanation "
+    "of why the current state image does not match the task goal or any steps from demonstration</ref_think>\n"
+    "<ref>which state from the visual demonstration is most related to the current state (output only the number "
+    "of the state) or directly output \"n/a\" with no other words if no match reference founded.</ref>\n"
+    "<score_think>Reason for comparing the current state image with the reference state or directly output "
+    "\"n/a\" with no other words</score_think>\n"
+    "<score>Your final estimated progress score or directly output \"n/a\" with no other words</score>\n"
+)
+NEGA_HINT_VISUAL = (
+    "\n\nGround-truth Partial Response:\n\n"
+    "    <ref_think></ref_think>\n"
+    "    <ref>n/a</ref>\n"
+    "    <score_think>n/a</score_think>\n"
+    "    <score>n/a</score>\n\n\n"
+    "    You **must** only add content within <ref_think></ref_think> and must not change what we already "
+    "provided in the Ground-truth Partial Response.\n"
+    "    When filling in <ref_think>, base your reasoning on what you can independently observe and infer from the "
+    "state, rather than referencing this description as given information. Your reasoning should appear as your "
+    "own discovery, not as something taken from an external hint.\n"
+)
+NEGA_HINT_TEXT = (
+    "\n\nGround-truth Partial Response:\n\n"
+    "    <ref_think></ref_think>\n"
+    "    <ref>n/a</ref>\n"
+    "    <score_think>n/a</score_think>\n"
+    "    <score>n/a</score>\n"
+    "    Additional Hint: The current state image shows the step of \"{original_step}\", which obviously does not "
+    "match the current task goal (mostly because the object has been replaced) or any steps from the "
+    "demonstration.\n\n"
+    "    You **must** only add content within <ref_think></ref_think> and <score_think></score_think> to the "
+    "Ground-truth Partial Response and must not change what we already provided in the Ground-truth Partial "
+    "Response. Then respond with the completed Ground-truth Response. Do not modify anything else already "
+    "provided in the Ground-truth Partial Response.\n"
+    "    The visual state depicts a situation that does not align with the current task goal or with any of the "
+    "demonstration steps. When filling in <ref_think>, base your reasoning on what you can independently observe "
+    "and infer from the state, rather than referencing this description as given information. Your reasoning "
+    "should appear as your own discovery, not as something taken from an external hint.\n"
+)

@@ -8,9 +8,10 @@ sampler; the device call is injected so that data_pipeline never imports JAX).
 
 Guided completion (docs/data_construction.md): the teacher gets the official CoT-generation prompt
 (eval/qwen25vl/codes/prompts/{visual,text}_demo_prompt_cot_gen.py, laid out as the 72B runner
-run_*_demo_single_cot_gen.py sends it: no system message, one user message) ending with the
-"Ground-truth Partial Response" hint that gives `<ref>` as a sentence ("The No. 3 demo image is the
-most relevant frame") and the score; the teacher fills in the two think blocks. Acceptance rules
+run_*_demo_single_cot_gen.py sends it: no system message, one user message) with the "Ground-truth
+Partial Response" hint that gives `<ref>` as a sentence ("The No. 3 demo image is the most relevant
+frame") and the score; unanswerable records get the official nega prompts (visual_nega_prompt.py,
+text_nega_prompt.py) whose hint is all n/a. The teacher fills in the think blocks. Acceptance rules
 (`accept`):
 - "official" (default): the runner's status "success": a `<score>` tag whose content is n/a / na
   (any case) or a number (an optional trailing %); nothing else is checked [parse_error];
@@ -179,34 +180,39 @@ def _official_percent(index: int, total_steps: int) -> int:
     return round((index / total_steps) * 100)
 
 
-def cot_prompt(record: Record, image_root: str | None) -> list[dict]:
-    """The official CoT-generation prompt with its ground-truth hint (module docstring)."""
+def cot_prompt(record: Record, image_root: str | None, original_step: str = "") -> list[dict]:
+    """The official CoT-generation prompt with its ground-truth hint (module docstring): the cot_gen
+    prompt for an answerable record, the nega prompt for an unanswerable one (text: `original_step`
+    is the step its unedited observation showed, "" when unknown, as the official builder defaults)."""
     def image(file: str) -> dict:
         return {"type": "image", "image": record_image_path(image_root, record, file) if image_root else file}
 
-    visual = record.kind == "visual"
+    def text(value: str) -> dict:
+        return {"type": "text", "text": value}
+
+    visual, nega = record.kind == "visual", not record.answerable
+    train = texts.NEGA_TEXT_INSTRUCTION_TRAIN if nega and not visual else texts.COT_INSTRUCTION_TRAIN
     system = texts.COT_VISUAL_SYSTEM if visual else texts.COT_TEXT_SYSTEM
-    parts = [{"type": "text", "text": texts.COT_INSTRUCTION_TRAIN + system + texts.COT_GOAL.format(goal=record.task_goal)},
-             {"type": "text", "text": texts.COT_DEMO_INTRO}]
+    parts = [text(train + system + texts.COT_GOAL.format(goal=record.task_goal)), text(texts.COT_DEMO_INTRO)]
     if visual:
         parts += [image(f) for f in record.visual_demo]
         shifts = " ".join(f"<image> {_official_percent(i, record.total_steps)}%" for i in range(record.total_steps + 1))
-        parts += [{"type": "text", "text": texts.COT_VISUAL_SHIFTS.format(shifts=shifts)},
-                  {"type": "text", "text": texts.COT_VISUAL_CURRENT}]
+        parts += [text(texts.COT_VISUAL_SHIFTS.format(shifts=shifts)), text(texts.COT_VISUAL_CURRENT)]
     else:
         steps = "\n\n".join(texts.COT_TEXT_STEP.format(index=i, text=step,
                                                         percent=_official_percent(i, record.total_steps))
                              for i, step in enumerate(record.text_demo, start=1))
-        parts += [{"type": "text", "text": steps}, {"type": "text", "text": texts.COT_TEXT_CURRENT}]
+        parts += [text(steps), text(texts.COT_TEXT_CURRENT)]
     parts.append(image(record.observation))
-    parts.append({"type": "text", "text": texts.COT_VISUAL_TASK if visual else texts.COT_TEXT_TASK})
-    if record.closest_idx is None:
-        ref = texts.COT_REF_NA
+    if nega and visual:
+        parts += [text(texts.NEGA_VISUAL_TASK), text(texts.NEGA_HINT_VISUAL)]
+    elif nega:  # text_nega_prompt.py puts its hint before the instructions
+        parts += [text(texts.NEGA_HINT_TEXT.format(original_step=original_step)), text(texts.COT_TEXT_TASK)]
     else:
         ref = (texts.COT_REF_VISUAL if visual else texts.COT_REF_TEXT).format(index=record.closest_idx)
-    score = texts.COT_SCORE_NA if record.progress is None else official_percent_text(record.progress)
-    parts.append({"type": "text", "text": (texts.COT_HINT_VISUAL if visual else texts.COT_HINT_TEXT).format(
-        ref=ref, score=score)})
+        hint = texts.COT_HINT_VISUAL if visual else texts.COT_HINT_TEXT
+        parts += [text(texts.COT_VISUAL_TASK if visual else texts.COT_TEXT_TASK),
+                  text(hint.format(ref=ref, score=official_percent_text(record.progress)))]
     return [{"role": "user", "content": parts}]
 
 
@@ -318,9 +324,10 @@ def rejects_path_for(out_path: str) -> str:
 
 def run_guided_completion(records: list[Record], image_root: str | None, teacher, out_path: str,
                           batch_size: int = 8, rejects_path: str | None = None, progress: bool = True,
-                          accept: str = "official") -> dict:
+                          accept: str = "official", original_steps: dict[str, str] | None = None) -> dict:
     """Guided reasoning completion over records; appends kept SFT chat lines to out_path and rejected
-    answers (key, reason, text) to rejects_path. Returns counts: kept, one per reject reason, skipped
+    answers (key, reason, text) to rejects_path. original_steps: sample_key -> the step an unanswerable
+    text record's unedited observation showed (the text nega hint). Returns counts: kept, one per reject reason, skipped
     (settled by an earlier run), duplicate (a key seen twice in the input)."""
     if accept not in ACCEPT_RULES:
         raise ValueError(f"unknown acceptance rule {accept!r}; expected one of {ACCEPT_RULES}")
@@ -335,7 +342,7 @@ def run_guided_completion(records: list[Record], image_root: str | None, teacher
         elif key in settled:
             counts["skipped"] += 1
         else:
-            todo.append((r, cot_prompt(r, image_root)))
+            todo.append((r, cot_prompt(r, image_root, (original_steps or {}).get(key, ""))))
         seen.add(key)
     run = TeacherRun(teacher, batch_size, len(todo), "guided CoT", progress)
     with JsonlAppender(out_path) as out, JsonlAppender(rejects_path) as rejects:

@@ -2,6 +2,7 @@
 texts written from eval/qwen25vl/codes/prompts/{visual,text}_demo_prompt_cot_gen.py of ProgressLM at
 9945f00), the acceptance rules, the vLLM request layout (fake engine), SFT records read back by the SFT
 loader, resume, engine errors, and the JAX backend on the tiny random model."""
+import dataclasses
 import json
 import os
 from types import SimpleNamespace
@@ -116,24 +117,81 @@ def hint(ref, score):
             f"    <score_think></score_think>\n    <score>{score}</score>\n\n\n" + MUST)
 
 
+NEGA_VISUAL_TASK = """Your task:
+1. Analyze the overall task goal and visual demonstration to understand how the task progresses from start to completion.
+2. Check the current state image carefully.
+3. Identify the reference states from the visual demonstration that are most related to the current state image.
+4. Compare the current state image with the chosen reference state, determining whether the image is behind or after the reference state.
+5. Estimate the progress numerically as a floating-point value between 0% and 100%.
+6. If you really cannot match the current state image to any of the states from demonstration, you need to explain the reason within `<ref_think></ref_think>` and directly output "n/a" within `<ref></ref>`, `<score_think></score_think>`, and `<score></score>`.
+
+Your response **must** strictly follow this format:
+<ref_think>Reason for choosing the most related state from the demonstration as the reference or explanation of why the current state image does not match the task goal or any steps from demonstration</ref_think>
+<ref>which state from the visual demonstration is most related to the current state (output only the number of the state) or directly output "n/a" with no other words if no match reference founded.</ref>
+<score_think>Reason for comparing the current state image with the reference state or directly output "n/a" with no other words</score_think>
+<score>Your final estimated progress score or directly output "n/a" with no other words</score>
+"""
+HEAD = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+TAIL = "<|im_end|>\n<|im_start|>assistant\n"
+NA_HINT = ("\n\nGround-truth Partial Response:\n\n    <ref_think></ref_think>\n    <ref>n/a</ref>\n"
+           "    <score_think>n/a</score_think>\n    <score>n/a</score>")
+
+
 def test_visual_cot_prompt_is_the_official_text(bench):
     records, root = bench
     a, _, na, _ = records
-    head = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-    body = (TRAIN + "You are a progress estimator that evaluates the progress of the current state during an ongoing "
+    body = ("You are a progress estimator that evaluates the progress of the current state during an ongoing "
             "task based on a visual demonstration. The demonstration consists of a sequence of vision-based states "
             "and their corresponding progress value (ranging from 0% to 100%), showing how the task evolves from "
             "start to completion.\n\nOur goal is put the red cube on the blue plate."
             "Here is the demonstration:" + PAD * 4 +
             "The progress shifts across all given visual demos is: <image> 0% <image> 33% <image> 67% <image> 100%"
-            "Here is the current state that you need to estimate:" + PAD + VISUAL_TASK)
-    tail = "<|im_end|>\n<|im_start|>assistant\n"
+            "Here is the current state that you need to estimate:" + PAD)
     assert render_text(cot_prompt(a, root), add_generation_prompt=True) == (
-        head + body + hint("The No. 2 demo image is the most relevant frame", "38%") + tail)
-    assert render_text(cot_prompt(na, root), add_generation_prompt=True) == (
-        head + body + hint("n/a (no valid reference found)", "n/a (no valid progress estimation)") + tail)
+        HEAD + TRAIN + body + VISUAL_TASK + hint("The No. 2 demo image is the most relevant frame", "38%") + TAIL)
     images = [p["image"] for p in cot_prompt(a, root)[0]["content"] if p["type"] == "image"]
     assert images == [os.path.join(root, "traj_a", f) for f in a.visual_demo] + [os.path.join(root, "traj_a", a.observation)]
+    # unanswerable: visual_nega_prompt.py
+    nega_hint = NA_HINT + (
+        "\n\n\n    You **must** only add content within <ref_think></ref_think> and must not change what we already "
+        "provided in the Ground-truth Partial Response.\n    When filling in <ref_think>, base your reasoning on what "
+        "you can independently observe and infer from the state, rather than referencing this description as given "
+        "information. Your reasoning should appear as your own discovery, not as something taken from an external "
+        "hint.\n")
+    assert render_text(cot_prompt(na, root), add_generation_prompt=True) == (
+        HEAD + TRAIN + body + NEGA_VISUAL_TASK + nega_hint + TAIL)
+
+
+def test_text_nega_prompt_is_the_official_text(bench):
+    records, root = bench
+    text = dataclasses.replace(records[3], closest_idx=None, progress=None)
+    steps = ("Step 1. [right] grasp the red cube\nThe Progress for now is 33%.\n\n"
+             "Step 2. [right] lift the red cube\nThe Progress for now is 67%.\n\n"
+             "Step 3. [right] put the red cube on the blue plate\nThe Progress for now is 100%.")
+    train = ("Given the below Task, the Ground-truth Partial Response, and the Additional Hint, you only need to fill "
+             "the content within <ref_think></ref_think> and <score_think></score_think> to complete the response and "
+             "should not change the Ground-truth Partial Response's content within <ref></ref> and <score></score>. "
+             "Note that you need to pretend you do not know the ground-truth answer and provide a coherent reasoning "
+             "chain based on what is given.\n\nThe Task is:\n")
+    nega_hint = NA_HINT + (
+        '\n    Additional Hint: The current state image shows the step of "[left] pour the water", which obviously '
+        "does not match the current task goal (mostly because the object has been replaced) or any steps from the "
+        "demonstration.\n\n    You **must** only add content within <ref_think></ref_think> and "
+        "<score_think></score_think> to the Ground-truth Partial Response and must not change what we already "
+        "provided in the Ground-truth Partial Response. Then respond with the completed Ground-truth Response. Do "
+        "not modify anything else already provided in the Ground-truth Partial Response.\n    The visual state "
+        "depicts a situation that does not align with the current task goal or with any of the demonstration steps. "
+        "When filling in <ref_think>, base your reasoning on what you can independently observe and infer from the "
+        "state, rather than referencing this description as given information. Your reasoning should appear as your "
+        "own discovery, not as something taken from an external hint.\n")
+    want = (HEAD + train + "You are a progress estimator that evaluates the progress of the current state during an "
+            "ongoing task based on a textual demonstration. The demonstration consists of a sequence of text-based "
+            "steps and their corresponding progress value (ranging from 0% to 100%), showing how the task evolves "
+            "from start to completion.\n\nOur goal is put the red cube on the blue plate.Here is the demonstration:"
+            + steps + "Here is the image of the current state that you need to estimate:" + PAD + nega_hint
+            + TEXT_TASK + TAIL)   # the hint comes before the instructions here
+    assert render_text(cot_prompt(text, root, "[left] pour the water"), add_generation_prompt=True) == want
+    assert 'shows the step of ""' in render_text(cot_prompt(text, root))
 
 
 def test_text_cot_prompt_is_the_official_text(bench):
@@ -208,7 +266,7 @@ class FakeLLM:
 def oracle_reply(request):
     """The answer read off the hint of the prompt; traj_b's score is wrong on purpose."""
     p = request["prompt"].split("Ground-truth Partial Response:")[1]
-    if "n/a (no valid reference found)" in p:
+    if "<ref>n/a</ref>" in p:
         return answer("n/a", "n/a")
     ref = p.split("<ref>The No. ")[1].split(" ")[0]
     score = p.split("<score>")[1].split("</score>")[0]
@@ -301,3 +359,30 @@ def test_jax_backend_tiny_random_model(tmp_path):
     assert all(isinstance(r["text"], str) for r in rejected)
     # 12 random tokens cannot hold a readable <score>: every answer is rejected by the official rule.
     assert all(r["reason"] == "parse_error" and "</score>" not in r["text"] for r in rejected)
+
+
+def test_cli_text_nega_hint_names_the_original_step(tmp_path, monkeypatch):
+    """As text_nega_dataset.py: the hint's step is the line's raw_text_demo[rank]."""
+    from tools import generate_cot
+
+    root = str(tmp_path / "images")
+    write_images(root, "traj_n", ["camera_top_0005.jpg"])
+    line = {"id": "traj_n", "task_goal": "put the banana on the plate", "text_demo": ["grasp the banana", "place it"],
+            "total_steps": "2", "stage_to_estimate": "camera_top_0005.jpg", "closest_idx": "n/a",
+            "progress_score": "n/a", "raw_text_demo": ["grasp the cube", "place it"], "rank": 0}
+    path = tmp_path / "text-nega.jsonl"
+    path.write_text("\n" + json.dumps(line) + "\n" + json.dumps(dict(line, rank=5)) + "\n")
+    prompts = []
+
+    def teacher(batch):
+        prompts.extend(batch)
+        return [answer("n/a", "n/a") for _ in batch]
+
+    monkeypatch.setattr(generate_cot, "make_teacher", lambda args: teacher)
+    args = ["--records", str(path), "--image-root", root, "--out", str(tmp_path / "o.jsonl"), "--backend", "vllm",
+            "--accept", "match", "--no-progress"]
+    with pytest.raises(SystemExit, match=r"text-nega.jsonl:3: field 'rank' 5 is outside raw_text_demo"):
+        generate_cot.main(args)
+    path.write_text("\n" + json.dumps(line) + "\n")
+    assert generate_cot.main(args)["kept"] == 1
+    assert 'shows the step of "grasp the cube"' in prompts[0][0]["content"][-2]["text"]
