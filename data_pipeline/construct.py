@@ -176,7 +176,8 @@ def to_record(sample: Sample) -> dict:
     goal, steps = sample.goal_and_steps()
     progress = round_half_up(sample.progress)
     if sample.kind == "text":
-        rec = {"id": ep.id, "task_goal": goal, "text_demo": steps, "total_steps": T,
+        # text-normal writes total_steps as a number, text-unanswerable as a string (the released files)
+        rec = {"id": ep.id, "task_goal": goal, "text_demo": steps, "total_steps": T if sample.answerable else str(T),
                "stage_to_estimate": sample.obs_file}
         if sample.answerable:
             rec.update(closest_idx=sample.closest_idx, progress_score=f"{progress}%")

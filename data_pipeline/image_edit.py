@@ -3,8 +3,9 @@
 An editor is a callable `editor(record, image, proposal) -> PIL image` (same size as the input).
 - DiffusersEditor: any diffusers image-editing pipeline (Qwen-Image-Edit by default), loaded by
   name or local path with DiffusionPipeline.from_pretrained; diffusers is imported lazily (extra
-  `tools`). The result is resized back to the input size. The seed of each sample is
-  seed + crc32(key), so a resumed run makes the same edit.
+  `tools`). The result is resized back to the input size. As the official eval/img_edit/edit_batch.py
+  does, every sample's generator is seeded with the same seed, 42 by default (a resumed run makes the
+  same edit); per_sample_seed=True seeds sample `key` with seed + crc32(key) instead.
 - SimEditor: ProgressBench-Sim observations are re-rendered with the edit applied to the scene:
   color_change recolors the manipulated object (to a color named in the instruction, else the
   first color no item of the scene has), object_replacement swaps a cylinder for a cube and any
@@ -26,6 +27,7 @@ from data_pipeline.unanswerable import EditProposal
 
 DTYPES = ("bfloat16", "float16", "float32")
 DEFAULT_MODEL = "Qwen/Qwen-Image-Edit"
+OFFICIAL_SEED = 42  # eval/img_edit/edit_batch.py: torch.Generator(device).manual_seed(42) for every image
 _REMOVE_WORDS = re.compile(r"\b(remove|erase|delete|take away|get rid of)\b", re.IGNORECASE)
 _SIM_ID = re.compile(r"^sim_(?P<stream>[a-z_]+)/(?P<family>[a-z_]+)/(?P<index>\d+)$")
 _SIM_OBS = re.compile(r"^(?P<camera>.+)_(?P<frame>\d+)\.(?:jpg|png)$")
@@ -46,9 +48,9 @@ class DiffusersEditor:
     an error naming the pipeline class (never silently ignored); None leaves the pipeline's default."""
 
     def __init__(self, pipe, num_inference_steps: int = 50, true_cfg_scale: float | None = None,
-                 guidance_scale: float | None = None, negative_prompt: str | None = " ", seed: int = 0,
-                 device: str = "cpu", extra_kwargs: dict | None = None):
-        self.pipe, self.seed, self.device = pipe, seed, device
+                 guidance_scale: float | None = None, negative_prompt: str | None = " ", seed: int = OFFICIAL_SEED,
+                 device: str = "cpu", extra_kwargs: dict | None = None, per_sample_seed: bool = False):
+        self.pipe, self.seed, self.device, self.per_sample_seed = pipe, seed, device, per_sample_seed
         settings = {"num_inference_steps": num_inference_steps, "true_cfg_scale": true_cfg_scale,
                     "guidance_scale": guidance_scale, "negative_prompt": negative_prompt, **(extra_kwargs or {})}
         self.settings = {k: v for k, v in settings.items() if v is not None}
@@ -78,7 +80,8 @@ class DiffusersEditor:
     def __call__(self, record: Record, image: Image.Image, proposal: EditProposal, key: str) -> Image.Image:
         import torch
 
-        generator = torch.Generator(device=self.device).manual_seed(sample_seed(self.seed, key))
+        seed = sample_seed(self.seed, key) if self.per_sample_seed else self.seed
+        generator = torch.Generator(device=self.device).manual_seed(seed)
         out = self.pipe(image=image.convert("RGB"), prompt=proposal.instruction, generator=generator,
                         **self.settings).images[0]
         if not isinstance(out, Image.Image):

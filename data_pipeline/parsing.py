@@ -1,10 +1,10 @@
 """The one parser of model outputs, shared by evaluation and RL rewards.
 
-Two score conventions live here and differ on purpose (REFERENCE §3 vs §5):
+Score conventions live here and differ on purpose (docs/rewards.md for the reward reads):
 - eval rule (`eval_score_value`): "45%" -> 0.45, a bare number > 1 is percent ("45" -> 0.45)
   but a bare number <= 1 is a fraction ("0.45" -> 0.45), then clamped to [0, 1];
-- reward rule (`read_reward_score`): a number is always percent ("45" and "45%" -> 45.0,
-  "0.45" -> 0.45 percent), not clamped.
+- reward reads (the RL section below): a number is always percent ("45" and "45%" -> 45.0,
+  "0.45" -> 0.45 percent), not clamped; each reward function has its own tag reads.
 """
 from __future__ import annotations
 
@@ -128,7 +128,171 @@ def parse_response(response: str, mode: str = "think") -> ParsedAnswer:
     raise ValueError(f"unknown parse mode {mode!r}; expected one of {MODES}")
 
 
-# ---- RL reward reads (REFERENCE §5) ----
+# ---- the official qwen25vl runners' read (eval and CoT generation) ----
+# parse_*_demo_response of eval/qwen25vl/codes/run_{visual,text}_demo*.py (the CoT-generation runners
+# share it) and the fields the runners then write; eval/metric.py scores those fields, not the text.
+
+_RUN_REF = re.compile(r"<ref>(.*?)</ref>", re.DOTALL)
+_RUN_SCORE = re.compile(r"<score>(.*?)</score>", re.DOTALL)
+_RUN_DIGITS = re.compile(r"\d+")
+
+
+def official_percent_text(fraction: float) -> str:
+    """A fraction as the official runners write it: int(fraction * 100) truncates (0.29 -> "28%")."""
+    return f"{int(fraction * 100)}%"
+
+
+def official_runner_fields(text: str) -> tuple[str, str | None, bool]:
+    """(ref, score, parsed) as the official runners write them for a response: ref "n/a" (n/a or na,
+    any case), else the first integer in `<ref>`, else the tag's text ("" without a tag); score "n/a",
+    or official_percent_text of the number read (X% -> X / 100, a bare number > 1 -> / 100, clamped
+    to [0, 1]), None when unreadable; parsed False (status "failed") when `<score>` is missing or
+    unreadable."""
+    ref = ""
+    match = _RUN_REF.search(text)
+    if match:
+        content = match.group(1).strip()
+        digits = _RUN_DIGITS.search(content)
+        ref = "n/a" if content.lower() in ("n/a", "na") else str(int(digits.group())) if digits else content
+    match = _RUN_SCORE.search(text)
+    if match is None:
+        return ref, None, False
+    content = match.group(1).strip()
+    if content.lower() in ("n/a", "na"):
+        return ref, "n/a", True
+    try:
+        if content.endswith("%"):
+            value = float(content[:-1]) / 100.0
+        else:
+            value = float(content)
+            value = value / 100.0 if value > 1.0 else value
+    except ValueError:
+        return ref, None, False
+    return ref, official_percent_text(max(0.0, min(1.0, value))), True
+
+
+# ---- RL reward reads (see docs/rewards.md) ----
+# Each reward function reads the tags its own way; the official two are reproduced exactly, the
+# project's earlier reading stays as the "lenient" one.
+
+# paper: EasyR1/progresslm/reward/visual_demo_reward.py. Case-sensitive tags and `n/a`; ref digits;
+# score digits with an optional fraction and one `%` glued to it (no sign, no space before `%`).
+# The first tag whose content has this form wins (re.search), so `<ref>x</ref> <ref>2</ref>` reads 2.
+_PAPER_REF = re.compile(r"<ref>\s*(\d+|n/a)\s*</ref>")
+_PAPER_SCORE = re.compile(r"<score>\s*([0-9]+(?:\.[0-9]+)?%?|n/a)\s*</score>")
+_PAPER_FORMAT = re.compile(
+    r"\s*<ref_think>.*?</ref_think>\s*"
+    r"<ref>\s*(?:\d+|n/a)\s*</ref>\s*"
+    r"<score_think>.*?</score_think>\s*"
+    r"<score>\s*(?:[0-9]+(?:\.[0-9]+)?%?|n/a)\s*</score>\s*",
+    re.DOTALL,
+)
+
+
+def paper_read_ref(text: str) -> tuple[str, int | None]:
+    match = _PAPER_REF.search(text)
+    if match is None:
+        return UNPARSEABLE, None
+    value = match.group(1)
+    return (NA, None) if value == "n/a" else (NUMBER, int(value))
+
+
+def paper_read_score(text: str) -> tuple[str, float | None]:
+    """In percent, never clamped: "45%" and "45" -> 45.0, "0.45" -> 0.45, "150%" -> 150.0."""
+    match = _PAPER_SCORE.search(text)
+    if match is None:
+        return UNPARSEABLE, None
+    value = match.group(1)
+    return (NA, None) if value == "n/a" else (NUMBER, float(value.rstrip("%")))
+
+
+def paper_format_ok(response: str) -> bool:
+    """The four blocks in order with only whitespace around and between them (think blocks may
+    contain anything, other tags included)."""
+    return _PAPER_FORMAT.fullmatch(response.strip()) is not None
+
+
+# anti_hack: EasyR1/progresslm/reward/progresslm_reward.py. Tags and `n/a` in any case; a tag's
+# content is anything without `<` (the first non-empty one wins), read by anti_hack_ref_value /
+# anti_hack_score_value. Its format pattern's `(?:.*?|n/a)` in score_think matches what `.*?` does.
+_AH_REF = re.compile(r"<ref>\s*([^<]+)\s*</ref>", re.IGNORECASE)
+_AH_SCORE = re.compile(r"<score>\s*([^<]+)\s*</score>", re.IGNORECASE)
+_AH_SCORE_THINK = re.compile(r"<score_think>\s*(.*?)\s*</score_think>", re.DOTALL | re.IGNORECASE)
+_AH_FORMAT = re.compile(
+    r"\s*<ref_think>.*?</ref_think>\s*"
+    r"<ref>\s*[^<]+\s*</ref>\s*"
+    r"<score_think>\s*.*?\s*</score_think>\s*"
+    r"<score>\s*(?:[0-9]+(?:\.[0-9]+)?%?|n/a)\s*</score>\s*",
+    re.DOTALL | re.IGNORECASE,
+)
+_DIGITS = re.compile(r"\d+")
+
+
+def _ah_tag(pattern: re.Pattern, text: str) -> str | None:
+    match = pattern.search(text)
+    return None if match is None else match.group(1).strip()
+
+
+def anti_hack_ref_text(text: str) -> str | None:
+    return _ah_tag(_AH_REF, text)
+
+
+def anti_hack_score_text(text: str) -> str | None:
+    return _ah_tag(_AH_SCORE, text)
+
+
+def anti_hack_score_think(text: str) -> str:
+    """The first `<score_think>` content, stripped; "" when there is none."""
+    return _ah_tag(_AH_SCORE_THINK, text) or ""
+
+
+def anti_hack_format_ok(response: str) -> bool:
+    return _AH_FORMAT.fullmatch(response.strip()) is not None
+
+
+def anti_hack_ref_value(raw) -> tuple[bool, int | None]:
+    """(is_na, value) of a ref, predicted or ground truth: a number (bool included, as Python counts
+    it) if integral; a string: "n/a" in any case, else int(), else its first run of digits
+    ("No. 8" -> 8, "3.5" -> 3, "-2" -> -2 through int()); anything else (None, lists) -> (False, None)."""
+    if isinstance(raw, (int, float)):
+        if isinstance(raw, float) and not raw.is_integer():
+            return False, None
+        return False, int(raw)
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.lower() == "n/a":
+            return True, None
+        try:
+            return False, int(text)
+        except ValueError:
+            pass
+        digits = _DIGITS.findall(text)
+        # (The official float() fallback after this only ever succeeds on inf/nan, which are not
+        # integral and end in (False, None) as well.)
+        return (False, int(digits[0])) if digits else (False, None)
+    return False, None
+
+
+def anti_hack_score_value(raw) -> tuple[bool, float | None]:
+    """(is_na, value in percent) of a score: a number as is; a string: "n/a" in any case, else
+    float() after dropping one trailing `%` (so "-5", "1e2", "nan" are numbers); else (False, None)."""
+    if isinstance(raw, (int, float)):
+        return False, float(raw)
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.lower() == "n/a":
+            return True, None
+        if text.endswith("%"):
+            text = text[:-1].strip()
+        try:
+            return False, float(text)
+        except ValueError:
+            pass
+    return False, None
+
+
+# lenient (the project's earlier reading, reward variants paper_lenient / anti_hack_gt_free):
+# n/a or na in any case, a sign and spaces allowed, the first `<score>` tag whatever it holds.
 
 def read_reward_score(text: str) -> tuple[str, float | None]:
     """`<score>` wherever it stands, in PERCENT: "45%" and "45" -> 45.0; n/a -> NA; else unparseable."""

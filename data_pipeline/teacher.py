@@ -6,13 +6,20 @@ the Hugging Face multimodal layout (content a string or a list of {"type": "text
 backends: `VllmTeacher` (offline vllm.LLM) and `JaxTeacher` (host batches for this project's
 sampler; the device call is injected so that data_pipeline never imports JAX).
 
-Guided completion: the teacher sees the normal prompt plus the ground-truth ref and score and
-writes the four-block answer reaching them. `check_cot` keeps an answer only when its format is
-strict (parsing.strict_format_ok) and it reaches the ground truth:
-- ref: the integer in <ref> equals closest_idx (n/a for an unanswerable record);
-- score: <score> must be written as a percentage with a '%' sign (a bare number is ambiguous
-  between the eval and reward rules) and equal the ground truth to 0.005 percentage points, i.e.
-  exactly at the two-decimal precision of the benchmark files ("33%" == "33.0%", "33.4%" != "33%").
+Guided completion (docs/data_construction.md): the teacher gets the official CoT-generation prompt
+(eval/qwen25vl/codes/prompts/{visual,text}_demo_prompt_cot_gen.py, laid out as the 72B runner
+run_*_demo_single_cot_gen.py sends it: no system message, one user message) with the "Ground-truth
+Partial Response" hint that gives `<ref>` as a sentence ("The No. 3 demo image is the most relevant
+frame") and the score; unanswerable records get the official nega prompts (visual_nega_prompt.py,
+text_nega_prompt.py) whose hint is all n/a. The teacher fills in the think blocks. Acceptance rules
+(`accept`):
+- "official" (default): the runner's status "success": a `<score>` tag whose content is n/a / na
+  (any case) or a number (an optional trailing %); nothing else is checked [parse_error];
+- "match": official, and the ref and score the runner writes equal its ground-truth fields (what
+  every line of the released CoT meta files shows) [ref_mismatch, score_mismatch];
+- "strict": the project's own check against the ground truth: the four blocks exactly once each,
+  `<ref>` digits equal to closest_idx (n/a when unanswerable), the score written with '%' and
+  within 0.005 percentage points of the label [format_invalid, ref_mismatch, score_mismatch].
 """
 from __future__ import annotations
 
@@ -27,14 +34,16 @@ from PIL import Image
 
 from data_pipeline.image_processor import preprocess
 from data_pipeline.jsonl import JsonlAppender, drop_partial_tail
-from data_pipeline.parsing import NA, NUMBER, read_ref, read_reward_score, strict_format_ok
+from data_pipeline import construction_texts as texts
+from data_pipeline.parsing import NA, NUMBER, official_percent_text, official_runner_fields, read_ref, read_reward_score, strict_format_ok
 from data_pipeline.prompts import build_messages, format_percent, render_text, tokenize_messages
-from data_pipeline.records import IMAGE_PLACEHOLDER, Record
+from data_pipeline.records import IMAGE_PLACEHOLDER, Record, record_image_path
 
 logger = logging.getLogger(__name__)
 
 SCORE_TOLERANCE = 0.005  # percentage points
-REJECT_REASONS = ("format_invalid", "ref_mismatch", "score_mismatch", "engine_error")
+ACCEPT_RULES = ("official", "match", "strict")
+REJECT_REASONS = ("parse_error", "format_invalid", "ref_mismatch", "score_mismatch", "engine_error")
 _PERCENT_SCORE = re.compile(r"<score>\s*[+-]?\d+(?:\.\d+)?\s*%\s*</score>")
 
 
@@ -166,26 +175,60 @@ def _answer_text(record: Record) -> tuple[str, str]:
     return str(record.closest_idx), format_percent(record.progress)
 
 
-def cot_prompt(record: Record, image_root: str | None) -> list[dict]:
-    """The training prompt (think mode) plus the known answer and a request for reasoning reaching it."""
-    messages = build_messages(record, "think", image_root)
-    ref, score = _answer_text(record)
-    if record.answerable:
-        known = (f"The correct answer is known: the closest demonstration step is step {ref} and the progress "
-                 f"of the observation is {score}.")
+def _official_percent(index: int, total_steps: int) -> int:
+    # the official builders compute round((i / total_steps) * 100): Python's banker's rounding
+    return round((index / total_steps) * 100)
+
+
+def cot_prompt(record: Record, image_root: str | None, original_step: str = "") -> list[dict]:
+    """The official CoT-generation prompt with its ground-truth hint (module docstring): the cot_gen
+    prompt for an answerable record, the nega prompt for an unanswerable one (text: `original_step`
+    is the step its unedited observation showed, "" when unknown, as the official builder defaults)."""
+    def image(file: str) -> dict:
+        return {"type": "image", "image": record_image_path(image_root, record, file) if image_root else file}
+
+    def text(value: str) -> dict:
+        return {"type": "text", "text": value}
+
+    visual, nega = record.kind == "visual", not record.answerable
+    train = texts.NEGA_TEXT_INSTRUCTION_TRAIN if nega and not visual else texts.COT_INSTRUCTION_TRAIN
+    system = texts.COT_VISUAL_SYSTEM if visual else texts.COT_TEXT_SYSTEM
+    parts = [text(train + system + texts.COT_GOAL.format(goal=record.task_goal)), text(texts.COT_DEMO_INTRO)]
+    if visual:
+        parts += [image(f) for f in record.visual_demo]
+        shifts = " ".join(f"<image> {_official_percent(i, record.total_steps)}%" for i in range(record.total_steps + 1))
+        parts += [text(texts.COT_VISUAL_SHIFTS.format(shifts=shifts)), text(texts.COT_VISUAL_CURRENT)]
     else:
-        known = ("The correct answer is known: the observation does not fit the demonstrated task, so both "
-                 "<ref> and <score> must be n/a.")
-    guide = (f"\n\n{known} Write the reasoning a careful estimator would follow to reach exactly this answer "
-             "from what is visible, without saying that the answer was given. Use exactly the four blocks "
-             f"<ref_think></ref_think><ref>{ref}</ref><score_think></score_think><score>{score}</score> and nothing "
-             "outside them.")
-    messages[-1]["content"] = messages[-1]["content"] + [{"type": "text", "text": guide}]
-    return messages
+        steps = "\n\n".join(texts.COT_TEXT_STEP.format(index=i, text=step,
+                                                        percent=_official_percent(i, record.total_steps))
+                             for i, step in enumerate(record.text_demo, start=1))
+        parts += [text(steps), text(texts.COT_TEXT_CURRENT)]
+    parts.append(image(record.observation))
+    if nega and visual:
+        parts += [text(texts.NEGA_VISUAL_TASK), text(texts.NEGA_HINT_VISUAL)]
+    elif nega:  # text_nega_prompt.py puts its hint before the instructions
+        parts += [text(texts.NEGA_HINT_TEXT.format(original_step=original_step)), text(texts.COT_TEXT_TASK)]
+    else:
+        ref = (texts.COT_REF_VISUAL if visual else texts.COT_REF_TEXT).format(index=record.closest_idx)
+        hint = texts.COT_HINT_VISUAL if visual else texts.COT_HINT_TEXT
+        parts += [text(texts.COT_VISUAL_TASK if visual else texts.COT_TEXT_TASK),
+                  text(hint.format(ref=ref, score=official_percent_text(record.progress)))]
+    return [{"role": "user", "content": parts}]
 
 
-def check_cot(record: Record, text: str) -> str | None:
-    """None when the answer is kept, else the reject reason (see the module docstring)."""
+def _check_official(record: Record, text: str, match: bool) -> str | None:
+    ref, score, parsed = official_runner_fields(text)
+    if not parsed:
+        return "parse_error"
+    if match:
+        if ref != ("n/a" if record.closest_idx is None else str(record.closest_idx)):
+            return "ref_mismatch"
+        if score != ("n/a" if record.progress is None else official_percent_text(record.progress)):
+            return "score_mismatch"
+    return None
+
+
+def _check_strict(record: Record, text: str) -> str | None:
     if not strict_format_ok(text):
         return "format_invalid"
     ref_status, ref = read_ref(text)
@@ -202,6 +245,15 @@ def check_cot(record: Record, text: str) -> str | None:
     elif score_status != NA:
         return "score_mismatch"
     return None
+
+
+def check_cot(record: Record, text: str, accept: str = "official") -> str | None:
+    """None when the answer is kept under rule `accept`, else the reject reason (module docstring)."""
+    if accept == "strict":
+        return _check_strict(record, text)
+    if accept not in ACCEPT_RULES:
+        raise ValueError(f"unknown acceptance rule {accept!r}; expected one of {ACCEPT_RULES}")
+    return _check_official(record, text, match=accept == "match")
 
 
 def sft_chat_record(record: Record, answer: str) -> dict:
@@ -271,10 +323,14 @@ def rejects_path_for(out_path: str) -> str:
 
 
 def run_guided_completion(records: list[Record], image_root: str | None, teacher, out_path: str,
-                          batch_size: int = 8, rejects_path: str | None = None, progress: bool = True) -> dict:
+                          batch_size: int = 8, rejects_path: str | None = None, progress: bool = True,
+                          accept: str = "official", original_steps: dict[str, str] | None = None) -> dict:
     """Guided reasoning completion over records; appends kept SFT chat lines to out_path and rejected
-    answers (key, reason, text) to rejects_path. Returns counts: kept, one per reject reason, skipped
+    answers (key, reason, text) to rejects_path. original_steps: sample_key -> the step an unanswerable
+    text record's unedited observation showed (the text nega hint). Returns counts: kept, one per reject reason, skipped
     (settled by an earlier run), duplicate (a key seen twice in the input)."""
+    if accept not in ACCEPT_RULES:
+        raise ValueError(f"unknown acceptance rule {accept!r}; expected one of {ACCEPT_RULES}")
     rejects_path = rejects_path or rejects_path_for(out_path)
     settled = done_keys(out_path, rejects_path, lambda obj: obj["meta"]["key"])
     counts = dict.fromkeys(("kept", *REJECT_REASONS, "skipped", "duplicate"), 0)
@@ -286,15 +342,15 @@ def run_guided_completion(records: list[Record], image_root: str | None, teacher
         elif key in settled:
             counts["skipped"] += 1
         else:
-            todo.append((r, cot_prompt(r, image_root)))
+            todo.append((r, cot_prompt(r, image_root, (original_steps or {}).get(key, ""))))
         seen.add(key)
     run = TeacherRun(teacher, batch_size, len(todo), "guided CoT", progress)
     with JsonlAppender(out_path) as out, JsonlAppender(rejects_path) as rejects:
         try:
-            for batch, texts, error in run.batches(todo):
+            for batch, answers, error in run.batches(todo):
                 for i, record in enumerate(batch):
-                    text = None if texts is None else texts[i].strip()
-                    reason = "engine_error" if text is None else check_cot(record, text)
+                    text = None if answers is None else answers[i].strip()
+                    reason = "engine_error" if text is None else check_cot(record, text, accept)
                     if reason is None:
                         out.write(sft_chat_record(record, text))
                         counts["kept"] += 1

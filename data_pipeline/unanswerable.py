@@ -1,8 +1,17 @@
-"""Unanswerable samples (paper appendix A): teacher object swaps in text demos, teacher-proposed image
-edits, and the human review queue that decides which edited samples enter the benchmark.
+"""Unanswerable samples (paper appendix A; docs/data_construction.md): teacher object swaps in text
+demos, teacher-proposed image edits, and the human review queue that decides which edited samples
+enter the benchmark. Each teacher step has two protocols; "official" is the default.
 
-Text swap. The teacher names the manipulated object and a replacement and rewrites the goal and
-every step, answering
+Text swap, protocol "official" (eval/qwen25vl/codes/prompts/text_object_replacement_prompt.py, run by
+run_text_object_replacement_single.py): one call per record; system prompt " ", then the
+observation image and the prompt (construction_texts.SWAP_PROMPT). The answer is kept when
+`<edited_goal>` ("quotes" optional, no `<` or `"` inside) and `<edited_demo>` (a JSON list) parse,
+nothing else is checked [parse_error]; the record is the text-normal one with the new goal and steps,
+closest_idx / progress_score "n/a" and total_steps a string, in the key order of the official
+text-unanswerable files.
+
+Text swap, protocol "object_tags" (this project's earlier one, stricter): one call per trajectory,
+the observation image of its first record and a prompt asking for
 
     <original_object>red cube</original_object><new_object>banana</new_object>
     <goal>...</goal><steps><step>...</step>...</steps>
@@ -18,12 +27,14 @@ An answer is kept only if (reject reason in brackets):
 - every text that named the original object no longer names it and names the new one [object_not_replaced];
 - nothing else changed: with the new object mapped back to the original, every text is at least
   90% similar to its original (difflib ratio, lower case) [unrelated_change].
-The records are the text-normal records of that trajectory with the new goal and steps and
-closest_idx / progress_score "n/a" (official text-unanswerable layout).
 
-Image edit, stage 1. The teacher sees the observation, the goal, the steps (when known) and the
-matching step, and answers <strategy>S</strategy><instruction>I</instruction>, S one of
-STRATEGIES (case, spaces, hyphens and slashes are normalised: "color change" -> color_change)
+Image edit, stage 1, protocol "official" (eval/qwen25vl/codes/prompts/adversarial_editing_prompt.py,
+run by run_adversarial_editing_single.py): system prompt EDIT_SYSTEM, then the observation image and
+the prompt naming the goal, the numbered steps (when known) and the matching step; the answer has
+<strategy_think>, <strategy>, <prompt_think>, <prompt>, and is kept when <strategy> and <prompt> are
+there [parse_error] (a prompt over 20 words is only counted, as the official runner does).
+Protocol "strategy_tags" (the earlier one): <strategy>S</strategy><instruction>I</instruction>, S one
+of STRATEGIES (case, spaces, hyphens and slashes are normalised: "color change" -> color_change)
 [strategy_invalid], I one line of 1-20 words [instruction_invalid]. Stage 2 (image_edit.py) applies
 it; the record becomes official visual-unanswerable (closest_idx, progress_score, delta "n/a",
 observation "{stem}_edit.jpg"), and a review-queue line carries it to the review app.
@@ -40,14 +51,16 @@ import re
 import time
 from dataclasses import dataclass
 
+from data_pipeline import construction_texts as texts
 from data_pipeline.jsonl import JsonlAppender, write_jsonl
 from data_pipeline.prompts import progress_label
 from data_pipeline.records import Record, record_image_path
 
-TEXT_REASONS = ("xml_invalid", "step_count", "original_object_absent", "new_object_implausible", "markers_changed",
+PROTOCOLS = {"text": ("official", "object_tags"), "image": ("official", "strategy_tags")}
+TEXT_REASONS = ("parse_error", "xml_invalid", "step_count", "original_object_absent", "new_object_implausible", "markers_changed",
                 "object_not_replaced", "unrelated_change")
 STRATEGIES = ("color_change", "object_replacement", "occlusion_removal")
-IMAGE_REASONS = ("xml_invalid", "strategy_invalid", "instruction_invalid")
+IMAGE_REASONS = ("parse_error", "xml_invalid", "strategy_invalid", "instruction_invalid")
 DECISIONS = ("keep", "discard")
 MAX_INSTRUCTION_WORDS = 20
 MAX_OBJECT_WORDS = 4
@@ -77,14 +90,17 @@ def _one_tag(text: str, name: str) -> str:
 
 # ---- official layouts ----
 
-def official_fields(record: Record) -> dict:
-    """The record as an official JSONL object (field names and types of Progress-Bench)."""
+def _official_record(record: Record, **fields) -> dict:
+    """The record as an official unanswerable JSONL object: the fields in the order of the released
+    text-/visual-unanswerable files, total_steps a string, the answer fields n/a."""
     if record.kind == "text":
-        obj = {"id": record.id, "task_goal": record.task_goal, "text_demo": list(record.text_demo),
-               "total_steps": record.total_steps, "stage_to_estimate": record.observation}
+        obj = {"id": record.id, "task_goal": fields.get("task_goal", record.task_goal),
+               "text_demo": list(fields.get("text_demo", record.text_demo)), "total_steps": str(record.total_steps),
+               "stage_to_estimate": record.observation, "closest_idx": "n/a", "progress_score": "n/a"}
     else:
         obj = {"id": record.id, "task_goal": record.task_goal, "visual_demo": list(record.visual_demo),
-               "total_steps": str(record.total_steps), "stage_to_estimate": [record.observation]}
+               "total_steps": str(record.total_steps), "stage_to_estimate": [fields["stage_to_estimate"]],
+               "closest_idx": "n/a", "delta": "n/a", "progress_score": "n/a"}
     if record.data_source is not None:
         obj["data_source"] = record.data_source
     if record.camera_combination is not None:
@@ -98,10 +114,7 @@ def edit_file_name(observation: str) -> str:
 
 
 def visual_unanswerable_record(record: Record) -> dict:
-    obj = official_fields(record)
-    obj.update(stage_to_estimate=[edit_file_name(record.observation)], closest_idx="n/a", delta="n/a",
-               progress_score="n/a")
-    return obj
+    return _official_record(record, stage_to_estimate=edit_file_name(record.observation))
 
 
 # ---- text swap ----
@@ -114,7 +127,42 @@ class TextSwap:
     steps: tuple[str, ...]
 
 
-def text_swap_prompt(goal: str, steps) -> list[dict]:
+def _image_part(image_root: str | None, record: Record) -> dict:
+    if image_root is None:
+        raise ValueError("the teacher prompt shows the observation image: an image root is required")
+    return {"type": "image", "image": record_image_path(image_root, record, record.observation)}
+
+
+def official_swap_prompt(record: Record, image_root: str | None) -> list[dict]:
+    """text_object_replacement_prompt.py: the steps as '["' + '", "'.join(steps) + '"]' (no escaping)."""
+    steps = '["' + '", "'.join(record.text_demo) + '"]'
+    text = texts.SWAP_PROMPT.format(goal=record.task_goal, steps=steps)
+    return [{"role": "system", "content": texts.SWAP_SYSTEM},
+            {"role": "user", "content": [_image_part(image_root, record), {"type": "text", "text": text}]}]
+
+
+_EDITED_GOAL = re.compile(r'<edited_goal>\s*"?([^"<]+)"?\s*</edited_goal>', re.DOTALL)
+_EDITED_DEMO = re.compile(r"<edited_demo>\s*(\[.*?\])\s*</edited_demo>", re.DOTALL)
+
+
+def parse_official_swap(text: str) -> tuple[str, list]:
+    """(goal, steps) as run_text_object_replacement_single.py reads them; Rejected("parse_error") when
+    either is missing or the steps are not a JSON list (their items are not checked)."""
+    goal = _EDITED_GOAL.search(text)
+    demo = _EDITED_DEMO.search(text)
+    if goal is None or demo is None:
+        raise Rejected("parse_error", "no " + ("<edited_goal>" if goal is None else "<edited_demo> [...]"))
+    try:
+        steps = json.loads(demo.group(1).strip())
+    except json.JSONDecodeError as e:
+        raise Rejected("parse_error", f"<edited_demo> is not JSON: {e}") from None
+    if not isinstance(steps, list):
+        raise Rejected("parse_error", "<edited_demo> is not a list")
+    return goal.group(1).strip(), steps
+
+
+def text_swap_prompt(goal: str, steps, image: dict | None = None) -> list[dict]:
+    """The object_tags protocol's prompt; `image` (an image part) is shown first when given."""
     listing = "\n".join(f"Step {k}: {s}" for k, s in enumerate(steps, start=1))
     text = (
         f"Task goal: {goal}\n\nSteps of the demonstration:\n{listing}\n\n"
@@ -127,8 +175,9 @@ def text_swap_prompt(goal: str, steps) -> list[dict]:
         f"<goal>the rewritten goal</goal><steps>{'<step>...</step>' * 2}... one <step> per step, "
         f"{len(steps)} in all</steps>"
     )
+    content = text if image is None else [image, {"type": "text", "text": text}]
     return [{"role": "system", "content": "You edit robot task descriptions precisely."},
-            {"role": "user", "content": text}]
+            {"role": "user", "content": content}]
 
 
 def parse_text_swap(text: str) -> TextSwap:
@@ -175,10 +224,8 @@ def validate_text_swap(goal: str, steps, swap: TextSwap, allowed_objects=None) -
             raise Rejected("unrelated_change", f"{where}: {old!r} -> {rewritten!r} (similarity {ratio:.2f})")
 
 
-def text_unanswerable_record(record: Record, swap: TextSwap) -> dict:
-    obj = official_fields(record)
-    obj.update(task_goal=swap.goal, text_demo=list(swap.steps), closest_idx="n/a", progress_score="n/a")
-    return obj
+def text_unanswerable_record(record: Record, goal: str, steps) -> dict:
+    return _official_record(record, task_goal=goal, text_demo=steps)
 
 
 # ---- image edit strategy ----
@@ -187,6 +234,41 @@ def text_unanswerable_record(record: Record, swap: TextSwap) -> dict:
 class EditProposal:
     strategy: str  # one of STRATEGIES
     instruction: str
+
+
+def official_edit_prompt(record: Record, image_root: str, steps=None) -> list[dict]:
+    """adversarial_editing_prompt.py. The matching step is closest_idx for a text record; for a visual
+    record key frame k ends step k - 1, so step max(k - 1, 1). Without steps the official builder
+    writes an empty list and "Unknown instruction"."""
+    steps = list(steps or [])
+    index = record.closest_idx if record.kind == "text" else max(record.closest_idx - 1, 1)
+    if 0 < index <= len(steps):
+        step = steps[index - 1]
+    else:
+        step = steps[0] if steps else texts.EDIT_UNKNOWN_STEP
+    listing = "\n".join(f"{i}. {s}" for i, s in enumerate(steps, start=1))
+    text = texts.EDIT_PROMPT.format(goal=record.task_goal, steps=listing, index=index, step=step)
+    return [{"role": "system", "content": texts.EDIT_SYSTEM},
+            {"role": "user", "content": [_image_part(image_root, record), {"type": "text", "text": text}]}]
+
+
+_STRATEGY = re.compile(r"<strategy>(.*?)</strategy>", re.DOTALL)
+_PROMPT = re.compile(r"<prompt>(.*?)</prompt>", re.DOTALL)
+
+
+def _strategy_name(text: str) -> str:
+    return re.sub(r"[\s/-]+", "_", text.lower())
+
+
+def parse_official_edit(text: str) -> EditProposal:
+    """As run_adversarial_editing_single.py reads it: the first <strategy> and <prompt>, stripped, both
+    required [parse_error]; nothing else is checked. A strategy named in the prompt ("Color Change")
+    is stored by its STRATEGIES name, any other as written."""
+    strategy, prompt = _STRATEGY.search(text), _PROMPT.search(text)
+    if strategy is None or prompt is None:
+        raise Rejected("parse_error", "no <strategy>" if strategy is None else "no <prompt>")
+    name = strategy.group(1).strip()
+    return EditProposal(_strategy_name(name) if _strategy_name(name) in STRATEGIES else name, prompt.group(1).strip())
 
 
 def edit_strategy_prompt(record: Record, image_root: str, steps=None) -> list[dict]:
@@ -215,7 +297,7 @@ def edit_strategy_prompt(record: Record, image_root: str, steps=None) -> list[di
 
 
 def parse_edit_strategy(text: str) -> EditProposal:
-    strategy = re.sub(r"[\s/-]+", "_", _one_tag(text, "strategy").lower())
+    strategy = _strategy_name(_one_tag(text, "strategy"))
     if strategy not in STRATEGIES:
         raise Rejected("strategy_invalid", f"{strategy!r} is not one of {STRATEGIES}")
     instruction = " ".join(_one_tag(text, "instruction").split())
@@ -309,9 +391,74 @@ def apply_decisions(queue: list[dict], decisions: dict[str, str], out_path: str,
 
 # ---- batched, resumable runs ----
 
+def _check_protocol(kind: str, protocol: str) -> None:
+    if protocol not in PROTOCOLS[kind]:
+        raise ValueError(f"unknown {kind} protocol {protocol!r}; expected one of {PROTOCOLS[kind]}")
+
+
+def _text_normal(records: list[Record]) -> None:
+    for r in records:
+        if r.kind != "text" or not r.answerable:
+            raise ValueError(f"{r.source}:{r.line}: text swaps need answerable text records (text-normal), "
+                             f"id {r.id} is {'unanswerable' if not r.answerable else 'visual'}")
+
+
 def run_text_swaps(records: list[Record], teacher, out_path: str, batch_size: int = 8,
-                   rejects_path: str | None = None, allowed_objects=None, progress: bool = True) -> dict:
-    """One teacher call per trajectory (text records grouped by id; they must share goal and steps), the
+                   rejects_path: str | None = None, allowed_objects=None, progress: bool = True,
+                   image_root: str | None = None, protocol: str = "official") -> dict:
+    """Text swaps over text-normal records under `protocol` (module docstring); appends official
+    text-unanswerable lines to out_path and rejected answers to rejects_path; resumable.
+
+    official: one call per record (its own observation image); counts kept / per reason, records
+    written, skipped (settled by an earlier run), duplicate (an (id, observation) seen twice).
+    object_tags: see _run_object_tag_swaps."""
+    _check_protocol("text", protocol)
+    _text_normal(records)
+    if protocol == "object_tags":
+        return _run_object_tag_swaps(records, teacher, out_path, batch_size, rejects_path, allowed_objects,
+                                     progress, image_root)
+    from data_pipeline.teacher import TeacherRun, read_jsonl_objects, rejects_path_for, sample_key
+
+    rejects_path = rejects_path or rejects_path_for(out_path)
+    written = {(obj["id"], obj["stage_to_estimate"]) for obj in read_jsonl_objects(out_path)}
+    rejected = {obj["key"] for obj in read_jsonl_objects(rejects_path) if obj.get("reason") != "engine_error"}
+    counts = dict.fromkeys(("kept", "parse_error", "engine_error", "records", "skipped", "duplicate"), 0)
+    todo, seen = [], set()
+    for r in records:
+        where = (r.id, r.observation)
+        if where in seen:
+            counts["duplicate"] += 1
+        elif where in written or sample_key(r) in rejected:
+            counts["skipped"] += 1
+        else:
+            todo.append((r, official_swap_prompt(r, image_root)))
+        seen.add(where)
+    run = TeacherRun(teacher, batch_size, len(todo), "text swaps", progress)
+    with JsonlAppender(out_path) as out, JsonlAppender(rejects_path) as rejects:
+        try:
+            for batch, answers, error in run.batches(todo):
+                for i, r in enumerate(batch):
+                    text = None if answers is None else answers[i]
+                    try:
+                        if text is None:
+                            raise Rejected("engine_error", error)
+                        goal, steps = parse_official_swap(text)
+                    except Rejected as e:
+                        rejects.write({"key": sample_key(r), "reason": e.reason, "detail": str(e), "text": text})
+                        counts[e.reason] += 1
+                        continue
+                    out.write(text_unanswerable_record(r, goal, steps))
+                    counts["kept"] += 1
+                    counts["records"] += 1
+        finally:
+            run.close()
+    return counts
+
+
+def _run_object_tag_swaps(records: list[Record], teacher, out_path: str, batch_size: int = 8,
+                          rejects_path: str | None = None, allowed_objects=None, progress: bool = True,
+                          image_root: str | None = None) -> dict:
+    """One teacher call per trajectory (its first record's observation image shown) (text records grouped by id; they must share goal and steps), the
     same swap for all its records. Appends official text-unanswerable lines to out_path and rejected
     answers to rejects_path. A trajectory partly written by an interrupted run is completed with the
     swap already in the output. Counts: trajectories kept / per reason, records written, skipped."""
@@ -320,9 +467,6 @@ def run_text_swaps(records: list[Record], teacher, out_path: str, batch_size: in
     rejects_path = rejects_path or rejects_path_for(out_path)
     groups: dict[str, list[Record]] = {}
     for r in records:
-        if r.kind != "text" or not r.answerable:
-            raise ValueError(f"{r.source}:{r.line}: text swaps need answerable text records (text-normal), "
-                             f"id {r.id} is {'unanswerable' if not r.answerable else 'visual'}")
         first = groups.setdefault(r.id, [r])[0]
         if r is not first:
             if (r.task_goal, r.text_demo) != (first.task_goal, first.text_demo):
@@ -339,7 +483,7 @@ def run_text_swaps(records: list[Record], teacher, out_path: str, batch_size: in
         def emit(group: list[Record], swap: TextSwap, stages_done=frozenset()) -> None:
             for r in group:
                 if r.observation not in stages_done:
-                    out.write(text_unanswerable_record(r, swap))
+                    out.write(text_unanswerable_record(r, swap.goal, swap.steps))
                     counts["records"] += 1
 
         todo = []
@@ -350,13 +494,14 @@ def run_text_swaps(records: list[Record], teacher, out_path: str, batch_size: in
             elif rid in rejected:
                 counts["skipped"] += 1
             else:
-                todo.append((group, text_swap_prompt(group[0].task_goal, group[0].text_demo)))
+                todo.append((group, text_swap_prompt(group[0].task_goal, group[0].text_demo,
+                                                     _image_part(image_root, group[0]))))
         run = TeacherRun(teacher, batch_size, len(todo), "text swaps", progress)
         try:
-            for batch, texts, error in run.batches(todo):
+            for batch, answers, error in run.batches(todo):
                 for i, group in enumerate(batch):
                     first = group[0]
-                    text = None if texts is None else texts[i]
+                    text = None if answers is None else answers[i]
                     try:
                         if text is None:
                             raise Rejected("engine_error", error)
@@ -375,11 +520,16 @@ def run_text_swaps(records: list[Record], teacher, out_path: str, batch_size: in
 
 def run_image_edits(records: list[Record], image_root: str, teacher, editor, queue_path: str, out_path: str,
                     steps_by_id: dict | None = None, batch_size: int = 8, rejects_path: str | None = None,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, protocol: str = "official") -> dict:
     """Stage 1 (teacher proposals) and stage 2 (editor) for answerable visual records. Each edited image
     is written to IMAGE_ROOT/{id}/{stem}_edit.jpg, then its review-queue line appended (fsync). At the end
     out_path is rewritten with every queued record (unreviewed, official visual-unanswerable layout).
-    Editor failures (EditError) are rejects "edit_failed". Counts: kept, per reason, skipped, duplicate."""
+    Editor failures (EditError) are rejects "edit_failed". Counts: kept, per reason, skipped, duplicate,
+    and (official protocol) long_prompt: kept proposals over 20 words, counted as the official runner does."""
+    _check_protocol("image", protocol)
+    official = protocol == "official"
+    make_prompt, parse = (official_edit_prompt, parse_official_edit) if official else (edit_strategy_prompt,
+                                                                                       parse_edit_strategy)
     from PIL import Image
 
     from data_pipeline.image_edit import EditError
@@ -389,7 +539,8 @@ def run_image_edits(records: list[Record], image_root: str, teacher, editor, que
     steps_by_id = steps_by_id or {}
     settled = {obj["key"] for obj in read_jsonl_objects(queue_path)}
     settled |= {obj["key"] for obj in read_jsonl_objects(rejects_path) if obj.get("reason") != "engine_error"}
-    counts = dict.fromkeys(("kept", *IMAGE_REASONS, "edit_failed", "engine_error", "skipped", "duplicate"), 0)
+    counts = dict.fromkeys(("kept", *IMAGE_REASONS, "edit_failed", "engine_error", "skipped", "duplicate",
+                            "long_prompt"), 0)
     todo, seen = [], set()
     for r in records:
         if r.kind != "visual" or not r.answerable:
@@ -401,18 +552,18 @@ def run_image_edits(records: list[Record], image_root: str, teacher, editor, que
         elif key in settled:
             counts["skipped"] += 1
         else:
-            todo.append((r, edit_strategy_prompt(r, image_root, steps_by_id.get(r.id))))
+            todo.append((r, make_prompt(r, image_root, steps_by_id.get(r.id))))
         seen.add(where)
     run = TeacherRun(teacher, batch_size, len(todo), "image edits", progress)
     with JsonlAppender(queue_path, fsync=True) as queue, JsonlAppender(rejects_path) as rejects:
         try:
-            for batch, texts, error in run.batches(todo):
+            for batch, answers, error in run.batches(todo):
                 for i, r in enumerate(batch):
-                    key, text = sample_key(r), None if texts is None else texts[i]
+                    key, text = sample_key(r), None if answers is None else answers[i]
                     try:
                         if text is None:
                             raise Rejected("engine_error", error)
-                        proposal = parse_edit_strategy(text)
+                        proposal = parse(text)
                         src = record_image_path(image_root, r, r.observation)
                         with Image.open(src) as f:
                             image = f.convert("RGB")
@@ -429,6 +580,7 @@ def run_image_edits(records: list[Record], image_root: str, teacher, editor, que
                     os.replace(dst + ".tmp", dst)
                     queue.write(queue_entry(key, r, image_root, proposal, steps_by_id.get(r.id)))
                     counts["kept"] += 1
+                    counts["long_prompt"] += len(proposal.instruction.split()) > MAX_INSTRUCTION_WORDS
         finally:
             run.close()
     write_jsonl(out_path, [e["record"] for e in load_queue(queue_path)])

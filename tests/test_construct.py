@@ -122,6 +122,10 @@ def test_text_unanswerable_replaces_the_object_everywhere(bench):
     assert [(r.id, r.observation) for r in unans] == [(r.id, r.observation) for r in normal]
     raw = [json.loads(line) for line in open(bench["text-unanswerable"])]
     assert all(r["closest_idx"] == "n/a" and r["progress_score"] == "n/a" for r in raw)
+    # as the released text-unanswerable.jsonl: total_steps a string (a number in text-normal), keys in its order
+    assert all(r["total_steps"] == str(len(STEPS)) for r in raw)
+    assert list(raw[0]) == ["id", "task_goal", "text_demo", "total_steps", "stage_to_estimate", "closest_idx",
+                            "progress_score", "data_source"]
     for r in unans:
         assert not r.answerable
         texts = [r.task_goal, *r.text_demo]

@@ -110,19 +110,28 @@ def test_diffusers_editor_on_a_tiny_random_pipeline(tmp_path, sim_sample):
 
     tiny_pix2pix(str(tmp_path / "tok")).save_pretrained(str(tmp_path / "pipe"))
     editor = DiffusersEditor.load(str(tmp_path / "pipe"), dtype="float32", device="cpu", num_inference_steps=2,
-                                  guidance_scale=3.0, negative_prompt="blurry", seed=7)
+                                  guidance_scale=3.0, negative_prompt="blurry")
     assert type(editor.pipe).__name__ == "StableDiffusionInstructPix2PixPipeline"
     record, _ = sim_sample
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8))
     proposal = EditProposal("color_change", "make the block green")
+
+    def direct(seed):
+        return editor.pipe(image=image, prompt=proposal.instruction, negative_prompt="blurry", num_inference_steps=2,
+                           guidance_scale=3.0, generator=torch.Generator("cpu").manual_seed(seed)
+                           ).images[0].resize(image.size, Image.BICUBIC)
+
+    # Default: the official fixed seed 42 for every sample (eval/img_edit/edit_batch.py), whatever the key.
     out = editor(record, image, proposal, "key-1")
     assert out.size == image.size and out.mode == "RGB"
-    # The same call made directly on the pipeline, with the documented per-sample seed, gives the same image.
-    direct = editor.pipe(image=image, prompt=proposal.instruction, negative_prompt="blurry", num_inference_steps=2,
-                         guidance_scale=3.0, generator=torch.Generator("cpu").manual_seed(sample_seed(7, "key-1"))
-                         ).images[0].resize(image.size, Image.BICUBIC)
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(direct))
-    other = editor(record, image, proposal, "key-2")
-    assert np.abs(np.asarray(out, int) - np.asarray(other, int)).max() > 0
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(direct(42)))
+    np.testing.assert_array_equal(np.asarray(editor(record, image, proposal, "key-2")), np.asarray(out))
+    # per_sample_seed: seed + crc32(key), a different edit per sample.
+    per_sample = DiffusersEditor(editor.pipe, num_inference_steps=2, guidance_scale=3.0, negative_prompt="blurry",
+                                 seed=7, per_sample_seed=True)
+    one = per_sample(record, image, proposal, "key-1")
+    np.testing.assert_array_equal(np.asarray(one), np.asarray(direct(sample_seed(7, "key-1"))))
+    other = per_sample(record, image, proposal, "key-2")
+    assert np.abs(np.asarray(one, int) - np.asarray(other, int)).max() > 0
     with pytest.raises(ValueError, match=r"StableDiffusionInstructPix2PixPipeline does not accept \['true_cfg_scale'\]"):
         DiffusersEditor(editor.pipe, true_cfg_scale=4.0)

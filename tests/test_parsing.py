@@ -1,8 +1,12 @@
-"""Output parser: eval rule (think/direct), reward reads, strict format check (REFERENCE §3, §5)."""
+"""Output parser: eval rule (think/direct), the reward reads of each reward function, the lenient format
+check (docs/rewards.md)."""
 import pytest
 
 from data_pipeline.parsing import (NA, NUMBER, UNPARSEABLE, parse_direct, parse_response, parse_think, read_ref,
-                                   read_reward_score, strict_format_ok)
+                                   read_reward_score, strict_format_ok, paper_read_ref, paper_read_score,
+                                   anti_hack_ref_value, anti_hack_score_value, anti_hack_ref_text,
+                                   anti_hack_score_text, anti_hack_score_think, official_percent_text,
+                                   official_runner_fields)
 
 
 def four(ref="2", score="45%", ref_think="frame 2 matches", score_think="a bit after"):
@@ -120,3 +124,71 @@ def test_strict_format_accepts(response):
 ])
 def test_strict_format_rejects(response):
     assert not strict_format_ok(response)
+
+
+# ---- the official reward reads (values worked out from visual_demo_reward.py / progresslm_reward.py) ----
+
+@pytest.mark.parametrize("text, ref, score", [
+    ("<ref>3</ref><score>45%</score>", (NUMBER, 3), (NUMBER, 45.0)),
+    ("<ref> 3 </ref><score> 0.45 </score>", (NUMBER, 3), (NUMBER, 0.45)),
+    ("<ref>n/a</ref><score>n/a</score>", (NA, None), (NA, None)),
+    ("<ref>N/A</ref><score>NA</score>", (UNPARSEABLE, None), (UNPARSEABLE, None)),
+    ("<ref>x</ref><ref>4</ref><score>4 %</score><score>150%</score>", (NUMBER, 4), (NUMBER, 150.0)),
+    ("<REF>3</REF><SCORE>5</SCORE>", (UNPARSEABLE, None), (UNPARSEABLE, None)),
+])
+def test_paper_reads(text, ref, score):
+    assert paper_read_ref(text) == ref
+    assert paper_read_score(text) == score
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (3, (False, 3)), (3.0, (False, 3)), (3.5, (False, None)), (True, (False, 1)), (None, (False, None)),
+    (" N/A ", (True, None)), ("+3", (False, 3)), ("-3", (False, -3)), ("Step 12 of 14", (False, 12)),
+    ("3.9", (False, 3)), ("none", (False, None)), ("inf", (False, None)), ([3], (False, None)),
+])
+def test_anti_hack_ref_value(raw, expected):
+    assert anti_hack_ref_value(raw) == expected
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (45, (False, 45.0)), ("45%", (False, 45.0)), ("45 %", (False, 45.0)), (" n/A", (True, None)),
+    ("-5", (False, -5.0)), ("1e2", (False, 100.0)), ("45%%", (False, None)), ("about 4", (False, None)),
+    (None, (False, None)),
+])
+def test_anti_hack_score_value(raw, expected):
+    assert anti_hack_score_value(raw) == expected
+
+
+def test_anti_hack_tag_reads():
+    text = "<REF></REF><Ref> No. 2 </Ref><score_think>\n N/A \n</score_think><SCORE>50</SCORE>"
+    assert (anti_hack_ref_text(text), anti_hack_score_text(text), anti_hack_score_think(text)) == ("No. 2", "50", "N/A")
+    assert (anti_hack_ref_text("x"), anti_hack_score_text("x"), anti_hack_score_think("x")) == (None, None, "")
+
+
+# ---- the official runners' read (parse_*_demo_response of eval/qwen25vl/codes/run_*_demo*.py) ----
+
+def answer(ref, score):
+    return f"<ref_think>t</ref_think>\n<ref>{ref}</ref>\n<score_think>t</score_think>\n<score>{score}</score>"
+
+
+def test_official_percent_text_truncates():
+    # int(fraction * 100) as the official runners write it: 0.29 * 100 = 28.999999999999996 -> 28
+    assert [official_percent_text(p) for p in (0.29, 0.57, 0.885, 0.38, 1.0, 0.0)] == ["28%", "56%", "88%", "38%",
+                                                                                   "100%", "0%"]
+
+
+@pytest.mark.parametrize("text, fields", [
+    (answer(2, "38%"), ("2", "38%", True)),
+    (answer("The No. 2 demo image is the most relevant frame", " 0.38 "), ("2", "38%", True)),
+    (answer("NA", "N/A"), ("n/a", "n/a", True)),
+    (answer("n/a (no valid reference found)", "n/a (no valid progress estimation)"),
+     ("n/a (no valid reference found)", None, False)),        # the hint copied: the score does not parse
+    (answer("x", "45"), ("x", "45%", True)),                  # a bare number > 1 is percent
+    (answer(2, "150%"), ("2", "100%", True)), (answer(2, "-5%"), ("2", "0%", True)),   # clamped
+    (answer(2, "45 %"), ("2", "45%", True)),                  # float() takes "45 "
+    (answer(2, "about 40%"), ("2", None, False)),
+    ("<ref>3</ref> no score", ("3", None, False)),
+    ("<score>29%</score>", ("", "28%", True)),                # no ref tag -> ""; 0.29 -> 28 %
+])
+def test_official_runner_fields(text, fields):
+    assert official_runner_fields(text) == fields

@@ -1,9 +1,17 @@
-"""Guided reasoning completion: a teacher writes the four-block answer reaching each record's known
-ref and score; answers with a strict format that reach them become SFT chat records.
+"""Guided reasoning completion: a teacher gets the official CoT-generation prompt with its ground-truth
+hint and fills in the reasoning; accepted answers become SFT chat records (docs/data_construction.md).
 
     python -m tools.generate_cot --records train.jsonl --image-root IMAGES --out sft_cot.jsonl \
         --backend vllm --model Qwen/Qwen2.5-VL-72B-Instruct --tensor-parallel-size 4
     python -m tools.generate_cot ... --backend jax [--model CHECKPOINT_DIR | --preset tiny]
+
+--accept official (default: the official runner keeps every answer whose <score> parses), match
+(its ref and score must also equal the ground truth) or strict (the project's own check: the four
+blocks exactly, <ref> digits, the score within 0.005 points of the label).
+
+Unanswerable text records get the text nega prompt, whose hint names the step the unedited
+observation showed: taken, as the official loader does, from the line's own `raw_text_demo[rank]`
+when the records file has those fields ("" otherwise).
 
 Resumable: samples already in --out (or rejected for a reason other than an engine error, in
 --rejects, default OUT.rejected.jsonl) are skipped. The images of the output are relative to the
@@ -16,7 +24,8 @@ import json
 import logging
 
 from data_pipeline.records import load_records
-from data_pipeline.teacher import JaxTeacher, TeacherSampling, VllmTeacher, run_guided_completion
+from data_pipeline.teacher import (ACCEPT_RULES, JaxTeacher, TeacherSampling, VllmTeacher, run_guided_completion,
+                                   sample_key)
 
 
 def add_teacher_args(ap: argparse.ArgumentParser) -> None:
@@ -75,6 +84,24 @@ def make_teacher(args):
     return JaxTeacher(generate, tokenizer, args.max_prompt_length, max_pixels=args.max_pixels)
 
 
+def original_steps(path: str, records) -> dict[str, str]:
+    """sample_key -> raw_text_demo[rank] for the unanswerable text records of `path` whose line has both
+    (text_nega_dataset.py's original_step); a rank outside the list is an error naming the line."""
+    with open(path, encoding="utf-8") as f:
+        lines = list(f)  # split as the record loader splits, so that r.line indexes it
+    out = {}
+    for r in records:
+        if r.kind != "text" or r.answerable:
+            continue
+        obj = json.loads(lines[r.line - 1])
+        if "raw_text_demo" in obj and "rank" in obj:
+            steps, rank = obj["raw_text_demo"], obj["rank"]
+            if not isinstance(steps, list) or not isinstance(rank, int) or not 0 <= rank < len(steps):
+                raise SystemExit(f"{path}:{r.line}: field 'rank' {rank!r} is outside raw_text_demo")
+            out[sample_key(r)] = steps[rank]
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", nargs="+", required=True, help="benchmark/RL-format JSONL files")
@@ -82,13 +109,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", required=True, help="SFT chat JSONL (appended)")
     ap.add_argument("--rejects", default=None, help="rejected answers JSONL (default OUT.rejected.jsonl)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N records")
+    ap.add_argument("--accept", choices=ACCEPT_RULES, default="official", help="acceptance rule of an answer")
     ap.add_argument("--no-progress", action="store_true")
     add_teacher_args(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    records = [r for path in args.records for r in load_records(path, image_root=args.image_root)][:args.limit]
-    counts = run_guided_completion(records, args.image_root, make_teacher(args), args.out, args.batch_size,
-                                   args.rejects, progress=not args.no_progress)
+    records, steps = [], {}
+    for path in args.records:
+        loaded = load_records(path, image_root=args.image_root)
+        records += loaded
+        steps.update(original_steps(path, loaded))
+    counts = run_guided_completion(records[:args.limit], args.image_root, make_teacher(args), args.out,
+                                   args.batch_size, args.rejects, progress=not args.no_progress, accept=args.accept,
+                                   original_steps=steps)
     print(json.dumps(counts))
     return counts
 

@@ -1,13 +1,17 @@
 """Unanswerable samples: teacher object swaps in text demos, teacher-proposed and applied image edits.
 
-    python -m tools.make_unanswerable text --records text-normal.jsonl --out text-unanswerable.jsonl \
-        --backend vllm --model Qwen/Qwen2.5-VL-72B-Instruct [--allowed-objects nouns.txt]
+    python -m tools.make_unanswerable text --records text-normal.jsonl --image-root IMAGES \
+        --out text-unanswerable.jsonl --backend vllm --model Qwen/Qwen2.5-VL-72B-Instruct \
+        [--protocol official|object_tags] [--allowed-objects nouns.txt (object_tags)]
     python -m tools.make_unanswerable image --records visual_same_view.jsonl --image-root IMAGES \
         --queue review_queue.jsonl --out visual-unanswerable.unreviewed.jsonl --backend vllm --model ... \
-        --editor diffusers [--edit-model Qwen/Qwen-Image-Edit --edit-steps 50 --true-cfg-scale 4 ...]
+        --editor diffusers [--protocol official|strategy_tags] [--edit-model Qwen/Qwen-Image-Edit \
+        --edit-steps 50 --true-cfg-scale 4 --edit-seed 42 [--per-sample-seed] ...]
     python -m tools.make_unanswerable image ... --editor sim --sim-seed 0     # ProgressBench-Sim, procedural
 
-Validation rules and layouts: data_pipeline/unanswerable.py. Edited images go to
+The teacher prompts and acceptance rules are the official ones by default (--protocol official);
+the project's earlier, stricter protocols stay available. Rules, layouts and sources:
+docs/data_construction.md and data_pipeline/unanswerable.py. Edited images go to
 IMAGE_ROOT/{id}/{stem}_edit.jpg; the review app (tools/review_app.py) turns the queue into the
 final visual-unanswerable file. Both commands resume: settled samples are skipped.
 """
@@ -17,9 +21,9 @@ import argparse
 import json
 import logging
 
-from data_pipeline.image_edit import DEFAULT_MODEL, DTYPES, DiffusersEditor, SimEditor
+from data_pipeline.image_edit import DEFAULT_MODEL, DTYPES, OFFICIAL_SEED, DiffusersEditor, SimEditor
 from data_pipeline.records import load_records, record_image_path
-from data_pipeline.unanswerable import run_image_edits, run_text_swaps
+from data_pipeline.unanswerable import PROTOCOLS, run_image_edits, run_text_swaps
 from tools.generate_cot import add_teacher_args, make_teacher
 
 
@@ -44,7 +48,7 @@ def _text(args) -> dict:
         with open(args.allowed_objects, encoding="utf-8") as f:
             allowed = [line.strip() for line in f if line.strip()]
     return run_text_swaps(records, make_teacher(args), args.out, args.batch_size, args.rejects, allowed,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, image_root=args.image_root, protocol=args.protocol)
 
 
 def make_editor(args):
@@ -53,7 +57,7 @@ def make_editor(args):
     return DiffusersEditor.load(args.edit_model, args.edit_dtype, args.edit_device,
                                 num_inference_steps=args.edit_steps, true_cfg_scale=args.true_cfg_scale,
                                 guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt,
-                                seed=args.edit_seed)
+                                seed=args.edit_seed, per_sample_seed=args.per_sample_seed)
 
 
 def _image(args) -> dict:
@@ -68,7 +72,7 @@ def _image(args) -> dict:
                 with Image.open(record_image_path(args.image_root, r, r.observation)) as im:
                     steps[r.id] = editor.steps(r, im.size[0])
     return run_image_edits(records, args.image_root, make_teacher(args), editor, args.queue, args.out, steps,
-                           args.batch_size, args.rejects, progress=not args.no_progress)
+                           args.batch_size, args.rejects, progress=not args.no_progress, protocol=args.protocol)
 
 
 def main(argv=None) -> dict:
@@ -76,7 +80,9 @@ def main(argv=None) -> dict:
     sub = ap.add_subparsers(dest="command", required=True)
     text = sub.add_parser("text", help="object swaps in text demos -> text-unanswerable records")
     text.add_argument("--records", nargs="+", required=True, help="text-normal JSONL files")
+    text.add_argument("--image-root", required=True, help="the teacher sees each record's observation image")
     text.add_argument("--out", required=True)
+    text.add_argument("--protocol", choices=PROTOCOLS["text"], default="official")
     text.add_argument("--allowed-objects", default=None, help="file with one allowed new object per line")
     image = sub.add_parser("image", help="teacher edit proposals + image editing -> review queue")
     image.add_argument("--records", nargs="+", required=True, help="answerable visual JSONL files")
@@ -92,7 +98,9 @@ def main(argv=None) -> dict:
     image.add_argument("--true-cfg-scale", type=float, default=None, help="default: the pipeline's (4.0 for Qwen)")
     image.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's")
     image.add_argument("--negative-prompt", default=" ")
-    image.add_argument("--edit-seed", type=int, default=0)
+    image.add_argument("--protocol", choices=PROTOCOLS["image"], default="official")
+    image.add_argument("--edit-seed", type=int, default=OFFICIAL_SEED, help="the generator seed of every edit")
+    image.add_argument("--per-sample-seed", action="store_true", help="seed each edit with edit-seed + crc32(key)")
     image.add_argument("--sim-seed", type=int, default=0, help="seed ProgressBench-Sim was generated with")
     for p in (text, image):
         p.add_argument("--rejects", default=None,
