@@ -117,7 +117,7 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
                 continue
             pending = _pending_file(path, lines, pending_dir)  # make_dataset reads files
             batches = make_dataset(
-                [pending], image_root, tokenizer, mode=mode, with_answers=False,
+                [pending], image_root, tokenizer, mode=mode, layout=config.data.prompt, with_answers=False,
                 batch_size=config.sampling.batch_size, length_buckets=config.data.length_buckets,
                 patch_buckets=config.data.patch_buckets, image_buckets=config.data.image_buckets,
                 min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels, shuffle=False,
