@@ -238,6 +238,10 @@ TEXT_UNANSWERABLE = {"id": "h5_agilex_3rgb/27_carrot/2024", "task_goal": "Put th
                                    "[right] moves away from the apple"], "total_steps": "5",
                      "stage_to_estimate": "camera_front_0114.jpg", "closest_idx": "n/a", "progress_score": "n/a",
                      "data_source": "h5_agilex_3rgb"}
+VISUAL_UNANSWERABLE = {"id": "h5_agilex_3rgb/8_appleblueplate_2/2024_09_27", "task_goal": "place the apple on the plate",
+                       "visual_demo": [f"camera_front_{i:04d}.jpg" for i in range(9)], "total_steps": "8",
+                       "stage_to_estimate": ["camera_front_0223_edit.jpg"], "closest_idx": "n/a", "delta": "n/a",
+                       "progress_score": "n/a", "data_source": "robomind_h5_agilex_3rgb"}
 HUMAN = {"id": "human/dishwasher_bowl", "task_goal": "taking a bowl out of the dishwasher",
          "visual_demo": ["0.jpg", "7.jpg", "24.jpg"], "total_steps": 2, "stage_to_estimate": "7.jpg",
          "closest_idx": 2, "progress_score": "50%", "data_source": "human"}
@@ -294,6 +298,15 @@ def _expected():
             f"<|im_start|>system\n{vse}<|im_end|>\n<|im_start|>user\n{demo}{IMG * 9}The progress shifts across all "
             f"given visual demos is: <image> 0% <image> 12% <image> 25% <image> 38% <image> 50% <image> 62% "
             f"<image> 75% <image> 88% <image> 100%{cur}{IMG}{T.VISUAL_DIRECT_TASK}{GEN}",
+        ("visual_unanswerable", "think", "eval"):
+            f"<|im_start|>system\n{vs}<|im_end|>\n<|im_start|>user\n{vs}The overall task goal is place the apple "
+            f"on the plate{demo}{IMG * 9}The progress shifts across all given visual demos is: <image> 0% <image> 12% "
+            f"<image> 25% <image> 38% <image> 50% <image> 62% <image> 75% <image> 88% <image> 100%{cur}{IMG}"
+            f"{T.VISUAL_THINK_TASK}{GEN}",
+        ("visual_unanswerable", "direct", "sft"):
+            f"{HEAD}{vs}\n\n\nOur goal is place the apple on the plate.\n\n\n{demo}\n{IMG} 0% {IMG} 12% {IMG} 25% "
+            f"{IMG} 38% {IMG} 50% {IMG} 62% {IMG} 75% {IMG} 88% {IMG} 100%\n\n\n{cur}\n{IMG}\n\n\n"
+            f"{T.SFT_VISUAL_DIRECT_TASK}<|im_end|>\n<|im_start|>assistant\nn/a<|im_end|>\n",
         ("human", "think", "eval"):
             f"<|im_start|>system\n{vs}<|im_end|>\n<|im_start|>user\n{vs}The overall task goal is taking a bowl out "
             f"of the dishwasher{demo}{IMG * 3}The progress shifts across all given visual demos is: <image> 0% "
@@ -348,7 +361,7 @@ def _expected():
     }
 
 
-FIXTURES = {"same_view": SAME_VIEW, "cross_view": CROSS_VIEW, "human": HUMAN, "text_normal": TEXT_NORMAL,
+FIXTURES = {"same_view": SAME_VIEW, "cross_view": CROSS_VIEW, "visual_unanswerable": VISUAL_UNANSWERABLE, "human": HUMAN, "text_normal": TEXT_NORMAL,
             "text_unanswerable": TEXT_UNANSWERABLE, "rl_visual": RL_VISUAL, "rl_text": RL_TEXT}
 CASES = sorted(_expected())
 
