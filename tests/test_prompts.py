@@ -1,11 +1,14 @@
+import hashlib
+
 import numpy as np
 import pytest
 
+from data_pipeline import prompt_texts as T
 from data_pipeline.prompts import (
-    build_messages, chat_messages, format_percent, record_images, render_text, target_answer, tokenize_chat,
-    tokenize_messages, tokenize_record,
+    build_messages, chat_messages, format_percent, official_percent, record_images, render_text, target_answer,
+    tokenize_chat, tokenize_messages, tokenize_record,
 )
-from data_pipeline.records import ChatRecord, Record
+from data_pipeline.records import ChatRecord, Record, parse_record
 from data_pipeline.tokenizer import TINY_PATH, load_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -179,12 +182,6 @@ def test_overlong_images_refused(tok):
 # instruction blocks come from data_pipeline/prompt_texts.py, checked here against the length and
 # SHA-256 of the strings in the official files.
 
-import hashlib  # noqa: E402
-
-from data_pipeline import prompt_texts as T  # noqa: E402
-from data_pipeline.prompts import build_messages as _bm, official_percent  # noqa: E402,F401
-from data_pipeline.records import parse_record  # noqa: E402
-
 OFFICIAL_SHA256 = {  # name: (length, sha256[:16]) of the official string
     "VISUAL_SYSTEM": (318, "c2d70d21a58013c5"),
     "VISUAL_SYSTEM_EVIDENCE": (349, "efd9bf9e024eeb5b"),
@@ -261,7 +258,7 @@ def rec(obj, name="bench", **extra):
 
 
 def text_of(record, mode, stage, answer=None):
-    messages = _bm(record, mode, layout="official", stage=stage)
+    messages = build_messages(record, mode, layout="official", stage=stage)
     if answer is not None:
         return render_text(messages + [{"role": "assistant", "content": answer}])
     return render_text(messages, add_generation_prompt=True)
@@ -376,7 +373,7 @@ def test_official_chat_text(name, mode, stage):
 def test_official_images_in_order():
     record = rec(HUMAN)
     for stage in ("eval", "sft", "rl"):
-        msgs = _bm(record, "think", image_root="/data", layout="official", stage=stage)
+        msgs = build_messages(record, "think", image_root="/data", layout="official", stage=stage)
         images = [p["image"] for m in msgs if not isinstance(m["content"], str) for p in m["content"]
                   if p["type"] == "image"]
         assert images == [f"/data/human/dishwasher_bowl/{f}" for f in ("0.jpg", "7.jpg", "24.jpg", "7.jpg")]
@@ -384,11 +381,11 @@ def test_official_images_in_order():
 
 def test_official_rl_has_no_direct_mode_and_bad_layouts_are_named():
     with pytest.raises(ValueError, match="data.mode='think'"):
-        _bm(rec(RL_VISUAL), "direct", layout="official", stage="rl")
+        build_messages(rec(RL_VISUAL), "direct", layout="official", stage="rl")
     with pytest.raises(ValueError, match="data.prompt must be one of"):
-        _bm(rec(RL_VISUAL), "think", layout="paper")
+        build_messages(rec(RL_VISUAL), "think", layout="paper")
     with pytest.raises(ValueError, match=r"bench:1 \(id .*\): the official prompt has 2 '<image>' tags for 1"):
-        _bm(rec(TEXT_NORMAL, task_goal="look at <image>"), "think", layout="official", stage="rl")
+        build_messages(rec(TEXT_NORMAL, task_goal="look at <image>"), "think", layout="official", stage="rl")
 
 
 def test_sft_chat_file_line_equals_official_sft_layout():
