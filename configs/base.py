@@ -34,6 +34,7 @@ def base() -> ml_collections.ConfigDict:
     c.data.image_buckets = (8, 16, 32)
     c.data.worker_count = 0
     c.data.mode = "think"  # think | direct
+    c.data.prompt = "interleaved"  # interleaved | official (the ProgressLM release's prompts, docs/prompts.md)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = 1

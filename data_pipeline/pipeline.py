@@ -22,7 +22,7 @@ import numpy as np
 
 from data_pipeline.array_record import SUFFIX, decode_entry
 from data_pipeline.image_processor import preprocess
-from data_pipeline.prompts import MODES, record_images, target_answer, tokenize_chat, tokenize_record
+from data_pipeline.prompts import check_layout, record_images, target_answer, tokenize_chat, tokenize_record
 from data_pipeline.records import ChatRecord, file_format, load_chat_records, load_records
 
 logger = logging.getLogger(__name__)
@@ -45,10 +45,10 @@ def _load_jsonl(path: str, image_root: str | None, strict: bool) -> list:
 class _Prepare:
     """One record (or ArrayRecord entry) -> tokenized sample with its image patches (runs in workers)."""
 
-    def __init__(self, tokenizer, image_root, mode, with_answers, min_pixels, max_pixels, max_length):
+    def __init__(self, tokenizer, image_root, mode, with_answers, min_pixels, max_pixels, max_length, layout, stage):
         self.tokenizer, self.image_root, self.mode = tokenizer, image_root, mode
         self.with_answers, self.min_pixels, self.max_pixels = with_answers, min_pixels, max_pixels
-        self.max_length = max_length
+        self.max_length, self.layout, self.stage = max_length, layout, stage
 
     def __call__(self, item) -> dict:
         record = decode_entry(item, self.image_root) if isinstance(item, bytes) else item
@@ -69,7 +69,8 @@ class _Prepare:
                 if answer is None:
                     raise ValueError(f"{record.source}:{record.line}: think-mode training needs a 'response' "
                                      f"(four-block answer) on every record; id {record.id} has none")
-            tokens = tokenize_record(self.tokenizer, record, grids, self.mode, answer, self.max_length)
+            tokens = tokenize_record(self.tokenizer, record, grids, self.mode, answer, self.max_length,
+                                     layout=self.layout, stage=self.stage)
         return {"input_ids": tokens.input_ids, "loss_mask": tokens.loss_mask,
                 "pixel_values": pixel_values.astype(np.float32, copy=False),
                 "image_grid_thw": grids.astype(np.int32), "key": record.key, "record": record}
@@ -176,6 +177,8 @@ def make_dataset(
     shard_count: int | None = None,
     strict: bool = False,
     records: Sequence = (),
+    layout: str = "interleaved",
+    stage: str | None = None,
 ) -> grain.IterDataset:
     """Host batches for training (with_answers=True: targets in the loss mask) or generation (prompts only).
 
@@ -190,9 +193,12 @@ def make_dataset(
     get_state()/set_state() for checkpoints. records: already loaded Record/ChatRecord objects,
     used before the files' (their images are not checked here). strict=True also raises on the
     lines the official loaders skip (docs/formats.md).
+    layout: prompt layout of benchmark/RL records, "interleaved" or "official" (docs/prompts.md);
+    stage: which official prompt, "eval" | "sft" | "rl" (None: "sft" with answers, else "eval").
+    SFT chat files keep the text they carry.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    stage = stage or ("sft" if with_answers else "eval")
+    check_layout(layout, stage, mode)
     length_buckets = _check_buckets("length_buckets", length_buckets)
     patch_buckets = _check_buckets("patch_buckets", patch_buckets, multiple=4)
     image_buckets = _check_buckets("image_buckets", image_buckets)
@@ -219,7 +225,8 @@ def make_dataset(
                            len(ds) - usable, len(ds))
             ds = ds[:usable]
     ds = ds[shard_index::shard_count]
-    ds = ds.map(_Prepare(tokenizer, image_root, mode, with_answers, min_pixels, max_pixels, length_buckets[-1]))
+    ds = ds.map(_Prepare(tokenizer, image_root, mode, with_answers, min_pixels, max_pixels, length_buckets[-1],
+                         layout, stage))
     # Threads overlap image decoding (PIL and NumPy release the GIL); a small read-ahead bounds memory,
     # since one sample carries megabytes of patches (grain's default buffer is 500 samples).
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * batch_size))

@@ -1,4 +1,9 @@
-"""Prompts in the training layout, rendered in the Qwen chat format, and their tokenization.
+"""Prompts in two layouts, rendered in the Qwen chat format, and their tokenization.
+
+Layouts (docs/prompts.md): `interleaved`, the project's own (each demo frame or step next to its
+progress); `official`, the ProgressLM release's prompts per stage: `eval` (its evaluation harness),
+`sft` (LLaMA-Factory's converted chat data) and `rl` (EasyR1's prompts). A released checkpoint
+expects `official`. The official texts are data in data_pipeline/prompt_texts.py.
 
 Messages use the Hugging Face multimodal layout: content is a string or a list of
 {"type": "text", "text": ...} / {"type": "image", "image": path} parts.
@@ -21,16 +26,19 @@ from typing import NamedTuple
 
 import numpy as np
 
+from data_pipeline import prompt_texts as T
 from data_pipeline.records import IMAGE_PLACEHOLDER, ChatRecord, Record, record_image_path
 
 logger = logging.getLogger(__name__)
 
 MODES = ("think", "direct")
+LAYOUTS = ("official", "interleaved")
+STAGES = ("eval", "sft", "rl")
 MERGE_SIZE = 2
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
 
-DEFAULT_SYSTEM = "You are a helpful assistant."  # what the Qwen chat template inserts when no system message is given
+DEFAULT_SYSTEM = T.DEFAULT_SYSTEM  # what the Qwen chat template inserts when no system message is given
 SYSTEM_PROMPT = (
     "You are a progress estimator for robot manipulation tasks. You are given the goal of a task, "
     "a demonstration of the task in which every step is labelled with the progress it reaches, and "
@@ -64,9 +72,26 @@ def format_percent(progress: float | None) -> str:
     return f"{round(progress * 100, 2):g}%"
 
 
+def official_percent(index: int, total_steps: int) -> int:
+    """Progress label of the official prompts: Python's round(), half to even (12.5 -> 12, 37.5 -> 38)."""
+    return round(index / total_steps * 100)
+
+
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def check_layout(layout: str, stage: str, mode: str) -> None:
+    """Errors name the config keys: data.prompt, data.mode."""
+    _check_mode(mode)
+    if layout not in LAYOUTS:
+        raise ValueError(f"data.prompt must be one of {LAYOUTS}, got {layout!r}")
+    if stage not in STAGES:
+        raise ValueError(f"prompt stage must be one of {STAGES}, got {stage!r}")
+    if layout == "official" and stage == "rl" and mode != "think":
+        raise ValueError("data.prompt='official' has no direct-mode RL prompt (the official RL data is think "
+                         "mode only); use data.mode='think' or data.prompt='interleaved'")
 
 
 def record_images(record: Record, image_root: str | None = None) -> list[str]:
@@ -75,10 +100,13 @@ def record_images(record: Record, image_root: str | None = None) -> list[str]:
     return [record_image_path(image_root, record, f) if image_root is not None else f for f in files]
 
 
-def build_messages(record: Record, mode: str = "think", image_root: str | None = None) -> list[dict]:
-    """System and user messages for a record, demo interleaved with its progress values."""
-    _check_mode(mode)
+def build_messages(record: Record, mode: str = "think", image_root: str | None = None,
+                   layout: str = "interleaved", stage: str = "eval") -> list[dict]:
+    """The prompt messages of a record in `layout`; `stage` (eval | sft | rl) matters for `official` only."""
+    check_layout(layout, stage, mode)
     images = record_images(record, image_root)
+    if layout == "official":
+        return _official_messages(record, mode, stage, images)
     parts: list[dict] = []
 
     def text(s: str) -> None:
@@ -102,6 +130,76 @@ def build_messages(record: Record, mode: str = "think", image_root: str | None =
     parts.append({"type": "image", "image": images[-1]})
     text("\n\n" + (THINK_INSTRUCTIONS if mode == "think" else DIRECT_INSTRUCTIONS))
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": parts}]
+
+
+def _merged(parts: list) -> list[dict]:
+    """Strings and {"type": "image"} parts -> content parts, adjacent strings joined: the chat text is
+    the same, and one text run tokenizes as the processor tokenizes the whole string."""
+    out: list[dict] = []
+    for p in parts:
+        if not isinstance(p, str):
+            out.append(p)
+        elif out and out[-1]["type"] == "text":
+            out[-1]["text"] += p
+        elif p:
+            out.append({"type": "text", "text": p})
+    return out
+
+
+def _with_images(text: str, images: list[str], record: Record) -> list[dict]:
+    """A user text with '<image>' tags -> content parts, the record's images in order (as LLaMA-Factory's
+    mm_plugin and EasyR1's dataset place them)."""
+    pieces = text.split(T.IMAGE_TAG)
+    if len(pieces) != len(images) + 1:
+        raise ValueError(f"{record.source}:{record.line} (id {record.id}): the official prompt has "
+                         f"{len(pieces) - 1} '{T.IMAGE_TAG}' tags for {len(images)} images; the task goal or a "
+                         "demo step contains the tag")
+    parts: list = []
+    for i, piece in enumerate(pieces):
+        if i:
+            parts.append({"type": "image", "image": images[i - 1]})
+        parts.append(piece)
+    return _merged(parts)
+
+
+def _official_messages(record: Record, mode: str, stage: str, images: list[str]) -> list[dict]:
+    """The official prompt of `stage` (see docs/prompts.md for each one's source and quirks)."""
+    visual, think, total = record.visual_demo is not None, mode == "think", record.total_steps
+    goal = record.task_goal
+    shifts = " ".join(T.SHIFT.format(percent=official_percent(i, total)) for i in range(total + 1))
+    steps = "\n\n".join(T.TEXT_STEP.format(index=k, step=step, percent=official_percent(k, total))
+                         for k, step in enumerate(record.text_demo or (), start=1))
+    observation = {"type": "image", "image": images[-1]}
+    if stage == "eval":  # separate parts, no separators; the system prompt is also the first user part
+        if visual:
+            system = T.VISUAL_SYSTEM if think else T.VISUAL_SYSTEM_EVIDENCE
+            head = [T.VISUAL_SYSTEM, T.EVAL_VISUAL_GOAL.format(goal=goal)] if think else []
+            demo = [T.DEMO_INTRO] + [{"type": "image", "image": f} for f in images[:-1]] + [
+                T.VISUAL_SHIFTS.format(shifts=shifts)]
+            task = T.VISUAL_THINK_TASK if think else T.VISUAL_DIRECT_TASK
+        else:
+            system = T.TEXT_SYSTEM
+            head = [T.TEXT_SYSTEM, T.GOAL.format(goal=goal)] if think else [T.OUR_GOAL.format(goal=goal)]
+            demo = [T.TEXT_DEMO_INTRO_ARMS if think else T.DEMO_INTRO, steps]
+            task = T.TEXT_THINK_TASK if think else T.TEXT_DIRECT_TASK
+        user = _merged(head + demo + [T.CURRENT_INTRO, observation, task])
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    if stage == "sft":  # one user string, parts joined by "\n" (some start with "\n\n"); default system
+        if visual:
+            system, task = T.VISUAL_SYSTEM, T.VISUAL_THINK_TASK if think else T.SFT_VISUAL_DIRECT_TASK
+        else:
+            system, task = T.TEXT_SYSTEM, T.SFT_TEXT_THINK_TASK if think else T.SFT_TEXT_DIRECT_TASK
+        text = "\n".join([system, "\n\n" + T.OUR_GOAL.format(goal=goal), "\n\n" + T.DEMO_INTRO,
+                          shifts if visual else steps, "\n\n" + T.CURRENT_INTRO, T.IMAGE_TAG, "\n\n" + task])
+    else:  # rl: sections joined by "\n\n\n"; EasyR1 adds no system message (its system_prompt is "")
+        if visual:
+            sections = [T.VISUAL_SYSTEM_EVIDENCE, T.GOAL.format(goal=goal), f"{T.DEMO_INTRO}\n{shifts}",
+                        f"{T.CURRENT_INTRO}\n{T.IMAGE_TAG}", T.RL_VISUAL_THINK_TASK]
+        else:
+            sections = [T.RL_TEXT_SYSTEM, T.GOAL.format(goal=goal), f"{T.TEXT_DEMO_INTRO_ARMS}\n{steps}",
+                        f"{T.CURRENT_INTRO}\n{T.IMAGE_TAG}", T.TEXT_THINK_TASK]
+        text = "\n\n\n".join(sections)
+    return [{"role": "user", "content": _with_images(text, images, record)}]
 
 
 def target_answer(record: Record, mode: str) -> str | None:
@@ -243,9 +341,12 @@ def _truncate(pieces: list[tuple[list[int], str]], max_length: int, name: str) -
 
 
 def tokenize_record(tokenizer, record: Record, image_grid_thw, mode: str = "think", answer: str | None = None,
-                    max_length: int = 8192) -> Tokenized:
-    """A record's prompt plus `answer` as the target; with answer=None the prompt ends with the assistant header."""
-    messages = build_messages(record, mode)
+                    max_length: int = 8192, layout: str = "interleaved", stage: str | None = None) -> Tokenized:
+    """A record's prompt plus `answer` as the target; with answer=None the prompt ends with the assistant header.
+    stage None: "sft" with an answer, else "eval"."""
+    if stage is None:
+        stage = "eval" if answer is None else "sft"
+    messages = build_messages(record, mode, layout=layout, stage=stage)
     name = f"{record.source}:{record.line} (id {record.id}, {record.observation})"
     if answer is None:
         return tokenize_messages(tokenizer, messages, image_grid_thw, max_length, add_generation_prompt=True, name=name)

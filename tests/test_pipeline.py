@@ -185,3 +185,30 @@ def test_errors(data, tok):
     with pytest.raises(ValueError, match=r"plain:\d+: think-mode training needs a 'response'"):
         next(iter(make(data, tok, files=[str(no_response)])))
     assert len(list(make(data, tok, files=[str(no_response)], mode="direct"))) == 1
+
+
+@pytest.mark.parametrize("stage, with_answers, mode", [("sft", True, "think"), ("eval", False, "direct"),
+                                                       ("rl", False, "think")])
+def test_official_layout(data, tok, stage, with_answers, mode):
+    """Each stage's official prompt reaches the batches (stage None picks sft/eval from with_answers)."""
+    records = {r.key: r for f in data["files"] for r in load_records(f)}
+    kw = {} if stage != "rl" else {"stage": "rl"}
+    batches = list(make(data, tok, mode=mode, layout="official", with_answers=with_answers, shuffle=False, **kw))
+    for batch in batches:
+        for b, key in enumerate(batch["keys"]):
+            rec = records[key]
+            _, grids = preprocess(record_images(rec, data["image_root"]))
+            answer = target_answer(rec, mode) if with_answers else None
+            want = tokenize_record(tok, rec, grids, mode, answer, layout="official", stage=stage)
+            n = int(batch["attention_mask"][b].sum())
+            np.testing.assert_array_equal(batch["input_ids"][b, :n], want.input_ids)
+            np.testing.assert_array_equal(batch["loss_mask"][b, :n], want.loss_mask)
+    interleaved = list(make(data, tok, mode=mode, with_answers=with_answers, shuffle=False, **kw))
+    assert any(not np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, interleaved))
+
+
+def test_layout_errors_name_the_key(data, tok):
+    with pytest.raises(ValueError, match="data.prompt must be one of"):
+        make(data, tok, layout="paper")
+    with pytest.raises(ValueError, match="no direct-mode RL prompt"):
+        make(data, tok, layout="official", stage="rl", mode="direct", with_answers=False)

@@ -1,11 +1,14 @@
+import hashlib
+
 import numpy as np
 import pytest
 
+from data_pipeline import prompt_texts as T
 from data_pipeline.prompts import (
-    build_messages, chat_messages, format_percent, record_images, render_text, target_answer, tokenize_chat,
-    tokenize_messages, tokenize_record,
+    build_messages, chat_messages, format_percent, official_percent, record_images, render_text, target_answer,
+    tokenize_chat, tokenize_messages, tokenize_record,
 )
-from data_pipeline.records import ChatRecord, Record
+from data_pipeline.records import ChatRecord, Record, parse_record
 from data_pipeline.tokenizer import TINY_PATH, load_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -167,3 +170,277 @@ def test_overlong_images_refused(tok):
         tokenize_record(tok, TEXT, grids, "direct", max_length=410)
     with pytest.raises(ValueError, match="image_grid_thw rows"):
         tokenize_messages(tok, build_messages(TEXT), np.array([[1, 2, 2], [1, 2, 2]]), 1000)
+
+
+# ---- the official layout (docs/prompts.md) ---------------------------------------------------------------
+# Expected chat texts are written here by reading the official builders of ProgressLM/ProgressLM:
+# eval/qwen25vl/codes/prompts/*.py with run_*_demo*.py and core/model.py (system message = the system
+# prompt, which is also the first user part; parts concatenated by the chat template with no separator),
+# LLaMA-Factory/our_scripts/data_convert/convert_*.py ("\n".join of parts, some starting with "\n\n";
+# template qwen2_vl: default system), EasyR1/progresslm/data_preprocess/build_prompts_general.py
+# ("\n\n\n".join of sections, system_prompt "" so the Qwen template's default system). The long
+# instruction blocks come from data_pipeline/prompt_texts.py, checked here against the length and
+# SHA-256 of the strings in the official files.
+
+OFFICIAL_SHA256 = {  # name: (length, sha256[:16]) of the official string
+    "VISUAL_SYSTEM": (318, "c2d70d21a58013c5"),
+    "VISUAL_SYSTEM_EVIDENCE": (349, "efd9bf9e024eeb5b"),
+    "TEXT_SYSTEM": (316, "30caf8d8859a4586"),
+    "RL_TEXT_SYSTEM": (401, "74a3b08eab0c50c6"),
+    "TEXT_DEMO_INTRO_ARMS": (152, "b2c2a4a389db3513"),
+    "VISUAL_THINK_TASK": (1332, "d6fcf542a2d23e39"),
+    "VISUAL_DIRECT_TASK": (729, "1286730175a18438"),
+    "TEXT_THINK_TASK": (1904, "27b5562df86c2466"),
+    "TEXT_DIRECT_TASK": (257, "029556c222c84a48"),
+    "SFT_TEXT_THINK_TASK": (1778, "abfa6925c41b91cf"),
+    "SFT_VISUAL_DIRECT_TASK": (718, "43c786ef76c78ab9"),
+    "SFT_TEXT_DIRECT_TASK": (698, "d7e7ea66837afec2"),
+    "RL_VISUAL_THINK_TASK": (1502, "fd1e3fdf4534ffdb"),
+}
+# The full Qwen2.5-VL-3B-Instruct chat template (chat_template.json), the reference renderer.
+QWEN25_VL_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in "
+    "content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] "
+    "== 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content "
+    "%}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n{% endif %}"
+)
+IMG = "<|vision_start|><|image_pad|><|vision_end|>"
+HEAD = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+GEN = "<|im_end|>\n<|im_start|>assistant\n"
+RESPONSE = "<ref_think>Frame 2 matches.</ref_think><ref>2</ref><score_think>A bit past it.</score_think><score>8%</score>"
+
+# Lines in each official file format (values as the files write them: strings, one-element lists).
+SAME_VIEW = {"id": "h5_franka_3rgb/stick_blue/1016_181228", "task_goal": "place the blue block on the table",
+             "visual_demo": ["camera_top_0000.jpg", "camera_top_0047.jpg", "camera_top_0056.jpg",
+                             "camera_top_0064.jpg", "camera_top_0080.jpg"], "total_steps": "4",
+             "stage_to_estimate": ["camera_top_0015.jpg"], "closest_idx": "1", "delta": "+7%",
+             "progress_score": "8%", "data_source": "h5_franka_3rgb"}
+CROSS_VIEW = {"id": "h5_franka_3rgb/eight/1", "task_goal": "sort the blocks",
+              "visual_demo": [f"camera_top_{i:04d}.jpg" for i in range(9)], "total_steps": "8",
+              "stage_to_estimate": ["camera_left_0100.jpg"], "closest_idx": "3", "delta": "+2%",
+              "progress_score": "27%", "data_source": "h5_franka_3rgb"}
+TEXT_NORMAL = {"id": "h5_agilex_3rgb/drawer/7", "task_goal": "open the drawer",
+               "text_demo": ["[left] reach the handle", "[left] pull the handle", "release it"],
+               "total_steps": "3", "stage_to_estimate": "camera_front_0010.jpg", "closest_idx": "2",
+               "progress_score": "67%", "data_source": "h5_agilex_3rgb"}
+TEXT_UNANSWERABLE = {"id": "h5_agilex_3rgb/27_carrot/2024", "task_goal": "Put the bowl on the table and place the apple in the bowl.",
+                     "text_demo": ["[left] picks up the green bowl", "[left] places the green bowl on the table",
+                                   "[right] picks up the apple", "[right] places the apple in the bowl",
+                                   "[right] moves away from the apple"], "total_steps": "5",
+                     "stage_to_estimate": "camera_front_0114.jpg", "closest_idx": "n/a", "progress_score": "n/a",
+                     "data_source": "h5_agilex_3rgb"}
+VISUAL_UNANSWERABLE = {"id": "h5_agilex_3rgb/8_appleblueplate_2/2024_09_27", "task_goal": "place the apple on the plate",
+                       "visual_demo": [f"camera_front_{i:04d}.jpg" for i in range(9)], "total_steps": "8",
+                       "stage_to_estimate": ["camera_front_0223_edit.jpg"], "closest_idx": "n/a", "delta": "n/a",
+                       "progress_score": "n/a", "data_source": "robomind_h5_agilex_3rgb"}
+HUMAN = {"id": "human/dishwasher_bowl", "task_goal": "taking a bowl out of the dishwasher",
+         "visual_demo": ["0.jpg", "7.jpg", "24.jpg"], "total_steps": 2, "stage_to_estimate": "7.jpg",
+         "closest_idx": 2, "progress_score": "50%", "data_source": "human"}
+RL_VISUAL = {"id": "h5_franka_3rgb/place_in_plate/1014", "task_goal": "placing a block into a container",
+             "visual_demo": ["camera_top_0000.jpg", "camera_top_0281.jpg", "camera_top_0335.jpg", "camera_top_0388.jpg"],
+             "total_steps": "3", "stage_to_estimate": ["camera_top_0093.jpg"], "closest_idx": "1", "delta": "+11%",
+             "progress_score": "11%", "data_source": "h5_franka_3rgb"}
+RL_TEXT = {"id": "h5_franka_3rgb/place_in_shape/0924", "task_goal": "sorting colorful blocks into plates",
+           "text_demo": ["pick up an orange block", "place it in the blue plate", "pick up a red block",
+                         "place it in the purple plate", "pick up a blue block", "place it in the purple plate"],
+           "total_steps": "6", "stage_to_estimate": ["camera_top_0331.jpg"], "closest_idx": 3, "progress_score": "50%",
+           "data_source": "h5_franka_3rgb"}
+
+
+def rec(obj, name="bench", **extra):
+    return parse_record(dict(obj, **extra), name, f"{name}.jsonl", 1)
+
+
+def text_of(record, mode, stage, answer=None):
+    messages = build_messages(record, mode, layout="official", stage=stage)
+    if answer is not None:
+        return render_text(messages + [{"role": "assistant", "content": answer}])
+    return render_text(messages, add_generation_prompt=True)
+
+
+def test_official_texts_are_the_released_strings():
+    for name, (length, digest) in OFFICIAL_SHA256.items():
+        value = getattr(T, name)
+        assert (len(value), hashlib.sha256(value.encode()).hexdigest()[:16]) == (length, digest), name
+    assert T.DEMO_INTRO == "Here is the demonstration:"
+    assert T.CURRENT_INTRO == "Here is the current state that you need to estimate:"
+    assert T.TEXT_THINK_TASK.endswith("output only \"n/a\".\n</score>\n")  # ends with a newline
+    assert "“n/a”" in T.SFT_TEXT_THINK_TASK and "metioned" in T.TEXT_THINK_TASK
+
+
+def test_banker_rounding():
+    assert [official_percent(i, 8) for i in range(9)] == [0, 12, 25, 38, 50, 62, 75, 88, 100]
+    assert [official_percent(i, 3) for i in range(4)] == [0, 33, 67, 100]
+
+
+# (fixture, mode, stage) -> expected chat text, derived by hand from the official builders
+def _expected():
+    vs, vse, ts = T.VISUAL_SYSTEM, T.VISUAL_SYSTEM_EVIDENCE, T.TEXT_SYSTEM
+    cur = "Here is the current state that you need to estimate:"
+    demo = "Here is the demonstration:"
+    return {
+        # run_visual_demo.py: the eval goal has no final period
+        ("same_view", "think", "eval"):
+            f"<|im_start|>system\n{vs}<|im_end|>\n<|im_start|>user\n{vs}The overall task goal is place the blue "
+            f"block on the table{demo}{IMG * 5}The progress shifts across all given visual demos is: <image> 0% "
+            f"<image> 25% <image> 50% <image> 75% <image> 100%{cur}{IMG}{T.VISUAL_THINK_TASK}{GEN}",
+        # run_visual_demo_nothink.py: other system prompt, no goal at all; banker's rounding of k/8
+        ("cross_view", "direct", "eval"):
+            f"<|im_start|>system\n{vse}<|im_end|>\n<|im_start|>user\n{demo}{IMG * 9}The progress shifts across all "
+            f"given visual demos is: <image> 0% <image> 12% <image> 25% <image> 38% <image> 50% <image> 62% "
+            f"<image> 75% <image> 88% <image> 100%{cur}{IMG}{T.VISUAL_DIRECT_TASK}{GEN}",
+        ("visual_unanswerable", "think", "eval"):
+            f"<|im_start|>system\n{vs}<|im_end|>\n<|im_start|>user\n{vs}The overall task goal is place the apple "
+            f"on the plate{demo}{IMG * 9}The progress shifts across all given visual demos is: <image> 0% <image> 12% "
+            f"<image> 25% <image> 38% <image> 50% <image> 62% <image> 75% <image> 88% <image> 100%{cur}{IMG}"
+            f"{T.VISUAL_THINK_TASK}{GEN}",
+        ("visual_unanswerable", "direct", "sft"):
+            f"{HEAD}{vs}\n\n\nOur goal is place the apple on the plate.\n\n\n{demo}\n{IMG} 0% {IMG} 12% {IMG} 25% "
+            f"{IMG} 38% {IMG} 50% {IMG} 62% {IMG} 75% {IMG} 88% {IMG} 100%\n\n\n{cur}\n{IMG}\n\n\n"
+            f"{T.SFT_VISUAL_DIRECT_TASK}<|im_end|>\n<|im_start|>assistant\nn/a<|im_end|>\n",
+        ("human", "think", "eval"):
+            f"<|im_start|>system\n{vs}<|im_end|>\n<|im_start|>user\n{vs}The overall task goal is taking a bowl out "
+            f"of the dishwasher{demo}{IMG * 3}The progress shifts across all given visual demos is: <image> 0% "
+            f"<image> 50% <image> 100%{cur}{IMG}{T.VISUAL_THINK_TASK}{GEN}",
+        # run_text_demo.py: 2/3 -> 67 (the builder's docstring says 66)
+        ("text_normal", "think", "eval"):
+            f"<|im_start|>system\n{ts}<|im_end|>\n<|im_start|>user\n{ts}The overall task goal is open the drawer."
+            f"{T.TEXT_DEMO_INTRO_ARMS}Step 1. [left] reach the handle\nThe Progress for now is 33%.\n\nStep 2. "
+            f"[left] pull the handle\nThe Progress for now is 67%.\n\nStep 3. release it\nThe Progress for now is "
+            f"100%.{cur}{IMG}{T.TEXT_THINK_TASK}{GEN}",
+        # run_text_demo_nothink.py: "Our goal is ...." keeps the goal's own period
+        ("text_unanswerable", "direct", "eval"):
+            f"<|im_start|>system\n{ts}<|im_end|>\n<|im_start|>user\nOur goal is Put the bowl on the table and "
+            f"place the apple in the bowl..{demo}Step 1. [left] picks up the green bowl\nThe Progress for now is "
+            f"20%.\n\nStep 2. [left] places the green bowl on the table\nThe Progress for now is 40%.\n\nStep 3. "
+            f"[right] picks up the apple\nThe Progress for now is 60%.\n\nStep 4. [right] places the apple in the "
+            f"bowl\nThe Progress for now is 80%.\n\nStep 5. [right] moves away from the apple\nThe Progress for "
+            f"now is 100%.{cur}{IMG}{T.TEXT_DIRECT_TASK}{GEN}",
+        # build_prompts_general.py
+        ("rl_visual", "think", "rl"):
+            f"{HEAD}{vse}\n\n\nThe overall task goal is placing a block into a container.\n\n\n{demo}\n{IMG} 0% "
+            f"{IMG} 33% {IMG} 67% {IMG} 100%\n\n\n{cur}\n{IMG}\n\n\n{T.RL_VISUAL_THINK_TASK}{GEN}",
+        ("rl_text", "think", "rl"):
+            f"{HEAD}{T.RL_TEXT_SYSTEM}\n\n\nThe overall task goal is sorting colorful blocks into plates.\n\n\n"
+            f"{T.TEXT_DEMO_INTRO_ARMS}\nStep 1. pick up an orange block\nThe Progress for now is 17%.\n\nStep 2. "
+            f"place it in the blue plate\nThe Progress for now is 33%.\n\nStep 3. pick up a red block\nThe Progress "
+            f"for now is 50%.\n\nStep 4. place it in the purple plate\nThe Progress for now is 67%.\n\nStep 5. pick "
+            f"up a blue block\nThe Progress for now is 83%.\n\nStep 6. place it in the purple plate\nThe Progress "
+            f"for now is 100%.\n\n\n{cur}\n{IMG}\n\n\n{T.TEXT_THINK_TASK}{GEN}",
+        # convert_visual_demo.py: "\n".join of parts that start with "\n\n" -> three newlines
+        ("same_view", "think", "sft"):
+            f"{HEAD}{vs}\n\n\nOur goal is place the blue block on the table.\n\n\n{demo}\n{IMG} 0% {IMG} 25% {IMG} "
+            f"50% {IMG} 75% {IMG} 100%\n\n\n{cur}\n{IMG}\n\n\n{T.VISUAL_THINK_TASK}<|im_end|>\n<|im_start|>assistant\n"
+            f"{RESPONSE}<|im_end|>\n",
+        # convert_text_demo_simple.py: the answer is the score
+        ("text_normal", "direct", "sft"):
+            f"{HEAD}{ts}\n\n\nOur goal is open the drawer.\n\n\n{demo}\nStep 1. [left] reach the handle\nThe "
+            f"Progress for now is 33%.\n\nStep 2. [left] pull the handle\nThe Progress for now is 67%.\n\nStep 3. "
+            f"release it\nThe Progress for now is 100%.\n\n\n{cur}\n{IMG}\n\n\n{T.SFT_TEXT_DIRECT_TASK}"
+            f"<|im_end|>\n<|im_start|>assistant\n67%<|im_end|>\n",
+        ("text_unanswerable", "think", "sft"):
+            f"{HEAD}{ts}\n\n\nOur goal is Put the bowl on the table and place the apple in the bowl..\n\n\n{demo}\n"
+            f"Step 1. [left] picks up the green bowl\nThe Progress for now is 20%.\n\nStep 2. [left] places the "
+            f"green bowl on the table\nThe Progress for now is 40%.\n\nStep 3. [right] picks up the apple\nThe "
+            f"Progress for now is 60%.\n\nStep 4. [right] places the apple in the bowl\nThe Progress for now is "
+            f"80%.\n\nStep 5. [right] moves away from the apple\nThe Progress for now is 100%.\n\n\n{cur}\n{IMG}"
+            f"\n\n\n{T.SFT_TEXT_THINK_TASK}<|im_end|>\n<|im_start|>assistant\n{RESPONSE}<|im_end|>\n",
+        ("cross_view", "direct", "sft"):
+            f"{HEAD}{vs}\n\n\nOur goal is sort the blocks.\n\n\n{demo}\n{IMG} 0% {IMG} 12% {IMG} 25% {IMG} 38% "
+            f"{IMG} 50% {IMG} 62% {IMG} 75% {IMG} 88% {IMG} 100%\n\n\n{cur}\n{IMG}\n\n\n{T.SFT_VISUAL_DIRECT_TASK}"
+            f"<|im_end|>\n<|im_start|>assistant\n27%<|im_end|>\n",
+    }
+
+
+FIXTURES = {"same_view": SAME_VIEW, "cross_view": CROSS_VIEW, "visual_unanswerable": VISUAL_UNANSWERABLE, "human": HUMAN, "text_normal": TEXT_NORMAL,
+            "text_unanswerable": TEXT_UNANSWERABLE, "rl_visual": RL_VISUAL, "rl_text": RL_TEXT}
+CASES = sorted(_expected())
+
+
+@pytest.mark.parametrize("name, mode, stage", CASES)
+def test_official_chat_text(name, mode, stage):
+    record = rec(FIXTURES[name], response=RESPONSE)
+    answer = target_answer(record, mode) if stage == "sft" else None
+    assert text_of(record, mode, stage, answer) == _expected()[(name, mode, stage)]
+
+
+def test_official_images_in_order():
+    record = rec(HUMAN)
+    for stage in ("eval", "sft", "rl"):
+        msgs = build_messages(record, "think", image_root="/data", layout="official", stage=stage)
+        images = [p["image"] for m in msgs if not isinstance(m["content"], str) for p in m["content"]
+                  if p["type"] == "image"]
+        assert images == [f"/data/human/dishwasher_bowl/{f}" for f in ("0.jpg", "7.jpg", "24.jpg", "7.jpg")]
+
+
+def test_official_rl_has_no_direct_mode_and_bad_layouts_are_named():
+    with pytest.raises(ValueError, match="data.mode='think'"):
+        build_messages(rec(RL_VISUAL), "direct", layout="official", stage="rl")
+    with pytest.raises(ValueError, match="data.prompt must be one of"):
+        build_messages(rec(RL_VISUAL), "think", layout="paper")
+    with pytest.raises(ValueError, match=r"bench:1 \(id .*\): the official prompt has 2 '<image>' tags for 1"):
+        build_messages(rec(TEXT_NORMAL, task_goal="look at <image>"), "think", layout="official", stage="rl")
+
+
+def test_sft_chat_file_line_equals_official_sft_layout():
+    """A line of LLaMA-Factory's converted data (convert_visual_demo.py writes it) renders as the record does."""
+    record = rec(SAME_VIEW, response=RESPONSE)
+    user = "\n".join([T.VISUAL_SYSTEM, "\n\nOur goal is place the blue block on the table.",
+                      "\n\nHere is the demonstration:", "<image> 0% <image> 25% <image> 50% <image> 75% <image> 100%",
+                      "\n\nHere is the current state that you need to estimate:", "<image>",
+                      "\n\n" + T.VISUAL_THINK_TASK])
+    images = tuple(f"{record.id}/{f}" for f in SAME_VIEW["visual_demo"] + ["camera_top_0015.jpg"])
+    chat = ChatRecord(source="sft", line=1, messages=(("user", user), ("assistant", RESPONSE)), images=images)
+    assert render_text(chat_messages(chat)) == _expected()[("same_view", "think", "sft")]
+
+
+def _official_reference_messages(name, mode, stage):
+    """The messages the official code hands to apply_chat_template: eval as its separate parts, sft/rl
+    as one user text split on '<image>' (EasyR1's _build_messages; LLaMA-Factory's mm_plugin is equivalent)."""
+    r = FIXTURES[name]
+    if stage == "eval" and name == "same_view":
+        vs = T.VISUAL_SYSTEM
+        parts = ([{"type": "text", "text": vs}, {"type": "text", "text": f"The overall task goal is {r['task_goal']}"},
+                  {"type": "text", "text": "Here is the demonstration:"}] + [{"type": "image"}] * 5
+                 + [{"type": "text", "text": "The progress shifts across all given visual demos is: <image> 0% "
+                                             "<image> 25% <image> 50% <image> 75% <image> 100%"},
+                    {"type": "text", "text": "Here is the current state that you need to estimate:"},
+                    {"type": "image"}, {"type": "text", "text": T.VISUAL_THINK_TASK}])
+        return [{"role": "system", "content": vs}, {"role": "user", "content": parts}]
+    text = _expected()[(name, mode, stage)]
+    user = text[len(HEAD):text.index(GEN)].replace(IMG, "<image>")
+    content = []
+    for i, piece in enumerate(user.split("<image>")):
+        if i:
+            content.append({"type": "image"})
+        if piece:
+            content.append({"type": "text", "text": piece})
+    return [{"role": "user", "content": content}]
+
+
+@pytest.mark.parametrize("name, mode, stage", [("same_view", "think", "eval"), ("rl_visual", "think", "rl"),
+                                               ("rl_text", "think", "rl"), ("cross_view", "direct", "sft")])
+def test_official_token_ids_match_transformers(tok, name, mode, stage):
+    from tokenizers import Tokenizer as RawTokenizer
+
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=RawTokenizer.from_file(TINY_PATH))
+    hf.chat_template = QWEN25_VL_TEMPLATE
+    record = rec(FIXTURES[name], response=RESPONSE)
+    grids = hf_grids(len(record_images(record)), seed=3)
+    messages = _official_reference_messages(name, mode, stage)
+    assert hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == text_of(record, mode, stage)
+    ref = hf_ids(hf, messages, grids, add_generation_prompt=True)
+    got = tokenize_record(tok, record, grids, mode, layout="official", stage=stage)
+    assert got.input_ids.tolist() == ref
+    if stage == "sft":
+        answer = target_answer(record, mode)
+        full = tokenize_record(tok, record, grids, mode, answer=answer, layout="official", stage=stage)
+        ref_full = hf_ids(hf, messages + [{"role": "assistant", "content": answer}], grids, add_generation_prompt=False)
+        assert full.input_ids.tolist() == ref_full
+        assert tok.decode(full.input_ids[full.loss_mask == 1]) == answer + "<|im_end|>"

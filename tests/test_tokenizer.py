@@ -61,20 +61,102 @@ def test_rebuild_is_deterministic():
     assert out == fresh
 
 
-def test_transformers_directory(tok, tmp_path):
+def _hub_dir(tmp_path):
+    """A checkpoint directory in the Hub layout, written by transformers: tokenizer.json, tokenizer_config.json
+    (pad/eos tokens, added_tokens_decoder, the chat template), and a preprocessor_config.json beside them."""
     transformers = pytest.importorskip("transformers")
     from tokenizers import Tokenizer as RawTokenizer
 
     hf = transformers.PreTrainedTokenizerFast(
         tokenizer_object=RawTokenizer.from_file(TINY_PATH), eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    hf.chat_template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     hf.save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"min_pixels": 3136, "max_pixels": 12845056}))
+    return hf
+
+
+def test_checkpoint_directory_matches_transformers(tok, tmp_path):
+    hf = _hub_dir(tmp_path)
     loaded = load_tokenizer(str(tmp_path))
-    assert loaded.is_hf and loaded.vocab_size == 2048
+    assert loaded.vocab_size == len(hf) == 2048
     assert (loaded.pad_id, loaded.eos_id, loaded.image_pad_id, loaded.vision_start_id, loaded.vision_end_id) == (
-        0, 2, 6, 3, 4)
+        hf.pad_token_id, hf.convert_tokens_to_ids("<|im_end|>"), 6, 3, 4)
     for text in TEXTS + ["<|im_start|>user\nhi<|vision_start|><|image_pad|><|vision_end|><|im_end|>"]:
-        assert loaded.encode(text) == tok.encode(text)
-        assert loaded.decode(loaded.encode(text)) == text
+        ids = loaded.encode(text)
+        assert ids == hf.encode(text, add_special_tokens=False) == tok.encode(text)
+        assert loaded.decode(ids) == hf.decode(ids) == text
+        assert loaded.decode(ids, skip_special_tokens=True) == hf.decode(ids, skip_special_tokens=True)
+
+
+def test_added_tokens_only_in_tokenizer_config(tmp_path):
+    """Checkpoints saved by transformers 4 list added tokens in tokenizer_config.json's added_tokens_decoder;
+    one listed only there is a token for transformers, and so for us."""
+    transformers = pytest.importorskip("transformers")
+    _hub_dir(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["added_tokens_decoder"] = {"2048": {"content": "<|box_start|>", "special": True, "lstrip": False,
+                                               "rstrip": False, "normalized": False, "single_word": False}}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    loaded, hf = load_tokenizer(str(tmp_path)), transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    ids = loaded.encode("a<|box_start|>b")
+    assert loaded.vocab_size == len(hf) == 2049 and ids == hf.encode("a<|box_start|>b", add_special_tokens=False)
+    assert 2048 in ids
+    assert loaded.decode(ids, skip_special_tokens=True) == hf.decode(ids, skip_special_tokens=True) == "ab"
+
+
+# Runs in a fresh interpreter in which transformers and torch cannot be imported: what the core
+# install (`pip install -e .` without [test]) has. Prints the ids of a prompt in the official layout.
+CORE_ONLY = r"""
+import importlib.abc, json, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("transformers", "torch"):
+            raise ImportError(f"{name} is not part of the core install")
+
+sys.meta_path.insert(0, Block())
+from data_pipeline.prompts import tokenize_record
+from data_pipeline.records import parse_record
+from data_pipeline.tokenizer import load_tokenizer
+
+tok = load_tokenizer(sys.argv[1])
+line = {"id": "t", "task_goal": "open the drawer", "text_demo": ["reach", "pull"], "total_steps": 2,
+        "stage_to_estimate": "o.jpg", "closest_idx": 1, "progress_score": "50%"}
+out = tokenize_record(tok, parse_record(line, "b", "b.jsonl", 1), [[1, 2, 2]], "think", layout="official")
+try:
+    import transformers  # noqa: F401
+    blocked = False
+except ImportError:
+    blocked = True
+print(json.dumps({"ids": out.input_ids.tolist(), "blocked": blocked, "loaded": sorted(
+    m for m in sys.modules if m.split(".")[0] in ("transformers", "torch"))}))
+"""
+
+
+def test_checkpoint_loads_without_transformers(tmp_path):
+    """Subprocess with transformers/torch import-blocked (faster than a fresh venv, same guarantee for
+    this code path): the checkpoint's tokenizer loads and tokenizes a prompt, ids equal the in-process ones."""
+    _hub_dir(tmp_path)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run([sys.executable, "-c", CORE_ONLY, str(tmp_path)], capture_output=True, text=True,
+                         env=env, cwd=root)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["blocked"] and result["loaded"] == []
+    from data_pipeline.prompts import tokenize_record
+    from data_pipeline.records import parse_record
+
+    line = {"id": "t", "task_goal": "open the drawer", "text_demo": ["reach", "pull"], "total_steps": 2,
+            "stage_to_estimate": "o.jpg", "closest_idx": 1, "progress_score": "50%"}
+    want = tokenize_record(load_tokenizer(str(tmp_path)), parse_record(line, "b", "b.jsonl", 1), [[1, 2, 2]],
+                           "think", layout="official")
+    assert result["ids"] == want.input_ids.tolist()
+
+
+def test_directory_without_tokenizer_json(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no tokenizer.json"):
+        load_tokenizer(str(tmp_path))
 
 
 def test_missing_directory():

@@ -109,7 +109,8 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
             if not records:
                 continue
             batches = make_dataset(
-                [], image_root, tokenizer, records=records, mode=mode, with_answers=False,
+                [], image_root, tokenizer, records=records, mode=mode, layout=config.data.prompt,
+                with_answers=False,
                 batch_size=config.sampling.batch_size, length_buckets=config.data.length_buckets,
                 patch_buckets=config.data.patch_buckets, image_buckets=config.data.image_buckets,
                 min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels, shuffle=False,

@@ -357,7 +357,8 @@ def _run_grpo(config, demo: bool, stop: guards.StopRequest) -> dict:
     per_process = g.rollout_batch_size // jax.process_count()
 
     def prompts(**kw):
-        return make_dataset(files, image_root, tokenizer, mode=d.mode, with_answers=False, batch_size=per_process,
+        return make_dataset(files, image_root, tokenizer, mode=d.mode, layout=d.prompt, stage="rl",
+                            with_answers=False, batch_size=per_process,
                             length_buckets=d.length_buckets, patch_buckets=d.patch_buckets,
                             image_buckets=d.image_buckets, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
                             worker_count=d.worker_count, **kw)

@@ -279,7 +279,7 @@ def tx_schedule(t, steps):
 
 def _dataset(config, files, image_root, tokenizer, **over):
     d, t = config.data, config.train
-    kw = dict(mode=d.mode, batch_size=t.micro_batch_size, length_buckets=d.length_buckets,
+    kw = dict(mode=d.mode, layout=d.prompt, batch_size=t.micro_batch_size, length_buckets=d.length_buckets,
               patch_buckets=d.patch_buckets, image_buckets=d.image_buckets, min_pixels=d.min_pixels,
               max_pixels=d.max_pixels, seed=config.seed, num_epochs=None, worker_count=d.worker_count)
     kw.update(over)
