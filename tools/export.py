@@ -38,7 +38,8 @@ def parser() -> argparse.ArgumentParser:
                    help="hf: largest safetensors file in GiB; above it the weights are sharded with an index "
                         "(default 5)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the weights already in OUT (default: refuse to write into a directory holding weights)")
+                   help="replace the weights already in OUT (default: refuse to write into a directory holding "
+                        "weights)")
     p.add_argument("--push-to-hub", metavar="REPO", default=None,
                    help="after exporting, upload OUT to this Hub repo (needs huggingface_hub and a login)")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
