@@ -6,9 +6,10 @@ path or preset, the seed); see train.loop.save_trainable. The base model is rebu
 the run built it (runtime.load_policy), so a run of the built-in tiny model (random base from
 its seed) exports too.
 
-- `export_hf`: LoRA folded in (lora.merge), config.json + safetensors (sharded with an index
-  above `max_shard_bytes`) + the base checkpoint's tokenizer, processor, chat-template and
-  generation_config files: a directory transformers and vLLM load as they are.
+- `export_hf` (a run's final/) and `write_hf` (a model in memory): LoRA folded in (lora.merge),
+  config.json + safetensors (sharded with an index above `max_shard_bytes`) + the base
+  checkpoint's tokenizer, processor, chat-template and generation_config files: a directory
+  transformers and vLLM load as they are.
 - `export_peft`: adapter_config.json + adapter_model.safetensors under PEFT's key names
   (`base_model.model.model.language_model.layers.N.self_attn.q_proj.lora_A.weight`, the module
   names of transformers >= 4.52) for `peft.PeftModel.from_pretrained(base, directory)`.
@@ -109,23 +110,32 @@ def copy_side_files(src: str, dst: str) -> list[str]:
 def export_hf(final_dir: str, out: str, *, base: str | None = None, dtype: str | None = None,
               max_shard_bytes: int = 5 * 2**30, overwrite: bool = False) -> dict:
     """Merged Hub-layout checkpoint of a run in `out`. Returns {"out", "files", "side_files"}."""
+    check_out(out, overwrite)
+    model, _, cfg = load_run(final_dir, base, dtype)
+    return write_hf(model, out, cfg.model.path, max_shard_bytes=max_shard_bytes, overwrite=True)
+
+
+def write_hf(model, out: str, base_path: str = "", *, max_shard_bytes: int = 5 * 2**30,
+             overwrite: bool = False) -> dict:
+    """An in-memory model (LoRA folded in here, in place) as a Hub checkpoint in `out`, with the
+    side files of `base_path` ("" = the built-in tiny model: its tokenizer.json). Also for a job
+    that just trained the model (SFT's train.export_merged)."""
     from progress_jax import lora
     from progress_jax.models import qwen2_5_vl
 
     check_out(out, overwrite)
-    model, meta, cfg = load_run(final_dir, base, dtype)
     _clear_weights(out)
     lora.merge(model)
     qwen2_5_vl.save_pretrained(model, out, max_shard_bytes=max_shard_bytes)
-    if cfg.model.path:
-        side = copy_side_files(cfg.model.path, out)
+    if base_path:
+        side = copy_side_files(base_path, out)
     else:  # the built-in tiny model: its tokenizer is the only side file there is
         from data_pipeline.tokenizer import TINY_PATH
 
         shutil.copy2(TINY_PATH, os.path.join(out, "tokenizer.json"))
         side = ["tokenizer.json"]
     if not any(s.startswith("tokenizer") for s in side):
-        log.warning("%s: no tokenizer files copied from the base model %s", out, cfg.model.path)
+        log.warning("%s: no tokenizer files copied from the base model %s", out, base_path)
     return {"out": out, "files": sorted(os.listdir(out)), "side_files": side}
 
 
