@@ -150,13 +150,20 @@ def test_peft_names_and_target_regex():
     assert export._target_modules(mods[:3]) == sorted(mods[:3])  # layers differ: the explicit list
 
 
-@pytest.mark.parametrize("how", [["tools/export.py"], ["-m", "tools.export"]])
-def test_cli_runs_both_ways(lora_run, how):
-    out = str(lora_run["root"] / f"cli{len(how)}")
-    r = subprocess.run([sys.executable, *how, lora_run["final"], "--to", "peft", out], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+def test_cli(lora_run, capsys):
+    """As a script from another directory (the tool finds the package itself), then in-process."""
+    out = str(lora_run["root"] / "cli")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "export.py"), lora_run["final"], "--to", "peft",
+                        out], cwd=str(lora_run["root"]), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "adapter_model.safetensors" in r.stdout
-    r = subprocess.run([sys.executable, *how, lora_run["final"], "--to", "onnx", out], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "FORMAT must be hf or peft" in r.stderr
+    from tools import export as tool
+
+    with pytest.raises(SystemExit) as e:
+        tool.main([lora_run["final"], "--to", "onnx", out])
+    assert e.value.code == 2 and "FORMAT must be hf or peft" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # bad input: one line naming the problem, no traceback
+        tool.main([lora_run["final"], "--to", "peft", out])
+    assert "already holds weights" in str(e.value.code)
+    tool.main([lora_run["final"], "--to", "peft", out, "--overwrite"])
+    assert "wrote" in capsys.readouterr().out

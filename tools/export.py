@@ -53,13 +53,16 @@ def main(argv=None) -> None:
         parser().error(f"--to: FORMAT must be hf or peft, got {fmt!r}")
     if a.push_to_hub:
         export.hub_api()  # fail before the export when huggingface_hub is missing
-    if fmt == "hf":
-        result = export.export_hf(a.final_dir, out, base=a.base, dtype=a.dtype,
-                                  max_shard_bytes=int(a.max_shard_gb * 2**30), overwrite=a.overwrite)
-    else:
-        if a.base or a.dtype:
-            parser().error("--base and --dtype apply to --to hf only (an adapter holds the trained factors alone)")
-        result = export.export_peft(a.final_dir, out, overwrite=a.overwrite)
+    try:
+        if fmt == "hf":
+            result = export.export_hf(a.final_dir, out, base=a.base, dtype=a.dtype,
+                                      max_shard_bytes=int(a.max_shard_gb * 2**30), overwrite=a.overwrite)
+        else:
+            if a.base or a.dtype:
+                parser().error("--base and --dtype apply to --to hf only (an adapter holds the trained factors alone)")
+            result = export.export_peft(a.final_dir, out, overwrite=a.overwrite)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:  # bad input: its message, no traceback
+        sys.exit(f"tools/export.py: error: {e}")
     print(f"wrote {out}: {', '.join(result['files'])}")
     if a.push_to_hub:
         print(f"uploaded to {export.push_to_hub(out, a.push_to_hub, a.private)}")
