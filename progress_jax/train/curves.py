@@ -50,6 +50,8 @@ def panels(names) -> list[tuple[str, list[str]]]:
 def plot_curves(log_dir: str, path: str | None = None) -> str | None:
     """Write the curves of `<log_dir>/metrics.jsonl` to `path` (default
     `<log_dir>/training_curves.png`). Returns the path, or None when there is nothing to plot."""
+    from matplotlib.ticker import MaxNLocator
+
     from progress_jax.eval.plots import _grid, _save  # the evaluation figures' layout and writer
 
     data = series(read_metrics(log_dir))
@@ -64,6 +66,7 @@ def plot_curves(log_dir: str, path: str | None = None) -> str | None:
             ax.plot(steps, values, marker="." if len(steps) < 50 else None, label=label)
         ax.set_title(title)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if len(names) > 1:
             ax.legend(fontsize="small")
