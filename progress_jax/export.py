@@ -82,8 +82,12 @@ def _weights_in(out: str) -> list[str]:
     return sorted({p for pat in WEIGHT_FILES for p in glob.glob(os.path.join(out, pat))})
 
 
-def check_out(out: str, overwrite: bool) -> None:
-    """Refuse to write weights into a directory that already holds some, unless `overwrite`."""
+def check_out(out: str, overwrite: bool, inputs: dict | None = None) -> None:
+    """Refuse to write weights into a directory that already holds some, unless `overwrite`, and
+    always into one of the inputs ({name: directory}: the run's final/, the base checkpoint)."""
+    for name, path in (inputs or {}).items():
+        if path and os.path.realpath(path) == os.path.realpath(out):
+            raise ValueError(f"output directory {out} is the {name} ({path}): choose another directory")
     old = _weights_in(out)
     if old and not overwrite:
         raise FileExistsError(f"{out} already holds weights ({os.path.basename(old[0])}, ...); "
@@ -110,7 +114,10 @@ def copy_side_files(src: str, dst: str) -> list[str]:
 def export_hf(final_dir: str, out: str, *, base: str | None = None, dtype: str | None = None,
               max_shard_bytes: int = 5 * 2**30, overwrite: bool = False) -> dict:
     """Merged Hub-layout checkpoint of a run in `out`. Returns {"out", "files", "side_files"}."""
-    check_out(out, overwrite)
+    from progress_jax.train import loop
+
+    base_path = base if base is not None else loop.read_meta(final_dir).get("model_path", "")
+    check_out(out, overwrite, {"run's final directory": final_dir, "base checkpoint": base_path})
     model, _, cfg = load_run(final_dir, base, dtype)
     return write_hf(model, out, cfg.model.path, max_shard_bytes=max_shard_bytes, overwrite=True)
 
@@ -197,7 +204,7 @@ def export_peft(final_dir: str, out: str, *, overwrite: bool = False) -> dict:
     from progress_jax.models import safetensors_io
     from progress_jax.train import loop
 
-    check_out(out, overwrite)
+    check_out(out, overwrite, {"run's final directory": final_dir})
     params, meta = loop.load_trainable(final_dir)
     config, tensors = peft_adapter(params, meta)
     _clear_weights(out)

@@ -102,6 +102,13 @@ def test_refuses_to_overwrite_weights_unless_asked(lora_run):
         export.export_hf(lora_run["final"], out)
     export.export_hf(lora_run["final"], out, overwrite=True)  # the adapter files go, a checkpoint comes
     assert "adapter_model.safetensors" not in os.listdir(out) and "model.safetensors" in os.listdir(out)
+    # Never into an input, --overwrite or not: the run's own final/ or the base checkpoint.
+    with pytest.raises(ValueError, match="is the run's final directory"):
+        export.export_peft(lora_run["final"], lora_run["final"], overwrite=True)
+    with pytest.raises(ValueError, match="is the base checkpoint"):
+        export.export_hf(lora_run["final"], lora_run["base"] + "/", overwrite=True)
+    assert os.path.isfile(os.path.join(lora_run["final"], loop.TRAINABLE_FILE))
+    assert "adapter_model.safetensors" not in os.listdir(out) and "model.safetensors" in os.listdir(out)
 
 
 def test_tiny_full_parameter_run_exports_with_its_preset(tmp_path):
