@@ -53,6 +53,9 @@ def base() -> ml_collections.ConfigDict:
     c.sampling.top_k = 0  # 0 = off
     c.sampling.max_new_tokens = 4096
     c.sampling.batch_size = 8
+
+    c.logging = ml_collections.ConfigDict()
+    c.logging.wandb_project = ""  # Weights & Biases project; "" = off (metrics.jsonl + TensorBoard always)
     return c
 
 

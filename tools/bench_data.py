@@ -71,12 +71,15 @@ def measure(files, image_root, workers: int, batches: int, batch_size: int, max_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", nargs="*", default=None)
-    parser.add_argument("--image-root", default=None)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--batches", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-pixels", type=int, default=1003520)
+    parser.add_argument("--files", nargs="*", default=None,
+                        help="benchmark/RL-format JSONL files to read (default: a synthetic set in a temporary folder)")
+    parser.add_argument("--image-root", default=None, help="IMAGE_ROOT of --files (image paths are relative to it)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2],
+                        help="worker process counts to measure, one table row each (default 0 1 2)")
+    parser.add_argument("--batches", type=int, default=20, help="batches timed after the first (default 20)")
+    parser.add_argument("--batch-size", type=int, default=8, help="samples per batch (default 8)")
+    parser.add_argument("--max-pixels", type=int, default=1003520,
+                        help="image resize bound in pixels, as data.max_pixels (default 1003520)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:

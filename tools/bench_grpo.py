@@ -51,15 +51,17 @@ def prompts(cfg, n: int, images: int, side: int, text: int, seed: int = 0) -> di
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=["tiny", "3b"], default="tiny")
-    p.add_argument("--prompts", type=int, default=8)
-    p.add_argument("--n", type=int, default=4)
-    p.add_argument("--images", type=int, default=2)
-    p.add_argument("--side", type=int, default=112)
+    p.add_argument("--preset", choices=["tiny", "3b"], default="tiny",
+                   help="model architecture with random weights: tiny (CPU) or 3b (Qwen2.5-VL-3B, bfloat16, GPU)")
+    p.add_argument("--prompts", type=int, default=8, help="prompts per GRPO step (default 8)")
+    p.add_argument("--n", type=int, default=4, help="rollouts per prompt (default 4)")
+    p.add_argument("--images", type=int, default=2, help="images per prompt (default 2)")
+    p.add_argument("--side", type=int, default=112, help="image side in pixels, a multiple of 28 (default 112)")
     p.add_argument("--text", type=int, default=200, help="text tokens per prompt besides the images")
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--micro-batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--new-tokens", type=int, default=64, help="most tokens generated per rollout (default 64)")
+    p.add_argument("--micro-batch", type=int, default=8, help="train.micro_batch_size of the policy update (default 8)")
+    p.add_argument("--steps", type=int, default=3,
+                   help="GRPO steps run; the first (compilation) is not timed (default 3)")
     a = p.parse_args()
 
     c = grpo_config.get_config()

@@ -148,11 +148,13 @@ def gpu_3b(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=["small", "3b"], default="small")
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--tokens", type=int, default=512)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--preset", choices=["small", "3b"], default="small",
+                   help="small: the JAX vs PyTorch comparison (CPU); 3b: the 3B architecture, JAX only, bfloat16 (GPU)")
+    p.add_argument("--layers", type=int, default=8, help="small: language-model layers (default 8)")
+    p.add_argument("--hidden", type=int, default=512, help="small: language-model hidden size (default 512)")
+    p.add_argument("--tokens", type=int, default=512, help="tokens per sample, images included (default 512)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed runs after the warm-up; the median is reported (default 5)")
     a = p.parse_args()
     jax.config.update("jax_default_matmul_precision", "highest" if a.preset == "small" else "default")
     compare(a) if a.preset == "small" else gpu_3b(a)

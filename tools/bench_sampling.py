@@ -124,12 +124,15 @@ def gpu_3b(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=["small", "3b"], default="small")
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--preset", choices=["small", "3b"], default="small",
+                   help="small: JAX vs transformers generate (CPU); 3b: the JAX sampler alone on the 3B architecture "
+                        "(GPU)")
+    p.add_argument("--layers", type=int, default=4, help="small: language-model layers (default 4)")
+    p.add_argument("--hidden", type=int, default=512, help="small: language-model hidden size (default 512)")
+    p.add_argument("--batch", type=int, default=8, help="prompts decoded together (default 8)")
+    p.add_argument("--new-tokens", type=int, default=128, help="tokens generated per prompt, eos ignored (default 128)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed runs after the warm-up; the best is reported (default 3)")
     a = p.parse_args()
     jax.config.update("jax_default_matmul_precision", "highest" if a.preset == "small" else "default")
     compare(a) if a.preset == "small" else gpu_3b(a)

@@ -97,12 +97,15 @@ def bench_torch(cfg, host: dict, steps: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--length", type=int, default=512)
-    ap.add_argument("--images", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--remat", default="none")
+    ap.add_argument("--preset", default="tiny",
+                    help="model preset (tiny, qwen2_5_vl_3b, qwen2_5_vl_7b) with random weights (default tiny)")
+    ap.add_argument("--batch", type=int, default=4, help="rows per step (default 4)")
+    ap.add_argument("--length", type=int, default=512, help="tokens per row, images included (default 512)")
+    ap.add_argument("--images", type=int, default=4, help="images per row (default 4)")
+    ap.add_argument("--steps", type=int, default=5,
+                    help="timed steps after 2 warm-up steps; the median is reported (default 5)")
+    ap.add_argument("--remat", default="none",
+                    help="JAX side: decoder-layer rematerialisation, none | full | dots (default none)")
     args = ap.parse_args()
     cfg = qwen2_5_vl.preset(args.preset)
     host = make_batch(cfg, args.batch, args.length, args.images)

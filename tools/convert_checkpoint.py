@@ -48,11 +48,14 @@ def orbax_to_hub(src: str, dst: str, dtype=None, max_shard_bytes: int = 5 * 2**3
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("direction", choices=["hub-to-orbax", "orbax-to-hub"])
-    p.add_argument("--src", required=True)
-    p.add_argument("--dst", required=True)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
-    p.add_argument("--max-shard-gb", type=float, default=5.0)
+    p.add_argument("direction", choices=["hub-to-orbax", "orbax-to-hub"],
+                   help="hub-to-orbax: Hub safetensors -> Orbax params/; orbax-to-hub: the reverse")
+    p.add_argument("--src", required=True, help="source checkpoint directory")
+    p.add_argument("--dst", required=True, help="destination directory (created)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                   help="convert the weights to this dtype (default: keep the stored dtype, bit-exact)")
+    p.add_argument("--max-shard-gb", type=float, default=5.0,
+                   help="orbax-to-hub: largest safetensors file in GiB, sharded with an index above it (default 5)")
     a = p.parse_args(argv)
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, None: None}[a.dtype]
     if a.direction == "hub-to-orbax":

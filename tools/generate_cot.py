@@ -30,18 +30,19 @@ from data_pipeline.teacher import (ACCEPT_RULES, JaxTeacher, TeacherSampling, Vl
 
 def add_teacher_args(ap: argparse.ArgumentParser) -> None:
     g = ap.add_argument_group("teacher")
-    g.add_argument("--backend", choices=("vllm", "jax"), required=True)
+    g.add_argument("--backend", choices=("vllm", "jax"), required=True,
+                   help="teacher engine: vllm (GPU, the paper's setup) or jax (this project's sampler)")
     g.add_argument("--model", default="", help="vLLM model name/path, or a checkpoint directory for jax "
                                                  "(empty with jax: a random model of --preset)")
     g.add_argument("--preset", default="tiny", help="jax: model preset when --model is empty")
-    g.add_argument("--tensor-parallel-size", type=int, default=1)
+    g.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model (default 1)")
     g.add_argument("--max-images", type=int, default=16, help="vllm: limit_mm_per_prompt images")
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--temperature", type=float, default=0.6)
-    g.add_argument("--top-p", type=float, default=0.9)
-    g.add_argument("--top-k", type=int, default=50)
-    g.add_argument("--max-tokens", type=int, default=4096)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-size", type=int, default=8, help="prompts sent to the teacher at a time (default 8)")
+    g.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default 0.6)")
+    g.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default 0.9)")
+    g.add_argument("--top-k", type=int, default=50, help="top-k sampling cut-off (default 50)")
+    g.add_argument("--max-tokens", type=int, default=4096, help="most generated tokens per answer (default 4096)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     g.add_argument("--max-prompt-length", type=int, default=16384, help="jax: prompt tokens (longer are cut)")
     g.add_argument("--max-pixels", type=int, default=12845056, help="jax: image max_pixels")
     g.add_argument("--jax-dtype", choices=("float32", "bfloat16"), default="float32",
@@ -105,12 +106,15 @@ def original_steps(path: str, records) -> dict[str, str]:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", nargs="+", required=True, help="benchmark/RL-format JSONL files")
-    ap.add_argument("--image-root", required=True)
+    ap.add_argument("--image-root", required=True, help="IMAGE_ROOT: image paths in --records are relative to it")
     ap.add_argument("--out", required=True, help="SFT chat JSONL (appended)")
     ap.add_argument("--rejects", default=None, help="rejected answers JSONL (default OUT.rejected.jsonl)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N records")
-    ap.add_argument("--accept", choices=ACCEPT_RULES, default="official", help="acceptance rule of an answer")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--accept", choices=ACCEPT_RULES, default="official",
+                    help="acceptance rule of an answer: official (its <score> parses, as the official runner), "
+                         "match (ref and score equal the ground truth), strict (the four blocks checked against "
+                         "the ground truth); see docs/data_construction.md")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_teacher_args(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -81,32 +81,39 @@ def main(argv=None) -> dict:
     text = sub.add_parser("text", help="object swaps in text demos -> text-unanswerable records")
     text.add_argument("--records", nargs="+", required=True, help="text-normal JSONL files")
     text.add_argument("--image-root", required=True, help="the teacher sees each record's observation image")
-    text.add_argument("--out", required=True)
-    text.add_argument("--protocol", choices=PROTOCOLS["text"], default="official")
+    text.add_argument("--out", required=True, help="text-unanswerable JSONL (appended)")
+    text.add_argument("--protocol", choices=PROTOCOLS["text"], default="official",
+                      help="official: the release's object-replacement prompt; object_tags: the earlier "
+                           "tagged protocol (docs/data_construction.md)")
     text.add_argument("--allowed-objects", default=None, help="file with one allowed new object per line")
     image = sub.add_parser("image", help="teacher edit proposals + image editing -> review queue")
     image.add_argument("--records", nargs="+", required=True, help="answerable visual JSONL files")
-    image.add_argument("--image-root", required=True)
+    image.add_argument("--image-root", required=True, help="IMAGE_ROOT: image paths in --records are relative to it")
     image.add_argument("--queue", required=True, help="review queue JSONL (appended)")
     image.add_argument("--out", required=True, help="all queued records, unreviewed (rewritten)")
     image.add_argument("--steps", default=None, help="JSONL {id, steps} with the text steps of the trajectories")
-    image.add_argument("--editor", choices=("diffusers", "sim"), default="diffusers")
+    image.add_argument("--editor", choices=("diffusers", "sim"), default="diffusers",
+                       help="diffusers: an image-editing pipeline (GPU); sim: the ProgressBench-Sim renderer (CPU)")
     image.add_argument("--edit-model", default=DEFAULT_MODEL, help="diffusers pipeline name or local path")
-    image.add_argument("--edit-dtype", choices=DTYPES, default="bfloat16")
-    image.add_argument("--edit-device", default="cuda")
-    image.add_argument("--edit-steps", type=int, default=50)
+    image.add_argument("--edit-dtype", choices=DTYPES, default="bfloat16",
+                       help="diffusers: pipeline dtype (default bfloat16)")
+    image.add_argument("--edit-device", default="cuda", help="diffusers: torch device (default cuda)")
+    image.add_argument("--edit-steps", type=int, default=50, help="diffusers: denoising steps (default 50)")
     image.add_argument("--true-cfg-scale", type=float, default=None, help="default: the pipeline's (4.0 for Qwen)")
     image.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's")
-    image.add_argument("--negative-prompt", default=" ")
-    image.add_argument("--protocol", choices=PROTOCOLS["image"], default="official")
-    image.add_argument("--edit-seed", type=int, default=OFFICIAL_SEED, help="the generator seed of every edit")
+    image.add_argument("--negative-prompt", default=" ", help="diffusers: negative prompt (default a single space)")
+    image.add_argument("--protocol", choices=PROTOCOLS["image"], default="official",
+                       help="official: the release's adversarial-editing prompt and tags; strategy_tags: the "
+                            "earlier protocol (docs/data_construction.md)")
+    image.add_argument("--edit-seed", type=int, default=OFFICIAL_SEED,
+                       help="diffusers: the generator seed of every edit (default 42, as the official script)")
     image.add_argument("--per-sample-seed", action="store_true", help="seed each edit with edit-seed + crc32(key)")
     image.add_argument("--sim-seed", type=int, default=0, help="seed ProgressBench-Sim was generated with")
     for p in (text, image):
         p.add_argument("--rejects", default=None,
                        help="rejected answers JSONL (default OUT.rejected.jsonl, QUEUE.rejected.jsonl for image)")
-        p.add_argument("--limit", type=int, default=None)
-        p.add_argument("--no-progress", action="store_true")
+        p.add_argument("--limit", type=int, default=None, help="only the first N records")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
         add_teacher_args(p)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -109,11 +109,11 @@ def main(argv=None):
     serve = sub.add_parser("serve", help="run the review web app")
     apply = sub.add_parser("apply", help="write the kept records as the final benchmark file")
     for p in (serve, apply):
-        p.add_argument("--queue", required=True)
-        p.add_argument("--decisions", required=True)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=7860)
-    apply.add_argument("--out", required=True)
+        p.add_argument("--queue", required=True, help="review queue JSONL written by make_unanswerable.py image")
+        p.add_argument("--decisions", required=True, help="decisions JSONL (appended by the app, one line per click)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    serve.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    apply.add_argument("--out", required=True, help="final benchmark JSONL: the kept records (rewritten)")
     apply.add_argument("--allow-undecided", action="store_true", help="leave undecided samples out instead of failing")
     args = ap.parse_args(argv)
     if args.command == "apply":

@@ -1,5 +1,9 @@
 """Train metrics: JSONL (one flushed line per step) and TensorBoard, a progress bar, and MFU.
 
+metrics.jsonl and TensorBoard are the record of a run. Optionally the same scalars also go to
+Weights & Biases (config key logging.wandb_project; the `wandb` package is imported only then),
+and closing the writer draws the training curves to `<log_dir>/training_curves.png` (train.curves).
+
 FLOP counting (PaLM appendix B convention, as MaxText reports it), per trained token:
   forward  = 2 * N  +  2 * 2 * L * n_layers * d_attn
       N: parameters used in matmuls per token (every linear layer, including the output
@@ -14,6 +18,7 @@ count only the work done (the default 2.0 is the conventional full-training coun
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 
@@ -21,6 +26,9 @@ from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from data_pipeline.jsonl import JsonlAppender
+
+log = logging.getLogger(__name__)
+WANDB_ID_FILE = "wandb_run_id.txt"
 
 
 def train_flops_per_token(n_matmul_params: int, n_layers: int, seq_len: int, attn_dim: int,
@@ -46,15 +54,24 @@ class MetricsWriter:
     killed run keeps every complete line and its half-written one is cut off on resume; a resumed
     run appends, and the last line for a step wins) and
     the same scalars to TensorBoard in `log_dir`. Writes nothing when `enabled` is False
-    (processes other than 0)."""
+    (processes other than 0).
 
-    def __init__(self, log_dir: str, enabled: bool = True, tensorboard: bool = True):
+    wandb_project: also log to this Weights & Biases project (a resumed run continues the same
+    W&B run: its id is kept in `<log_dir>/wandb_run_id.txt`); wandb_config: the run config shown
+    there. curves: on close, plot metrics.jsonl to `<log_dir>/training_curves.png`."""
+
+    def __init__(self, log_dir: str, enabled: bool = True, tensorboard: bool = True, wandb_project: str = "",
+                 wandb_config: dict | None = None, curves: bool = True):
         self.enabled = enabled
-        self._jsonl = self._tb = None
+        self.log_dir = log_dir
+        self._curves = curves
+        self._jsonl = self._tb = self._wandb = None
         if enabled:
             os.makedirs(log_dir, exist_ok=True)
             self._jsonl = JsonlAppender(os.path.join(log_dir, "metrics.jsonl"))
             self._tb = SummaryWriter(log_dir) if tensorboard else None
+            if wandb_project:
+                self._wandb = start_wandb(wandb_project, log_dir, wandb_config)
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -72,19 +89,52 @@ class MetricsWriter:
             for name, value in scalars.items():
                 self._tb.add_scalar(name, value, int(step))
             self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=int(step))
 
     def close(self) -> None:
+        opened = self._jsonl is not None
         if self._jsonl is not None:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
-        self._jsonl = self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+        self._jsonl = self._tb = self._wandb = None
+        if opened and self._curves and os.path.isfile(os.path.join(self.log_dir, "metrics.jsonl")):
+            from progress_jax.train import curves
+
+            try:  # a figure must not fail a finished run; the metrics themselves are on disk
+                path = curves.plot_curves(self.log_dir)
+            except Exception:
+                log.exception("training curves of %s not drawn", self.log_dir)
+            else:
+                if path:
+                    log.info("training curves: %s", path)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def start_wandb(project: str, log_dir: str, config: dict | None = None):
+    """A Weights & Biases run in `project` (files under log_dir), resumed when log_dir already
+    holds one's id. Raises a clear error when wandb is not installed."""
+    try:
+        import wandb
+    except ImportError:
+        raise ImportError(f"config key logging.wandb_project is {project!r} but the wandb package is not "
+                          "installed: pip install wandb, or leave logging.wandb_project empty") from None
+    id_file = os.path.join(log_dir, WANDB_ID_FILE)
+    run_id = open(id_file).read().strip() if os.path.isfile(id_file) else None
+    run = wandb.init(project=project, dir=log_dir, config=config, id=run_id, resume="allow",
+                     name=os.path.basename(os.path.abspath(log_dir)))
+    if run_id is None:
+        with open(id_file, "w") as f:
+            f.write(run.id + "\n")
+    return run
 
 
 def read_metrics(log_dir: str) -> dict[int, dict]:

@@ -1,0 +1,234 @@
+"""Weights out of a finished run: a merged Hub checkpoint, or a PEFT adapter (see docs/export.md).
+
+A run's `final/` (SFT or GRPO alike) holds `trainable.safetensors` (the LoRA factors, or every
+language-model weight for lora.rank = 0) and `trainable.json` (the lora config, the base model
+path or preset, the seed); see train.loop.save_trainable. The base model is rebuilt exactly as
+the run built it (runtime.load_policy), so a run of the built-in tiny model (random base from
+its seed) exports too.
+
+- `export_hf` (a run's final/) and `write_hf` (a model in memory): LoRA folded in (lora.merge),
+  config.json + safetensors (sharded with an index above `max_shard_bytes`) + the base
+  checkpoint's tokenizer, processor, chat-template and generation_config files: a directory
+  transformers and vLLM load as they are.
+- `export_peft`: adapter_config.json + adapter_model.safetensors under PEFT's key names
+  (`base_model.model.model.language_model.layers.N.self_attn.q_proj.lora_A.weight`, the module
+  names of transformers >= 4.52) for `peft.PeftModel.from_pretrained(base, directory)`.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import re
+import shutil
+
+import ml_collections
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# The non-weight files of a Qwen2.5-VL Hub checkpoint that loaders read beside the weights.
+SIDE_FILES = ("tokenizer*", "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json",
+              "*preprocessor_config.json", "processor_config.json", "chat_template*", "generation_config.json")
+WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json", "adapter_config.json")
+PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+# Our LoRA path -> PEFT's module name (transformers >= 4.52 module tree of Qwen2_5_VLForConditionalGeneration).
+_LORA_KEY = re.compile(r"^layers/(\d+)/(self_attn|mlp)/(\w+_proj)/lora_(a|b)$")
+
+
+def run_config(meta: dict, base: str | None = None, dtype: str = "float32") -> ml_collections.ConfigDict:
+    """The slice of a job config that runtime.load_policy needs, from a run's trainable.json.
+    `base` replaces the recorded base model path (a run moved to another machine)."""
+    lora = meta.get("lora") or {}
+    missing = [k for k in ("rank", "alpha", "targets") if k not in lora]
+    if missing:
+        raise ValueError(f"trainable.json: key 'lora' lacks {missing} (not written by an SFT or GRPO run?)")
+    c = ml_collections.ConfigDict()
+    c.seed = int(meta.get("seed", 0))
+    c.model = dict(path=base if base is not None else meta.get("model_path", ""),
+                   preset=meta.get("model_preset", "tiny"), param_dtype=dtype, compute_dtype=dtype)
+    c.lora = dict(rank=int(lora["rank"]), alpha=float(lora["alpha"]), dropout=0.0, targets=lora["targets"])
+    return c
+
+
+def _stored_dtype(base: str) -> str:
+    """The base checkpoint's weight dtype name ("bfloat16" for the released Qwen models)."""
+    from progress_jax.models import safetensors_io
+
+    first = next(iter(safetensors_io.open_checkpoint(base).values()))
+    return "bfloat16" if first.dtype.name == "bfloat16" else "float32"
+
+
+def load_run(final_dir: str, base: str | None = None, dtype: str | None = None):
+    """(model with the run's trained parameters, LoRA still separate; meta; its config).
+    dtype None: the base checkpoint's stored dtype (float32 for the tiny model)."""
+    from progress_jax import runtime
+    from progress_jax.train import loop
+
+    meta = loop.read_meta(final_dir)
+    cfg = run_config(meta, base)
+    if cfg.model.path and not os.path.isdir(cfg.model.path):
+        raise FileNotFoundError(f"{os.path.join(final_dir, loop.TRAINABLE_META)}: base model {cfg.model.path!r} "
+                                "is not a directory here; pass the base checkpoint with --base")
+    with cfg.unlocked():
+        cfg.model.param_dtype = cfg.model.compute_dtype = dtype or (
+            _stored_dtype(cfg.model.path) if cfg.model.path else "float32")
+    model = runtime.load_policy(cfg, None, final_dir)
+    return model, meta, cfg
+
+
+def _weights_in(out: str) -> list[str]:
+    return sorted({p for pat in WEIGHT_FILES for p in glob.glob(os.path.join(out, pat))})
+
+
+def check_out(out: str, overwrite: bool, inputs: dict | None = None) -> None:
+    """Refuse to write weights into a directory that already holds some, unless `overwrite`, and
+    always into one of the inputs ({name: directory}: the run's final/, the base checkpoint)."""
+    for name, path in (inputs or {}).items():
+        if path and os.path.realpath(path) == os.path.realpath(out):
+            raise ValueError(f"output directory {out} is the {name} ({path}): choose another directory")
+    old = _weights_in(out)
+    if old and not overwrite:
+        raise FileExistsError(f"{out} already holds weights ({os.path.basename(old[0])}, ...); "
+                              "pass --overwrite (overwrite=True) to replace them")
+
+
+def _clear_weights(out: str) -> None:
+    """Remove the old weight files (--overwrite), so no stale shard survives beside the new ones."""
+    for p in _weights_in(out):
+        os.remove(p)
+    os.makedirs(out, exist_ok=True)
+
+
+def copy_side_files(src: str, dst: str) -> list[str]:
+    """Copy the tokenizer / processor / chat template / generation config files of `src`."""
+    copied = []
+    for pattern in SIDE_FILES:
+        for path in sorted(glob.glob(os.path.join(src, pattern))):
+            shutil.copy2(path, dst)
+            copied.append(os.path.basename(path))
+    return copied
+
+
+def export_hf(final_dir: str, out: str, *, base: str | None = None, dtype: str | None = None,
+              max_shard_bytes: int = 5 * 2**30, overwrite: bool = False) -> dict:
+    """Merged Hub-layout checkpoint of a run in `out`. Returns {"out", "files", "side_files"}."""
+    from progress_jax.train import loop
+
+    base_path = base if base is not None else loop.read_meta(final_dir).get("model_path", "")
+    check_out(out, overwrite, {"run's final directory": final_dir, "base checkpoint": base_path})
+    model, _, cfg = load_run(final_dir, base, dtype)
+    return write_hf(model, out, cfg.model.path, max_shard_bytes=max_shard_bytes, overwrite=True)
+
+
+def write_hf(model, out: str, base_path: str = "", *, max_shard_bytes: int = 5 * 2**30,
+             overwrite: bool = False) -> dict:
+    """An in-memory model (LoRA folded in here, in place) as a Hub checkpoint in `out`, with the
+    side files of `base_path` ("" = the built-in tiny model: its tokenizer.json). Also for a job
+    that just trained the model (SFT's train.export_merged)."""
+    from progress_jax import lora
+    from progress_jax.models import qwen2_5_vl
+
+    check_out(out, overwrite)
+    _clear_weights(out)
+    lora.merge(model)
+    qwen2_5_vl.save_pretrained(model, out, max_shard_bytes=max_shard_bytes)
+    if base_path:
+        side = copy_side_files(base_path, out)
+    else:  # the built-in tiny model: its tokenizer is the only side file there is
+        from data_pipeline.tokenizer import TINY_PATH
+
+        shutil.copy2(TINY_PATH, os.path.join(out, "tokenizer.json"))
+        side = ["tokenizer.json"]
+    if not any(s.startswith("tokenizer") for s in side):
+        log.warning("%s: no tokenizer files copied from the base model %s", out, base_path)
+    return {"out": out, "files": sorted(os.listdir(out)), "side_files": side}
+
+
+def peft_name(path: str) -> str:
+    """Our LoRA parameter path (`layers/3/self_attn/q_proj/lora_a`) -> PEFT's saved key."""
+    m = _LORA_KEY.match(path)
+    if m is None:
+        raise ValueError(f"LoRA parameter {path!r} is not on a decoder layer projection: PEFT export supports "
+                         "the language model's q/k/v/o/gate/up/down projections")
+    layer, block, proj, ab = m.groups()
+    return f"base_model.model.model.language_model.layers.{layer}.{block}.{proj}.lora_{ab.upper()}.weight"
+
+
+def _target_modules(modules: list[str]):
+    """A regex PEFT full-matches against module names: every layer with the same projections
+    gives one short pattern (it must not match the vision tower's mlp.*_proj); else the list."""
+    by_layer: dict[str, set] = {}
+    for m in modules:
+        layer, rest = re.match(r".*\.layers\.(\d+)\.(.*)$", m).groups()
+        by_layer.setdefault(layer, set()).add(rest)
+    suffixes = set(next(iter(by_layer.values())))
+    if any(s != suffixes for s in by_layer.values()):
+        return sorted(modules)
+    alt = "|".join(re.escape(s) for s in sorted(suffixes))
+    layers = "|".join(sorted(by_layer, key=int))
+    return rf".*language_model\.layers\.({layers})\.({alt})"
+
+
+def peft_adapter(params: dict, meta: dict) -> tuple[dict, dict]:
+    """(adapter_config, {PEFT key: array}) from a LoRA run's trained parameters and meta.
+    PEFT stores lora_A.weight [r, in] and lora_B.weight [out, r]; ours are [in, r] and [r, out]."""
+    lora_cfg = meta.get("lora") or {}
+    rank = int(lora_cfg.get("rank", 0))
+    if rank <= 0:
+        raise ValueError("a full-parameter run (lora.rank = 0) has no adapter: export it with --to hf")
+    tensors = {peft_name(k): np.ascontiguousarray(np.asarray(v, np.float32).T) for k, v in params.items()}
+    modules = sorted({k.removeprefix("base_model.model.").rsplit(".lora_", 1)[0] for k in tensors})
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": meta.get("model_path") or None,
+        "r": rank,
+        "lora_alpha": float(lora_cfg["alpha"]),
+        "lora_dropout": float(lora_cfg.get("dropout", 0.0)),
+        "target_modules": _target_modules(modules),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "modules_to_save": None,
+        "inference_mode": True,
+    }
+    return config, tensors
+
+
+def export_peft(final_dir: str, out: str, *, overwrite: bool = False) -> dict:
+    """PEFT adapter of a LoRA run in `out` (the base model is not needed). Returns {"out", "files"}."""
+    from progress_jax.models import safetensors_io
+    from progress_jax.train import loop
+
+    check_out(out, overwrite, {"run's final directory": final_dir})
+    params, meta = loop.load_trainable(final_dir)
+    config, tensors = peft_adapter(params, meta)
+    _clear_weights(out)
+    safetensors_io.save_file(tensors, os.path.join(out, PEFT_WEIGHTS), {"format": "pt"})
+    tmp = os.path.join(out, PEFT_CONFIG + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(config, f, indent=2)
+    os.replace(tmp, os.path.join(out, PEFT_CONFIG))
+    return {"out": out, "files": sorted(os.listdir(out))}
+
+
+def hub_api():
+    """huggingface_hub.HfApi(), or a clear error when the package is missing (checked before exporting)."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise ImportError("--push-to-hub needs huggingface_hub: pip install huggingface_hub") from None
+    return huggingface_hub.HfApi()
+
+
+def push_to_hub(directory: str, repo: str, private: bool = False) -> str:
+    """Upload an exported directory to the Hub repo `repo` (created if missing). Returns its URL."""
+    api = hub_api()
+    url = api.create_repo(repo, private=private, exist_ok=True)
+    api.upload_folder(folder_path=directory, repo_id=repo, commit_message="Upload from progress_jax tools/export.py")
+    return str(url)
+

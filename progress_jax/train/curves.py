@@ -1,0 +1,73 @@
+"""Training curves as PNG from a run's metrics.jsonl (written when the metrics writer closes).
+
+Panels: `loss` first, then one panel per metric family (the part before the first '/':
+`reward/*`, `probe/*`, `val/*`, `time/*`, ...) with one line per member, then every other
+numeric series on its own panel. NaN/Inf points (stored as strings) are left out of the lines.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from progress_jax.train.metrics_writer import read_metrics
+
+CURVES_FILE = "training_curves.png"
+
+
+def series(history: dict[int, dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{metric: (steps, values)} of every numeric metric, finite points only, by step."""
+    points: dict[str, list] = {}
+    for step in sorted(history):
+        for name, value in history[step].items():
+            if name == "step" or isinstance(value, bool):
+                continue
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(v):
+                points.setdefault(name, []).append((step, v))
+    return {k: (np.array([s for s, _ in p]), np.array([v for _, v in p])) for k, p in points.items()}
+
+
+def panels(names) -> list[tuple[str, list[str]]]:
+    """[(title, metric names)]: loss, then the '/' families, then the rest (each alphabetical)."""
+    families: dict[str, list[str]] = {}
+    single = []
+    for name in sorted(names):
+        if "/" in name:
+            families.setdefault(name.split("/", 1)[0], []).append(name)
+        elif name != "loss":
+            single.append(name)
+    out = [("loss", ["loss"])] if "loss" in names else []
+    out += sorted(families.items())
+    out += [(n, [n]) for n in single]
+    return out
+
+
+def plot_curves(log_dir: str, path: str | None = None) -> str | None:
+    """Write the curves of `<log_dir>/metrics.jsonl` to `path` (default
+    `<log_dir>/training_curves.png`). Returns the path, or None when there is nothing to plot."""
+    from matplotlib.ticker import MaxNLocator
+
+    from progress_jax.eval.plots import _grid, _save  # the evaluation figures' layout and writer
+
+    data = series(read_metrics(log_dir))
+    layout = panels(data)
+    if not layout:
+        return None
+    fig, axes = _grid(len(layout))
+    for ax, (title, names) in zip(axes, layout):
+        for name in names:
+            steps, values = data[name]
+            label = name.split("/", 1)[1] if "/" in name else name
+            ax.plot(steps, values, marker="." if len(steps) < 50 else None, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if len(names) > 1:
+            ax.legend(fontsize="small")
+    return _save(fig, path or os.path.join(log_dir, CURVES_FILE))

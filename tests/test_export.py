@@ -1,0 +1,175 @@
+"""tools/export.py: a run's final/ -> merged Hub checkpoint loaded by transformers, and -> PEFT
+adapter loaded by peft; both give this project's logits (tiny random checkpoints, float32)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from progress_jax import export, lora
+from progress_jax.models import qwen2_5_vl
+from progress_jax.train import loop
+from tests import hf_reference as ref
+
+TOL = 2e-4
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _randomize(model, rank: int, seed: int) -> dict:
+    """Trained parameters as a run ends with them: random values everywhere (a LoRA B of zeros
+    would make the adapter invisible), written into the model. Returns the flat params."""
+    _, params = loop.split(model, lora.trainable_filter(rank))
+    rng = np.random.default_rng(seed)
+    params = {k: np.asarray(v) + 0.05 * rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
+    loop.assign(model, params)
+    return params
+
+
+def _meta(rank, path, preset="tiny", seed=0):
+    return {"lora": {"rank": rank, "alpha": 8.0, "dropout": 0.05, "targets": lora.DEFAULT_TARGETS},
+            "model_path": path, "model_preset": preset, "seed": seed, "steps": 3}
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    """A base Hub checkpoint (with tokenizer-side files) and the final/ of a LoRA run on it."""
+    root = tmp_path_factory.mktemp("export")
+    base = str(root / "base")
+    ref.hf_model(tied=False, seed=3).save_pretrained(base)
+    for name, text in (("tokenizer_config.json", '{"model_max_length": 64}'), ("chat_template.jinja", "{{ x }}"),
+                       ("preprocessor_config.json", "{}"), ("vocab.json", "{}")):
+        with open(os.path.join(base, name), "w") as f:
+            f.write(text)
+    model = qwen2_5_vl.from_pretrained(base)
+    lora.inject(model, rank=4, alpha=8.0, seed=1)
+    params = _randomize(model, 4, seed=5)
+    final = str(root / "run" / "final")
+    loop.save_trainable(final, params, _meta(4, base))
+    ids, mask, pv, grid = ref.batch("right")
+    ours = np.asarray(model(ids, attention_mask=mask, pixel_values=pv, image_grid_thw=grid))
+    return {"root": root, "base": base, "final": final, "ours": ours}
+
+
+def _hf_logits_of(hf_model):
+    ids, mask, pv, grid = ref.batch("right")
+    return ref.hf_logits(hf_model, ids, mask, pv, grid), mask.astype(bool)
+
+
+def test_hf_export_of_a_lora_run_loads_in_transformers_sharded(lora_run):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    out = str(lora_run["root"] / "hf")
+    result = export.export_hf(lora_run["final"], out, max_shard_bytes=200_000)
+    files = set(os.listdir(out))
+    assert {"config.json", "model.safetensors.index.json", "tokenizer_config.json", "chat_template.jinja",
+            "preprocessor_config.json", "vocab.json", "generation_config.json"} <= files
+    assert sum(f.endswith(".safetensors") for f in files) > 1 and "model.safetensors" not in files
+    assert "tokenizer_config.json" in result["side_files"]
+    hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
+    expected, real = _hf_logits_of(hf)
+    assert np.abs(expected[real] - lora_run["ours"][real]).max() <= TOL
+    # The merge changed the model: the base alone gives other logits.
+    base = Qwen2_5_VLForConditionalGeneration.from_pretrained(lora_run["base"], dtype=torch.float32).eval()
+    assert np.abs(_hf_logits_of(base)[0][real] - lora_run["ours"][real]).max() > 100 * TOL
+
+
+def test_peft_export_matches_with_peft(lora_run):
+    peft = pytest.importorskip("peft")
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    out = str(lora_run["root"] / "adapter")
+    export.export_peft(lora_run["final"], out)
+    assert sorted(os.listdir(out)) == ["adapter_config.json", "adapter_model.safetensors"]
+    base = Qwen2_5_VLForConditionalGeneration.from_pretrained(lora_run["base"], dtype=torch.float32).eval()
+    model = peft.PeftModel.from_pretrained(base, out).eval()
+    # Every saved factor landed on a module (none left at its init), and none went to the vision tower.
+    adapted = [n for n, _ in model.named_modules() if n.endswith("lora_A.default")]
+    assert len(adapted) == 2 * 7 and not any("visual" in n for n in adapted)
+    expected, real = _hf_logits_of(model)
+    assert np.abs(expected[real] - lora_run["ours"][real]).max() <= TOL
+
+
+def test_refuses_to_overwrite_weights_unless_asked(lora_run):
+    out = str(lora_run["root"] / "again")
+    export.export_peft(lora_run["final"], out)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export.export_peft(lora_run["final"], out)
+    with pytest.raises(FileExistsError, match="already holds weights"):
+        export.export_hf(lora_run["final"], out)
+    export.export_hf(lora_run["final"], out, overwrite=True)  # the adapter files go, a checkpoint comes
+    assert "adapter_model.safetensors" not in os.listdir(out) and "model.safetensors" in os.listdir(out)
+    # Never into an input, --overwrite or not: the run's own final/ or the base checkpoint.
+    with pytest.raises(ValueError, match="is the run's final directory"):
+        export.export_peft(lora_run["final"], lora_run["final"], overwrite=True)
+    with pytest.raises(ValueError, match="is the base checkpoint"):
+        export.export_hf(lora_run["final"], lora_run["base"] + "/", overwrite=True)
+    assert os.path.isfile(os.path.join(lora_run["final"], loop.TRAINABLE_FILE))
+    assert "adapter_model.safetensors" not in os.listdir(out) and "model.safetensors" in os.listdir(out)
+
+
+def test_tiny_full_parameter_run_exports_with_its_preset(tmp_path):
+    """A run of the built-in tiny model (no base path, lora.rank 0): the base is rebuilt from the
+    preset and the seed; the export loads in transformers with the same logits."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = qwen2_5_vl.init(qwen2_5_vl.tiny(), seed=7)
+    params = _randomize(model, 0, seed=2)
+    final = str(tmp_path / "final")
+    loop.save_trainable(final, params, _meta(0, ""))
+    with open(os.path.join(final, loop.TRAINABLE_META)) as f:
+        meta = json.load(f)
+    meta["seed"] = 7
+    with open(os.path.join(final, loop.TRAINABLE_META), "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(ValueError, match="full-parameter run"):
+        export.export_peft(final, str(tmp_path / "adapter"))
+    out = str(tmp_path / "hf")
+    export.export_hf(final, out)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(out))
+
+    grid = np.array([[1, 8, 8]])
+    ids = np.array([[10, 11, 3] + [6] * 16 + [4, 12, 13, 14]])
+    mask = np.ones_like(ids)
+    pv = np.random.default_rng(0).standard_normal((64, 1176)).astype(np.float32)
+    ours = np.asarray(model(ids, attention_mask=mask, pixel_values=pv, image_grid_thw=grid))
+    hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        got = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), pixel_values=torch.tensor(pv),
+                 image_grid_thw=torch.tensor(grid), mm_token_type_ids=torch.tensor((ids == 6).astype(np.int64))).logits
+    assert np.abs(got.numpy() - ours).max() <= TOL
+
+
+def test_peft_names_and_target_regex():
+    assert export.peft_name("layers/3/mlp/down_proj/lora_b") == \
+        "base_model.model.model.language_model.layers.3.mlp.down_proj.lora_B.weight"
+    with pytest.raises(ValueError, match="visual/blocks/0"):
+        export.peft_name("visual/blocks/0/mlp/fc1/lora_a")
+    mods = [f"model.language_model.layers.{i}.self_attn.{p}_proj" for i in (0, 1) for p in "qv"]
+    import re
+    pattern = export._target_modules(mods)
+    assert all(re.fullmatch(pattern, m) for m in mods)
+    assert not re.fullmatch(pattern, "model.visual.blocks.0.mlp.gate_proj")
+    assert not re.fullmatch(pattern, "model.language_model.layers.0.self_attn.k_proj")
+    assert export._target_modules(mods[:3]) == sorted(mods[:3])  # layers differ: the explicit list
+
+
+def test_cli(lora_run, capsys):
+    """As a script from another directory (the tool finds the package itself), then in-process."""
+    out = str(lora_run["root"] / "cli")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "export.py"), lora_run["final"], "--to", "peft",
+                        out], cwd=str(lora_run["root"]), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "adapter_model.safetensors" in r.stdout
+    from tools import export as tool
+
+    with pytest.raises(SystemExit) as e:
+        tool.main([lora_run["final"], "--to", "onnx", out])
+    assert e.value.code == 2 and "FORMAT must be hf or peft" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # bad input: one line naming the problem, no traceback
+        tool.main([lora_run["final"], "--to", "peft", out])
+    assert "already holds weights" in str(e.value.code)
+    tool.main([lora_run["final"], "--to", "peft", out, "--overwrite"])
+    assert "wrote" in capsys.readouterr().out
