@@ -159,8 +159,9 @@ def main(argv=None) -> int:
                         help="token buckets of the job, e.g. 2048,4096,8192,16384,32768 (largest = the limit); "
                              "without it token lengths are not checked")
     parser.add_argument("--patch-buckets", type=_ints, default=None, help="patch buckets of the job (largest = the limit)")
-    parser.add_argument("--min-pixels", type=int, default=3136)
-    parser.add_argument("--max-pixels", type=int, default=12845056)
+    parser.add_argument("--min-pixels", type=int, default=3136, help="image min_pixels of the job (default 3136)")
+    parser.add_argument("--max-pixels", type=int, default=12845056,
+                        help="image max_pixels of the job (default 12845056)")
     parser.add_argument("--mode", choices=("think", "direct"), default="think", help="prompt mode (default think)")
     args = parser.parse_args(argv)
 
