@@ -34,9 +34,9 @@ from PIL import Image
 
 from data_pipeline.image_processor import preprocess
 from data_pipeline.jsonl import JsonlAppender, drop_partial_tail
-from data_pipeline import construction_texts as texts
+from data_pipeline import prompt_texts as texts
 from data_pipeline.parsing import NA, NUMBER, official_percent_text, official_runner_fields, read_ref, read_reward_score, strict_format_ok
-from data_pipeline.prompts import build_messages, format_percent, render_text, tokenize_messages
+from data_pipeline.prompts import build_messages, format_percent, official_percent, render_text, tokenize_messages
 from data_pipeline.records import IMAGE_PLACEHOLDER, Record, record_image_path
 
 logger = logging.getLogger(__name__)
@@ -175,11 +175,6 @@ def _answer_text(record: Record) -> tuple[str, str]:
     return str(record.closest_idx), format_percent(record.progress)
 
 
-def _official_percent(index: int, total_steps: int) -> int:
-    # the official builders compute round((i / total_steps) * 100): Python's banker's rounding
-    return round((index / total_steps) * 100)
-
-
 def cot_prompt(record: Record, image_root: str | None, original_step: str = "") -> list[dict]:
     """The official CoT-generation prompt with its ground-truth hint (module docstring): the cot_gen
     prompt for an answerable record, the nega prompt for an unanswerable one (text: `original_step`
@@ -192,15 +187,16 @@ def cot_prompt(record: Record, image_root: str | None, original_step: str = "") 
 
     visual, nega = record.kind == "visual", not record.answerable
     train = texts.NEGA_TEXT_INSTRUCTION_TRAIN if nega and not visual else texts.COT_INSTRUCTION_TRAIN
-    system = texts.COT_VISUAL_SYSTEM if visual else texts.COT_TEXT_SYSTEM
-    parts = [text(train + system + texts.COT_GOAL.format(goal=record.task_goal)), text(texts.COT_DEMO_INTRO)]
+    system = texts.VISUAL_SYSTEM if visual else texts.TEXT_SYSTEM
+    goal = "\n\n" + texts.OUR_GOAL.format(goal=record.task_goal)
+    parts = [text(train + system + goal), text(texts.DEMO_INTRO)]
     if visual:
         parts += [image(f) for f in record.visual_demo]
-        shifts = " ".join(f"<image> {_official_percent(i, record.total_steps)}%" for i in range(record.total_steps + 1))
-        parts += [text(texts.COT_VISUAL_SHIFTS.format(shifts=shifts)), text(texts.COT_VISUAL_CURRENT)]
+        shifts = " ".join(texts.SHIFT.format(percent=official_percent(i, record.total_steps))
+                          for i in range(record.total_steps + 1))
+        parts += [text(texts.VISUAL_SHIFTS.format(shifts=shifts)), text(texts.CURRENT_INTRO)]
     else:
-        steps = "\n\n".join(texts.COT_TEXT_STEP.format(index=i, text=step,
-                                                        percent=_official_percent(i, record.total_steps))
+        steps = "\n\n".join(texts.TEXT_STEP.format(index=i, step=step, percent=official_percent(i, record.total_steps))
                              for i, step in enumerate(record.text_demo, start=1))
         parts += [text(steps), text(texts.COT_TEXT_CURRENT)]
     parts.append(image(record.observation))

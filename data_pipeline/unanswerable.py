@@ -4,7 +4,7 @@ enter the benchmark. Each teacher step has two protocols; "official" is the defa
 
 Text swap, protocol "official" (eval/qwen25vl/codes/prompts/text_object_replacement_prompt.py, run by
 run_text_object_replacement_single.py): one call per record; system prompt " ", then the
-observation image and the prompt (construction_texts.SWAP_PROMPT). The answer is kept when
+observation image and the prompt (prompt_texts.SWAP_PROMPT). The answer is kept when
 `<edited_goal>` ("quotes" optional, no `<` or `"` inside) and `<edited_demo>` (a JSON list) parse,
 nothing else is checked [parse_error]; the record is the text-normal one with the new goal and steps,
 closest_idx / progress_score "n/a" and total_steps a string, in the key order of the official
@@ -51,7 +51,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from data_pipeline import construction_texts as texts
+from data_pipeline import prompt_texts as texts
 from data_pipeline.jsonl import JsonlAppender, write_jsonl
 from data_pipeline.prompts import progress_label
 from data_pipeline.records import Record, record_image_path
