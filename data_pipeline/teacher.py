@@ -23,7 +23,6 @@ text_nega_prompt.py) whose hint is all n/a. The teacher fills in the think block
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -33,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from data_pipeline.image_processor import preprocess
-from data_pipeline.jsonl import JsonlAppender, drop_partial_tail
+from data_pipeline.jsonl import JsonlAppender, read_appended
 from data_pipeline import prompt_texts as texts
 from data_pipeline.parsing import NA, NUMBER, official_percent_text, official_runner_fields, read_ref, read_reward_score, strict_format_ok
 from data_pipeline.prompts import build_messages, format_percent, official_percent, render_text, tokenize_messages
@@ -145,22 +144,6 @@ class JaxTeacher:
 
 
 # ---- resumable JSONL output ----
-
-def read_jsonl_objects(path: str) -> list[dict]:
-    """Every line of a JSONL file this module wrote (missing file -> []); a bad line is an error naming it."""
-    if not os.path.exists(path):
-        return []
-    drop_partial_tail(path)
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for n, text in enumerate(f, start=1):
-            if text.strip():
-                try:
-                    out.append(json.loads(text))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: bad JSON: {e}") from None
-    return out
-
 
 def sample_key(record: Record) -> str:
     """Stable key of a benchmark/RL sample across runs: file stem, trajectory id, observation."""
@@ -306,11 +289,17 @@ class TeacherRun:
         self.bar.close()
 
 
+def rejected_keys(rejects_path: str) -> set[str]:
+    """Keys an earlier run rejected for a reason other than an engine error (those are retried). A
+    half-written last line (killed run) is left out, so its sample is redone (data_pipeline/jsonl.py)."""
+    return {obj["key"] for _, obj in read_appended(rejects_path, missing_ok=True) if obj.get("reason") != "engine_error"}
+
+
 def done_keys(out_path: str, rejects_path: str | None, out_key) -> set[str]:
-    """Keys already settled: written to the output, or rejected for a reason other than an engine error."""
-    keys = {out_key(obj) for obj in read_jsonl_objects(out_path)}
+    """Keys already settled: written to the output (a half-written last line is not), or in rejected_keys."""
+    keys = {out_key(obj) for _, obj in read_appended(out_path, missing_ok=True)}
     if rejects_path:
-        keys |= {obj["key"] for obj in read_jsonl_objects(rejects_path) if obj.get("reason") != "engine_error"}
+        keys |= rejected_keys(rejects_path)
     return keys
 
 
