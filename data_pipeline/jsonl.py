@@ -1,5 +1,12 @@
 """JSONL files: one reader for every line-oriented input, append-only writers that survive a killed
-writer, and an atomic whole-file write."""
+writer, and an atomic whole-file write.
+
+One rule for a half-written tail, the last line with no newline after it that does not decode (what a
+writer killed mid-line leaves): in a file the project appends to (JsonlAppender: resumable outputs and
+their rejects, the review queue and decisions, predictions) it is left out with a warning naming file
+and line (read_appended), so its record is redone, and the next JsonlAppender on the file cuts it off
+(drop_partial_tail). In an input file it is a bad line like any other: an error naming file and line.
+"""
 
 from __future__ import annotations
 
@@ -42,6 +49,27 @@ def read_json_lines(path) -> Iterator[JsonLine]:
             yield JsonLine(i + 1, json.loads(text), None, unterminated)
         except (ValueError, RecursionError) as e:
             yield JsonLine(i + 1, None, f"bad JSON: {e}", unterminated)
+
+
+def read_appended(path, missing_ok: bool = False) -> list[tuple[int, dict]]:
+    """(line number, object) for every line of a file the project appends to, under the module's rule
+    for a half-written tail; any other bad line, or one that is not a JSON object, raises ValueError
+    naming file and line. A missing file is an error unless missing_ok (then it has no lines)."""
+    path = os.fspath(path)
+    if missing_ok and not os.path.exists(path):
+        return []
+    out = []
+    for entry in read_json_lines(path):
+        if entry.error is not None and entry.unterminated:
+            logger.warning("%s:%d: ignoring a truncated last line (%s) left by an interrupted run; that record "
+                           "is redone", path, entry.number, entry.error)
+            continue
+        if entry.error is not None:
+            raise ValueError(f"{path}:{entry.number}: {entry.error}")
+        if not isinstance(entry.obj, dict):
+            raise ValueError(f"{path}:{entry.number}: expected a JSON object, got {type(entry.obj).__name__}")
+        out.append((entry.number, entry.obj))
+    return out
 
 
 def drop_partial_tail(path: str) -> None:

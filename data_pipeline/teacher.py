@@ -23,7 +23,6 @@ text_nega_prompt.py) whose hint is all n/a. The teacher fills in the think block
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -33,10 +32,10 @@ import numpy as np
 from PIL import Image
 
 from data_pipeline.image_processor import preprocess
-from data_pipeline.jsonl import JsonlAppender, drop_partial_tail
-from data_pipeline import construction_texts as texts
+from data_pipeline.jsonl import JsonlAppender, read_appended
+from data_pipeline import prompt_texts as texts
 from data_pipeline.parsing import NA, NUMBER, official_percent_text, official_runner_fields, read_ref, read_reward_score, strict_format_ok
-from data_pipeline.prompts import build_messages, format_percent, render_text, tokenize_messages
+from data_pipeline.prompts import build_messages, format_percent, official_percent, render_text, tokenize_messages
 from data_pipeline.records import IMAGE_PLACEHOLDER, Record, record_image_path
 
 logger = logging.getLogger(__name__)
@@ -146,22 +145,6 @@ class JaxTeacher:
 
 # ---- resumable JSONL output ----
 
-def read_jsonl_objects(path: str) -> list[dict]:
-    """Every line of a JSONL file this module wrote (missing file -> []); a bad line is an error naming it."""
-    if not os.path.exists(path):
-        return []
-    drop_partial_tail(path)
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for n, text in enumerate(f, start=1):
-            if text.strip():
-                try:
-                    out.append(json.loads(text))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: bad JSON: {e}") from None
-    return out
-
-
 def sample_key(record: Record) -> str:
     """Stable key of a benchmark/RL sample across runs: file stem, trajectory id, observation."""
     return f"{record.source}|{record.id}|{record.observation}"
@@ -173,11 +156,6 @@ def _answer_text(record: Record) -> tuple[str, str]:
     if not record.answerable:
         return "n/a", "n/a"
     return str(record.closest_idx), format_percent(record.progress)
-
-
-def _official_percent(index: int, total_steps: int) -> int:
-    # the official builders compute round((i / total_steps) * 100): Python's banker's rounding
-    return round((index / total_steps) * 100)
 
 
 def cot_prompt(record: Record, image_root: str | None, original_step: str = "") -> list[dict]:
@@ -192,15 +170,16 @@ def cot_prompt(record: Record, image_root: str | None, original_step: str = "") 
 
     visual, nega = record.kind == "visual", not record.answerable
     train = texts.NEGA_TEXT_INSTRUCTION_TRAIN if nega and not visual else texts.COT_INSTRUCTION_TRAIN
-    system = texts.COT_VISUAL_SYSTEM if visual else texts.COT_TEXT_SYSTEM
-    parts = [text(train + system + texts.COT_GOAL.format(goal=record.task_goal)), text(texts.COT_DEMO_INTRO)]
+    system = texts.VISUAL_SYSTEM if visual else texts.TEXT_SYSTEM
+    goal = "\n\n" + texts.OUR_GOAL.format(goal=record.task_goal)
+    parts = [text(train + system + goal), text(texts.DEMO_INTRO)]
     if visual:
         parts += [image(f) for f in record.visual_demo]
-        shifts = " ".join(f"<image> {_official_percent(i, record.total_steps)}%" for i in range(record.total_steps + 1))
-        parts += [text(texts.COT_VISUAL_SHIFTS.format(shifts=shifts)), text(texts.COT_VISUAL_CURRENT)]
+        shifts = " ".join(texts.SHIFT.format(percent=official_percent(i, record.total_steps))
+                          for i in range(record.total_steps + 1))
+        parts += [text(texts.VISUAL_SHIFTS.format(shifts=shifts)), text(texts.CURRENT_INTRO)]
     else:
-        steps = "\n\n".join(texts.COT_TEXT_STEP.format(index=i, text=step,
-                                                        percent=_official_percent(i, record.total_steps))
+        steps = "\n\n".join(texts.TEXT_STEP.format(index=i, step=step, percent=official_percent(i, record.total_steps))
                              for i, step in enumerate(record.text_demo, start=1))
         parts += [text(steps), text(texts.COT_TEXT_CURRENT)]
     parts.append(image(record.observation))
@@ -310,11 +289,17 @@ class TeacherRun:
         self.bar.close()
 
 
+def rejected_keys(rejects_path: str) -> set[str]:
+    """Keys an earlier run rejected for a reason other than an engine error (those are retried). A
+    half-written last line (killed run) is left out, so its sample is redone (data_pipeline/jsonl.py)."""
+    return {obj["key"] for _, obj in read_appended(rejects_path, missing_ok=True) if obj.get("reason") != "engine_error"}
+
+
 def done_keys(out_path: str, rejects_path: str | None, out_key) -> set[str]:
-    """Keys already settled: written to the output, or rejected for a reason other than an engine error."""
-    keys = {out_key(obj) for obj in read_jsonl_objects(out_path)}
+    """Keys already settled: written to the output (a half-written last line is not), or in rejected_keys."""
+    keys = {out_key(obj) for _, obj in read_appended(out_path, missing_ok=True)}
     if rejects_path:
-        keys |= {obj["key"] for obj in read_jsonl_objects(rejects_path) if obj.get("reason") != "engine_error"}
+        keys |= rejected_keys(rejects_path)
     return keys
 
 

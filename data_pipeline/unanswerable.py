@@ -4,7 +4,7 @@ enter the benchmark. Each teacher step has two protocols; "official" is the defa
 
 Text swap, protocol "official" (eval/qwen25vl/codes/prompts/text_object_replacement_prompt.py, run by
 run_text_object_replacement_single.py): one call per record; system prompt " ", then the
-observation image and the prompt (construction_texts.SWAP_PROMPT). The answer is kept when
+observation image and the prompt (prompt_texts.SWAP_PROMPT). The answer is kept when
 `<edited_goal>` ("quotes" optional, no `<` or `"` inside) and `<edited_demo>` (a JSON list) parse,
 nothing else is checked [parse_error]; the record is the text-normal one with the new goal and steps,
 closest_idx / progress_score "n/a" and total_steps a string, in the key order of the official
@@ -51,8 +51,8 @@ import re
 import time
 from dataclasses import dataclass
 
-from data_pipeline import construction_texts as texts
-from data_pipeline.jsonl import JsonlAppender, write_jsonl
+from data_pipeline import prompt_texts as texts
+from data_pipeline.jsonl import JsonlAppender, read_appended, write_jsonl
 from data_pipeline.prompts import progress_label
 from data_pipeline.records import Record, record_image_path
 
@@ -320,21 +320,13 @@ def queue_entry(key: str, record: Record, image_root: str, proposal: EditProposa
 
 
 def _read_lines(path: str, required: tuple[str, ...]) -> list[dict]:
+    # a half-written last line (killed writer) is left out: a decision there was not made
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                if not text.endswith("\n"):  # the last line of a killed run; a decision there was not made
-                    break
-                raise ValueError(f"{path}:{n}: bad JSON: {e}") from None
-            for key in required:
-                if key not in obj:
-                    raise ValueError(f"{path}:{n}: field '{key}' missing")
-            out.append(obj)
+    for n, obj in read_appended(path):
+        for key in required:
+            if key not in obj:
+                raise ValueError(f"{path}:{n}: field '{key}' missing")
+        out.append(obj)
     return out
 
 
@@ -417,11 +409,11 @@ def run_text_swaps(records: list[Record], teacher, out_path: str, batch_size: in
     if protocol == "object_tags":
         return _run_object_tag_swaps(records, teacher, out_path, batch_size, rejects_path, allowed_objects,
                                      progress, image_root)
-    from data_pipeline.teacher import TeacherRun, read_jsonl_objects, rejects_path_for, sample_key
+    from data_pipeline.teacher import TeacherRun, rejected_keys, rejects_path_for, sample_key
 
     rejects_path = rejects_path or rejects_path_for(out_path)
-    written = {(obj["id"], obj["stage_to_estimate"]) for obj in read_jsonl_objects(out_path)}
-    rejected = {obj["key"] for obj in read_jsonl_objects(rejects_path) if obj.get("reason") != "engine_error"}
+    written = {(obj["id"], obj["stage_to_estimate"]) for _, obj in read_appended(out_path, missing_ok=True)}
+    rejected = rejected_keys(rejects_path)
     counts = dict.fromkeys(("kept", "parse_error", "engine_error", "records", "skipped", "duplicate"), 0)
     todo, seen = [], set()
     for r in records:
@@ -462,7 +454,7 @@ def _run_object_tag_swaps(records: list[Record], teacher, out_path: str, batch_s
     same swap for all its records. Appends official text-unanswerable lines to out_path and rejected
     answers to rejects_path. A trajectory partly written by an interrupted run is completed with the
     swap already in the output. Counts: trajectories kept / per reason, records written, skipped."""
-    from data_pipeline.teacher import TeacherRun, read_jsonl_objects, rejects_path_for
+    from data_pipeline.teacher import TeacherRun, rejected_keys, rejects_path_for
 
     rejects_path = rejects_path or rejects_path_for(out_path)
     groups: dict[str, list[Record]] = {}
@@ -473,10 +465,10 @@ def _run_object_tag_swaps(records: list[Record], teacher, out_path: str, batch_s
                 raise ValueError(f"{r.source}:{r.line}: id {r.id} has a different goal or steps than line {first.line}")
             groups[r.id].append(r)
     written: dict[str, dict] = {}
-    for obj in read_jsonl_objects(out_path):
+    for _, obj in read_appended(out_path, missing_ok=True):
         written.setdefault(obj["id"], {"swap": TextSwap("", "", obj["task_goal"], tuple(obj["text_demo"])),
                                        "stages": set()})["stages"].add(obj["stage_to_estimate"])
-    rejected = {obj["key"] for obj in read_jsonl_objects(rejects_path) if obj.get("reason") != "engine_error"}
+    rejected = rejected_keys(rejects_path)
     counts = dict.fromkeys(("kept", *TEXT_REASONS, "engine_error", "records", "skipped"), 0)
 
     with JsonlAppender(out_path) as out, JsonlAppender(rejects_path) as rejects:
@@ -533,12 +525,11 @@ def run_image_edits(records: list[Record], image_root: str, teacher, editor, que
     from PIL import Image
 
     from data_pipeline.image_edit import EditError
-    from data_pipeline.teacher import TeacherRun, read_jsonl_objects, rejects_path_for, sample_key
+    from data_pipeline.teacher import TeacherRun, done_keys, rejects_path_for, sample_key
 
     rejects_path = rejects_path or rejects_path_for(queue_path)
     steps_by_id = steps_by_id or {}
-    settled = {obj["key"] for obj in read_jsonl_objects(queue_path)}
-    settled |= {obj["key"] for obj in read_jsonl_objects(rejects_path) if obj.get("reason") != "engine_error"}
+    settled = done_keys(queue_path, rejects_path, lambda obj: obj["key"])
     counts = dict.fromkeys(("kept", *IMAGE_REASONS, "edit_failed", "engine_error", "skipped", "duplicate",
                             "long_prompt"), 0)
     todo, seen = [], set()

@@ -386,3 +386,36 @@ def test_cli_text_nega_hint_names_the_original_step(tmp_path, monkeypatch):
     path.write_text("\n" + json.dumps(line) + "\n")
     assert generate_cot.main(args)["kept"] == 1
     assert 'shows the step of "grasp the cube"' in prompts[0][0]["content"][-2]["text"]
+
+
+def test_original_steps_read_with_the_record_loader_rules(tmp_path):
+    """raw_text_demo[rank] is found on the line the record loader numbered, also after a byte-order mark
+    and blank lines (the loader skips both)."""
+    from data_pipeline.records import load_records
+    from data_pipeline.teacher import sample_key
+    from tools.generate_cot import original_steps
+
+    line = {"id": "traj_n", "task_goal": "put the banana on the plate", "text_demo": ["grasp the banana", "place it"],
+            "total_steps": "2", "stage_to_estimate": "camera_top_0005.jpg", "closest_idx": "n/a",
+            "progress_score": "n/a", "raw_text_demo": ["grasp the cube", "place it"], "rank": 1}
+    path = tmp_path / "text-nega.jsonl"
+    path.write_text("\ufeff" + json.dumps(dict(line, rank=0)) + "\n\n" + json.dumps(dict(line, id="traj_m")) + "\n",
+                    encoding="utf-8")
+    records = load_records(str(path))
+    assert [r.line for r in records] == [1, 3]
+    assert original_steps(str(path), records) == {sample_key(records[0]): "grasp the cube",
+                                                  sample_key(records[1]): "place it"}
+
+
+def test_settled_keys_leave_a_half_written_line_out(tmp_path):
+    from data_pipeline.teacher import done_keys
+
+    out, rejects = tmp_path / "o.jsonl", tmp_path / "o.rejected.jsonl"
+    assert done_keys(str(out), str(rejects), lambda obj: obj["k"]) == set()  # nothing written yet
+    out.write_text('{"k": "a"}\n{"k": "b"}')  # a complete last line whose newline was not written
+    rejects.write_text('{"key": "c", "reason": "parse_error"}\n{"key": "d", "reason": "engine_error"}\n'
+                       '{"key": "e", "reason": "pars')  # killed mid-line: e is redone
+    assert done_keys(str(out), str(rejects), lambda obj: obj["k"]) == {"a", "b", "c"}
+    rejects.write_text('{"key": "c", "reason": "parse_error"}\n["c"]\n')
+    with pytest.raises(ValueError, match=r"o.rejected.jsonl:2: expected a JSON object"):
+        done_keys(str(out), str(rejects), lambda obj: obj["k"])

@@ -364,3 +364,45 @@ def test_run_image_edits_official(tmp_path):
     raw = json.loads(open(out).readline())
     assert list(raw) == ["id", "task_goal", "visual_demo", "total_steps", "stage_to_estimate", "closest_idx", "delta",
                          "progress_score", "data_source"]
+
+
+def test_queue_killed_mid_line_is_left_out_by_readers_and_redone(tmp_path):
+    """The one rule for a half-written last line (data_pipeline/jsonl.py): readers leave it out and never
+    change the file (the review app reads the queue while it grows); the resumed run redoes that sample
+    and cuts the line off. A bad line elsewhere is an error naming file and line."""
+    path, root = make_bench(tmp_path)
+    records = [r for r in load_records(path, image_root=root) if r.kind == "visual" and r.answerable]
+    reply = "<strategy>color_change</strategy><instruction>make the cube green</instruction>"
+    queue, out = str(tmp_path / "queue.jsonl"), str(tmp_path / "vu.jsonl")
+    run_image_edits(records, root, FakeTeacher(lambda p: reply), invert_editor, queue, out, batch_size=2,
+                    progress=False, protocol="strategy_tags")
+    complete = load_queue(queue)
+    assert len(complete) == 2
+    killed = open(queue, "rb").read()[:-40]  # the writer died inside the second entry
+    with open(queue, "wb") as f:
+        f.write(killed)
+    assert load_queue(queue) == complete[:1]
+    assert open(queue, "rb").read() == killed
+    teacher = FakeTeacher(lambda p: reply)
+    counts = run_image_edits(records, root, teacher, invert_editor, queue, out, batch_size=2, progress=False,
+                             protocol="strategy_tags")
+    assert len(teacher.prompts) == 1 and counts["skipped"] == 1 and counts["kept"] == 1
+    assert load_queue(queue) == complete
+    assert [json.loads(x) for x in open(out)] == [e["record"] for e in complete]
+    with open(queue, "wb") as f:
+        f.write(killed[:-10] + b"\n" + json.dumps(complete[1]).encode() + b"\n")
+    with pytest.raises(ValueError, match=r"queue.jsonl:2: bad JSON"):
+        load_queue(queue)
+
+
+def test_steps_file_errors_name_file_and_line(tmp_path):
+    from tools.make_unanswerable import _read_steps
+
+    path = tmp_path / "steps.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"id": 7, "steps": ["a", "b"]}\n\n{"id": "t", "text_demo": ["c"]}\n')
+    assert _read_steps(str(path)) == {"7": ["a", "b"], "t": ["c"]}  # byte-order mark and blank line as the loader
+    for bad, reason in ((b'{"id": "t", "steps": ["a"]', "bad JSON"), (b'["a"]\n', "expected fields 'id' and 'steps'"),
+                        (b'{"id": "t", "steps": "a"}\n', "expected fields"), (b'{"id": "\xff"}\n', "not UTF-8")):
+        path.write_bytes(b'{"id": "s", "steps": []}\n' + bad)
+        with pytest.raises(SystemExit, match=f"steps.jsonl:2: {reason}"):
+            _read_steps(str(path))

@@ -88,13 +88,14 @@ def make_teacher(args):
 def original_steps(path: str, records) -> dict[str, str]:
     """sample_key -> raw_text_demo[rank] for the unanswerable text records of `path` whose line has both
     (text_nega_dataset.py's original_step); a rank outside the list is an error naming the line."""
-    with open(path, encoding="utf-8") as f:
-        lines = list(f)  # split as the record loader splits, so that r.line indexes it
+    from data_pipeline.jsonl import read_json_lines
+
+    lines = {entry.number: entry.obj for entry in read_json_lines(path)}  # the record loader's reader and numbers
     out = {}
     for r in records:
         if r.kind != "text" or r.answerable:
             continue
-        obj = json.loads(lines[r.line - 1])
+        obj = lines[r.line]
         if "raw_text_demo" in obj and "rank" in obj:
             steps, rank = obj["raw_text_demo"], obj["rank"]
             if not isinstance(steps, list) or not isinstance(rank, int) or not 0 <= rank < len(steps):

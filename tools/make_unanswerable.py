@@ -29,15 +29,16 @@ from tools.generate_cot import add_teacher_args, make_teacher
 
 def _read_steps(path: str) -> dict:
     """JSONL lines with "id" and "steps" (or "text_demo"): the text steps of visual trajectories."""
+    from data_pipeline.jsonl import read_json_lines
+
     steps = {}
-    with open(path, encoding="utf-8") as f:
-        for n, text in enumerate(f, start=1):
-            if text.strip():
-                obj = json.loads(text)
-                value = obj.get("steps", obj.get("text_demo"))
-                if "id" not in obj or not isinstance(value, list):
-                    raise SystemExit(f"{path}:{n}: expected fields 'id' and 'steps' (a list of strings)")
-                steps[str(obj["id"])] = value
+    for n, obj, error, _ in read_json_lines(path):
+        if error is not None:
+            raise SystemExit(f"{path}:{n}: {error}")
+        value = obj.get("steps", obj.get("text_demo")) if isinstance(obj, dict) else None
+        if not isinstance(value, list) or "id" not in obj:
+            raise SystemExit(f"{path}:{n}: expected fields 'id' and 'steps' (a list of strings)")
+        steps[str(obj["id"])] = value
     return steps
 
 
