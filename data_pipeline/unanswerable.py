@@ -249,6 +249,8 @@ def _read_lines(path: str, required: tuple[str, ...]) -> list[dict]:
                 if not text.endswith("\n"):  # the last line of a killed run; a decision there was not made
                     break
                 raise ValueError(f"{path}:{n}: bad JSON: {e}") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object, got {text.strip()[:40]}")
             for key in required:
                 if key not in obj:
                     raise ValueError(f"{path}:{n}: field '{key}' missing")

@@ -15,8 +15,9 @@ import argparse
 import json
 import logging
 
+from data_pipeline.paths import check_outputs
 from data_pipeline.records import load_records
-from data_pipeline.teacher import JaxTeacher, TeacherSampling, VllmTeacher, run_guided_completion
+from data_pipeline.teacher import JaxTeacher, TeacherSampling, VllmTeacher, rejects_path_for, run_guided_completion
 
 
 def add_teacher_args(ap: argparse.ArgumentParser) -> None:
@@ -85,6 +86,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-progress", action="store_true")
     add_teacher_args(ap)
     args = ap.parse_args(argv)
+    check_outputs({"--out": args.out, "--rejects": args.rejects or rejects_path_for(args.out)}, {"--records": args.records})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     records = [r for path in args.records for r in load_records(path, image_root=args.image_root)][:args.limit]
     counts = run_guided_completion(records, args.image_root, make_teacher(args), args.out, args.batch_size,

@@ -18,7 +18,9 @@ import json
 import logging
 
 from data_pipeline.image_edit import DEFAULT_MODEL, DTYPES, DiffusersEditor, SimEditor
+from data_pipeline.paths import check_outputs
 from data_pipeline.records import load_records, record_image_path
+from data_pipeline.teacher import rejects_path_for
 from data_pipeline.unanswerable import run_image_edits, run_text_swaps
 from tools.generate_cot import add_teacher_args, make_teacher
 
@@ -101,6 +103,10 @@ def main(argv=None) -> dict:
         p.add_argument("--no-progress", action="store_true")
         add_teacher_args(p)
     args = ap.parse_args(argv)
+    queue = getattr(args, "queue", None)
+    check_outputs({"--queue": queue, "--out": args.out, "--rejects": args.rejects or rejects_path_for(queue or args.out)},
+                  {"--records": args.records, "--steps": getattr(args, "steps", None),
+                   "--allowed-objects": getattr(args, "allowed_objects", None)})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     counts = _text(args) if args.command == "text" else _image(args)
     print(json.dumps(counts))

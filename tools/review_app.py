@@ -20,6 +20,7 @@ import threading
 from PIL import Image
 
 from data_pipeline.jsonl import JsonlAppender
+from data_pipeline.paths import check_outputs
 from data_pipeline.unanswerable import apply_decisions, decision_line, first_undecided, load_decisions, load_queue
 
 
@@ -117,10 +118,12 @@ def main(argv=None):
     apply.add_argument("--allow-undecided", action="store_true", help="leave undecided samples out instead of failing")
     args = ap.parse_args(argv)
     if args.command == "apply":
+        check_outputs({"--out": args.out}, {"--queue": args.queue, "--decisions": args.decisions})
         counts = apply_decisions(load_queue(args.queue), load_decisions(args.decisions), args.out,
                                  args.allow_undecided)
         print(json.dumps(counts))
         return counts
+    check_outputs({"--decisions": args.decisions}, {"--queue": args.queue})
     review = Review(args.queue, args.decisions)
     try:
         build_app(review).launch(server_name=args.host, server_port=args.port)

@@ -10,6 +10,7 @@ import os
 import sys
 
 from data_pipeline.parsing import MODES
+from data_pipeline.paths import check_outputs
 from progress_jax.eval.predictions import load_bench, read_predictions, score, write_results
 
 
@@ -21,6 +22,9 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", choices=MODES, default="think", help="how to parse 'response' (default think)")
     parser.add_argument("--name", default=None, help="run name in the tables (default: the predictions file stem)")
     args = parser.parse_args(argv)
+    written = ("metrics.json", "table1.md", "table1.csv", "table2.md", "table2.csv", "score_histograms.png",
+               "error_distributions.png", "coupling.png")  # by write_results
+    check_outputs({"--out": [os.path.join(args.out, n) for n in written]}, {"--bench": args.bench, "--pred": args.pred})
 
     bench = load_bench(args.bench)
     pred_file = read_predictions(args.pred)
