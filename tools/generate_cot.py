@@ -10,6 +10,8 @@ Resumable: samples already in --out (or rejected for a reason other than an engi
 same --image-root ({id}/{file}).
 """
 from __future__ import annotations
+if __package__ in (None, ""):  # run as `python tools/X.py`: import this checkout, as `python -m tools.X` does
+    import os, sys; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
 import json
@@ -86,7 +88,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-progress", action="store_true")
     add_teacher_args(ap)
     args = ap.parse_args(argv)
-    check_outputs({"--out": args.out, "--rejects": args.rejects or rejects_path_for(args.out)}, {"--records": args.records})
+    check_outputs({"--out": args.out, "--rejects": args.rejects or rejects_path_for(args.out)},
+                  {"--records": args.records})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     records = [r for path in args.records for r in load_records(path, image_root=args.image_root)][:args.limit]
     counts = run_guided_completion(records, args.image_root, make_teacher(args), args.out, args.batch_size,

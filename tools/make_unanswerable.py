@@ -12,6 +12,8 @@ IMAGE_ROOT/{id}/{stem}_edit.jpg; the review app (tools/review_app.py) turns the 
 final visual-unanswerable file. Both commands resume: settled samples are skipped.
 """
 from __future__ import annotations
+if __package__ in (None, ""):  # run as `python tools/X.py`: import this checkout, as `python -m tools.X` does
+    import os, sys; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
 import json
@@ -104,7 +106,8 @@ def main(argv=None) -> dict:
         add_teacher_args(p)
     args = ap.parse_args(argv)
     queue = getattr(args, "queue", None)
-    check_outputs({"--queue": queue, "--out": args.out, "--rejects": args.rejects or rejects_path_for(queue or args.out)},
+    rejects = args.rejects or rejects_path_for(queue or args.out)
+    check_outputs({"--queue": queue, "--out": args.out, "--rejects": rejects},
                   {"--records": args.records, "--steps": getattr(args, "steps", None),
                    "--allowed-objects": getattr(args, "allowed_objects", None)})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

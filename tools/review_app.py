@@ -11,6 +11,8 @@ crash loses nothing; a restarted app opens at the first undecided sample. A clic
 sample its page showed (its key travels with the page), never whatever is current on the server.
 """
 from __future__ import annotations
+if __package__ in (None, ""):  # run as `python tools/X.py`: import this checkout, as `python -m tools.X` does
+    import os, sys; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
 import html

@@ -4,6 +4,8 @@ python tools/score_predictions.py --bench DIR_OR_FILES... --pred FILE --out DIR 
 Writes metrics.json, table1/table2 (.md, .csv) and figures to DIR; prints the coverage report and tables.
 """
 from __future__ import annotations
+if __package__ in (None, ""):  # run as `python tools/X.py`: import this checkout, as `python -m tools.X` does
+    import os, sys; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
 import os

@@ -269,7 +269,7 @@ def run(config) -> dict:
             if t.demo_samples and sim is not None and not stop.requested:
                 demo(trained, tokenizer, config, sim, t.demo_samples)
             if t.export_merged and not stop.requested:
-                qwen2_5_vl.save_pretrained(lora.merge(trained), os.path.join(config.workdir, "merged"))
+                qwen2_5_vl.save_pretrained(lora.merge(trained), os.path.join(config.workdir, "merged"), overwrite=True)
     return {"final_dir": final_dir, "steps": done, "losses": losses, "stopped": stop.requested}
 
 
