@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from progress_jax.train.checkpoint import Checkpointer, abstract_like
+from progress_jax.train.checkpoint import CheckpointDamaged, CheckpointMismatch, Checkpointer, abstract_like
 from progress_jax.train.schedule import make_optimizer
 
 
@@ -119,3 +119,78 @@ def test_restore_without_checkpoints_names_the_directory(tmp_path):
         assert ckpt.latest_step() is None
         with pytest.raises(FileNotFoundError, match=str(tmp_path)):
             ckpt.restore(None, {})
+
+
+def _data_files(step_dir):
+    """The array data files Orbax wrote for a step (OCDBT: state/**/d/<hash>)."""
+    return sorted(p for p in step_dir.glob("state/**/d/*") if p.is_file())
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_damaged_latest_checkpoint_is_named_moved_aside_and_the_previous_one_used(tmp_path, damage, caplog):
+    old, new = train_state(0), train_state(1)
+    with Checkpointer(str(tmp_path), save_every=1, keep=5, async_save=False) as ckpt:
+        ckpt.save(2, old, b"two")
+        ckpt.save(4, new, b"four")
+    # The largest data file holds the arrays' chunks (the small ones: OCDBT b-tree nodes).
+    victim = max(_data_files(tmp_path / "4"), key=lambda p: p.stat().st_size)
+    if damage == "missing":
+        victim.unlink()
+    else:
+        with open(victim, "r+b") as f:
+            f.truncate(victim.stat().st_size // 2)
+    with Checkpointer(str(tmp_path), save_every=1, keep=5) as ckpt:
+        with pytest.raises(CheckpointDamaged, match=f"checkpoint step 4 is damaged: {victim}"):
+            ckpt.restore(4, abstract_like(old))  # an explicit step: named, not moved
+        assert (tmp_path / "4").exists()
+        with caplog.at_level("WARNING"):
+            step, restored, data, _ = ckpt.restore_latest(abstract_like(old))
+        assert step == 2 and data == b"two"
+        assert_bit_equal(restored, old)
+        assert ckpt.all_steps() == [2]
+    assert f"checkpoint step 4 is damaged: {victim}" in caplog.text and "4.damaged" in caplog.text
+    assert (tmp_path / "4.damaged" / victim.relative_to(tmp_path / "4")).exists() or damage == "missing"
+    assert sorted(os.listdir(tmp_path)) == ["2", "4.damaged"]
+
+
+def test_no_intact_checkpoint_stops_and_moves_nothing(tmp_path):
+    state = train_state(0)
+    with Checkpointer(str(tmp_path), save_every=1, keep=5, async_save=False) as ckpt:
+        ckpt.save(2, state)
+        ckpt.save(4, state)
+    for step in (2, 4):
+        max(_data_files(tmp_path / str(step)), key=lambda p: p.stat().st_size).unlink()
+    with Checkpointer(str(tmp_path), save_every=1, keep=5) as ckpt:
+        with pytest.raises(CheckpointDamaged, match=f"no intact checkpoint in {tmp_path}: step 4: .* step 2: "):
+            ckpt.restore_latest(abstract_like(state))
+    assert sorted(os.listdir(tmp_path)) == ["2", "4"]
+
+
+def test_a_changed_run_config_is_refused_with_keys_values_and_the_way_out(tmp_path):
+    state = train_state(0)
+    config = {"lora.rank": 8, "model.param_dtype": "float32", "lora.targets": "q_proj"}
+    with Checkpointer(str(tmp_path), save_every=1, keep=2, run_config=config) as ckpt:
+        ckpt.save(1, state)
+    with Checkpointer(str(tmp_path), save_every=1, keep=2, run_config={**config, "lora.rank": 16}) as ckpt:
+        with pytest.raises(CheckpointMismatch, match=r"lora.rank: 8 in the checkpoint, 16 now\. To go on: .*"
+                                                     r"new workdir .*train.init_params="):
+            ckpt.restore_latest(abstract_like(state))
+        assert ckpt.all_steps() == [1]  # refused, not moved aside
+    with Checkpointer(str(tmp_path), save_every=1, keep=2, run_config=config) as ckpt:
+        assert ckpt.restore_latest(abstract_like(state))[0] == 1
+
+
+def test_a_state_of_another_dtype_or_shape_is_refused_naming_the_arrays(tmp_path):
+    state = train_state(0)
+    with Checkpointer(str(tmp_path), save_every=1, keep=2) as ckpt:
+        ckpt.save(1, state)
+    bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x, state)
+    rank4 = {**state, "params": {**state["params"], "lora": {"a": jnp.zeros((4, 4)), "b": jnp.zeros((4, 6))}}}
+    with Checkpointer(str(tmp_path), save_every=1, keep=2) as ckpt:
+        # Orbax alone restores a float32 checkpoint into bfloat16 silently.
+        with pytest.raises(CheckpointMismatch, match=r"params/base/w: float32\[4, 6\] in the checkpoint, "
+                                                     r"bfloat16\[4, 6\] now"):
+            ckpt.restore(1, abstract_like(bf16))
+        with pytest.raises(CheckpointMismatch, match=r"params/lora/a: float32\[4, 2\] in the checkpoint, "
+                                                     r"float32\[4, 4\] now"):
+            ckpt.restore(1, abstract_like({**rank4, "opt_state": state["opt_state"]}))
