@@ -84,21 +84,42 @@ _WAY_OUT = ("resume with the checkpoint's values, or train with the new ones in 
             "run's trained weights: train.init_params=<workdir>/final, or grpo.init_lora for GRPO)")
 
 
+def _messages(error: BaseException) -> str:
+    """The messages of an error, its causes and the errors it groups (TensorStore's detail is inside)."""
+    seen, todo, out = set(), [error], []
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        out.append(str(e))
+        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+    return "\n".join(out)
+
+
 def _damage(step: int, step_dir: str, error: Exception) -> CheckpointDamaged:
-    """The file a read error names (the innermost one inside the step directory) and why it failed."""
-    text = str(error)
+    """The file a read error names (the innermost one inside the step directory; else the array
+    being read in its OCDBT database) and why it failed."""
+    text = _messages(error)
     files = [f for f in re.findall(r'local file "([^"]+)"', text) if f.startswith(step_dir) and not f.endswith("/")]
-    file = files[-1] if files else getattr(error, "filename", None) or step_dir
-    code = re.match(r"([A-Z_]+):", text)
-    reason = {"NOT_FOUND": "missing", "OUT_OF_RANGE": "truncated", "DATA_LOSS": "corrupt"}.get(
-        code.group(1) if code else "", f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}")
+    arrays = re.findall(r'Error reading "([^"]+)" in OCDBT database at local file "([^"]+)"', text)
+    if files:
+        file = files[-1]
+    elif arrays:
+        file = f"{arrays[-1][1]} (array {arrays[-1][0]})"
+    else:
+        file = getattr(error, "filename", None) or step_dir
+    code = re.search(r"\b(NOT_FOUND|OUT_OF_RANGE|DATA_LOSS|FAILED_PRECONDITION):", text)
+    reason = {"NOT_FOUND": "missing", "OUT_OF_RANGE": "truncated", "DATA_LOSS": "corrupt",
+              "FAILED_PRECONDITION": "missing, truncated or corrupt data"}.get(
+        code.group(1) if code else "", f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}")
     return CheckpointDamaged(step, file, reason)
 
 
 def _quiet_aborted_reads() -> None:
     """When one read of a restore fails, Orbax's event loop closes while the other reads are in
-    flight; each of them may report "Event loop is closed" when it finishes (dozens of tracebacks
-    after the damage is already named). Those reports are dropped; any other one is shown."""
+    flight; each of them reports "Event loop is closed" through sys.unraisablehook when it finishes
+    (dozens of tracebacks, the damage already named). Those reports are dropped; any other is shown."""
     previous = sys.unraisablehook
     if getattr(previous, "drops_closed_loop", False):
         return
@@ -200,6 +221,7 @@ class Checkpointer:
 
     def _read(self, step: int, abstract_state):
         step_dir = os.path.join(self.directory, str(step))
+        _quiet_aborted_reads()
         try:
             extra = _decode(self._manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore())).extra)
             saved = self._manager.item_metadata(step)["state"]
@@ -214,7 +236,6 @@ class Checkpointer:
         except Exception as e:
             if step_dir not in str(e) and not isinstance(e, OSError):
                 raise  # not a file of this checkpoint (e.g. out of memory): not damage
-            _quiet_aborted_reads()
             raise _damage(step, step_dir, e) from e
         return out.state, extra["data"], extra["metadata"]
 

@@ -228,7 +228,8 @@ def run(config) -> dict:
     frozen_sh = sharding.param_shardings(parts.frozen, mesh)
 
     os.makedirs(config.workdir, exist_ok=True)
-    ckpt = checkpoint.Checkpointer(os.path.join(config.workdir, "checkpoints"), t.save_every, t.keep)
+    ckpt = checkpoint.Checkpointer(os.path.join(config.workdir, "checkpoints"), t.save_every, t.keep,
+                                  run_config=checkpoint.run_config(config))
     state, start = loop.restore_or_keep(ckpt, state, it)
 
     def next_batch():
