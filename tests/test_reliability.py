@@ -93,3 +93,35 @@ def test_a_decision_line_that_is_not_an_object_names_file_and_line(tmp_path, lin
     path.write_text(json.dumps({"key": lines[0]["key"], "decision": "keep"}) + "\n\n" + line + "\n")
     with pytest.raises(ValueError, match=re.escape(f"{path}:3: expected a JSON object")):
         load_decisions(str(path))
+
+
+def test_sft_resume_refuses_a_changed_config_and_falls_back_past_a_damaged_checkpoint(tmp_path):
+    """The SFT job as a subprocess: 4 steps (checkpoints 2 and 4); the data of step 4 lost; a rerun
+    with another LoRA rank or param dtype is refused naming the key (nothing moved); the same
+    config resumes from step 2, with step 4 moved aside."""
+    import subprocess
+
+    from tests.killable import ENV, ROOT, metrics, run_to_end, write_records
+    from tests.test_sft_resume import command
+
+    def cmd(steps, *extra):
+        return [a for a in command(tmp_path, tmp_path / "run") if not a.startswith("--config.train.steps=")] + [
+            f"--config.train.steps={steps}", *extra]
+
+    write_records(tmp_path)
+    run_to_end(cmd(4))
+    ckpt = tmp_path / "run" / "checkpoints"
+    chunks = [p for p in (ckpt / "4").glob("state/**/d/*") if p.is_file()]
+    for p in chunks:  # every data file: whichever ones hold the arrays
+        p.unlink()
+    for flag, message in (("--config.lora.rank=16", "lora.rank: 8 in the checkpoint, 16 now"),
+                          ("--config.model.param_dtype=bfloat16",
+                           "model.param_dtype: 'float32' in the checkpoint, 'bfloat16' now")):
+        done = subprocess.run(cmd(6, flag), cwd=ROOT, env=ENV, capture_output=True, text=True)
+        assert done.returncode != 0 and message in done.stderr, done.stderr[-3000:]
+        assert "new workdir" in done.stderr and sorted(os.listdir(ckpt)) == ["2", "4"]
+    done = run_to_end(cmd(6))
+    assert "checkpoint step 4 is damaged" in done.stderr and "resuming from step 2" in done.stderr
+    assert "Event loop is closed" not in done.stderr
+    assert {"4.damaged", "6"} <= set(os.listdir(ckpt))
+    assert max(metrics(tmp_path / "run")) == 6
