@@ -64,7 +64,7 @@ def main(argv=None) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the weights already in --dst (all removed first)")
     a = p.parse_args(argv)
     check_outputs({"--dst": a.dst}, {"--src": a.src})
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # imported here: --help and refusals stay fast
 
     from progress_jax.models.qwen2_5_vl.weights import refuse_existing_weights
 
