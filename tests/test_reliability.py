@@ -93,6 +93,22 @@ def test_a_decision_line_that_is_not_an_object_names_file_and_line(tmp_path, lin
     path.write_text(json.dumps({"key": lines[0]["key"], "decision": "keep"}) + "\n\n" + line + "\n")
     with pytest.raises(ValueError, match=re.escape(f"{path}:3: expected a JSON object")):
         load_decisions(str(path))
+    from tools import review_app  # the command: that one line, no traceback
+
+    with pytest.raises(SystemExit, match=re.escape(f"{path}:3: expected a JSON object")):
+        review_app.main(["apply", "--queue", queue, "--decisions", str(path), "--out", str(tmp_path / "out.jsonl")])
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_hard_link_to_an_input_is_the_same_file(tmp_path):
+    from data_pipeline.paths import check_outputs
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("{}\n")
+    os.link(src, tmp_path / "hard.jsonl")
+    with pytest.raises(SystemExit, match="--out .*hard.jsonl is the input --records .*in.jsonl"):
+        check_outputs({"--out": str(tmp_path / "hard.jsonl")}, {"--records": [str(tmp_path / "other.jsonl"), str(src)]})
+    check_outputs({"--out": str(tmp_path / "new.jsonl"), "--rejects": None}, {"--records": [str(src)]})  # fine
 
 
 def test_sft_resume_refuses_a_changed_config_and_falls_back_past_a_damaged_checkpoint(tmp_path):

@@ -119,14 +119,17 @@ def main(argv=None):
     apply.add_argument("--out", required=True)
     apply.add_argument("--allow-undecided", action="store_true", help="leave undecided samples out instead of failing")
     args = ap.parse_args(argv)
-    if args.command == "apply":
-        check_outputs({"--out": args.out}, {"--queue": args.queue, "--decisions": args.decisions})
-        counts = apply_decisions(load_queue(args.queue), load_decisions(args.decisions), args.out,
-                                 args.allow_undecided)
-        print(json.dumps(counts))
-        return counts
-    check_outputs({"--decisions": args.decisions}, {"--queue": args.queue})
-    review = Review(args.queue, args.decisions)
+    try:  # a bad queue or decisions line (named by file and line), undecided samples: one line
+        if args.command == "apply":
+            check_outputs({"--out": args.out}, {"--queue": args.queue, "--decisions": args.decisions})
+            counts = apply_decisions(load_queue(args.queue), load_decisions(args.decisions), args.out,
+                                     args.allow_undecided)
+            print(json.dumps(counts))
+            return counts
+        check_outputs({"--decisions": args.decisions}, {"--queue": args.queue})
+        review = Review(args.queue, args.decisions)
+    except (ValueError, OSError) as e:
+        raise SystemExit(str(e)) from None
     try:
         build_app(review).launch(server_name=args.host, server_port=args.port)
     finally:
