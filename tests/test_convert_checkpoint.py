@@ -97,6 +97,8 @@ def test_loader_refuses_mixed_or_incomplete_weights(tmp_path):
 
     ref.hf_model(tied=False, seed=3).save_pretrained(tmp_path / "a", max_shard_size="100KB")
     ref.hf_model(tied=False, seed=4).save_pretrained(tmp_path / "b")
+    assert len(safetensors_io.checkpoint_files(str(tmp_path / "a"))) > 1  # clean shards + index: loaded
+    qwen2_5_vl.from_pretrained(str(tmp_path / "a"))
     shutil.copy(tmp_path / "b" / "model.safetensors", tmp_path / "a")  # stale single file beside the shards
     with pytest.raises(ValueError, match="both single-file weights .*model.safetensors.* and sharded weights"):
         qwen2_5_vl.from_pretrained(str(tmp_path / "a"))
