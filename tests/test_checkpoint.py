@@ -223,8 +223,14 @@ def test_run_config_of_the_job_configs():
     assert got["lora.targets"] == c.lora.targets and "grpo.n" not in got
     assert run_config(grpo.get_config())["grpo.n"] == grpo.get_config().grpo.n
     with c.unlocked():
+        c.model.path = "some/model"
+    with_path = run_config(c)
+    with c.unlocked():
+        c.model.path = "./some/../some/model"
+    assert run_config(c) == with_path and with_path["model.path"] == os.path.realpath("some/model")
+    with c.unlocked():
         c.model.param_dtype = "bfloat16"
-    assert run_config(c) != got
+    assert run_config(c) != with_path
 
 
 def test_restore_or_keep_resumes_from_the_newest_intact_checkpoint(tmp_path):

@@ -56,15 +56,19 @@ RUN_CONFIG_KEYS = ("model.path", "model.preset", "model.param_dtype", "model.com
                    "grpo.rollout_batch_size", "grpo.init_lora")
 
 
+_PATH_KEYS = ("model.path", "train.init_params", "grpo.init_lora")
+
+
 def run_config(config) -> dict:
-    """{key: value} of RUN_CONFIG_KEYS in a job config (keys the job does not have are left out)."""
+    """{key: value} of RUN_CONFIG_KEYS in a job config (keys the job does not have are left out;
+    paths resolved, so that `./m` and `m` are the same model)."""
     out = {}
     for key in RUN_CONFIG_KEYS:
         value = config
         for part in key.split("."):
             value = value.get(part) if hasattr(value, "get") else None
         if value is not None:
-            out[key] = value
+            out[key] = os.path.realpath(value) if key in _PATH_KEYS and value else value
     return json.loads(json.dumps(out))  # tuples as lists: as read back from JSON
 
 
