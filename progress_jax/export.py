@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 # The non-weight files of a Qwen2.5-VL Hub checkpoint that loaders read beside the weights.
 SIDE_FILES = ("tokenizer*", "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json",
               "*preprocessor_config.json", "processor_config.json", "chat_template*", "generation_config.json")
-WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json", "adapter_config.json")
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 # Our LoRA path -> PEFT's module name (transformers >= 4.52 module tree of Qwen2_5_VLForConditionalGeneration).
 _LORA_KEY = re.compile(r"^layers/(\d+)/(self_attn|mlp)/(\w+_proj)/lora_(a|b)$")
@@ -78,27 +77,15 @@ def load_run(final_dir: str, base: str | None = None, dtype: str | None = None):
     return model, meta, cfg
 
 
-def _weights_in(out: str) -> list[str]:
-    return sorted({p for pat in WEIGHT_FILES for p in glob.glob(os.path.join(out, pat))})
-
-
 def check_out(out: str, overwrite: bool, inputs: dict | None = None) -> None:
-    """Refuse to write weights into a directory that already holds some, unless `overwrite`, and
-    always into one of the inputs ({name: directory}: the run's final/, the base checkpoint)."""
+    """Refuse to write into one of the inputs ({name: directory}: the run's final/, the base
+    checkpoint), and into a directory that already holds weights unless `overwrite`."""
+    from progress_jax.models.qwen2_5_vl.weights import refuse_existing_weights
+
     for name, path in (inputs or {}).items():
         if path and os.path.realpath(path) == os.path.realpath(out):
             raise ValueError(f"output directory {out} is the {name} ({path}): choose another directory")
-    old = _weights_in(out)
-    if old and not overwrite:
-        raise FileExistsError(f"{out} already holds weights ({os.path.basename(old[0])}, ...); "
-                              "pass --overwrite (overwrite=True) to replace them")
-
-
-def _clear_weights(out: str) -> None:
-    """Remove the old weight files (--overwrite), so no stale shard survives beside the new ones."""
-    for p in _weights_in(out):
-        os.remove(p)
-    os.makedirs(out, exist_ok=True)
+    refuse_existing_weights(out, overwrite)
 
 
 def copy_side_files(src: str, dst: str) -> list[str]:
@@ -130,10 +117,8 @@ def write_hf(model, out: str, base_path: str = "", *, max_shard_bytes: int = 5 *
     from progress_jax import lora
     from progress_jax.models import qwen2_5_vl
 
-    check_out(out, overwrite)
-    _clear_weights(out)
     lora.merge(model)
-    qwen2_5_vl.save_pretrained(model, out, max_shard_bytes=max_shard_bytes)
+    qwen2_5_vl.save_pretrained(model, out, max_shard_bytes=max_shard_bytes, overwrite=overwrite)
     if base_path:
         side = copy_side_files(base_path, out)
     else:  # the built-in tiny model: its tokenizer is the only side file there is
@@ -201,18 +186,18 @@ def peft_adapter(params: dict, meta: dict) -> tuple[dict, dict]:
 
 def export_peft(final_dir: str, out: str, *, overwrite: bool = False) -> dict:
     """PEFT adapter of a LoRA run in `out` (the base model is not needed). Returns {"out", "files"}."""
+    from data_pipeline.paths import atomic_output
     from progress_jax.models import safetensors_io
+    from progress_jax.models.qwen2_5_vl.weights import clear_weights
     from progress_jax.train import loop
 
     check_out(out, overwrite, {"run's final directory": final_dir})
     params, meta = loop.load_trainable(final_dir)
     config, tensors = peft_adapter(params, meta)
-    _clear_weights(out)
+    clear_weights(out, overwrite)
     safetensors_io.save_file(tensors, os.path.join(out, PEFT_WEIGHTS), {"format": "pt"})
-    tmp = os.path.join(out, PEFT_CONFIG + ".tmp")
-    with open(tmp, "w") as f:
+    with atomic_output(os.path.join(out, PEFT_CONFIG)) as f:
         json.dump(config, f, indent=2)
-    os.replace(tmp, os.path.join(out, PEFT_CONFIG))
     return {"out": out, "files": sorted(os.listdir(out))}
 
 

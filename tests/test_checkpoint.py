@@ -1,5 +1,6 @@
 """Checkpointer: exact round trip, save cadence and retention, crash leftovers, sharded restore."""
 import os
+import re
 import shutil
 
 import jax
@@ -8,8 +9,12 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from progress_jax.train.checkpoint import Checkpointer, abstract_like
+from progress_jax.train.checkpoint import CheckpointDamaged, CheckpointMismatch, Checkpointer, abstract_like
 from progress_jax.train.schedule import make_optimizer
+
+# The damage tests abort restores mid-read: the reads left in flight report "Event loop is closed"
+# through sys.unraisablehook, which pytest owns during a test (the Checkpointer drops them otherwise).
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
 def train_state(seed=0):
@@ -119,3 +124,129 @@ def test_restore_without_checkpoints_names_the_directory(tmp_path):
         assert ckpt.latest_step() is None
         with pytest.raises(FileNotFoundError, match=str(tmp_path)):
             ckpt.restore(None, {})
+
+
+def big_state(seed):
+    """train_state plus one 64 KiB array: its chunk is by far the largest data file of a step (the
+    others are small b-tree nodes, some of them unreferenced leftovers that are safe to lose)."""
+    rng = np.random.default_rng(seed)
+    return {**train_state(seed), "big": jnp.asarray(rng.normal(size=(128, 128)), jnp.float32)}
+
+
+def _array_data_file(step_dir):
+    """The data file (OCDBT: state/**/d/<hash>) that holds the big array."""
+    return max((p for p in step_dir.glob("state/**/d/*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_damaged_latest_checkpoint_is_named_moved_aside_and_the_previous_one_used(tmp_path, damage, caplog):
+    old, new = big_state(0), big_state(1)
+    with Checkpointer(str(tmp_path), save_every=1, keep=5, async_save=False) as ckpt:
+        ckpt.save(2, old, b"two")
+        ckpt.save(4, new, b"four")
+    victim = _array_data_file(tmp_path / "4")
+    assert victim.stat().st_size > 60000
+    if damage == "missing":
+        victim.unlink()
+    else:
+        with open(victim, "r+b") as f:
+            f.truncate(victim.stat().st_size // 2)
+    with Checkpointer(str(tmp_path), save_every=1, keep=5) as ckpt:
+        # TensorStore names the data file, or the array it could not read from the step's database.
+        named = f"checkpoint step 4 is damaged: {tmp_path / '4' / 'state'}/"
+        with pytest.raises(CheckpointDamaged, match=re.escape(named)) as e:
+            ckpt.restore(4, abstract_like(old))  # an explicit step: named, not moved
+        assert victim.name in str(e.value) or "(array big/" in str(e.value)
+        assert (tmp_path / "4").exists()
+        with caplog.at_level("WARNING"):
+            step, restored, data, _ = ckpt.restore_latest(abstract_like(old))
+        assert step == 2 and data == b"two"
+        assert_bit_equal(restored, old)
+        assert ckpt.all_steps() == [2]
+    assert named in caplog.text and "4.damaged" in caplog.text
+    assert (tmp_path / "4.damaged" / victim.relative_to(tmp_path / "4")).exists() or damage == "missing"
+    assert sorted(os.listdir(tmp_path)) == ["2", "4.damaged"]
+
+
+def test_no_intact_checkpoint_stops_and_moves_nothing(tmp_path):
+    state = big_state(0)
+    with Checkpointer(str(tmp_path), save_every=1, keep=5, async_save=False) as ckpt:
+        ckpt.save(2, state)
+        ckpt.save(4, state)
+    for step in (2, 4):
+        _array_data_file(tmp_path / str(step)).unlink()
+    with Checkpointer(str(tmp_path), save_every=1, keep=5) as ckpt:
+        with pytest.raises(CheckpointDamaged, match=f"no intact checkpoint in {tmp_path}: step 4: .* step 2: "):
+            ckpt.restore_latest(abstract_like(state))
+    assert sorted(os.listdir(tmp_path)) == ["2", "4"]
+
+
+def test_a_changed_run_config_is_refused_with_keys_values_and_the_way_out(tmp_path):
+    state = train_state(0)
+    config = {"lora.rank": 8, "model.param_dtype": "float32", "lora.targets": "q_proj"}
+    with Checkpointer(str(tmp_path), save_every=1, keep=2, run_config=config) as ckpt:
+        ckpt.save(1, state)
+    with Checkpointer(str(tmp_path), save_every=1, keep=2, run_config={**config, "lora.rank": 16}) as ckpt:
+        with pytest.raises(CheckpointMismatch, match=r"lora.rank: 8 in the checkpoint, 16 now\. To go on: .*"
+                                                     r"new workdir .*train.init_params="):
+            ckpt.restore_latest(abstract_like(state))
+        assert ckpt.all_steps() == [1]  # refused, not moved aside
+    with Checkpointer(str(tmp_path), save_every=1, keep=2, run_config=config) as ckpt:
+        assert ckpt.restore_latest(abstract_like(state))[0] == 1
+
+
+def test_a_state_of_another_dtype_or_shape_is_refused_naming_the_arrays(tmp_path):
+    state = train_state(0)
+    with Checkpointer(str(tmp_path), save_every=1, keep=2) as ckpt:
+        ckpt.save(1, state)
+    bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x, state)
+    rank4 = {**state, "params": {**state["params"], "lora": {"a": jnp.zeros((4, 4)), "b": jnp.zeros((4, 6))}}}
+    with Checkpointer(str(tmp_path), save_every=1, keep=2) as ckpt:
+        # Orbax alone restores a float32 checkpoint into bfloat16 silently.
+        with pytest.raises(CheckpointMismatch, match=r"params/base/w: float32\[4, 6\] in the checkpoint, "
+                                                     r"bfloat16\[4, 6\] now"):
+            ckpt.restore(1, abstract_like(bf16))
+        with pytest.raises(CheckpointMismatch, match=r"params/lora/a: float32\[4, 2\] in the checkpoint, "
+                                                     r"float32\[4, 4\] now"):
+            ckpt.restore(1, abstract_like({**rank4, "opt_state": state["opt_state"]}))
+
+
+def test_run_config_of_the_job_configs():
+    from configs import grpo, sft
+    from progress_jax.train.checkpoint import run_config
+
+    c = sft.get_config()
+    with c.unlocked():
+        c.lora.rank = 8  # resolved by the job (placeholder None: chosen from model.path)
+    got = run_config(c)
+    assert got["lora.rank"] == c.lora.rank and got["model.param_dtype"] == c.model.param_dtype
+    assert got["lora.targets"] == c.lora.targets and "grpo.n" not in got
+    assert run_config(grpo.get_config())["grpo.n"] == grpo.get_config().grpo.n
+    with c.unlocked():
+        c.model.path = "some/model"
+    with_path = run_config(c)
+    with c.unlocked():
+        c.model.path = "./some/../some/model"
+    assert run_config(c) == with_path and with_path["model.path"] == os.path.realpath("some/model")
+    with c.unlocked():
+        c.model.param_dtype = "bfloat16"
+    assert run_config(c) != with_path
+
+
+def test_restore_or_keep_resumes_from_the_newest_intact_checkpoint(tmp_path):
+    from progress_jax.train.loop import restore_or_keep
+
+    class Iterator:
+        def set_state(self, s):
+            self.state = s
+
+    old, new = big_state(0), big_state(1)
+    with Checkpointer(str(tmp_path), save_every=1, keep=5, async_save=False) as ckpt:
+        ckpt.save(2, old, b"two")
+        ckpt.save(4, new, b"four")
+    _array_data_file(tmp_path / "4").unlink()
+    it = Iterator()
+    with Checkpointer(str(tmp_path), save_every=1, keep=5) as ckpt:
+        restored, start = restore_or_keep(ckpt, new, it)
+    assert start == 2 and it.state == b"two"
+    assert_bit_equal(restored, old)

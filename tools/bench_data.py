@@ -5,6 +5,8 @@ Without --files it writes a synthetic set (320x240 JPEG frames, visual and text 
 temporary folder. Prints a table: startup (until the first batch) and steady-state samples/s.
 """
 from __future__ import annotations
+if __package__ in (None, ""):  # run as `python tools/X.py`: import this checkout, as `python -m tools.X` does
+    import os, sys; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
 import json

@@ -11,6 +11,8 @@ for Qwen2.5-VL-3B GRPO is 1800 tokens/s/GPU (8x H100, vLLM rollouts, REFERENCE Â
 """
 
 from __future__ import annotations
+if __package__ in (None, ""):  # run as `python tools/X.py`: import this checkout, as `python -m tools.X` does
+    import os, sys; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
 import os
@@ -19,8 +21,6 @@ import sys
 
 import jax
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import grpo as grpo_config  # noqa: E402
 from data_pipeline.tokenizer import load_tokenizer  # noqa: E402

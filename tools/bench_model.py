@@ -13,6 +13,8 @@ layers x seq x hidden for attention, vision tower counted the same way over its 
 """
 
 from __future__ import annotations
+if __package__ in (None, ""):  # run as `python tools/X.py`: import this checkout, as `python -m tools.X` does
+    import os, sys; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
 import os
@@ -23,8 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from progress_jax.models import qwen2_5_vl  # noqa: E402
 from tools.bench_common import IMAGE, VEND, VSTART, hf_config, median_time  # noqa: E402

@@ -13,6 +13,8 @@ bfloat16 at batch 64 (one 448x448 image per prompt).
 """
 
 from __future__ import annotations
+if __package__ in (None, ""):  # run as `python tools/X.py`: import this checkout, as `python -m tools.X` does
+    import os, sys; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
 import os
@@ -23,8 +25,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from progress_jax import sampling  # noqa: E402
 from progress_jax.models import qwen2_5_vl  # noqa: E402

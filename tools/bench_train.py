@@ -7,6 +7,8 @@ dropout 0.05 on the q/k/v/o/gate/up/down projections of the language model, Adam
 Prints a table with the median step time, tokens/s and the JAX / PyTorch ratio.
 """
 from __future__ import annotations
+if __package__ in (None, ""):  # run as `python tools/X.py`: import this checkout, as `python -m tools.X` does
+    import os, sys; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
 import os
@@ -15,8 +17,6 @@ import sys
 
 import jax
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from progress_jax import lora, sharding  # noqa: E402
 from progress_jax.models import qwen2_5_vl  # noqa: E402

@@ -1,29 +1,33 @@
 """Convert Qwen2.5-VL checkpoints between the Hugging Face Hub layout and Orbax.
 
-    python tools/convert_checkpoint.py hub-to-orbax --src HUB_DIR --dst ORBAX_DIR [--dtype bfloat16]
-    python tools/convert_checkpoint.py orbax-to-hub --src ORBAX_DIR --dst HUB_DIR [--dtype bfloat16]
+    python tools/convert_checkpoint.py hub-to-orbax --src HUB_DIR --dst ORBAX_DIR [--dtype bfloat16] [--overwrite]
+    python tools/convert_checkpoint.py orbax-to-hub --src ORBAX_DIR --dst HUB_DIR [--dtype bfloat16] [--overwrite]
 
 The Hub side is config.json + safetensors (sharded with an index above --max-shard-gb); the
 Orbax side is `params/` + config.json. Without --dtype, tensors keep their stored dtype, so a
-round trip is bit-exact. Tokenizer and processor files are copied along when present.
+round trip is bit-exact. Tokenizer and processor files are copied along when present. A --dst that
+already holds weights is refused unless --overwrite, which removes all of them (every shard, index,
+params/) before writing; --dst may not be --src.
 """
 
 from __future__ import annotations
+if __package__ in (None, ""):  # run as `python tools/X.py`: import this checkout, as `python -m tools.X` does
+    import os, sys; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
 import glob
 import os
 import shutil
 
-import jax.numpy as jnp
-
-from progress_jax.models import qwen2_5_vl, safetensors_io
+from data_pipeline.paths import check_outputs
 
 _SIDE_FILES = ("tokenizer*", "vocab.json", "merges.txt", "*preprocessor_config.json", "chat_template*",
                "special_tokens_map.json", "generation_config.json", "added_tokens.json")
 
 
 def _stored_dtype(src: str):
+    from progress_jax.models import safetensors_io
+
     tensors = safetensors_io.open_checkpoint(src)
     return next(iter(tensors.values())).dtype
 
@@ -34,15 +38,19 @@ def _copy_side_files(src: str, dst: str) -> None:
             shutil.copy2(path, dst)
 
 
-def hub_to_orbax(src: str, dst: str, dtype=None) -> None:
+def hub_to_orbax(src: str, dst: str, dtype=None, overwrite: bool = False) -> None:
+    from progress_jax.models import qwen2_5_vl
+
     model = qwen2_5_vl.from_pretrained(src, dtype=dtype or _stored_dtype(src))
-    qwen2_5_vl.save_orbax(model, dst)
+    qwen2_5_vl.save_orbax(model, dst, overwrite=overwrite)
     _copy_side_files(src, dst)
 
 
-def orbax_to_hub(src: str, dst: str, dtype=None, max_shard_bytes: int = 5 * 2**30) -> None:
+def orbax_to_hub(src: str, dst: str, dtype=None, max_shard_bytes: int = 5 * 2**30, overwrite: bool = False) -> None:
+    from progress_jax.models import qwen2_5_vl
+
     model = qwen2_5_vl.load_orbax(src, dtype=dtype)
-    qwen2_5_vl.save_pretrained(model, dst, max_shard_bytes=max_shard_bytes)
+    qwen2_5_vl.save_pretrained(model, dst, max_shard_bytes=max_shard_bytes, overwrite=overwrite)
     _copy_side_files(src, dst)
 
 
@@ -56,12 +64,22 @@ def main(argv=None) -> None:
                    help="convert the weights to this dtype (default: keep the stored dtype, bit-exact)")
     p.add_argument("--max-shard-gb", type=float, default=5.0,
                    help="orbax-to-hub: largest safetensors file in GiB, sharded with an index above it (default 5)")
+    p.add_argument("--overwrite", action="store_true", help="replace the weights already in --dst (all removed first)")
     a = p.parse_args(argv)
+    check_outputs({"--dst": a.dst}, {"--src": a.src})
+    import jax.numpy as jnp  # imported here: --help and refusals stay fast
+
+    from progress_jax.models.qwen2_5_vl.weights import refuse_existing_weights
+
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, None: None}[a.dtype]
-    if a.direction == "hub-to-orbax":
-        hub_to_orbax(a.src, a.dst, dtype)
-    else:
-        orbax_to_hub(a.src, a.dst, dtype, int(a.max_shard_gb * 2**30))
+    try:
+        refuse_existing_weights(a.dst, a.overwrite)  # before loading the model
+        if a.direction == "hub-to-orbax":
+            hub_to_orbax(a.src, a.dst, dtype, overwrite=a.overwrite)
+        else:
+            orbax_to_hub(a.src, a.dst, dtype, int(a.max_shard_gb * 2**30), overwrite=a.overwrite)
+    except FileExistsError as e:  # --dst holds weights: one line, nothing written
+        raise SystemExit(str(e)) from None
     print(f"wrote {a.dst}")
 
 

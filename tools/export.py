@@ -14,11 +14,12 @@ overrides it); a run of the built-in tiny model exports with its preset's config
 """
 from __future__ import annotations
 
+if __package__ in (None, ""):  # run as `python tools/X.py`: import this checkout, as `python -m tools.X` does
+    import os, sys; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import argparse
 import os
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from progress_jax import export  # noqa: E402
 

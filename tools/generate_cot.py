@@ -18,14 +18,17 @@ Resumable: samples already in --out (or rejected for a reason other than an engi
 same --image-root ({id}/{file}).
 """
 from __future__ import annotations
+if __package__ in (None, ""):  # run as `python tools/X.py`: import this checkout, as `python -m tools.X` does
+    import os, sys; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
 import json
 import logging
 
+from data_pipeline.paths import check_outputs
 from data_pipeline.records import load_records
-from data_pipeline.teacher import (ACCEPT_RULES, JaxTeacher, TeacherSampling, VllmTeacher, run_guided_completion,
-                                   sample_key)
+from data_pipeline.teacher import (ACCEPT_RULES, JaxTeacher, TeacherSampling, VllmTeacher, rejects_path_for,
+                                   run_guided_completion, sample_key)
 
 
 def add_teacher_args(ap: argparse.ArgumentParser) -> None:
@@ -118,6 +121,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_teacher_args(ap)
     args = ap.parse_args(argv)
+    check_outputs({"--out": args.out, "--rejects": args.rejects or rejects_path_for(args.out)},
+                  {"--records": args.records})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     records, steps = [], {}
     for path in args.records:

@@ -16,13 +16,17 @@ IMAGE_ROOT/{id}/{stem}_edit.jpg; the review app (tools/review_app.py) turns the 
 final visual-unanswerable file. Both commands resume: settled samples are skipped.
 """
 from __future__ import annotations
+if __package__ in (None, ""):  # run as `python tools/X.py`: import this checkout, as `python -m tools.X` does
+    import os, sys; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
 import json
 import logging
 
 from data_pipeline.image_edit import DEFAULT_MODEL, DTYPES, OFFICIAL_SEED, DiffusersEditor, SimEditor
+from data_pipeline.paths import check_outputs
 from data_pipeline.records import load_records, record_image_path
+from data_pipeline.teacher import rejects_path_for
 from data_pipeline.unanswerable import PROTOCOLS, run_image_edits, run_text_swaps
 from tools.generate_cot import add_teacher_args, make_teacher
 
@@ -117,6 +121,11 @@ def main(argv=None) -> dict:
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         add_teacher_args(p)
     args = ap.parse_args(argv)
+    queue = getattr(args, "queue", None)
+    rejects = args.rejects or rejects_path_for(queue or args.out)
+    check_outputs({"--queue": queue, "--out": args.out, "--rejects": rejects},
+                  {"--records": args.records, "--steps": getattr(args, "steps", None),
+                   "--allowed-objects": getattr(args, "allowed_objects", None)})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     counts = _text(args) if args.command == "text" else _image(args)
     print(json.dumps(counts))

@@ -11,6 +11,8 @@ crash loses nothing; a restarted app opens at the first undecided sample. A clic
 sample its page showed (its key travels with the page), never whatever is current on the server.
 """
 from __future__ import annotations
+if __package__ in (None, ""):  # run as `python tools/X.py`: import this checkout, as `python -m tools.X` does
+    import os, sys; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
 import html
@@ -20,6 +22,7 @@ import threading
 from PIL import Image
 
 from data_pipeline.jsonl import JsonlAppender
+from data_pipeline.paths import check_outputs
 from data_pipeline.unanswerable import apply_decisions, decision_line, first_undecided, load_decisions, load_queue
 
 
@@ -116,12 +119,17 @@ def main(argv=None):
     apply.add_argument("--out", required=True, help="final benchmark JSONL: the kept records (rewritten)")
     apply.add_argument("--allow-undecided", action="store_true", help="leave undecided samples out instead of failing")
     args = ap.parse_args(argv)
-    if args.command == "apply":
-        counts = apply_decisions(load_queue(args.queue), load_decisions(args.decisions), args.out,
-                                 args.allow_undecided)
-        print(json.dumps(counts))
-        return counts
-    review = Review(args.queue, args.decisions)
+    try:  # a bad queue or decisions line (named by file and line), undecided samples: one line
+        if args.command == "apply":
+            check_outputs({"--out": args.out}, {"--queue": args.queue, "--decisions": args.decisions})
+            counts = apply_decisions(load_queue(args.queue), load_decisions(args.decisions), args.out,
+                                     args.allow_undecided)
+            print(json.dumps(counts))
+            return counts
+        check_outputs({"--decisions": args.decisions}, {"--queue": args.queue})
+        review = Review(args.queue, args.decisions)
+    except (ValueError, OSError) as e:
+        raise SystemExit(str(e)) from None
     try:
         build_app(review).launch(server_name=args.host, server_port=args.port)
     finally:

@@ -6,18 +6,17 @@ Writes metrics.json, table1/table2 (.md, .csv) and figures to DIR; prints the co
 Layouts and matching rules: docs/formats.md.
 """
 from __future__ import annotations
+if __package__ in (None, ""):  # run as `python tools/X.py`: import this checkout, as `python -m tools.X` does
+    import os, sys; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
 import os
 import sys
 
-if __package__ in (None, ""):  # run as `python tools/score_predictions.py`: make the repository importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from data_pipeline.parsing import MODES  # noqa: E402
-from data_pipeline.records import RecordError  # noqa: E402
-from progress_jax.eval.predictions import (PredictionError, load_bench, read_predictions, score,  # noqa: E402
-                                           write_results)
+from data_pipeline.parsing import MODES
+from data_pipeline.paths import check_outputs
+from data_pipeline.records import RecordError
+from progress_jax.eval.predictions import PredictionError, load_bench, read_predictions, score, write_results
 
 
 def main(argv=None) -> int:
@@ -30,6 +29,9 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", choices=MODES, default="think", help="how to parse 'response' (default think)")
     parser.add_argument("--name", default=None, help="run name in the tables (default: the predictions file stem)")
     args = parser.parse_args(argv)
+    written = ("metrics.json", "table1.md", "table1.csv", "table2.md", "table2.csv", "score_histograms.png",
+               "error_distributions.png", "coupling.png")  # by write_results
+    check_outputs({"--out": [os.path.join(args.out, n) for n in written]}, {"--bench": args.bench, "--pred": args.pred})
 
     try:
         bench = load_bench(args.bench)  # refuses missing and empty benchmark files before anything is written

@@ -14,6 +14,8 @@ import struct
 import ml_dtypes
 import numpy as np
 
+from data_pipeline.paths import atomic_output
+
 DTYPES = {
     "F64": np.dtype(np.float64),
     "F32": np.dtype(np.float32),
@@ -29,41 +31,79 @@ DTYPES = {
 NAMES = {v: k for k, v in DTYPES.items()}
 
 
+INDEX = "model.safetensors.index.json"
+
+
 def read_header(path: str) -> tuple[dict, int]:
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
             raise ValueError(f"{path}: not a safetensors file (too short)")
         (n,) = struct.unpack("<Q", raw)
+        if 8 + n > size:
+            raise ValueError(f"{path}: corrupt or truncated safetensors file (header of {n} bytes, file of {size})")
         try:
             header = json.loads(f.read(n))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: corrupt safetensors header (not a JSON object)")
     header.pop("__metadata__", None)
     return header, 8 + n
 
 
+def _entry(path: str, name: str, info, data_size: int) -> tuple[np.dtype, list, int, int]:
+    """dtype, shape and byte range of one header entry, checked against the data the file holds."""
+    try:
+        dtype, shape, (a, b) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{path}: tensor {name}: corrupt header entry {info!r}") from None
+    if dtype not in DTYPES:
+        raise ValueError(f"{path}: tensor {name} has unsupported dtype {dtype}")
+    need = int(np.prod(shape)) * DTYPES[dtype].itemsize
+    if b - a != need:
+        raise ValueError(f"{path}: tensor {name} ({dtype} {shape}) needs {need} bytes but its header gives "
+                         f"{b - a}: corrupt header")
+    if b > data_size:
+        raise ValueError(f"{path}: tensor {name} ({dtype} {shape}) ends at data byte {b}, the file holds "
+                         f"{data_size}: truncated file (copy or convert it again)")
+    return DTYPES[dtype], shape, a, b
+
+
 def open_tensors(path: str) -> dict[str, np.ndarray]:
-    """name -> read-only memory-mapped array."""
+    """name -> read-only memory-mapped array. A truncated file or corrupt header is a ValueError
+    naming the file and the tensor."""
     header, start = read_header(path)
+    data_size = os.path.getsize(path) - start
+    entries = {name: _entry(path, name, info, data_size) for name, info in header.items()}
     mm = np.memmap(path, dtype=np.uint8, mode="r")
-    out = {}
-    for name, info in header.items():
-        if info["dtype"] not in DTYPES:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        a, b = info["data_offsets"]
-        out[name] = mm[start + a : start + b].view(DTYPES[info["dtype"]]).reshape(info["shape"])
-    return out
+    return {name: mm[start + a : start + b].view(dtype).reshape(shape)
+            for name, (dtype, shape, a, b) in entries.items()}
 
 
 def checkpoint_files(directory: str) -> list[str]:
-    """The safetensors files of a checkpoint directory (sharded with an index, or single)."""
-    index = os.path.join(directory, "model.safetensors.index.json")
-    if os.path.exists(index):
-        with open(index) as f:
-            weight_map = json.load(f)["weight_map"]
-        return [os.path.join(directory, name) for name in sorted(set(weight_map.values()))]
+    """The safetensors files of a checkpoint directory: the files its index names, or the
+    single-file weights. Refuses a directory holding both (a stale checkpoint beside a new one:
+    loaders would disagree on which to read) and an index naming files that are not there."""
     files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
+    index = os.path.join(directory, INDEX)
+    if os.path.exists(index):
+        try:
+            with open(index) as f:
+                named = sorted(set(json.load(f)["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from None
+        missing = [n for n in named if n not in files]
+        if missing:
+            raise FileNotFoundError(f"{index} names files that are not there: {', '.join(missing)}")
+        extra = [f for f in files if f not in named]
+        if extra:
+            kind = ("both single-file weights" if "model.safetensors" in extra
+                    else "weight files its index does not name")
+            raise ValueError(f"{directory} holds {kind} ({', '.join(extra)}) and sharded weights "
+                             f"({INDEX} naming {', '.join(named)}): remove the stale ones")
+        return [os.path.join(directory, name) for name in named]
     if not files:
         raise FileNotFoundError(f"no .safetensors files in {directory}")
     return [os.path.join(directory, f) for f in files]
@@ -124,5 +164,5 @@ def save_checkpoint(tensors: dict[str, np.ndarray], directory: str, max_shard_by
         save_file(shard, os.path.join(directory, fname), meta)
         weight_map.update({name: fname for name in shard})
     total = sum(t.nbytes for t in tensors.values())
-    with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
+    with atomic_output(os.path.join(directory, INDEX)) as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)

@@ -1,17 +1,30 @@
 """Checkpoints of a train run: a thin wrapper over orbax.checkpoint.CheckpointManager.
 
 Each step directory holds two items: `state`, a pytree of arrays (params or LoRA params,
-optimizer state, step, RNG keys), and `extra`, JSON (the data iterator's state and run
-metadata). Orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames it when
-complete, so a crash mid-write leaves no step directory and the previous step is restored.
+optimizer state, step, RNG keys), and `extra`, JSON (the data iterator's state, run metadata and
+the run's defining config). Orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames
+it when complete, so a crash mid-write leaves no step directory and the previous step is restored.
+
+Resuming (see docs/reliability.md): a checkpoint written under another defining config (`run_config`:
+model, dtypes, LoRA, batch geometry), or whose arrays do not match the state being restored
+(another param dtype, LoRA rank, trainable set), is refused naming the keys or arrays. A damaged
+checkpoint (a data file missing or truncated) is named by step and file; `restore_latest` moves it
+aside to `<step>.damaged` and uses the newest intact one.
 """
 from __future__ import annotations
 
 import base64
+import json
+import logging
 import os
+import re
+import sys
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
 
 # JSON cannot hold bytes (Grain's DataLoader iterator state is bytes): stored as base64 under this key.
 _BYTES_KEY = "__bytes_base64__"
@@ -37,6 +50,100 @@ def _decode(value):
     return value
 
 
+# The config keys that define a run: a checkpoint only resumes a run with the same values.
+RUN_CONFIG_KEYS = ("model.path", "model.preset", "model.param_dtype", "model.compute_dtype", "lora.rank", "lora.alpha",
+                   "lora.targets", "train.init_params", "train.batch_size", "train.micro_batch_size", "grpo.n",
+                   "grpo.rollout_batch_size", "grpo.init_lora")
+
+
+_PATH_KEYS = ("model.path", "train.init_params", "grpo.init_lora")
+
+
+def run_config(config) -> dict:
+    """{key: value} of RUN_CONFIG_KEYS in a job config (keys the job does not have are left out;
+    paths resolved, so that `./m` and `m` are the same model)."""
+    out = {}
+    for key in RUN_CONFIG_KEYS:
+        value = config
+        for part in key.split("."):
+            value = value.get(part) if hasattr(value, "get") else None
+        if value is not None:
+            out[key] = os.path.realpath(value) if key in _PATH_KEYS and value else value
+    return json.loads(json.dumps(out))  # tuples as lists: as read back from JSON
+
+
+class CheckpointMismatch(ValueError):
+    """The checkpoints were written by a run with another defining config or state layout."""
+
+
+class CheckpointDamaged(RuntimeError):
+    """A checkpoint step cannot be read back (a file missing, truncated or corrupt)."""
+
+    def __init__(self, step: int, file: str, reason: str, message: str | None = None):
+        super().__init__(message or f"checkpoint step {step} is damaged: {file} ({reason})")
+        self.step, self.file, self.reason = step, file, reason
+
+
+_WAY_OUT = ("resume with the checkpoint's values, or train with the new ones in a new workdir (to start from this "
+            "run's trained weights: train.init_params=<workdir>/final, or grpo.init_lora for GRPO)")
+
+
+def _messages(error: BaseException) -> str:
+    """The messages of an error, its causes and the errors it groups (TensorStore's detail is inside)."""
+    seen, todo, out = set(), [error], []
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        out.append(str(e))
+        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+    return "\n".join(out)
+
+
+def _damage(step: int, step_dir: str, error: Exception) -> CheckpointDamaged:
+    """The file a read error names (the innermost one inside the step directory; else the array
+    being read in its OCDBT database) and why it failed."""
+    text = _messages(error)
+    files = [f for f in re.findall(r'local file "([^"]+)"', text) if f.startswith(step_dir) and not f.endswith("/")]
+    arrays = re.findall(r'Error reading "([^"]+)" in OCDBT database at local file "([^"]+)"', text)
+    if files:
+        file = files[-1]
+    elif arrays:
+        file = f"{arrays[-1][1]} (array {arrays[-1][0]})"
+    else:
+        file = getattr(error, "filename", None) or step_dir
+    code = re.search(r"\b(NOT_FOUND|OUT_OF_RANGE|DATA_LOSS|FAILED_PRECONDITION):", text)
+    reason = {"NOT_FOUND": "missing", "OUT_OF_RANGE": "truncated", "DATA_LOSS": "corrupt",
+              "FAILED_PRECONDITION": "missing, truncated or corrupt data"}.get(
+        code.group(1) if code else "", f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}")
+    return CheckpointDamaged(step, file, reason)
+
+
+def _quiet_aborted_reads() -> None:
+    """When one read of a restore fails, Orbax's event loop closes while the other reads are in
+    flight; each of them reports "Event loop is closed" through sys.unraisablehook when it finishes
+    (dozens of tracebacks, the damage already named). Those reports are dropped; any other is shown."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop", False):
+        return
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.drops_closed_loop = True
+    sys.unraisablehook = hook
+
+
+def _path_key(path) -> tuple:
+    return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def _describe(x) -> str:
+    return f"{jnp.dtype(x.dtype).name}{list(x.shape)}"
+
+
 def abstract_like(state):
     """Shape/dtype/sharding stand-ins for `state`, the restore target for `Checkpointer.restore`."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
@@ -46,15 +153,21 @@ class Checkpointer:
     """Save every `save_every` steps (and whenever forced: at the end, on SIGTERM), keep the
     newest `keep`. Saves are asynchronous unless `async_save=False`; `close()` waits for them."""
 
-    def __init__(self, directory: str, save_every: int, keep: int, async_save: bool = True):
+    def __init__(self, directory: str, save_every: int, keep: int, async_save: bool = True,
+                 run_config: dict | None = None):
+        """`run_config`: the run's defining config ({key: value}, see `run_config()`), stored with
+        every checkpoint and compared at restore."""
         if save_every < 1 or keep < 1:
             raise ValueError(f"checkpoint save_every and keep must be >= 1, got {save_every} and {keep}")
         self.directory = os.path.abspath(directory)
         self.save_every = save_every
+        self.run_config = None if run_config is None else json.loads(json.dumps(run_config))
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # Handlers named per item, so that `extra` and the state's metadata can be read alone.
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+            "state": ocp.StandardCheckpointHandler(), "extra": ocp.JsonCheckpointHandler()})
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -70,22 +183,107 @@ class Checkpointer:
             return False
         if step in self._manager.all_steps():
             return False
-        extra = _encode({"data": data_state, "metadata": metadata or {}})
+        extra = _encode({"data": data_state, "metadata": metadata or {}, "run_config": self.run_config})
         return self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)), force=True)
 
     def restore(self, step: int | None, abstract_state):
-        """(state, data_state, metadata) of `step` (None: the latest). `abstract_state` is a
-        pytree of jax.ShapeDtypeStruct, with `sharding` set to restore straight onto a mesh
-        (see `abstract_like`)."""
-        step = self.latest_step() if step is None else step
-        if step is None or step not in self._manager.all_steps():
+        """(state, data_state, metadata) of `step` (None: the newest intact one, see restore_latest).
+        `abstract_state` is a pytree of jax.ShapeDtypeStruct, with `sharding` set to restore straight
+        onto a mesh (see `abstract_like`). Raises CheckpointMismatch or CheckpointDamaged."""
+        if step is None:
+            found = self.restore_latest(abstract_state)
+            if found is None:
+                raise FileNotFoundError(f"no checkpoint in {self.directory}")
+            return found[1:]
+        if step not in self._manager.all_steps():
             raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} "
                                     f"(steps present: {self.all_steps()})")
-        out = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()))
-        extra = _decode(out.extra)
+        return self._read(step, abstract_state)
+
+    def restore_latest(self, abstract_state):
+        """(step, state, data_state, metadata) of the newest intact checkpoint, or None when there is
+        none. Damaged newer ones are logged by step and file and moved aside to `<step>.damaged`;
+        if every one is damaged, CheckpointDamaged names them all and nothing is moved."""
+        damaged = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                found = (step, *self._read(step, abstract_state))
+            except CheckpointDamaged as e:
+                damaged.append(e)
+                continue
+            for e in damaged:
+                moved = self._move_aside(e.step)
+                log.warning("%s: %s; moved to %s, resuming from step %d", self.directory, e, moved, step)
+            return found
+        if damaged:
+            listed = "; ".join(f"step {e.step}: {e.file} ({e.reason})" for e in damaged)
+            raise CheckpointDamaged(damaged[0].step, damaged[0].file, damaged[0].reason, message=(
+                f"no intact checkpoint in {self.directory}: {listed}. Nothing was moved: repair them, or move "
+                f"{self.directory} aside to start over"))
+        return None
+
+    def _read(self, step: int, abstract_state):
+        step_dir = os.path.join(self.directory, str(step))
+        _quiet_aborted_reads()
+        try:
+            extra = _decode(self._manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore())).extra)
+            saved = self._manager.item_metadata(step)["state"]
+            if saved is None:
+                raise FileNotFoundError(f'local file "{step_dir}/state/_METADATA" is unreadable')
+        except Exception as e:  # noqa: BLE001 -- any failure to read these small files is damage
+            raise _damage(step, step_dir, e) from e
+        self._check_run_config(step, extra.get("run_config"))
+        self._check_layout(step, saved, abstract_state)
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        except Exception as e:
+            if step_dir not in str(e) and not isinstance(e, OSError):
+                raise  # not a file of this checkpoint (e.g. out of memory): not damage
+            raise _damage(step, step_dir, e) from e
         return out.state, extra["data"], extra["metadata"]
+
+    def _check_run_config(self, step: int, saved: dict | None) -> None:
+        if self.run_config is None:
+            return
+        if saved is None:
+            log.warning("%s: checkpoint step %d records no run config (written by an older version): not compared",
+                        self.directory, step)
+            return
+        diff = [f"{k}: {saved.get(k, '(unset)')!r} in the checkpoint, {self.run_config.get(k, '(unset)')!r} now"
+                for k in sorted(set(saved) | set(self.run_config)) if saved.get(k) != self.run_config.get(k)]
+        if diff:
+            raise CheckpointMismatch(f"{self.directory} holds checkpoints (step {step}) of a run with another config: "
+                                     + "; ".join(diff) + f". To go on: {_WAY_OUT}")
+
+    def _check_layout(self, step: int, saved_tree, abstract_state) -> None:
+        """Shapes and dtypes on disk against the state to restore (Orbax would cast a dtype silently)."""
+        saved = {_path_key(p): x for p, x in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
+        want = {_path_key(p): x for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+        diff = []
+        for path, x in sorted(want.items(), key=lambda kv: kv[0][:1] != ("params",)):  # parameters first
+            if path in saved and not jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+                old = saved[path]
+                if tuple(old.shape) != tuple(x.shape) or jnp.dtype(old.dtype) != jnp.dtype(x.dtype):
+                    diff.append(f"{'/'.join(path)}: {_describe(old)} in the checkpoint, {_describe(x)} now")
+        trained = [{p[1:] for p in tree if p[:1] == ("params",)} for tree in (saved, want)]
+        diff += [f"params/{'/'.join(p)}: only in the checkpoint" for p in sorted(trained[0] - trained[1])]
+        diff += [f"params/{'/'.join(p)}: not in the checkpoint" for p in sorted(trained[1] - trained[0])]
+        if diff:
+            shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
+            raise CheckpointMismatch(f"{self.directory}: checkpoint step {step} does not fit this run's state "
+                                     f"({len(diff)} arrays differ: {shown}). To go on: {_WAY_OUT}")
+
+    def _move_aside(self, step: int) -> str:
+        """`<step>` -> `<step>.damaged` (kept for inspection; Orbax ignores it). Process 0 renames."""
+        src = os.path.join(self.directory, str(step))
+        dst, n = src + ".damaged", 1
+        while os.path.exists(dst):
+            dst, n = f"{src}.damaged{n}", n + 1
+        if jax.process_index() == 0:
+            os.rename(src, dst)
+        self._manager.reload()
+        return dst
 
     def wait(self):
         self._manager.wait_until_finished()

@@ -387,7 +387,8 @@ def _run_grpo(config, demo: bool, stop: guards.StopRequest) -> dict:
         return {"stopped": True}
 
     os.makedirs(config.workdir, exist_ok=True)
-    ckpt = checkpoint.Checkpointer(os.path.join(config.workdir, "checkpoints"), t.save_every, t.keep)
+    ckpt = checkpoint.Checkpointer(os.path.join(config.workdir, "checkpoints"), t.save_every, t.keep,
+                                  run_config=checkpoint.run_config(config))
     trainer.state, start = loop.restore_or_keep(ckpt, trainer.state, it)
     key = jax.random.key(config.seed)
     probe_key = jax.random.fold_in(key, 0)  # steps use fold_in(key, step), step >= 1

@@ -157,10 +157,10 @@ def to_device(batch: dict, shardings, unit: int = 4):
 def restore_or_keep(ckpt: checkpoint.Checkpointer, state, data_iter) -> tuple[dict, int]:
     """Resume from the latest checkpoint (state onto its shardings, data iterator state) or
     return `state` unchanged with start step 0."""
-    step = ckpt.latest_step()
-    if step is None:
+    found = ckpt.restore_latest(checkpoint.abstract_like(state))  # the newest intact one
+    if found is None:
         return state, 0
-    restored, data_state, _ = ckpt.restore(step, checkpoint.abstract_like(state))
+    step, restored, data_state, _ = found
     if data_state is not None:
         data_iter.set_state(data_state)
     log.info("resumed from %s step %d", ckpt.directory, step)

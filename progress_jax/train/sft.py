@@ -228,7 +228,8 @@ def run(config) -> dict:
     frozen_sh = sharding.param_shardings(parts.frozen, mesh)
 
     os.makedirs(config.workdir, exist_ok=True)
-    ckpt = checkpoint.Checkpointer(os.path.join(config.workdir, "checkpoints"), t.save_every, t.keep)
+    ckpt = checkpoint.Checkpointer(os.path.join(config.workdir, "checkpoints"), t.save_every, t.keep,
+                                  run_config=checkpoint.run_config(config))
     state, start = loop.restore_or_keep(ckpt, state, it)
 
     def next_batch():
@@ -269,7 +270,7 @@ def run(config) -> dict:
             if t.demo_samples and sim is not None and not stop.requested:
                 demo(trained, tokenizer, config, sim, t.demo_samples)
             if t.export_merged and not stop.requested:
-                qwen2_5_vl.save_pretrained(lora.merge(trained), os.path.join(config.workdir, "merged"))
+                qwen2_5_vl.save_pretrained(lora.merge(trained), os.path.join(config.workdir, "merged"), overwrite=True)
     return {"final_dir": final_dir, "steps": done, "losses": losses, "stopped": stop.requested}
 
 

@@ -1,0 +1,143 @@
+"""No tool writes over one of its inputs: each output flag pointed at an input (the same path, or a
+symlink to it) is refused before any work, naming both, and the input is left as it was."""
+import json
+import os
+import re
+
+import pytest
+
+from tests.test_review_app import make_queue
+
+
+def _decisions(tmp_path, lines):
+    path = tmp_path / "decisions.jsonl"
+    path.write_text("".join(json.dumps({"key": e["key"], "decision": "keep"}) + "\n" for e in lines))
+    return str(path)
+
+
+@pytest.mark.parametrize("target", ["--decisions", "--queue"])
+@pytest.mark.parametrize("link", [False, True])
+def test_review_apply_refuses_out_on_its_inputs(tmp_path, target, link):
+    from tools import review_app
+
+    queue, lines = make_queue(tmp_path)
+    decisions = _decisions(tmp_path, lines)
+    victim = decisions if target == "--decisions" else queue
+    out = victim
+    if link:
+        out = str(tmp_path / "link.jsonl")
+        os.symlink(victim, out)
+    before = open(victim, "rb").read()
+    with pytest.raises(SystemExit, match=re.escape(f"--out {out} is the input {target} {victim}")):
+        review_app.main(["apply", "--queue", queue, "--decisions", decisions, "--out", out])
+    assert open(victim, "rb").read() == before
+
+
+def test_review_serve_refuses_decisions_on_the_queue(tmp_path):
+    from tools import review_app
+
+    queue, _ = make_queue(tmp_path)
+    before = open(queue, "rb").read()
+    with pytest.raises(SystemExit, match=re.escape(f"--decisions {queue} is the input --queue {queue}")):
+        review_app.main(["serve", "--queue", queue, "--decisions", queue])
+    assert open(queue, "rb").read() == before
+
+
+def test_generate_cot_refuses_out_on_records(tmp_path):
+    from tools import generate_cot
+
+    records = tmp_path / "train.jsonl"
+    records.write_text('{"id": "x"}\n')
+    for argv, match in ((["--out", str(records)], "--out .* is the input --records"),
+                        (["--out", str(tmp_path / "o.jsonl"), "--rejects", str(records)], "--rejects .* is the input --records"),
+                        (["--out", str(tmp_path / "o.jsonl"), "--rejects", str(tmp_path / "o.jsonl")],
+                         "--rejects .* and --out .* are the same file")):
+        with pytest.raises(SystemExit, match=match):
+            generate_cot.main(["--records", str(records), "--image-root", str(tmp_path), "--backend", "jax", *argv])
+    assert records.read_text() == '{"id": "x"}\n'
+
+
+def test_make_unanswerable_refuses_outputs_on_inputs(tmp_path):
+    from tools import make_unanswerable
+
+    records = tmp_path / "normal.jsonl"
+    records.write_text('{"id": "x"}\n')
+    queue = tmp_path / "queue.jsonl"
+    queue.write_text('{"key": "k"}\n')
+    with pytest.raises(SystemExit, match="--out .*normal.jsonl is the input --records"):
+        make_unanswerable.main(["text", "--records", str(records), "--out", str(records), "--backend", "jax"])
+    with pytest.raises(SystemExit, match="--out .*queue.jsonl and --queue .*queue.jsonl are the same file"):
+        make_unanswerable.main(["image", "--records", str(records), "--image-root", str(tmp_path), "--queue", str(queue),
+                                "--out", str(queue), "--backend", "jax", "--editor", "sim"])
+    assert records.read_text() == '{"id": "x"}\n' and queue.read_text() == '{"key": "k"}\n'
+
+
+def test_score_predictions_refuses_an_output_file_that_is_the_predictions(tmp_path):
+    from tools import score_predictions
+
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("")
+    pred = tmp_path / "metrics.json"  # an unlucky name: the scorer writes OUT/metrics.json
+    pred.write_text('{"id": "x"}\n')
+    with pytest.raises(SystemExit, match="metrics.json is the input --pred"):
+        score_predictions.main(["--bench", str(bench), "--pred", str(pred), "--out", str(tmp_path)])
+    assert pred.read_text() == '{"id": "x"}\n'
+
+
+@pytest.mark.parametrize("line", ["5", "null", '"keep"', "[1, 2]"])
+def test_a_decision_line_that_is_not_an_object_names_file_and_line(tmp_path, line):
+    from data_pipeline.unanswerable import load_decisions
+
+    queue, lines = make_queue(tmp_path)
+    path = tmp_path / "decisions.jsonl"
+    path.write_text(json.dumps({"key": lines[0]["key"], "decision": "keep"}) + "\n\n" + line + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path}:3: expected a JSON object")):
+        load_decisions(str(path))
+    from tools import review_app  # the command: that one line, no traceback
+
+    with pytest.raises(SystemExit, match=re.escape(f"{path}:3: expected a JSON object")):
+        review_app.main(["apply", "--queue", queue, "--decisions", str(path), "--out", str(tmp_path / "out.jsonl")])
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_hard_link_to_an_input_is_the_same_file(tmp_path):
+    from data_pipeline.paths import check_outputs
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("{}\n")
+    os.link(src, tmp_path / "hard.jsonl")
+    with pytest.raises(SystemExit, match="--out .*hard.jsonl is the input --records .*in.jsonl"):
+        check_outputs({"--out": str(tmp_path / "hard.jsonl")}, {"--records": [str(tmp_path / "other.jsonl"), str(src)]})
+    check_outputs({"--out": str(tmp_path / "new.jsonl"), "--rejects": None}, {"--records": [str(src)]})  # fine
+
+
+def test_sft_resume_refuses_a_changed_config_and_falls_back_past_a_damaged_checkpoint(tmp_path):
+    """The SFT job as a subprocess: 4 steps (checkpoints 2 and 4); the data of step 4 lost; a rerun
+    with another LoRA rank or param dtype is refused naming the key (nothing moved); the same
+    config resumes from step 2, with step 4 moved aside."""
+    import subprocess
+
+    from tests.killable import ENV, ROOT, metrics, run_to_end, write_records
+    from tests.test_sft_resume import command
+
+    def cmd(steps, *extra):
+        return [a for a in command(tmp_path, tmp_path / "run") if not a.startswith("--config.train.steps=")] + [
+            f"--config.train.steps={steps}", *extra]
+
+    write_records(tmp_path)
+    run_to_end(cmd(4))
+    ckpt = tmp_path / "run" / "checkpoints"
+    chunks = [p for p in (ckpt / "4").glob("state/**/d/*") if p.is_file()]
+    for p in chunks:  # every data file: whichever ones hold the arrays
+        p.unlink()
+    for flag, message in (("--config.lora.rank=16", "lora.rank: 8 in the checkpoint, 16 now"),
+                          ("--config.model.param_dtype=bfloat16",
+                           "model.param_dtype: 'float32' in the checkpoint, 'bfloat16' now")):
+        done = subprocess.run(cmd(6, flag), cwd=ROOT, env=ENV, capture_output=True, text=True)
+        assert done.returncode != 0 and message in done.stderr, done.stderr[-3000:]
+        assert "new workdir" in done.stderr and sorted(os.listdir(ckpt)) == ["2", "4"]
+    done = run_to_end(cmd(6))
+    assert "checkpoint step 4 is damaged" in done.stderr and "resuming from step 2" in done.stderr
+    assert "Event loop is closed" not in done.stderr
+    assert {"4.damaged", "6"} <= set(os.listdir(ckpt))
+    assert max(metrics(tmp_path / "run")) == 6
