@@ -4,7 +4,7 @@ A LoRA layer computes x @ W + scale * dropout(x) @ A @ B with A [in, r], B [r, o
 alpha / r (PEFT's defaults: A kaiming-uniform, B zeros, so training starts from the base model).
 A and B are `nnx.LoRAParam` variables on `layers.Linear`, so the NNX filter `nnx.LoRAParam`
 selects exactly them. `rank = 0` means no LoRA: the whole language model (embeddings included)
-is trained, the vision tower and merger stay frozen either way.
+is trained, and the vision tower and merger too unless they are frozen (model.freeze_vision).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ DEFAULT_TARGETS = r"^layers/\d+/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_pro
 def _linears(model):
     for path, module in nnx.iter_modules(model):
         if isinstance(module, Linear):
-            yield "/".join(str(p) for p in path), module
+            yield sharding.path_str(path), module
 
 
 def inject(model, rank: int, alpha: float, dropout: float = 0.0, targets: str = DEFAULT_TARGETS,
@@ -75,10 +75,13 @@ def from_config(model, lora_cfg, seed: int = 0, mesh=None) -> list[str]:
     return inject(model, lora_cfg.rank, lora_cfg.alpha, lora_cfg.dropout, lora_cfg.targets, seed, mesh)
 
 
-def trainable_filter(rank: int):
-    """NNX filter of the trained variables: LoRA factors, or (rank 0) every language-model Param."""
+def trainable_filter(rank: int, freeze_vision: bool = True):
+    """NNX filter of the trained variables: LoRA factors, or (rank 0) every Param, the vision
+    tower's only when freeze_vision is False."""
     if rank > 0:
         return nnx.LoRAParam
+    if not freeze_vision:
+        return nnx.Param
     return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("visual")))
 
 

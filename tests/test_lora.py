@@ -49,7 +49,7 @@ def test_optimizer_state_is_lora_only_and_base_stays_bit_identical():
     opt_sizes = sum(x.size for x in jax.tree.leaves(state["opt"]) if x.ndim > 0)
     assert opt_sizes == 2 * lora.param_count(model)
     step = jax.jit(sft.make_step(parts, tx))
-    batch = jax.tree.map(jnp.asarray, sft.stack_micro([host_batch(ROWS)], CFG))
+    batch = jax.tree.map(jnp.asarray, loop.stack_micro([host_batch(ROWS)], CFG))
     start = {k: np.array(v) for k, v in params.items()}
     for _ in range(3):
         state, _ = step(state, parts.frozen, batch)
