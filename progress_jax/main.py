@@ -38,6 +38,9 @@ assert set(JOBS) == set(validate.JOBS)
 def run(config) -> dict | None:
     import jax
 
+    from progress_jax import runtime
+
+    runtime.maybe_initialize_distributed()  # before anything asks JAX for its process count
     validate.validate(config, processes=jax.process_count())
     return importlib.import_module(JOBS[config.job]).run(config)
 

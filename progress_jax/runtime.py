@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from progress_jax import handover, sharding
-from progress_jax.models import qwen2_5_vl
+from progress_jax.models import families
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +34,16 @@ def make_mesh(cfg) -> jax.sharding.Mesh:
     return sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
 
 
-def load_model(cfg, mesh=None) -> qwen2_5_vl.Qwen25VL:
-    """model.path -> the checkpoint; empty -> a random tiny model (seed cfg.seed), sharded on mesh."""
+def load_model(cfg, mesh=None):
+    """model.path -> the checkpoint (its family by config.json's model_type); empty -> a random
+    model of preset model.preset (seed cfg.seed), sharded on mesh."""
     param, compute = DTYPES[cfg.model.param_dtype], DTYPES[cfg.model.compute_dtype]
+    if cfg.model.path and not os.path.isdir(cfg.model.path):
+        raise FileNotFoundError(f"config key model.path: no directory {cfg.model.path}")
+    family = families.for_config(cfg)
     if cfg.model.path:
-        if not os.path.isdir(cfg.model.path):
-            raise FileNotFoundError(f"config key model.path: no directory {cfg.model.path}")
-        return qwen2_5_vl.from_pretrained(cfg.model.path, dtype=param, compute_dtype=compute, mesh=mesh)
-    model = qwen2_5_vl.init(qwen2_5_vl.preset(cfg.model.preset), seed=cfg.seed, dtype=compute, param_dtype=param)
+        return family.load(cfg.model.path, param, compute, mesh)
+    model = family.init(cfg.model.preset, cfg.seed, compute, param)
     if mesh is not None:
         from flax import nnx
 

@@ -12,6 +12,7 @@ from configs import grpo as grpo_config
 from data_pipeline.tokenizer import load_tokenizer
 from progress_jax import lora, sharding
 from progress_jax.models import qwen2_5_vl
+from progress_jax.models.qwen2_5_vl import family as qwen
 from progress_jax.train import grpo, loop, schedule
 from tests.test_sft import CFG, host_batch, lora_model
 
@@ -40,7 +41,7 @@ def _update_inputs(model, k, seed=0):
         chunks.append({"input_ids": host["input_ids"][sl], "attention_mask": host["attention_mask"][sl],
                        "loss_mask": host["loss_mask"][sl], "pixel_values": host["pixel_values"][64 * i0:64 * i1 + 64],
                        "image_grid_thw": np.array([(1, 8, 8)] * (i1 - i0) + [(0, 0, 0)], np.int32)})
-    batch = jax.tree.map(jnp.asarray, loop.stack_micro(chunks, model.config))
+    batch = jax.tree.map(jnp.asarray, qwen.stack_micro(chunks, model.config))
     batch["advantages"] = jnp.asarray(np.array([1.0, -1.0, 0.5, -2.0], np.float32).reshape(k, per))
     return batch
 
@@ -94,10 +95,10 @@ def test_sharded_update_equals_one_device():
     host = jax.device_get(batch)
     state_sh = loop.state_shardings(jax.eval_shape(lambda: state), mesh)
     frozen_sh = sharding.param_shardings(parts.frozen, mesh)
-    batch_sh = loop.batch_shardings(host, mesh)
+    batch_sh = loop.batch_shardings(host, mesh, qwen)
     update = loop.jit_step(grpo.make_update(parts, tx, cfg.grpo, 1.0, mesh), mesh, state_sh, frozen_sh, batch_sh)
     p2, m2 = update(jax.device_put(loop.init_state(params, tx, 0), state_sh), jax.device_put(parts.frozen, frozen_sh),
-                    loop.to_device(host, batch_sh))
+                    loop.to_device(host, batch_sh, qwen))
     assert p2["params"][next(iter(p2["params"]))].sharding.mesh.devices.size == 4
     m1, m2 = jax.device_get(m1), jax.device_get(m2)
     assert m1["grad_norm"] > 0 and m1["clip_frac"] > 0

@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from progress_jax import lora, sharding  # noqa: E402
 from progress_jax.models import qwen2_5_vl  # noqa: E402
+from progress_jax.models.qwen2_5_vl import family as qwen  # noqa: E402
 from progress_jax.train import loop, schedule, sft  # noqa: E402
 from tools.bench_common import median_time  # noqa: E402
 
@@ -51,12 +52,12 @@ def bench_jax(cfg, host: dict, steps: int, remat: str) -> float:
     tx = schedule.make_optimizer(1e-4, 0.0, 0.1, 1000, 1.0)
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     setup = loop.setup_state(model, mesh, tx, rank=8)
-    batch = loop.stack_micro([host], cfg)
-    batch_sh = loop.batch_shardings(batch, mesh)
+    batch = qwen.stack_micro([host], cfg)
+    batch_sh = loop.batch_shardings(batch, mesh, qwen)
     step = loop.jit_step(sft.make_step(setup.parts, tx, mesh, remat=remat), mesh, setup.state_sh, setup.frozen_sh,
                          batch_sh)
     box = {"state": setup.state}
-    frozen, dev = jax.device_put(setup.parts.frozen, setup.frozen_sh), loop.to_device(batch, batch_sh)
+    frozen, dev = jax.device_put(setup.parts.frozen, setup.frozen_sh), loop.to_device(batch, batch_sh, qwen)
 
     def run():
         box["state"], m = step(box["state"], frozen, dev)

@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from progress_jax import handover, lora, runtime, sampling, sharding
+from progress_jax.models import families
 from progress_jax.train import grpo_loss, loop, registry, rollouts, schedule
 
 log = logging.getLogger(__name__)
@@ -90,11 +91,12 @@ def make_update(parts: loop.Parts, tx, g, temperature: float, mesh=None, remat: 
 class Trainer:
     """Holds the model parts, jitted functions and state of one GRPO run."""
 
-    def __init__(self, config, model, tokenizer, mesh, reward_fn=None, total_steps: int | None = None):
+    def __init__(self, config, model, tokenizer, mesh, reward_fn=None, total_steps: int | None = None, family=None):
         """reward_fn(generation, records) -> one {"overall", ...} dict per rollout; default: the
         registry reward config.grpo.reward of each rollout's text. total_steps: rollout steps (for
-        the schedule; default train.steps)."""
+        the schedule; default train.steps). family: the model family (default: from the config)."""
         self.config, self.model, self.tokenizer, self.mesh = config, model, tokenizer, mesh
+        self.family = family or families.for_config(config)
         g, t = config.grpo, config.train
         if reward_fn is None:
             reward = registry.get_reward(g.reward)
@@ -126,7 +128,7 @@ class Trainer:
         """Mean reward components ("probe/...") of n rollouts per prompt of fixed prompt batches."""
         rewards = []
         for i, prompts in enumerate(batches):
-            batch = rollouts.repeat_rows(prompts, self.config.grpo.n, self.model.config.vision_start_token_id)
+            batch = rollouts.repeat_rows(prompts, self.config.grpo.n, self.family, self.model.config)
             gen = sampling.generate(self.policy(), batch, self.sampling, jax.random.fold_in(key, i),
                                     tokenizer=self.tokenizer, mesh=self.mesh)
             rewards += self.reward_fn(gen, batch["records"])
@@ -136,13 +138,13 @@ class Trainer:
         """One GRPO step on a host batch of prompts; returns the step's metrics."""
         g, t = self.config.grpo, self.config.train
         t0 = time.perf_counter()
-        batch = rollouts.repeat_rows(prompts, g.n, self.model.config.vision_start_token_id)
+        batch = rollouts.repeat_rows(prompts, g.n, self.family, self.model.config)
         gen = sampling.generate(self.policy(), batch, self.sampling, key, tokenizer=self.tokenizer, mesh=self.mesh)
         t_rollout = time.perf_counter() - t0
         rewards = self.reward_fn(gen, batch["records"])
         overall = np.array([r["overall"] for r in rewards], np.float32)
         adv = np.asarray(self.advantages(overall, g.n))
-        rows = rollouts.rollout_sequences(batch, gen, self.model.config)
+        rows = rollouts.rollout_sequences(batch, gen, self.family, self.model.config)
 
         t1 = time.perf_counter()
         per_update = t.batch_size * g.n
@@ -151,7 +153,7 @@ class Trainer:
         for u in range(0, len(rows), per_update):
             dev = rollouts.micro_batches(rows[u:u + per_update], adv[u:u + per_update], t.micro_batch_size,
                                          self.config, self.tokenizer.pad_id, self.sampling.max_new_tokens,
-                                         self.model.config, self.mesh)
+                                         self.family, self.model.config, self.mesh)
             frozen = self.parts.frozen
             dev["old_logp"] = self._logp(self.state["params"], frozen, dev)
             ref_params = self.state["params"] if self.ref_params is None else self.ref_params
@@ -162,7 +164,7 @@ class Trainer:
         for dev in updates:
             if "fn" not in self._update:  # shardings depend on the batch's keys: jit on the first batch
                 self._update["fn"] = loop.jit_step(self._update_fn, self.mesh, self.state_sh, self.frozen_sh,
-                                                   loop.batch_shardings(dev, self.mesh))
+                                                   loop.batch_shardings(dev, self.mesh, self.family))
             self.state, m = self._update["fn"](self.state, self.parts.frozen, dev)
             metrics.append(jax.device_get(m))
         t3 = time.perf_counter()

@@ -4,7 +4,7 @@
   sharding.RULES, e.g. `layers/3/self_attn/q_proj/lora_a`), and the frozen rest (an nnx.State).
 - `setup_state`: the train state {"params", "opt", "step", "rng"} placed on the (data, fsdp, tensor)
   mesh with its shardings; the one set-up every trainer (and tools/bench_train.py) uses.
-- Host batches -> global device arrays (micro-batches stacked on a leading axis).
+- Host batches -> global device arrays, sharded by the model family's batch axes.
 - `run`: the loop. A trainer is a step function plus its set-up; the loop owns Orbax checkpoints
   (with the data iterator's state), resume from the latest, a clean stop on SIGTERM, a stop on a
   NaN/Inf loss, metrics (JSONL + TensorBoard), the progress bar and periodic hooks.
@@ -19,14 +19,11 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from progress_jax import lora, runtime, sharding
-from progress_jax.models import qwen2_5_vl
-from progress_jax.models.qwen2_5_vl import positions
 from progress_jax.train import checkpoint, guards, metrics_writer
 
 log = logging.getLogger(__name__)
@@ -108,72 +105,32 @@ def setup_state(model, mesh, tx, *, rank: int, freeze_vision: bool = True, seed:
 
 # ---- host batches -> device ----------------------------------------------------------------
 
-# Batch axis (after the leading micro-batch axis) of each array; patch arrays use the patch axis.
-BATCH_AXIS = {"input_ids": 1, "attention_mask": 1, "loss_mask": 1, "position_ids": 2, "pixel_values": 1,
-              "window_index": 1, "reverse_index": 1, "rope_hw": 1, "window_groups": 1, "image_groups": 1,
-              "advantages": 1, "old_logp": 1, "ref_logp": 1}
-PATCH_KEYS = ("pixel_values", "window_index", "reverse_index", "rope_hw", "window_groups", "image_groups")
+# Batch axis (after the leading micro-batch axis) of the trainers' own arrays; the model's inputs
+# take theirs from the model family (progress_jax.models.families).
+TRAIN_AXIS = {"loss_mask": 1, "advantages": 1, "old_logp": 1, "ref_logp": 1}
 
 
-def batch_shardings(batch: dict, mesh):
+def batch_shardings(batch: dict, mesh, family):
     """Token arrays split over the data axes on their batch axis. Patch arrays: replicated in a
     single process (every device sees all images of the step); split by process otherwise."""
     multi = jax.process_count() > 1
+    axis = {**TRAIN_AXIS, **family.BATCH_AXIS}
 
     def spec(path, x):
         name = sharding.path_str(path).split("/")[-1]
-        if name in PATCH_KEYS and not multi:
+        if name in family.PATCH_KEYS and not multi:
             return NamedSharding(mesh, P())
-        return sharding.batch_sharding(mesh, x.ndim, BATCH_AXIS[name])
+        return sharding.batch_sharding(mesh, x.ndim, axis[name])
 
     return jax.tree_util.tree_map_with_path(spec, batch)
 
 
-def _offset_vision(vis: dict, num_patches: int, unit: int) -> dict:
-    """Process-local vision indices -> global ones: this process's patches follow those of the
-    lower-ranked processes (equal patch counts and group shapes per process)."""
-    p = jax.process_index()
-    out = dict(vis)
-    for k in ("window_index", "reverse_index"):
-        out[k] = vis[k] + p * (num_patches // unit)
-    for k in ("window_groups", "image_groups"):
-        out[k] = np.where(vis[k] >= 0, vis[k] + p * num_patches, -1)
-    return out
-
-
-def to_device(batch: dict, shardings, unit: int = 4):
+def to_device(batch: dict, shardings, family):
     """Host numpy tree -> global jax arrays. Multi-process: each process holds its slice."""
     if jax.process_count() == 1:
         return jax.device_put(batch, shardings)
-    if "vision" in batch:
-        batch = {**batch, "vision": _offset_vision(batch["vision"], batch["pixel_values"].shape[1], unit)}
+    batch = family.offset_process_local(batch, jax.process_index())
     return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), batch, shardings)
-
-
-def stack_micro(host_batches: list[dict], config: qwen2_5_vl.Qwen25VLConfig) -> dict:
-    """Pipeline host batches -> model inputs stacked on a leading micro-batch axis, padded to the
-    largest length and patch count among them (padding changes no loss term)."""
-    L = max(b["input_ids"].shape[1] for b in host_batches)
-    P = max(b["pixel_values"].shape[0] for b in host_batches)
-    out = []
-    for b in host_batches:
-        pad_l = L - b["input_ids"].shape[1]
-        padded = {
-            "input_ids": np.pad(b["input_ids"], ((0, 0), (0, pad_l)), constant_values=config.pad_token_id),
-            "attention_mask": np.pad(b["attention_mask"], ((0, 0), (0, pad_l))),
-            "pixel_values": np.pad(b["pixel_values"], ((0, P - b["pixel_values"].shape[0]), (0, 0))),
-            "image_grid_thw": b["image_grid_thw"],
-        }
-        inputs = qwen2_5_vl.model_inputs(padded, config)
-        inputs.pop("rope_deltas")
-        inputs["loss_mask"] = np.pad(b["loss_mask"], ((0, 0), (0, pad_l))).astype(np.int32)
-        out.append(inputs)
-    for key in positions.GROUP_KEYS:  # attention groups: one shape for all micro-batches
-        rows = max(o["vision"][key].shape[0] for o in out)
-        width = max(o["vision"][key].shape[1] for o in out)
-        for o in out:
-            o["vision"][key] = positions.pad_groups(o["vision"], rows, width, key)
-    return jax.tree.map(lambda *xs: np.stack(xs), *out)
 
 
 # ---- the loop ------------------------------------------------------------------------------

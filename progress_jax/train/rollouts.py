@@ -1,29 +1,17 @@
-"""GRPO rollout packing: prompts repeated n times with their images, rollouts turned into training
+"""GRPO rollout packing (model specifics from the model family): prompts repeated n times with their images, rollouts turned into training
 rows (prompt + response, loss on the response), and rows packed into bucketed micro-batches."""
 from __future__ import annotations
 
 import numpy as np
 
 from progress_jax import sampling
-from progress_jax.models import qwen2_5_vl
 from progress_jax.train import loop
 
 
-def row_images(batch: dict, vision_start_id: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per batch row: (its image_grid_thw rows, its pixel_values rows); one vision_start per image."""
-    grid = qwen2_5_vl.positions.valid_grids(batch["image_grid_thw"])
-    counts = (np.asarray(batch["input_ids"]) == vision_start_id).sum(1)
-    if counts.sum() != len(grid):
-        raise ValueError(f"prompts hold {counts.sum()} images but image_grid_thw lists {len(grid)}")
-    img_end = np.cumsum(counts)
-    patch_end = np.concatenate([[0], np.cumsum(grid.prod(-1))])
-    return [(grid[e - c:e], batch["pixel_values"][patch_end[e - c]:patch_end[e]]) for c, e in zip(counts, img_end)]
-
-
-def repeat_rows(batch: dict, n: int, vision_start_id: int) -> dict:
+def repeat_rows(batch: dict, n: int, family, config) -> dict:
     """Each prompt row repeated n times (rows of one prompt contiguous), its images with it;
     padding rows of an incomplete batch (record None) dropped."""
-    images = row_images(batch, vision_start_id)
+    images = family.row_images(batch, config)
     rows = np.array([b for b, r in enumerate(batch["records"]) if r is not None for _ in range(n)])
     return {
         "input_ids": batch["input_ids"][rows],
@@ -34,14 +22,13 @@ def repeat_rows(batch: dict, n: int, vision_start_id: int) -> dict:
     }
 
 
-def rollout_sequences(prompts: dict, gen: sampling.Generation, config) -> list[dict]:
+def rollout_sequences(prompts: dict, gen: sampling.Generation, family, config) -> list[dict]:
     """One host row per rollout: prompt tokens + response tokens (stop token included); loss_mask
     marks the response tokens; the row's images travel with it. A response is cut before any
     vision special token it generated (a text-only continuation cannot hold an image)."""
-    vision_ids = np.array([config.image_token_id, config.video_token_id, config.vision_start_token_id,
-                           config.vision_end_token_id])
+    vision_ids = family.vision_token_ids(config)
     rows = []
-    for b, (grid, pixels) in enumerate(row_images(prompts, config.vision_start_token_id)):
+    for b, (grid, pixels) in enumerate(family.row_images(prompts, config)):
         prompt = prompts["input_ids"][b][prompts["attention_mask"][b] > 0]
         response = gen.tokens[b, : gen.lengths[b]]
         bad = np.flatnonzero(np.isin(response, vision_ids))
@@ -82,7 +69,7 @@ def bucket(n: int, buckets) -> int:
 
 
 def micro_batches(rows: list[dict], advantages: np.ndarray, micro_batch_size: int, config, pad_id: int,
-                  max_new_tokens: int, model_config, mesh) -> dict:
+                  max_new_tokens: int, family, model_config, mesh) -> dict:
     """Rollout rows -> device micro-batches [k, micro_batch_size, ...] with position ids, vision
     indices and advantages; lengths bucketed on data.length_buckets + max_new_tokens (rounded up to
     128) and patch counts on data.patch_buckets, so that updates compile a handful of shapes."""
@@ -94,6 +81,6 @@ def micro_batches(rows: list[dict], advantages: np.ndarray, micro_batch_size: in
         chunk = rows[i:i + micro_batch_size]
         patches = bucket(sum(len(r["pixel_values"]) for r in chunk), d.patch_buckets)
         hosts.append(pack(chunk, pad_id, length, patches))
-    stacked = loop.stack_micro(hosts, model_config)
+    stacked = family.stack_micro(hosts, model_config)
     stacked["advantages"] = advantages.reshape(len(hosts), micro_batch_size).astype(np.float32)
-    return loop.to_device(stacked, loop.batch_shardings(stacked, mesh))
+    return loop.to_device(stacked, loop.batch_shardings(stacked, mesh, family), family)

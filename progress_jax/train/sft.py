@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import optax
 
 from progress_jax import handover, lora, runtime, sampling, sharding
-from progress_jax.models import qwen2_5_vl
-from progress_jax.train import guards, loop, metrics_writer, schedule
+from progress_jax.models import families, qwen2_5_vl
+from progress_jax.train import guards, loop, schedule
 
 log = logging.getLogger(__name__)
 
@@ -98,17 +98,6 @@ def _peak_flops(t) -> float | None:
     return None
 
 
-def flops_per_token(config: qwen2_5_vl.Qwen25VLConfig, seq_len: int, lora_on: bool) -> float:
-    """metrics_writer.train_flops_per_token for the language model (vision tower not counted):
-    N = every decoder linear layer + the output projection; LoRA skips base weight gradients."""
-    t = config.text
-    attn = t.hidden_size * t.head_dim * (t.num_attention_heads * 2 + t.num_key_value_heads * 2)
-    mlp = 3 * t.hidden_size * t.intermediate_size
-    n = t.num_hidden_layers * (attn + mlp) + t.hidden_size * t.vocab_size
-    return metrics_writer.train_flops_per_token(n, t.num_hidden_layers, seq_len, t.num_attention_heads * t.head_dim,
-                                                backward_factor=1.0 if lora_on else 2.0)
-
-
 # ---- the run ---------------------------------------------------------------------------------
 
 def run(config) -> dict:
@@ -128,6 +117,7 @@ def run(config) -> dict:
     accum = t.batch_size // (t.micro_batch_size * jax.process_count())
     steps = t.steps or max(1, math.floor(t.epochs * n_samples / t.batch_size))
 
+    family = families.for_config(config)
     model = runtime.load_policy(config, mesh, t.init_params)
     tokenizer = runtime.load_tokenizer(config)
     it = iter(_dataset(config, files, image_root, tokenizer))
@@ -138,9 +128,9 @@ def run(config) -> dict:
 
     def next_batch():
         host = [next(it) for _ in range(accum)]
-        arrays = loop.stack_micro(host, model.config)
+        arrays = family.stack_micro(host, model.config)
         n_tok = int(sum(b["attention_mask"].sum() for b in host)) * jax.process_count()
-        return loop.to_device(arrays, loop.batch_shardings(arrays, mesh)), n_tok
+        return loop.to_device(arrays, loop.batch_shardings(arrays, mesh, family), family), n_tok
 
     step_fn = make_step(parts, tx, mesh, config.model.remat, t.loss_chunk, dropout=config.lora.dropout > 0)
     jitted = {}  # shardings depend on which keys the batch holds: jit on the first batch's structure
@@ -149,7 +139,7 @@ def run(config) -> dict:
         arrays, n_tok = batch
         if "fn" not in jitted:
             jitted["fn"] = loop.jit_step(step_fn, mesh, setup.state_sh, setup.frozen_sh,
-                                         loop.batch_shardings(arrays, mesh))
+                                         loop.batch_shardings(arrays, mesh, family))
         state, metrics = jitted["fn"](state, parts.frozen, arrays)
         return state, {**metrics, "tokens": n_tok}
 
@@ -161,7 +151,7 @@ def run(config) -> dict:
     with guards.StopRequest() as stop:
         result = loop.run(step, setup.state, next_batch, it, steps, config.workdir, save_every=t.save_every,
                           keep=t.keep, desc="sft", lr_fn=schedule.make_schedule(t.schedule, t.lr, steps, t.warmup_ratio),
-                          flops_per_token=flops_per_token(model.config, seq_len, config.lora.rank > 0),
+                          flops_per_token=family.flops_per_token(model.config, seq_len, config.lora.rank > 0),
                           peak_flops=_peak_flops(t))
         final_dir = os.path.join(config.workdir, "final")
         if not result.stopped:
