@@ -2,9 +2,10 @@
 update (recipe and sources: docs/recipes.md).
 
 One step: a batch of prompts -> n rollouts each (the JAX sampler, images included) -> rewards
-(progress_jax.train.registry: a named reward or a user's module:function) -> group advantages -> old log-probs (the current policy, before any
-update) and reference log-probs (the same backbone with LoRA switched off; a frozen copy of
-the initial weights only when lora.rank = 0) -> `updates_per_rollout` optimizer updates, each
+(progress_jax.train.registry: a named reward or a user's module:function) -> group advantages
+(an estimator by name) -> old log-probs (the current policy, before any update) and reference
+log-probs (the same backbone with LoRA switched off; a frozen copy of the initial weights only
+when lora.rank = 0) -> `updates_per_rollout` optimizer updates, each
 the clipped dual-clip surrogate + kl_coef * low_var_kl as a token-mean over all response
 tokens of its global batch, exact under micro-batching.
 
