@@ -1,10 +1,23 @@
-"""Shared config presets: every job config starts from `base()` and overrides what it needs.
+"""Shared pieces of the job configs: `base()` holds every key the jobs share; `demo_data` the small
+images and buckets of the built-in demo, in one place.
 
-With `model.path` empty, jobs use the built-in tiny model (random init, or the SFT output
-when a job chains) and ProgressBench-Sim small generated under `data.sim_dir`.
+Each config file's `get_config(arg)` takes the text after ':' in `--config configs/X.py:arg`
+(ml_collections' config_flags): `demo` (the default, no argument) or `paper` (the published recipe,
+see docs/recipes.md). Every value is concrete: nothing is chosen later by a job.
 """
 
 import ml_collections
+
+VARIANTS = ("demo", "paper")
+
+
+def variant(arg) -> str:
+    """The variant named after ':' ("" or None: demo)."""
+    name = arg or "demo"
+    if name not in VARIANTS:
+        raise ValueError(f"unknown config variant {name!r}; expected one of {', '.join(VARIANTS)} "
+                         f"(e.g. --config configs/grpo.py:paper)")
+    return name
 
 
 def base() -> ml_collections.ConfigDict:
@@ -14,11 +27,13 @@ def base() -> ml_collections.ConfigDict:
     c.workdir = "runs/default"  # checkpoints, metrics.jsonl, TensorBoard, predictions
 
     c.model = ml_collections.ConfigDict()
-    c.model.path = ""  # Hub checkpoint directory (config.json + safetensors + tokenizer); "" = tiny
-    c.model.preset = "tiny"  # used when path is empty
+    c.model.path = ""  # Hub checkpoint directory (config.json + safetensors + tokenizer)
+    c.model.preset = "tiny"  # a built-in random model, used when path is empty ("": path required)
     c.model.param_dtype = "float32"  # float32 | bfloat16
     c.model.compute_dtype = "float32"
     c.model.remat = "none"  # none | full | dots (checkpoint policy for decoder layers)
+    # With lora.rank = 0 (full-parameter training): False trains the vision tower too (EasyR1's default).
+    c.model.freeze_vision = True
 
     c.data = ml_collections.ConfigDict()
     c.data.sim_dir = "cache/sim_small"  # generated when train/bench files are not given
@@ -29,7 +44,7 @@ def base() -> ml_collections.ConfigDict:
     c.data.image_root = ""  # IMAGE_ROOT; "" = <bench_dir>/images
     c.data.min_pixels = 3136
     c.data.max_pixels = 12845056
-    c.data.length_buckets = (1024, 2048, 4096)
+    c.data.length_buckets = (1024, 2048, 4096)  # the largest is the cut-off length
     c.data.patch_buckets = (4096, 8192, 16384)
     c.data.image_buckets = (8, 16, 32)
     c.data.worker_count = 0
@@ -45,6 +60,7 @@ def base() -> ml_collections.ConfigDict:
     c.lora.rank = 8  # 0 = full-parameter training
     c.lora.alpha = 16.0
     c.lora.dropout = 0.05
+    # q, k, v, o, gate, up and down projections of every decoder layer: LLaMA-Factory's `lora_target: all`.
     c.lora.targets = r"^layers/\d+/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)$"
 
     c.sampling = ml_collections.ConfigDict()
@@ -59,10 +75,14 @@ def base() -> ml_collections.ConfigDict:
     return c
 
 
-def tiny_data(c: ml_collections.ConfigDict) -> None:
-    """Small images and buckets that keep the tiny default fast on two CPU cores."""
-    c.data.max_pixels = 112 * 112  # 16 tokens per image
+def demo_data(c: ml_collections.ConfigDict) -> None:
+    """The built-in demo's data: ProgressBench-Sim small with the sim's brief answers (~60 tokens),
+    112x112 images (16 tokens each) and short buckets, fast on two CPU cores. Shared by every job's
+    demo variant."""
+    c.data.sim_dir = "cache/sim_small_brief"
+    c.data.sim_reasoning = "brief"
     c.data.min_pixels = 56 * 56
+    c.data.max_pixels = 112 * 112
     c.data.length_buckets = (512, 1024)
-    c.data.patch_buckets = (2048, 4096, 8192)
-    c.data.image_buckets = (32, 64, 128)
+    c.data.patch_buckets = (1024, 2048, 4096, 8192)
+    c.data.image_buckets = (16, 32, 64, 128)

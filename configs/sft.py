@@ -1,13 +1,15 @@
-"""LoRA SFT: `python -m progress_jax.main --config configs/sft.py [--config.a.b=value ...]`.
+"""LoRA SFT: `python -m progress_jax.main --config configs/sft.py[:demo|:paper] [--config.a.b=value ...]`.
 
-With `--config.model.path=DIR` (a Qwen2.5-VL Hub checkpoint) the unset train.* fields take the
-paper's recipe (REFERENCE §6): LoRA r 8 / alpha 16 / dropout 0.05 on every LM linear layer,
-lr 1e-4 cosine with warmup 0.1, effective batch 64 (micro-batch 1, accumulated), 3 epochs, bf16.
-Set data.train_files to the SFT records (JSONL with a `response`, chat JSONL, or ArrayRecord).
-With nothing given: the tiny random model, all language-model weights trained (LoRA on a random
-base has nothing to adapt), on ProgressBench-Sim small with the sim's brief four-block answers
-as targets; 120 steps of 8, a few minutes on two CPU cores, then greedy answers to two benchmark
+`demo` (the default): the tiny random model, all language-model weights trained (LoRA on a random
+base has nothing to adapt), on ProgressBench-Sim small with the sim's brief four-block answers as
+targets; 120 steps of 8, a few minutes on two CPU cores, then greedy answers to two benchmark
 prompts with their format check.
+
+`paper`: the published recipe, LLaMA-Factory's shipped qwen2_5vl_lora_sft_small.yaml (see
+docs/recipes.md): LoRA r 8 / alpha 16 / dropout 0.05 on every LM linear layer, lr 1e-4 cosine with
+warmup 0.1, effective batch 64, 3 epochs, cut-off 30000 tokens, images at most 1003520 pixels, bf16
+base weights. Set model.path (a Qwen2.5-VL-3B-Instruct Hub checkpoint) and data.train_files (the SFT
+records: JSONL with a `response`, chat JSONL, or ArrayRecord), data.image_root.
 
 Outputs in `workdir`: metrics.jsonl + TensorBoard events, checkpoints/<step>/ (Orbax; resumed
 automatically), final/trainable.safetensors + trainable.json (the trained parameters by
@@ -15,34 +17,24 @@ automatically), final/trainable.safetensors + trainable.json (the trained parame
 LoRA folded in) when train.export_merged.
 """
 import ml_collections
-from ml_collections import config_dict
 
-from configs.base import base
+from configs.base import base, demo_data, variant
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(arg=None) -> ml_collections.ConfigDict:
+    name = variant(arg)
     c = base()
     c.job = "sft"
     c.workdir = "runs/sft"
-    # None = chosen by sft.resolve for the model: REFERENCE §6 (image_max_pixels 1003520, up to
-    # 32K tokens) with model.path; 112x112 images and short buckets for the tiny demo.
-    for key, kind in (("min_pixels", int), ("max_pixels", int), ("length_buckets", tuple),
-                      ("patch_buckets", tuple), ("image_buckets", tuple)):
-        c.data[key] = config_dict.placeholder(kind)
     c.data.train_files = ()  # empty: ProgressBench-Sim's train/sft.jsonl
-    # The tiny default learns the sim's brief answers (~60 tokens), shared with the GRPO demo.
-    c.data.sim_dir = "cache/sim_small_brief"
-    c.data.sim_reasoning = "brief"
-    c.lora.rank = config_dict.placeholder(int)  # None: 8 with model.path, 0 (full) for the tiny default
 
     t = c.train = ml_collections.ConfigDict()
-    # None = the recipe default for the model (REFERENCE §6 with model.path, the tiny demo without).
-    t.lr = config_dict.placeholder(float)
-    t.batch_size = config_dict.placeholder(int)  # effective (global) batch per optimizer step
-    t.micro_batch_size = config_dict.placeholder(int)  # rows per process per forward/backward
-    t.epochs = config_dict.placeholder(float)
-    t.demo_samples = config_dict.placeholder(int)
-    t.steps = config_dict.placeholder(int)  # > 0 overrides epochs; None: 120 for the tiny default
+    t.lr = 2e-3
+    t.schedule = "cosine"  # cosine | constant (after the linear warmup)
+    t.batch_size = 8  # effective (global) batch per optimizer step
+    t.micro_batch_size = 8  # rows per process per forward/backward
+    t.epochs = 1.0
+    t.steps = 120  # > 0 overrides epochs
     t.warmup_ratio = 0.1
     t.weight_decay = 0.0
     t.clip_norm = 1.0  # 0: off
@@ -52,5 +44,32 @@ def get_config() -> ml_collections.ConfigDict:
     t.init_params = ""  # directory with trainable.safetensors to start from
     t.export_merged = False
     t.peak_flops_per_device = 0.0  # 0: known accelerators only (MFU omitted on CPU)
+    t.demo_samples = 2  # after training: greedy answers to this many sim benchmark prompts
     t.demo_max_new_tokens = 400
+
+    if name == "demo":
+        demo_data(c)
+        c.lora.rank = 0
+    else:  # LLaMA-Factory/our_scripts/qwen2_5vl_lora_sft_small.yaml
+        c.seed = 42
+        c.model.preset = ""  # model.path required
+        c.model.param_dtype = c.model.compute_dtype = "bfloat16"  # bf16: true (LoRA factors stay float32)
+        c.data.prompt = "official"
+        c.data.min_pixels = 3136
+        c.data.max_pixels = 1003520  # image_max_pixels
+        c.data.length_buckets = (4096, 8192, 16384, 30000)  # cutoff_len 30000
+        c.data.patch_buckets = (8192, 16384, 32768, 65536)
+        c.data.image_buckets = (8, 16, 32)
+        c.lora.rank, c.lora.alpha, c.lora.dropout = 8, 16.0, 0.05
+        t.lr = 1e-4
+        t.batch_size = 64  # 2 per device x 8 accumulation x 4 GPUs
+        t.micro_batch_size = 1
+        t.epochs = 3.0  # num_train_epochs (the paper's text says 2; see docs/recipes.md)
+        t.steps = 0
+        t.warmup_ratio = 0.1
+        t.weight_decay = 0.0
+        t.clip_norm = 1.0
+        t.save_every = 100
+        t.keep = 5
+        t.demo_samples = 0
     return c

@@ -2,7 +2,7 @@
 
 A run's `final/` (SFT or GRPO alike) holds `trainable.safetensors` (the LoRA factors, or every
 language-model weight for lora.rank = 0) and `trainable.json` (the lora config, the base model
-path or preset, the seed); see train.loop.save_trainable. The base model is rebuilt exactly as
+path or preset, the seed); see handover.save_trainable. The base model is rebuilt exactly as
 the run built it (runtime.load_policy), so a run of the built-in tiny model (random base from
 its seed) exports too.
 
@@ -63,12 +63,12 @@ def load_run(final_dir: str, base: str | None = None, dtype: str | None = None):
     """(model with the run's trained parameters, LoRA still separate; meta; its config).
     dtype None: the base checkpoint's stored dtype (float32 for the tiny model)."""
     from progress_jax import runtime
-    from progress_jax.train import loop
+    from progress_jax import handover
 
-    meta = loop.read_meta(final_dir)
+    meta = handover.read_meta(final_dir)
     cfg = run_config(meta, base)
     if cfg.model.path and not os.path.isdir(cfg.model.path):
-        raise FileNotFoundError(f"{os.path.join(final_dir, loop.TRAINABLE_META)}: base model {cfg.model.path!r} "
+        raise FileNotFoundError(f"{os.path.join(final_dir, handover.TRAINABLE_META)}: base model {cfg.model.path!r} "
                                 "is not a directory here; pass the base checkpoint with --base")
     with cfg.unlocked():
         cfg.model.param_dtype = cfg.model.compute_dtype = dtype or (
@@ -101,9 +101,9 @@ def copy_side_files(src: str, dst: str) -> list[str]:
 def export_hf(final_dir: str, out: str, *, base: str | None = None, dtype: str | None = None,
               max_shard_bytes: int = 5 * 2**30, overwrite: bool = False) -> dict:
     """Merged Hub-layout checkpoint of a run in `out`. Returns {"out", "files", "side_files"}."""
-    from progress_jax.train import loop
+    from progress_jax import handover
 
-    base_path = base if base is not None else loop.read_meta(final_dir).get("model_path", "")
+    base_path = base if base is not None else handover.read_meta(final_dir).get("model_path", "")
     check_out(out, overwrite, {"run's final directory": final_dir, "base checkpoint": base_path})
     model, _, cfg = load_run(final_dir, base, dtype)
     return write_hf(model, out, cfg.model.path, max_shard_bytes=max_shard_bytes, overwrite=True)
@@ -189,10 +189,10 @@ def export_peft(final_dir: str, out: str, *, overwrite: bool = False) -> dict:
     from data_pipeline.paths import atomic_output
     from progress_jax.models import safetensors_io
     from progress_jax.models.qwen2_5_vl.weights import clear_weights
-    from progress_jax.train import loop
+    from progress_jax import handover
 
     check_out(out, overwrite, {"run's final directory": final_dir})
-    params, meta = loop.load_trainable(final_dir)
+    params, meta = handover.load_trainable(final_dir)
     config, tensors = peft_adapter(params, meta)
     clear_weights(out, overwrite)
     safetensors_io.save_file(tensors, os.path.join(out, PEFT_WEIGHTS), {"format": "pt"})

@@ -2,9 +2,11 @@
 
 A LoRA layer computes x @ W + scale * dropout(x) @ A @ B with A [in, r], B [r, out], scale =
 alpha / r (PEFT's defaults: A kaiming-uniform, B zeros, so training starts from the base model).
-A and B are `nnx.LoRAParam` variables on `layers.Linear`, so the NNX filter `nnx.LoRAParam`
+A and B are `nnx.LoRAParam` variables on a model's LoRA-capable linear layers (any module with a
+`kernel` [in, out] and the slots `lora_a`, `lora_b`, `lora_scale`, `lora_dropout`, as
+models/qwen2_5_vl/layers.Linear), so the NNX filter `nnx.LoRAParam`
 selects exactly them. `rank = 0` means no LoRA: the whole language model (embeddings included)
-is trained, the vision tower and merger stay frozen either way.
+is trained, and the vision tower and merger too unless they are frozen (model.freeze_vision).
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import numpy as np
 from flax import nnx
 
 from progress_jax import sharding
-from progress_jax.models.qwen2_5_vl.layers import Linear
 
 # q, k, v, o, gate, up and down projections of every decoder layer (paths as in sharding.RULES).
 DEFAULT_TARGETS = r"^layers/\d+/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)$"
@@ -24,8 +25,8 @@ DEFAULT_TARGETS = r"^layers/\d+/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_pro
 
 def _linears(model):
     for path, module in nnx.iter_modules(model):
-        if isinstance(module, Linear):
-            yield "/".join(str(p) for p in path), module
+        if hasattr(module, "kernel") and hasattr(module, "lora_a"):  # a LoRA-capable linear layer
+            yield sharding.path_str(path), module
 
 
 def inject(model, rank: int, alpha: float, dropout: float = 0.0, targets: str = DEFAULT_TARGETS,
@@ -54,7 +55,7 @@ def inject(model, rank: int, alpha: float, dropout: float = 0.0, targets: str = 
         # PEFT: kaiming_uniform_(a=sqrt(5)) on A [r, in] -> U(-1/sqrt(in), 1/sqrt(in)).
         bound = 1.0 / np.sqrt(din)
         a = jax.random.uniform(jax.random.fold_in(key, i), (din, rank), jnp.float32, -bound, bound)
-        # nnx.data: Linear declares the slots as static None until LoRA is injected.
+        # nnx.data: the layer declares the slots as static None until LoRA is injected.
         lin.lora_a = nnx.data(nnx.LoRAParam(a.astype(dtype)))
         lin.lora_b = nnx.data(nnx.LoRAParam(jnp.zeros((rank, dout), dtype)))
         lin.lora_scale = float(alpha) / rank
@@ -75,10 +76,13 @@ def from_config(model, lora_cfg, seed: int = 0, mesh=None) -> list[str]:
     return inject(model, lora_cfg.rank, lora_cfg.alpha, lora_cfg.dropout, lora_cfg.targets, seed, mesh)
 
 
-def trainable_filter(rank: int):
-    """NNX filter of the trained variables: LoRA factors, or (rank 0) every language-model Param."""
+def trainable_filter(rank: int, freeze_vision: bool = True):
+    """NNX filter of the trained variables: LoRA factors, or (rank 0) every Param, the vision
+    tower's only when freeze_vision is False."""
     if rank > 0:
         return nnx.LoRAParam
+    if not freeze_vision:
+        return nnx.Param
     return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("visual")))
 
 

@@ -1,41 +1,133 @@
-"""Entry point: `python -m progress_jax.main --config configs/X.py [--config.a.b=value ...]`.
+"""Entry point: `python -m progress_jax.main --config configs/X.py[:variant] [--config.a.b=value ...]`.
 
-The config file's `get_config()` returns an ml_collections ConfigDict whose `job` field names
-the job (sft, grpo, eval). Command-line overrides of unknown keys are refused by name.
+The config file's `get_config(variant)` returns an ml_collections ConfigDict whose `job` field names
+the job (sft, grpo, eval, demo); the variant after ':' is `demo` (the default) or `paper`.
+`--print_config` prints the checked config as JSON and exits, loading no model and no data.
+A mistake in the command line (an unknown key, a value of the wrong type) is one line on stderr
+naming the full key, exit status 2.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import json
 import logging
+import sys
 
-from absl import app
+from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+from progress_jax import validate
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A job config, configs/X.py[:demo|:paper]; override keys with --config.a.b=value; "
+    "see the resolved values with --print_config.", lock_config=True)
+_PRINT = flags.DEFINE_bool("print_config", False, "Print the resolved, checked config as JSON on stdout and exit "
+                           "(no model or data is loaded).")
 
 JOBS = {
     "sft": "progress_jax.train.sft",
     "grpo": "progress_jax.train.grpo",
     "eval": "progress_jax.eval.runner",
+    "demo": "progress_jax.demo",
 }
+assert set(JOBS) == set(validate.JOBS)
 
 
-def run(config) -> None:
-    job = config.get("job")
-    if job not in JOBS:
-        raise ValueError(f"config key 'job' must be one of {sorted(JOBS)}, got {job!r}")
-    importlib.import_module(JOBS[job]).run(config)
+def run(config) -> dict | None:
+    import jax
+
+    from progress_jax import runtime
+
+    runtime.maybe_initialize_distributed()  # before anything asks JAX for its process count
+    validate.validate(config, processes=jax.process_count())
+    return importlib.import_module(JOBS[config.job]).run(config)
+
+
+def resolved(config) -> dict:
+    """The config as plain JSON-able data, references resolved."""
+    return json.loads(config.copy_and_resolve_references().to_json_best_effort())
+
+
+# ---- one-line errors for command-line mistakes ---------------------------------------------------
+
+def _load_config_file(spec: str):
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_progress_jax_config", path)
+    if module_spec is None or not path.endswith(".py"):
+        raise ValueError(f"--config {spec}: not a Python config file")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def _keys(config, prefix=""):
+    for k, v in config.items():
+        yield prefix + k
+        if hasattr(v, "items"):
+            yield from _keys(v, f"{prefix}{k}.")
+
+
+def check_overrides(argv: list[str]) -> str | None:
+    """A one-line message for a config file that does not load or the first `--config.KEY` that
+    the config does not hold, else None."""
+    spec, overrides = None, []
+    for i, a in enumerate(argv[1:], start=1):
+        if a.startswith("--config="):
+            spec = a.split("=", 1)[1]
+        elif a == "--config" and i + 1 < len(argv):
+            spec = argv[i + 1]
+        elif a.startswith("--config."):
+            overrides.append(a[len("--config."):].split("=", 1)[0])
+    if spec is None:
+        return None
+    try:
+        config = _load_config_file(spec)
+    except Exception as e:  # noqa: BLE001 - reported as one line
+        return f"--config {spec}: {e}"
+    keys = set(_keys(config))
+    for key in overrides:
+        if key not in keys:
+            close = difflib.get_close_matches(key, sorted(keys), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            return f"unknown config key {key} in --config.{key}{hint} (see --print_config for every key)"
+    return None
+
+
+def _parse_flags(argv):
+    problem = check_overrides(argv)
+    if problem is None:
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            problem = " ".join(str(e).split()) or type(e).__name__
+    print(f"error: {problem}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None:
-        raise app.UsageError("--config is required, e.g. --config configs/grpo.py")
+        raise app.UsageError("--config is required, e.g. --config configs/grpo.py (or configs/grpo.py:paper); "
+                             "--print_config shows the resolved values")
+    config = _CONFIG.value
+    try:
+        validate.validate(config, runnable=not _PRINT.value)
+    except validate.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if _PRINT.value:
+        print(json.dumps(resolved(config), indent=2))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(_CONFIG.value)
+    run(config)
+
+
+def main() -> None:
+    app.run(_main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
-    app.run(_main)
+    main()

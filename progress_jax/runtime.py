@@ -1,4 +1,5 @@
-"""Job start-up shared by SFT, GRPO and evaluation: distributed init, mesh, model, tokenizer, data paths."""
+"""Job start-up shared by SFT, GRPO, evaluation and the demo: distributed init, mesh, model,
+tokenizer, data paths, the inputs checked before any expensive work, the progress bar."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import os
 import jax
 import jax.numpy as jnp
 
-from progress_jax import sharding
-from progress_jax.models import qwen2_5_vl
+from progress_jax import handover, sharding
+from progress_jax.models import families
 
 log = logging.getLogger(__name__)
 
@@ -29,25 +30,20 @@ def maybe_initialize_distributed() -> None:
         log.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
 
 
-def dtype(name: str, key: str):
-    if name not in DTYPES:
-        raise ValueError(f"config key {key} must be one of {sorted(DTYPES)}, got {name!r}")
-    return DTYPES[name]
-
-
 def make_mesh(cfg) -> jax.sharding.Mesh:
     return sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
 
 
-def load_model(cfg, mesh=None) -> qwen2_5_vl.Qwen25VL:
-    """model.path -> the checkpoint; empty -> a random tiny model (seed cfg.seed), sharded on mesh."""
-    param = dtype(cfg.model.param_dtype, "model.param_dtype")
-    compute = dtype(cfg.model.compute_dtype, "model.compute_dtype")
+def load_model(cfg, mesh=None):
+    """model.path -> the checkpoint (its family by config.json's model_type); empty -> a random
+    model of preset model.preset (seed cfg.seed), sharded on mesh."""
+    param, compute = DTYPES[cfg.model.param_dtype], DTYPES[cfg.model.compute_dtype]
+    if cfg.model.path and not os.path.isdir(cfg.model.path):
+        raise FileNotFoundError(f"config key model.path: no directory {cfg.model.path}")
+    family = families.for_config(cfg)
     if cfg.model.path:
-        if not os.path.isdir(cfg.model.path):
-            raise FileNotFoundError(f"config key model.path: no directory {cfg.model.path}")
-        return qwen2_5_vl.from_pretrained(cfg.model.path, dtype=param, compute_dtype=compute, mesh=mesh)
-    model = qwen2_5_vl.init(qwen2_5_vl.preset(cfg.model.preset), seed=cfg.seed, dtype=compute, param_dtype=param)
+        return family.load(cfg.model.path, param, compute, mesh)
+    model = family.init(cfg.model.preset, cfg.seed, compute, param)
     if mesh is not None:
         from flax import nnx
 
@@ -74,15 +70,14 @@ def sim_paths(cfg) -> dict:
 
 def load_policy(cfg, mesh, init_dir: str = ""):
     """The model to train: base weights, LoRA injected per cfg.lora, and (init_dir) the trained
-    parameters an earlier SFT/GRPO run wrote with train.loop.save_trainable."""
+    parameters an earlier SFT/GRPO run wrote with handover.save_trainable."""
     from progress_jax import lora
-    from progress_jax.train import loop
 
     model = load_model(cfg, mesh)
     lora.from_config(model, cfg.lora, seed=cfg.seed, mesh=mesh)
     if init_dir:
-        params, _ = loop.load_trainable(init_dir)
-        loop.assign(model, params)
+        params, _ = handover.load_trainable(init_dir)
+        handover.assign(model, params)
     return model
 
 
@@ -96,14 +91,47 @@ def train_data(cfg, sim_split: str) -> tuple[list[str], str | None, dict | None]
     return [sim[sim_split]], sim["train_images"], sim
 
 
-def count_samples(files) -> int:
+def _is_chat(path: str) -> bool:
+    try:  # the records module's format detection, where it has one
+        from data_pipeline.records import file_format
+    except ImportError:
+        from data_pipeline.pipeline import _is_chat_file
+
+        return _is_chat_file(path)
+    return file_format(path) == "chat"
+
+
+def check_train_files(files, image_root: str | None, key: str = "data.train_files") -> int:
+    """Read every record of the training files (and check its images under image_root) before
+    any expensive work; a missing or empty file is refused naming the config key. Returns the
+    number of samples."""
+    from data_pipeline.records import load_chat_records, load_records
+
     n = 0
     for f in files:
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"config key {key}: no file {f}")
         if f.endswith(".array_record"):
             import grain
 
-            n += len(grain.sources.ArrayRecordDataSource([f]))
+            count = len(grain.sources.ArrayRecordDataSource([f]))
         else:
-            with open(f, encoding="utf-8") as fh:
-                n += sum(1 for line in fh if line.strip())
+            load = load_chat_records if _is_chat(f) else load_records
+            count = len(load(f, image_root))
+        if count == 0:
+            raise ValueError(f"config key {key}: {f} holds no records")
+        n += count
     return n
+
+
+def check_init_params(directory: str, key: str) -> None:
+    if directory and not os.path.isfile(os.path.join(directory, handover.TRAINABLE_FILE)):
+        raise FileNotFoundError(f"config key {key}: no {handover.TRAINABLE_FILE} in {directory} "
+                                "(expected the final/ of an SFT or GRPO run)")
+
+
+def progress_bar(total: int, initial: int = 0, desc: str = "train", enabled: bool = True):
+    """A tqdm bar over steps or samples; starts at `initial` when a run resumes. Disabled off process 0."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True)

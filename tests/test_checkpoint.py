@@ -23,12 +23,11 @@ def train_state(seed=0):
                        "w16": jnp.asarray(rng.normal(size=(6,)), jnp.bfloat16)},
               "lora": {"a": jnp.asarray(rng.normal(size=(4, 2)), jnp.float32),
                        "b": jnp.asarray(rng.normal(size=(2, 6)), jnp.float32)}}
-    tx = make_optimizer(1e-2, 0.01, 0.0, 10, 1.0,
-                        trainable_mask={"base": {"w": False, "w16": False}, "lora": {"a": True, "b": True}})
-    opt_state = tx.init(params)
-    grads = jax.tree.map(lambda p: jnp.ones_like(p) * 0.5, params)
+    tx = make_optimizer(1e-2, 0.01, 0.0, 10, 1.0)
+    opt_state = tx.init(params["lora"])  # moments for the trained leaves only, as the trainers do
+    grads = jax.tree.map(lambda p: jnp.ones_like(p) * 0.5, params["lora"])
     for _ in range(2):  # non-trivial moments and counts
-        _, opt_state = tx.update(grads, opt_state, params)
+        _, opt_state = tx.update(grads, opt_state, params["lora"])
     return {"params": params, "opt_state": opt_state, "step": jnp.int32(seed + 5),
             "rng": jax.random.key(seed), "rng_raw": jax.random.PRNGKey(seed + 1)}
 

@@ -116,6 +116,7 @@ def test_eval_job_on_a_trained_run(config, tmp_path, monkeypatch):
 
     from progress_jax import lora
     from progress_jax.eval import runner
+    from progress_jax import handover
     from progress_jax.train import loop
 
     c, _ = config
@@ -129,9 +130,9 @@ def test_eval_job_on_a_trained_run(config, tmp_path, monkeypatch):
             lin.lora_b.set_value(0.5 * jax.random.normal(jax.random.key(i), lin.lora_b.shape))
     _, params = loop.split(policy, lora.trainable_filter(4))
     final = tmp_path / "myrun" / "final"
-    loop.save_trainable(str(final), params, {"lora": {"rank": 4, "alpha": 8.0, "dropout": 0.05,
-                                                      "targets": lora.DEFAULT_TARGETS},
-                                             "model_path": "", "model_preset": "tiny"})
+    handover.save_trainable(str(final), params, {"lora": {"rank": 4, "alpha": 8.0, "dropout": 0.05,
+                                                          "targets": lora.DEFAULT_TARGETS},
+                                                 "model_path": "", "model_preset": "tiny"})
 
     def responses(out_dir):
         return {(o["setting"], o["id"], o["stage"]): o["response"]
@@ -145,7 +146,7 @@ def test_eval_job_on_a_trained_run(config, tmp_path, monkeypatch):
     got = responses(os.path.join(c.workdir, "think"))
     assert "| myrun |" in open(os.path.join(c.workdir, "think", "table1.md")).read()
 
-    r = runner.resolve(c)
+    r = c.copy_and_resolve_references()
     files, root = runner.bench_files(r)
     runner.evaluate(policy, runtime.load_tokenizer(r), files, root, str(tmp_path / "direct"), r, run_name="direct")
     assert got == responses(tmp_path / "direct")

@@ -11,6 +11,7 @@ import torch
 
 from progress_jax import export, lora
 from progress_jax.models import qwen2_5_vl
+from progress_jax import handover
 from progress_jax.train import loop
 from tests import hf_reference as ref
 
@@ -24,7 +25,7 @@ def _randomize(model, rank: int, seed: int) -> dict:
     _, params = loop.split(model, lora.trainable_filter(rank))
     rng = np.random.default_rng(seed)
     params = {k: np.asarray(v) + 0.05 * rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
-    loop.assign(model, params)
+    handover.assign(model, params)
     return params
 
 
@@ -47,7 +48,7 @@ def lora_run(tmp_path_factory):
     lora.inject(model, rank=4, alpha=8.0, seed=1)
     params = _randomize(model, 4, seed=5)
     final = str(root / "run" / "final")
-    loop.save_trainable(final, params, _meta(4, base))
+    handover.save_trainable(final, params, _meta(4, base))
     ids, mask, pv, grid = ref.batch("right")
     ours = np.asarray(model(ids, attention_mask=mask, pixel_values=pv, image_grid_thw=grid))
     return {"root": root, "base": base, "final": final, "ours": ours}
@@ -106,7 +107,7 @@ def test_refuses_to_overwrite_weights_unless_asked(lora_run):
         export.export_peft(lora_run["final"], lora_run["final"], overwrite=True)
     with pytest.raises(ValueError, match="is the base checkpoint"):
         export.export_hf(lora_run["final"], lora_run["base"] + "/", overwrite=True)
-    assert os.path.isfile(os.path.join(lora_run["final"], loop.TRAINABLE_FILE))
+    assert os.path.isfile(os.path.join(lora_run["final"], handover.TRAINABLE_FILE))
     assert "adapter_model.safetensors" not in os.listdir(out) and "model.safetensors" in os.listdir(out)
 
 
@@ -118,11 +119,11 @@ def test_tiny_full_parameter_run_exports_with_its_preset(tmp_path):
     model = qwen2_5_vl.init(qwen2_5_vl.tiny(), seed=7)
     params = _randomize(model, 0, seed=2)
     final = str(tmp_path / "final")
-    loop.save_trainable(final, params, _meta(0, ""))
-    with open(os.path.join(final, loop.TRAINABLE_META)) as f:
+    handover.save_trainable(final, params, _meta(0, ""))
+    with open(os.path.join(final, handover.TRAINABLE_META)) as f:
         meta = json.load(f)
     meta["seed"] = 7
-    with open(os.path.join(final, loop.TRAINABLE_META), "w") as f:
+    with open(os.path.join(final, handover.TRAINABLE_META), "w") as f:
         json.dump(meta, f)
     with pytest.raises(ValueError, match="full-parameter run"):
         export.export_peft(final, str(tmp_path / "adapter"))

@@ -1,37 +1,31 @@
 """Never lose a GRPO run: the job as a real subprocess, SIGKILLed part-way, SIGTERMed after resuming
 (a clean exit 0 with a checkpoint), then resumed to the end, logs the same per-step rewards,
-losses and probe rewards as an uninterrupted run. The progress reward is swapped for an
-arbitrary function of the text, so that a random tiny model gets rewards that differ within a
-group and its weights actually move."""
+losses and probe rewards as an uninterrupted run. The reward is a user's own function named in the
+config (`grpo.reward = module:function`): an arbitrary function of the text, so that a random tiny
+model gets rewards that differ within a group and its weights actually move."""
 
 import os
 import signal
 import sys
 
-from progress_jax.train import loop
+from progress_jax import handover
 from tests.killable import ROOT, metrics, run_to_end, saved_steps, start_and_signal, write_records
 
 STEPS = 6
-LAUNCH = """
-from absl import app
-from progress_jax import main
-from progress_jax.train import grpo
 
-def toy_rewards(texts, refs, scores, num_demos, variant):
+
+def toy_rewards(texts, records):
     return [{"overall": sum(map(ord, t)) % 97 / 97.0} for t in texts]
-
-grpo.progress_rewards = toy_rewards
-app.run(main._main)
-"""
 
 
 def command(d, workdir):
-    return [sys.executable, "-c", LAUNCH, "--config", os.path.join(ROOT, "configs/grpo.py"),
+    return [sys.executable, "-m", "progress_jax.main", "--config", os.path.join(ROOT, "configs/grpo.py"),
             f"--config.workdir={workdir}", f"--config.data.train_files=('{d / 'rl.jsonl'}',)",
             f"--config.data.image_root={d / 'images'}", f"--config.train.steps={STEPS}",
             "--config.train.save_every=1", "--config.grpo.rollout_batch_size=2", "--config.train.batch_size=2",
             "--config.grpo.n=2", "--config.train.micro_batch_size=2", "--config.train.lr=1e-2",
-            "--config.sampling.max_new_tokens=8", "--config.grpo.demo_sft=False", "--config.grpo.eval_demo=False",
+            "--config.sampling.max_new_tokens=8", "--config.demo.warm_start=False", "--config.demo.evaluate=False",
+            "--config.grpo.reward=tests.test_grpo_resume:toy_rewards",
             "--config.grpo.probe_every=2", "--config.grpo.probe_batches=1", "--config.lora.rank=8",
             "--config.data.length_buckets=(256,)", "--config.data.patch_buckets=(128,)",
             "--config.data.image_buckets=(8,)", "--config.data.max_pixels=3136", "--config.data.min_pixels=3136"]
@@ -64,5 +58,5 @@ def test_killed_grpo_run_resumes_to_the_same_steps(tmp_path):
         for k in KEYS:
             if k in expected[step]:
                 assert abs(got[step][k] - expected[step][k]) <= 1e-6, (step, k, got[step][k], expected[step][k])
-    params, meta = loop.load_trainable(str(run / "final"))
+    params, meta = handover.load_trainable(str(run / "final"))
     assert meta["lora"]["rank"] == 8 and all("lora_" in k for k in params)

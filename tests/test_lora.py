@@ -10,6 +10,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 from progress_jax import lora
 from progress_jax.models import qwen2_5_vl
+from progress_jax.models.qwen2_5_vl import family as qwen
 from progress_jax.train import loop, schedule, sft
 from tests import hf_reference as ref
 from tests.test_sft import CFG, ROWS, host_batch, lora_model
@@ -49,7 +50,7 @@ def test_optimizer_state_is_lora_only_and_base_stays_bit_identical():
     opt_sizes = sum(x.size for x in jax.tree.leaves(state["opt"]) if x.ndim > 0)
     assert opt_sizes == 2 * lora.param_count(model)
     step = jax.jit(sft.make_step(parts, tx))
-    batch = jax.tree.map(jnp.asarray, sft.stack_micro([host_batch(ROWS)], CFG))
+    batch = jax.tree.map(jnp.asarray, qwen.stack_micro([host_batch(ROWS)], CFG))
     start = {k: np.array(v) for k, v in params.items()}
     for _ in range(3):
         state, _ = step(state, parts.frozen, batch)

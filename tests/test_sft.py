@@ -11,6 +11,7 @@ import torch
 
 from progress_jax import lora, sharding
 from progress_jax.models import qwen2_5_vl
+from progress_jax.models.qwen2_5_vl import family as qwen
 from progress_jax.train import loop, schedule, sft
 from tests import hf_reference as ref
 
@@ -63,7 +64,7 @@ def test_loss_equals_torch_cross_entropy_on_transformers_logits(tmp_path):
     loss_mask[0, 20:30] = loss_mask[1, 8:18] = 1
     host = {"input_ids": ids, "attention_mask": mask, "loss_mask": loss_mask, "pixel_values": pv,
             "image_grid_thw": grid}
-    batch = jax.tree.map(jnp.asarray, sft.stack_micro([host], model.config))
+    batch = jax.tree.map(jnp.asarray, qwen.stack_micro([host], model.config))
     parts, params = loop.split(model, lora.trainable_filter(0))
     loss, _, n = jax.jit(lambda p: sft.loss_and_grads(parts, p, parts.frozen, batch))(params)
 
@@ -89,8 +90,8 @@ def test_accumulation_equals_one_big_batch():
     b["image_grid_thw"][0] = (1, 8, 8)
     a["image_grid_thw"][:] = 0
     a["image_grid_thw"][:3] = (1, 8, 8)
-    one = jax.tree.map(jnp.asarray, sft.stack_micro([big], CFG))
-    two = jax.tree.map(jnp.asarray, sft.stack_micro([a, b], CFG))
+    one = jax.tree.map(jnp.asarray, qwen.stack_micro([big], CFG))
+    two = jax.tree.map(jnp.asarray, qwen.stack_micro([a, b], CFG))
     assert two["input_ids"].shape[0] == 2
     f = jax.jit(lambda p, b: sft.loss_and_grads(parts, p, parts.frozen, b))
     l1, g1, n1 = f(params, one)
@@ -105,7 +106,7 @@ def test_accumulation_equals_one_big_batch():
 def test_chunked_loss_and_remat_change_nothing():
     model = lora_model()
     parts, params = loop.split(model, lora.trainable_filter(8))
-    batch = jax.tree.map(jnp.asarray, sft.stack_micro([host_batch(ROWS)], CFG))
+    batch = jax.tree.map(jnp.asarray, qwen.stack_micro([host_batch(ROWS)], CFG))
     l0, g0, _ = jax.jit(lambda p: sft.loss_and_grads(parts, p, parts.frozen, batch))(params)
     for remat, chunk in (("full", 24), ("dots", 0)):
         l1, g1, _ = jax.jit(lambda p: sft.loss_and_grads(parts, p, parts.frozen, batch, remat=remat,
@@ -118,7 +119,7 @@ def test_chunked_loss_and_remat_change_nothing():
 def test_dropout_changes_the_loss_only_with_a_key():
     model = lora_model()
     parts, params = loop.split(model, lora.trainable_filter(8))
-    batch = jax.tree.map(jnp.asarray, sft.stack_micro([host_batch(ROWS)], CFG))
+    batch = jax.tree.map(jnp.asarray, qwen.stack_micro([host_batch(ROWS)], CFG))
     f = jax.jit(lambda p, rng: sft.loss_and_grads(parts, p, parts.frozen, batch, rng=rng)[0])
     l0 = jax.jit(lambda p: sft.loss_and_grads(parts, p, parts.frozen, batch)[0])(params)
     l1, l2 = f(params, jax.random.PRNGKey(1)), f(params, jax.random.PRNGKey(1))
@@ -135,10 +136,10 @@ def _one_step(mesh, model):
     state = jax.device_put(state, state_sh)
     frozen_sh = sharding.param_shardings(parts.frozen, mesh)
     frozen = jax.device_put(parts.frozen, frozen_sh)
-    batch = sft.stack_micro([host_batch(ROWS)], CFG)
-    batch_sh = loop.batch_shardings(batch, mesh)
+    batch = qwen.stack_micro([host_batch(ROWS)], CFG)
+    batch_sh = loop.batch_shardings(batch, mesh, qwen)
     step = loop.jit_step(sft.make_step(parts, tx, mesh, dropout=True), mesh, state_sh, frozen_sh, batch_sh)
-    new, metrics = step(state, frozen, loop.to_device(batch, batch_sh))
+    new, metrics = step(state, frozen, loop.to_device(batch, batch_sh, qwen))
     return new, metrics
 
 
@@ -158,23 +159,22 @@ def test_sharded_step_equals_single_device_step():
 
 def test_config_errors_name_the_key(tmp_path):
     from configs.sft import get_config
+    from progress_jax import runtime, validate
 
-    c = get_config()
-    c.train.lr = -1.0
-    with pytest.raises(ValueError, match="train.lr"):
-        sft.resolve(c)
-    c = get_config()
-    c.model.remat = "some"
-    with pytest.raises(ValueError, match="model.remat"):
-        sft.resolve(c)
+    for key, value, pattern in (("train.lr", -1.0, "train.lr must be > 0"),
+                                ("model.remat", "some", "model.remat must be one of"),
+                                ("lora.dropout", 1.0, "lora.dropout must be < 1")):
+        c = get_config()
+        section, name = key.split(".")
+        c[section][name] = value
+        with pytest.raises(validate.ConfigError, match=pattern):
+            validate.validate(c)
     c = get_config()
     c.train.batch_size, c.train.micro_batch_size = 6, 4
-    with pytest.raises(ValueError, match="train.batch_size"):
-        sft.resolve(c)
-    c = get_config()
-    c.train.init_params = str(tmp_path / "nothing")
+    with pytest.raises(validate.ConfigError, match="train.batch_size"):
+        validate.validate(c)
     with pytest.raises(FileNotFoundError, match="train.init_params"):
-        sft.resolve(c)
+        runtime.check_init_params(str(tmp_path / "nothing"), "train.init_params")
     c.lock()  # as main.py's config flag does: an unknown key is refused by name
     with pytest.raises(AttributeError, match="no_such_key"):
         c.train.no_such_key = 1

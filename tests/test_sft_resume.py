@@ -8,7 +8,8 @@ import sys
 import jax.numpy as jnp
 import pytest
 
-from progress_jax.train import checkpoint, guards, loop, metrics_writer
+from progress_jax import handover
+from progress_jax.train import checkpoint, guards, loop
 from tests.killable import ROOT, metrics, run_to_end, saved_steps, start_and_signal, write_records
 
 STEPS = 8
@@ -51,8 +52,8 @@ def test_killed_run_resumes_to_the_same_losses(tmp_path):
     assert sorted(got) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
         assert abs(got[step] - expected[step]) <= 1e-6, (step, got[step], expected[step])
-    assert (run / "final" / loop.TRAINABLE_FILE).exists()
-    params, meta = loop.load_trainable(str(run / "final"))
+    assert (run / "final" / handover.TRAINABLE_FILE).exists()
+    params, meta = handover.load_trainable(str(run / "final"))
     assert meta["lora"]["rank"] == 8 and all("lora_" in k for k in params)
 
 
@@ -62,15 +63,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         def get_state(self):
             return {"next": 0}
 
-    def step_fn(state, frozen, batch):
+    def step_fn(state, batch, step):
         s = state["step"] + 1
         return {"step": s, "w": state["w"] + 1.0}, {"loss": jnp.where(s >= 3, jnp.nan, 1.0), "grad_norm": 1.0}
 
     state = {"step": jnp.zeros((), jnp.int32), "w": jnp.zeros((4,))}
     ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), save_every=1, keep=5, async_save=False)
-    with metrics_writer.MetricsWriter(str(tmp_path), tensorboard=False) as writer:
-        with pytest.raises(guards.NonFiniteLossError, match=r"step 3: loss is nan.*step 2"):
-            loop.train(step_fn, state, None, lambda: (None, 1), Data(), 10, ckpt, writer)
+    with pytest.raises(guards.NonFiniteLossError, match=r"step 3: loss is nan.*step 2"):
+        loop.run(step_fn, state, lambda: None, Data(), 10, str(tmp_path), save_every=1, keep=5, ckpt=ckpt)
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), save_every=1, keep=5, async_save=False)
     assert ckpt.all_steps() == [1, 2]
     restored, data_state, _ = ckpt.restore(None, checkpoint.abstract_like(state))
     assert float(restored["w"][0]) == 2.0 and data_state == {"next": 0}

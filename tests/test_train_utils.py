@@ -12,11 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 
 from progress_jax.train.guards import NonFiniteLossError, StopRequest, check_finite
-from progress_jax.train.metrics_writer import MetricsWriter, mfu, progress_bar, train_flops_per_token
-from progress_jax.train.schedule import cosine_schedule, make_optimizer, mask_from_filter
+from progress_jax.runtime import progress_bar
+from progress_jax.train.metrics_writer import MetricsWriter, mfu, train_flops_per_token
+from progress_jax.train.schedule import constant_schedule, cosine_schedule, make_optimizer
 
 torch = pytest.importorskip("torch")
 transformers_optimization = pytest.importorskip("transformers.optimization")
@@ -57,18 +57,18 @@ def adam_moments(opt_state):
     return found[0]
 
 
-def test_masked_adamw_matches_torch_and_freezes_base():
+def test_adamw_on_the_trained_leaves_matches_torch():
+    """The trainers give the optimizer the trained leaves only (the LoRA factors here): AdamW with
+    clipping and the cosine schedule equals torch's, and only those leaves carry moments."""
     params_np = toy_params()
-    mask = {"base": {"w": False, "b": False}, "lora": {"a": True, "b": True}}
     kw = dict(lr=0.05, weight_decay=0.1, warmup_ratio=0.2, total_steps=6, clip_norm=0.5, b1=0.8, b2=0.95)
-    tx = make_optimizer(**kw, trainable_mask=mask)
-    params = jax.tree.map(jnp.asarray, params_np)
-    state = tx.init(params)
-    # Adam moments exist only for the trainable leaves.
+    tx = make_optimizer(**kw)
+    base = jax.tree.map(jnp.asarray, params_np["base"])
+    trained = jax.tree.map(jnp.asarray, params_np["lora"])
+    state = tx.init(trained)
     moments = adam_moments(state)
     n_trainable = params_np["lora"]["a"].size + params_np["lora"]["b"].size
     assert sum(x.size for x in jax.tree.leaves(moments.mu)) == n_trainable
-    assert sum(x.size for x in jax.tree.leaves(moments.nu)) == n_trainable
 
     # Reference: torch AdamW on the LoRA leaves only, grad-norm clipping over them, HF cosine schedule.
     ta = torch.nn.Parameter(torch.tensor(params_np["lora"]["a"]))
@@ -81,38 +81,33 @@ def test_masked_adamw_matches_torch_and_freezes_base():
     rng = np.random.default_rng(1)
     for _ in range(kw["total_steps"]):
         x = rng.normal(size=(3, 5)).astype(np.float32)
-        grads = jax.grad(toy_loss)(params, jnp.asarray(x))
-        updates, state = tx.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
+        grads = jax.grad(lambda p: toy_loss({"base": base, "lora": p}, jnp.asarray(x)))(trained)
+        updates, state = tx.update(grads, state, trained)
+        trained = optax.apply_updates(trained, updates)
         topt.zero_grad()
         tx_ = torch.tensor(x)
         torch.sum((tx_ @ tw + tbias + (tx_ @ ta) @ tb) ** 2).backward()
         torch.nn.utils.clip_grad_norm_([ta, tb], 0.5)
         topt.step()
         tsched.step()
-    np.testing.assert_allclose(np.asarray(params["lora"]["a"]), ta.detach().numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(params["lora"]["b"]), tb.detach().numpy(), rtol=1e-4, atol=1e-5)
-    assert not np.allclose(np.asarray(params["lora"]["a"]), params_np["lora"]["a"])
-    for k in ("w", "b"):  # frozen leaves bit-identical although their gradients were non-zero
-        np.testing.assert_array_equal(np.asarray(params["base"][k]), params_np["base"][k])
+    np.testing.assert_allclose(np.asarray(trained["a"]), ta.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(trained["b"]), tb.detach().numpy(), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(np.asarray(trained["a"]), params_np["lora"]["a"])
 
 
-def test_mask_from_nnx_filter():
-    class Model(nnx.Module):
-        def __init__(self, rngs):
-            self.dense = nnx.Linear(6, 5, rngs=rngs)
-            self.lora = nnx.LoRA(6, 3, 5, rngs=rngs)
-
-    params = nnx.state(Model(nnx.Rngs(0)), nnx.Param)
-    mask = mask_from_filter(params, nnx.LoRAParam)
-    tx = make_optimizer(1e-2, 0.0, 0.0, 4, None, trainable_mask=mask)
-    state = tx.init(params)
-    assert sum(x.size for x in jax.tree.leaves(adam_moments(state).mu)) == 6 * 3 + 3 * 5
-    grads = jax.tree.map(jnp.ones_like, params)
-    updates, state = tx.update(grads, state, params)
-    new = optax.apply_updates(params, updates)
-    np.testing.assert_array_equal(np.asarray(new["dense"]["kernel"][...]), np.asarray(params["dense"]["kernel"][...]))
-    assert not np.array_equal(np.asarray(new["lora"]["lora_a"][...]), np.asarray(params["lora"]["lora_a"][...]))
+def test_constant_schedule_matches_transformers():
+    """train.schedule = constant (the GRPO recipe): transformers' constant schedule with warmup."""
+    lr, total, ratio = 1e-3, 20, 0.1
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = transformers_optimization.get_constant_schedule_with_warmup(opt, int(np.ceil(total * ratio)))
+    expected = []
+    for _ in range(total):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    got = [float(constant_schedule(lr, total, ratio)(s)) for s in range(total)]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert float(constant_schedule(lr, total, 0.0)(0)) == pytest.approx(lr)
 
 
 def test_schedule_refuses_bad_arguments():

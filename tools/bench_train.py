@@ -20,6 +20,7 @@ import numpy as np
 
 from progress_jax import lora, sharding  # noqa: E402
 from progress_jax.models import qwen2_5_vl  # noqa: E402
+from progress_jax.models.qwen2_5_vl import family as qwen  # noqa: E402
 from progress_jax.train import loop, schedule, sft  # noqa: E402
 from tools.bench_common import median_time  # noqa: E402
 
@@ -48,17 +49,15 @@ def make_batch(cfg, batch: int, length: int, images: int, seed: int = 0) -> dict
 def bench_jax(cfg, host: dict, steps: int, remat: str) -> float:
     model = qwen2_5_vl.init(cfg, seed=0)
     lora.inject(model, 8, 16.0, 0.05)
-    parts, params = loop.split(model, lora.trainable_filter(8))
     tx = schedule.make_optimizer(1e-4, 0.0, 0.1, 1000, 1.0)
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    state = loop.init_state(params, tx, 0)
-    state_sh = loop.state_shardings(jax.eval_shape(lambda: state), mesh)
-    frozen_sh = sharding.param_shardings(parts.frozen, mesh)
-    batch = sft.stack_micro([host], cfg)
-    batch_sh = loop.batch_shardings(batch, mesh)
-    step = loop.jit_step(sft.make_step(parts, tx, mesh, remat=remat), mesh, state_sh, frozen_sh, batch_sh)
-    box = {"state": jax.device_put(state, state_sh)}
-    frozen, dev = jax.device_put(parts.frozen, frozen_sh), loop.to_device(batch, batch_sh)
+    setup = loop.setup_state(model, mesh, tx, rank=8)
+    batch = qwen.stack_micro([host], cfg)
+    batch_sh = loop.batch_shardings(batch, mesh, qwen)
+    step = loop.jit_step(sft.make_step(setup.parts, tx, mesh, remat=remat), mesh, setup.state_sh, setup.frozen_sh,
+                         batch_sh)
+    box = {"state": setup.state}
+    frozen, dev = jax.device_put(setup.parts.frozen, setup.frozen_sh), loop.to_device(batch, batch_sh, qwen)
 
     def run():
         box["state"], m = step(box["state"], frozen, dev)

@@ -12,40 +12,14 @@ from __future__ import annotations
 import os
 
 import jax
-import ml_collections
 
 from data_pipeline.parsing import MODES
 from data_pipeline.pipeline import make_dataset
 from data_pipeline.records import check_images
-from progress_jax import runtime, sampling
+from progress_jax import handover, runtime, sampling
 from progress_jax.eval.predictions import (done_keys, load_bench, pending_records, prediction_line, PredictionWriter,
                                            read_predictions, score, write_results)
-from progress_jax.train import loop
-from progress_jax.train.metrics_writer import progress_bar
-
-
-# Placeholders of configs/eval.py: with a checkpoint, the paper's eval settings (REFERENCE §6) and
-# the SFT recipe's image size; for the tiny random default, small images and short answers.
-CHECKPOINT_DEFAULTS = {"max_new_tokens": 4096, "min_pixels": 3136, "max_pixels": 1003520,
-                       "length_buckets": (2048, 4096, 8192, 16384, 32768),
-                       "patch_buckets": (8192, 16384, 32768, 65536, 131072), "image_buckets": (16, 32, 64, 128)}
-TINY_DEFAULTS = {"max_new_tokens": 160, "min_pixels": 56 * 56, "max_pixels": 112 * 112,
-                 "length_buckets": (512, 1024), "patch_buckets": (1024, 2048, 4096, 8192),
-                 "image_buckets": (16, 32, 64, 128)}
-DATA_KEYS = ("min_pixels", "max_pixels", "length_buckets", "patch_buckets", "image_buckets")
-
-
-def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A copy with the unset (None) sampling/data fields filled for the model at hand."""
-    c = config.copy_and_resolve_references()
-    c.unlock()
-    defaults = CHECKPOINT_DEFAULTS if c.model.path else TINY_DEFAULTS
-    if c.sampling.get("max_new_tokens") is None:
-        c.sampling.max_new_tokens = defaults["max_new_tokens"]
-    for key in DATA_KEYS:
-        if c.data.get(key) is None:
-            c.data[key] = defaults[key]
-    return c
+from progress_jax.runtime import progress_bar
 
 
 def sampling_params(config) -> sampling.SamplingParams:
@@ -141,14 +115,25 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
     return result.metrics
 
 
+def check_bench(files, key: str = "eval.bench_files") -> None:
+    """Read every benchmark record before any model is loaded; an empty file is refused."""
+    for stem, records in load_bench(files).items():
+        if not records:
+            path = next(f for f in files if _stem(f) == stem)
+            raise ValueError(f"config key {key}: {path} holds no benchmark records")
+
+
 def run(config) -> None:
     runtime.maybe_initialize_distributed()
-    config = resolve(config)
-    mesh = runtime.make_mesh(config)
-    trained = config.eval.get("trained")
-    model = load_trained(config, mesh, trained) if trained else runtime.load_model(config, mesh)
-    tokenizer = runtime.load_tokenizer(config)
+    config = config.copy_and_resolve_references()
+    # Inputs first: the benchmark files (and the trained run) are read before the model is loaded.
     files, image_root = bench_files(config)
+    check_bench(files)
+    trained = config.eval.get("trained")
+    meta = handover.read_meta(trained) if trained else None
+    mesh = runtime.make_mesh(config)
+    model = load_trained(config, mesh, trained, meta) if trained else runtime.load_model(config, mesh)
+    tokenizer = runtime.load_tokenizer(config)
     out_dir = config.eval.out_dir or os.path.join(config.workdir, config.data.mode)
     if config.eval.run_name:
         name = config.eval.run_name
@@ -159,14 +144,15 @@ def run(config) -> None:
     evaluate(model, tokenizer, files, image_root, out_dir, config, mesh=mesh, run_name=name)
 
 
-def load_trained(config, mesh, directory: str):
+def load_trained(config, mesh, directory: str, meta: dict | None = None):
     """The base model (model.path or the tiny preset) with a training run's parameters: LoRA
     injected at the rank and targets the run used, then its trained tensors assigned."""
-    meta = loop.read_meta(directory)
+    meta = meta or handover.read_meta(directory)
     if bool(meta.get("model_path")) != bool(config.model.path):
         raise ValueError(f"config key eval.trained: {directory} was trained on "
                          f"{meta.get('model_path') or 'the tiny preset'}, but model.path is "
                          f"{config.model.path or 'empty (the tiny preset)'}")
+    config = config.copy_and_resolve_references()
     with config.unlocked():
         config.lora.update({k: meta["lora"][k] for k in ("rank", "alpha", "targets")})
     return runtime.load_policy(config, mesh, directory)

@@ -1,4 +1,4 @@
-"""GRPO advantages, clipped policy loss and low-variance KL as in EasyR1 / verl (REFERENCE §6).
+"""GRPO advantages, clipped policy loss and low-variance KL as in EasyR1 / verl (see docs/recipes.md).
 
 Averages are token-means over the response tokens of the GLOBAL batch: every function that
 reduces over tokens takes `num_tokens`, the global count, and returns this micro-batch's
@@ -13,21 +13,38 @@ LOG_RATIO_CLAMP = 20.0
 KL_CLAMP = 10.0
 
 
-def group_advantages(rewards, group_size: int, kind: str = "grpo", eps: float = 1e-6):
-    """Per-rollout advantages [N] from rewards [N], the n rollouts of a prompt contiguous.
-    grpo: (r - mean) / (unbiased std + eps), 0 for groups of one; drgrpo: r - mean."""
+def _groups(rewards, group_size: int):
     rewards = jnp.asarray(rewards, jnp.float32)
     if rewards.ndim != 1 or group_size < 1 or rewards.shape[0] % group_size:
         raise ValueError(f"rewards of shape {rewards.shape} do not split into groups of {group_size}")
-    if kind not in ("grpo", "drgrpo"):
-        raise ValueError(f"advantage kind must be 'grpo' or 'drgrpo', got {kind!r}")
-    if group_size == 1:
-        return jnp.zeros_like(rewards)
     groups = rewards.reshape(-1, group_size)
-    centered = groups - groups.mean(axis=1, keepdims=True)
-    if kind == "grpo":
-        centered = centered / (groups.std(axis=1, ddof=1, keepdims=True) + eps)
-    return centered.reshape(-1)
+    return groups, groups - groups.mean(axis=1, keepdims=True)
+
+
+def grpo_advantages(rewards, group_size: int, eps: float = 1e-6):
+    """(r - group mean) / (unbiased group std + eps); 0 for groups of one."""
+    groups, centered = _groups(rewards, group_size)
+    if group_size == 1:
+        return jnp.zeros_like(centered).reshape(-1)
+    return (centered / (groups.std(axis=1, ddof=1, keepdims=True) + eps)).reshape(-1)
+
+
+def drgrpo_advantages(rewards, group_size: int, eps: float = 1e-6):
+    """Dr. GRPO: r - group mean (no division by the std); 0 for groups of one."""
+    _, centered = _groups(rewards, group_size)
+    return (centered if group_size > 1 else jnp.zeros_like(centered)).reshape(-1)
+
+
+# Advantage estimators by name (config key grpo.advantage): fn(rewards [N], group_size) -> [N],
+# the n rollouts of a prompt contiguous.
+ADVANTAGES = {"grpo": grpo_advantages, "drgrpo": drgrpo_advantages}
+
+
+def group_advantages(rewards, group_size: int, kind: str = "grpo", eps: float = 1e-6):
+    """Per-rollout advantages [N] from rewards [N] by the estimator ADVANTAGES[kind]."""
+    if kind not in ADVANTAGES:
+        raise ValueError(f"advantage kind must be one of {sorted(ADVANTAGES)}, got {kind!r}")
+    return ADVANTAGES[kind](rewards, group_size, eps)
 
 
 def count_tokens(mask):

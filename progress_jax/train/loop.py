@@ -1,43 +1,35 @@
-"""Train-loop pieces shared by the SFT and GRPO trainers.
+"""The one train loop and the train state, shared by the SFT and GRPO trainers.
 
 - The model split into trained parameters, a flat dict {'/'-joined path: array} (the paths of
   sharding.RULES, e.g. `layers/3/self_attn/q_proj/lora_a`), and the frozen rest (an nnx.State).
-- The train state {"params", "opt", "step", "rng"} and its shardings on the (data, fsdp, tensor) mesh.
-- Host batches -> global device arrays (micro-batches stacked on a leading axis).
-- `train`: the loop, with Orbax checkpoints that include the Grain iterator state, resume from
-  the latest, a clean stop on SIGTERM, a stop on a NaN/Inf loss, metrics and a progress bar.
-- Final trained parameters as one safetensors file for the next job (see `save_trainable`).
+- `setup_state`: the train state {"params", "opt", "step", "rng"} placed on the (data, fsdp, tensor)
+  mesh with its shardings; the one set-up every trainer (and tools/bench_train.py) uses.
+- Host batches -> global device arrays, sharded by the model family's batch axes.
+- `run`: the loop. A trainer is a step function plus its set-up; the loop owns Orbax checkpoints
+  (with the data iterator's state), resume from the latest, a clean stop on SIGTERM, a stop on a
+  NaN/Inf loss, metrics (JSONL + TensorBoard), the progress bar and periodic hooks.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from progress_jax import sharding
-from progress_jax.models import safetensors_io
+from progress_jax import lora, runtime, sharding
 from progress_jax.train import checkpoint, guards, metrics_writer
 
 log = logging.getLogger(__name__)
 
-TRAINABLE_FILE = "trainable.safetensors"
-TRAINABLE_META = "trainable.json"
-
 
 # ---- the model as trained parameters + frozen rest ---------------------------------------------
-
-def _key(path) -> str:
-    return "/".join(str(p) for p in path)
-
 
 @dataclass
 class Parts:
@@ -47,7 +39,7 @@ class Parts:
 
     def model(self, params: dict, frozen: nnx.State | None = None):
         """The module from flat trained params (works on tracers inside jit)."""
-        items = [(p, v.replace(params[_key(p)])) for p, v in self.template]
+        items = [(p, v.replace(params[sharding.path_str(p)])) for p, v in self.template]
         return nnx.merge(self.graphdef, nnx.from_flat_state(items), self.frozen if frozen is None else frozen)
 
 
@@ -58,22 +50,7 @@ def split(model, wrt) -> tuple[Parts, dict]:
     if not len(flat):
         raise ValueError("the trainable filter selects no parameter")
     template = [(p, v.replace(jax.ShapeDtypeStruct(v.shape, v.get_value().dtype))) for p, v in flat]
-    return Parts(graphdef, template, frozen), {_key(p): v.get_value() for p, v in flat}
-
-
-def assign(model, params: dict) -> None:
-    """Write flat trained params into the model in place (e.g. the SFT output before GRPO)."""
-    flat = dict(nnx.to_flat_state(nnx.state(model)))
-    by_key = {_key(p): p for p in flat}
-    unknown = sorted(set(params) - set(by_key))
-    if unknown:
-        raise ValueError(f"trained parameters not in the model: {unknown[:5]} (LoRA rank/targets differ?)")
-    for k, value in params.items():
-        var = flat[by_key[k]]
-        if tuple(var.shape) != tuple(value.shape):
-            raise ValueError(f"trained parameter {k}: shape {tuple(value.shape)}, model has {tuple(var.shape)}")
-        var.set_value(jnp.asarray(value, var.get_value().dtype))
-    nnx.update(model, nnx.from_flat_state(list(flat.items())))
+    return Parts(graphdef, template, frozen), {sharding.path_str(p): v.get_value() for p, v in flat}
 
 
 # ---- train state and shardings -------------------------------------------------------------
@@ -108,51 +85,76 @@ def jit_step(fn, mesh, state_sh, frozen_sh, batch_sh):
                    out_shardings=(state_sh, NamedSharding(mesh, P())), donate_argnums=(0,))
 
 
+@dataclass
+class Setup:
+    """What a trainer needs of its state: the model parts, the placed state and the shardings."""
+    parts: Parts
+    state: dict
+    state_sh: object
+    frozen_sh: object
+
+
+def setup_state(model, mesh, tx, *, rank: int, freeze_vision: bool = True, seed: int = 0) -> Setup:
+    """Split `model` into trained params (lora.trainable_filter) and the frozen rest, build the
+    train state for optimizer `tx` and place it on `mesh`."""
+    parts, params = split(model, lora.trainable_filter(rank, freeze_vision))
+    state = init_state(params, tx, seed)
+    state_sh = state_shardings(jax.eval_shape(lambda: state), mesh)
+    return Setup(parts, jax.device_put(state, state_sh), state_sh, sharding.param_shardings(parts.frozen, mesh))
+
+
 # ---- host batches -> device ----------------------------------------------------------------
 
-# Batch axis (after the leading micro-batch axis) of each array; patch arrays use the patch axis.
-BATCH_AXIS = {"input_ids": 1, "attention_mask": 1, "loss_mask": 1, "position_ids": 2, "pixel_values": 1,
-              "window_index": 1, "reverse_index": 1, "rope_hw": 1, "window_groups": 1, "image_groups": 1,
-              "advantages": 1, "old_logp": 1, "ref_logp": 1}
-PATCH_KEYS = ("pixel_values", "window_index", "reverse_index", "rope_hw", "window_groups", "image_groups")
+# Batch axis (after the leading micro-batch axis) of the trainers' own arrays; the model's inputs
+# take theirs from the model family (progress_jax.models.families).
+TRAIN_AXIS = {"loss_mask": 1, "advantages": 1, "old_logp": 1, "ref_logp": 1}
 
 
-def batch_shardings(batch: dict, mesh):
+def batch_shardings(batch: dict, mesh, family):
     """Token arrays split over the data axes on their batch axis. Patch arrays: replicated in a
     single process (every device sees all images of the step); split by process otherwise."""
     multi = jax.process_count() > 1
+    axis = {**TRAIN_AXIS, **family.BATCH_AXIS}
 
     def spec(path, x):
         name = sharding.path_str(path).split("/")[-1]
-        if name in PATCH_KEYS and not multi:
+        if name in family.PATCH_KEYS and not multi:
             return NamedSharding(mesh, P())
-        return sharding.batch_sharding(mesh, x.ndim, BATCH_AXIS[name])
+        return sharding.batch_sharding(mesh, x.ndim, axis[name])
 
     return jax.tree_util.tree_map_with_path(spec, batch)
 
 
-def _offset_vision(vis: dict, num_patches: int, unit: int) -> dict:
-    """Process-local vision indices -> global ones: this process's patches follow those of the
-    lower-ranked processes (equal patch counts and group shapes per process)."""
-    p = jax.process_index()
-    out = dict(vis)
-    for k in ("window_index", "reverse_index"):
-        out[k] = vis[k] + p * (num_patches // unit)
-    for k in ("window_groups", "image_groups"):
-        out[k] = np.where(vis[k] >= 0, vis[k] + p * num_patches, -1)
-    return out
-
-
-def to_device(batch: dict, shardings, unit: int = 4):
+def to_device(batch: dict, shardings, family):
     """Host numpy tree -> global jax arrays. Multi-process: each process holds its slice."""
     if jax.process_count() == 1:
         return jax.device_put(batch, shardings)
-    if "vision" in batch:
-        batch = {**batch, "vision": _offset_vision(batch["vision"], batch["pixel_values"].shape[1], unit)}
+    batch = family.offset_process_local(batch, jax.process_index())
     return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), batch, shardings)
 
 
 # ---- the loop ------------------------------------------------------------------------------
+
+@dataclass
+class Hook:
+    """A periodic job inside the loop: `fn(step, state) -> metrics` every `every` steps and at the
+    last step (and, with at_start, before the first step of a fresh run, logged as step 0). Its
+    metrics join the step's line. A validation pass is one more Hook."""
+    fn: Callable[[int, dict], dict]
+    every: int
+    at_start: bool = False
+
+    def due(self, step: int, total: int) -> bool:
+        return self.every > 0 and (step % self.every == 0 or step == total)
+
+
+@dataclass
+class Result:
+    state: dict
+    step: int  # the last step done
+    start: int  # the step the run resumed from (0: fresh)
+    stopped: bool  # a SIGTERM ended it before total_steps
+
 
 def restore_or_keep(ckpt: checkpoint.Checkpointer, state, data_iter) -> tuple[dict, int]:
     """Resume from the latest checkpoint (state onto its shardings, data iterator state) or
@@ -167,83 +169,71 @@ def restore_or_keep(ckpt: checkpoint.Checkpointer, state, data_iter) -> tuple[di
     return restored, step
 
 
-def train(step_fn, state, frozen, next_batch, data_iter, total_steps: int, ckpt: checkpoint.Checkpointer,
-          writer: metrics_writer.MetricsWriter, start_step: int = 0, lr_fn=None,
-          flops_per_token: float | None = None, peak_flops: float | None = None, on_step=None):
-    """Run steps start_step+1 .. total_steps. `next_batch()` -> (device batch, real token count);
-    `data_iter.get_state()` is saved with every checkpoint. Saves every ckpt.save_every steps and
-    at the end; SIGTERM saves and returns; a NaN/Inf loss raises (the last good checkpoint stays).
-    Returns (state, last step done)."""
-    step = start_step
-    bar = metrics_writer.progress_bar(total_steps, start_step, enabled=jax.process_index() == 0)
+def run(step_fn, state, next_batch, data_iter, total_steps: int, workdir: str, *, save_every: int, keep: int,
+        desc: str = "train", show: str = "loss", hooks=(), lr_fn=None, flops_per_token: float | None = None,
+        peak_flops: float | None = None, ckpt: checkpoint.Checkpointer | None = None,
+        run_config: dict | None = None, wandb_project: str = "") -> Result:
+    """Steps (resumed from the latest checkpoint in <workdir>/checkpoints) up to total_steps.
+
+    step_fn(state, batch, step) -> (state, metrics): one step; metrics hold "loss" and "grad_norm"
+    (checked for NaN/Inf) and may hold "tokens", a host count that becomes tokens_per_s.
+    next_batch() -> the next batch, drawn from data_iter, whose get_state() is saved with every
+    checkpoint. The next batch is prepared while the device works on the current one. Saves every
+    save_every steps and at the end; SIGTERM saves the step in progress and returns (stopped);
+    a NaN/Inf raises guards.NonFiniteLossError (the last good checkpoint stays). Metrics go to
+    <workdir>/metrics.jsonl and TensorBoard (process 0), and to W&B with wandb_project.
+    run_config: the run's defining config (checkpoint.run_config), stored with every checkpoint and
+    compared at resume (a changed key is refused)."""
+    main = jax.process_index() == 0
+    ckpt = ckpt or checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every, keep,
+                                           run_config=run_config)
+    state, start = restore_or_keep(ckpt, state, data_iter)
+    step = start
     last_saved = ckpt.latest_step()
-    with guards.StopRequest() as stop:
-        batch, n_tokens = next_batch() if step < total_steps else (None, 0)
-        while step < total_steps:
-            t0 = time.perf_counter()
-            state, metrics = step_fn(state, frozen, batch)
-            step += 1
-            data_state = data_iter.get_state()
-            if step < total_steps:  # prepare the next batch while the device works
-                batch, next_tokens = next_batch()
-            metrics = jax.device_get(metrics)
-            guards.check_finite(step, last_saved, loss=metrics["loss"], grad_norm=metrics["grad_norm"])
-            dt = time.perf_counter() - t0
-            out = {k: float(v) for k, v in metrics.items()}
-            out["tokens_per_s"] = n_tokens / dt
-            out["step_time_s"] = dt
-            if lr_fn is not None:
-                out["lr"] = float(lr_fn(step - 1))
-            if flops_per_token and peak_flops:
-                out["mfu"] = metrics_writer.mfu(out["tokens_per_s"], flops_per_token, peak_flops)
-            writer.write(step, out)
-            bar.update(1)
-            bar.set_postfix(loss=f"{out['loss']:.4f}")
-            if on_step is not None:
-                on_step(step, out)
-            final = step == total_steps or stop.requested
-            if ckpt.save(step, state, data_state, {"step": step}, force=final):
-                last_saved = step
-            if stop.requested:
-                log.warning("%s received: saved step %d, stopping", stop.signal_name, step)
-                break
-            if step < total_steps:
-                n_tokens = next_tokens
-    ckpt.wait()
-    bar.close()
-    return state, step
-
-
-# ---- hand-over to the next job ---------------------------------------------------------------
-
-def save_trainable(directory: str, params: dict, meta: dict) -> str:
-    """`<directory>/trainable.safetensors`: one tensor per trained parameter, named by its
-    '/'-joined path (LoRA factors, or all language-model weights when lora.rank = 0), plus
-    `trainable.json` (the lora config and the base model). Written on process 0."""
-    if jax.process_index() != 0:
-        return directory
-    os.makedirs(directory, exist_ok=True)
-    arrays = {k: np.asarray(jax.device_get(v)) for k, v in params.items()}
-    tmp = os.path.join(directory, TRAINABLE_FILE + ".tmp")
-    safetensors_io.save_file(arrays, tmp)
-    os.replace(tmp, os.path.join(directory, TRAINABLE_FILE))
-    with open(os.path.join(directory, TRAINABLE_META), "w") as f:
-        json.dump(meta, f, indent=2)
-    return directory
-
-
-def load_trainable(directory: str) -> tuple[dict, dict]:
-    """(params, meta) written by `save_trainable`."""
-    path = os.path.join(directory, TRAINABLE_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no {TRAINABLE_FILE} in {directory} (expected the output of an SFT run)")
-    return {k: np.asarray(v) for k, v in safetensors_io.open_tensors(path).items()}, read_meta(directory)
-
-
-def read_meta(directory: str) -> dict:
-    """`trainable.json` of a save_trainable directory: the lora config and the base model."""
-    path = os.path.join(directory, TRAINABLE_META)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no {TRAINABLE_META} in {directory} (expected the final/ of an SFT or GRPO run)")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with guards.StopRequest() as stop, metrics_writer.MetricsWriter(
+                workdir, enabled=main, wandb_project=wandb_project, wandb_config=run_config) as writer:
+            if start == 0:
+                first = {}
+                for h in hooks:
+                    if h.at_start:
+                        first.update(h.fn(0, state))
+                if first:
+                    writer.write(0, first)
+            bar = runtime.progress_bar(total_steps, start, desc=desc, enabled=main)
+            batch = next_batch() if step < total_steps else None
+            while step < total_steps:
+                t0 = time.perf_counter()
+                state, metrics = step_fn(state, batch, step + 1)
+                step += 1
+                data_state = data_iter.get_state()
+                if step < total_steps:  # prepare the next batch while the device works
+                    batch = next_batch()
+                metrics = dict(jax.device_get(metrics))
+                guards.check_finite(step, last_saved, loss=metrics["loss"], grad_norm=metrics["grad_norm"])
+                dt = time.perf_counter() - t0
+                out = {k: float(v) for k, v in metrics.items() if k != "tokens"}
+                if "tokens" in metrics:
+                    out["tokens_per_s"] = float(metrics["tokens"]) / dt
+                out.setdefault("step_time_s", dt)
+                if lr_fn is not None:
+                    out["lr"] = float(lr_fn(step - 1))
+                if flops_per_token and peak_flops and "tokens_per_s" in out:
+                    out["mfu"] = metrics_writer.mfu(out["tokens_per_s"], flops_per_token, peak_flops)
+                for h in hooks:
+                    if h.due(step, total_steps):
+                        out.update(h.fn(step, state))
+                writer.write(step, out)
+                bar.update(1)
+                bar.set_postfix({show: f"{out[show]:.4f}"})
+                if ckpt.save(step, state, data_state, {"step": step}, force=step == total_steps or stop.requested):
+                    last_saved = step
+                if stop.requested:
+                    log.warning("%s received: saved step %d, stopping; rerun the same command to resume",
+                                stop.signal_name, step)
+                    break
+            bar.close()
+    finally:  # pending saves finish even when a NaN stops the run
+        ckpt.wait()
+        ckpt.close()
+    return Result(state, step, start, stop.requested and step < total_steps)

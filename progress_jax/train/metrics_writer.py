@@ -1,4 +1,4 @@
-"""Train metrics: JSONL (one flushed line per step) and TensorBoard, a progress bar, and MFU.
+"""Train metrics: JSONL (one flushed line per step) and TensorBoard, and MFU.
 
 metrics.jsonl and TensorBoard are the record of a run. Optionally the same scalars also go to
 Weights & Biases (config key logging.wandb_project; the `wandb` package is imported only then),
@@ -23,7 +23,6 @@ import math
 import os
 
 from tensorboardX import SummaryWriter
-from tqdm.auto import tqdm
 
 from data_pipeline.jsonl import JsonlAppender
 
@@ -42,11 +41,6 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float
     """Model FLOPs utilization in [0, 1]: achieved FLOP/s over `peak_flops`, the peak of all
     devices doing the work (e.g. n_chips * 989e12 for bf16 H100s)."""
     return tokens_per_s * flops_per_token / peak_flops
-
-
-def progress_bar(total: int, initial: int = 0, desc: str = "train", enabled: bool = True) -> tqdm:
-    """A tqdm bar over steps; starts at `initial` when a run resumes. Disabled off process 0."""
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True)
 
 
 class MetricsWriter:

@@ -1,4 +1,4 @@
-"""LoRA SFT: masked token-level NLL on the answer tokens, one jitted sharded step, and the run.
+"""SFT (LoRA or full): masked token-level NLL on the answer tokens, one jitted sharded step, and the job.
 
 Loss: the NLL of every target token (loss_mask[t] = 1, predicted from position t - 1) summed
 and divided by the number of target tokens of the whole global batch, so that k accumulated
@@ -12,15 +12,11 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from flax import nnx
 
-from progress_jax import lora, runtime, sharding
-from progress_jax.models import qwen2_5_vl
-from progress_jax.models.qwen2_5_vl import positions
-from progress_jax.models.qwen2_5_vl.model import REMAT_POLICIES
-from progress_jax.train import checkpoint, guards, loop, metrics_writer, schedule
+from progress_jax import handover, lora, runtime, sampling, sharding
+from progress_jax.models import families, qwen2_5_vl
+from progress_jax.train import checkpoint, guards, loop, schedule
 
 log = logging.getLogger(__name__)
 
@@ -90,91 +86,7 @@ def make_step(parts: loop.Parts, tx, mesh=None, remat: str = "none", loss_chunk:
     return step
 
 
-# ---- host batches ----------------------------------------------------------------------------
-
-def stack_micro(host_batches: list[dict], config: qwen2_5_vl.Qwen25VLConfig) -> dict:
-    """Pipeline host batches -> model inputs stacked on a leading micro-batch axis, padded to the
-    largest length and patch count among them (padding changes no loss term)."""
-    L = max(b["input_ids"].shape[1] for b in host_batches)
-    P = max(b["pixel_values"].shape[0] for b in host_batches)
-    out = []
-    for b in host_batches:
-        pad_l = L - b["input_ids"].shape[1]
-        padded = {
-            "input_ids": np.pad(b["input_ids"], ((0, 0), (0, pad_l)), constant_values=config.pad_token_id),
-            "attention_mask": np.pad(b["attention_mask"], ((0, 0), (0, pad_l))),
-            "pixel_values": np.pad(b["pixel_values"], ((0, P - b["pixel_values"].shape[0]), (0, 0))),
-            "image_grid_thw": b["image_grid_thw"],
-        }
-        inputs = qwen2_5_vl.model_inputs(padded, config)
-        inputs.pop("rope_deltas")
-        inputs["loss_mask"] = np.pad(b["loss_mask"], ((0, 0), (0, pad_l))).astype(np.int32)
-        out.append(inputs)
-    for key in positions.GROUP_KEYS:  # attention groups: one shape for all micro-batches
-        rows = max(o["vision"][key].shape[0] for o in out)
-        width = max(o["vision"][key].shape[1] for o in out)
-        for o in out:
-            o["vision"][key] = positions.pad_groups(o["vision"], rows, width, key)
-    return jax.tree.map(lambda *xs: np.stack(xs), *out)
-
-
-# ---- config ----------------------------------------------------------------------------------
-
-def resolve(config) -> None:
-    """Fill the train.* fields left unset (None) with the recipe for the model: REFERENCE §6 with
-    a model.path, the fast tiny demo without; then check every value, naming the key."""
-    t = config.train
-    tiny = not config.model.path
-    defaults = dict(lr=2e-3 if tiny else 1e-4, batch_size=8 if tiny else 64,
-                    micro_batch_size=8 if tiny else 1, epochs=1.0 if tiny else 3.0, steps=120 if tiny else 0,
-                    demo_samples=2 if tiny else 0)
-    data_defaults = (dict(min_pixels=56 * 56, max_pixels=112 * 112, length_buckets=(512, 1024),
-                          patch_buckets=(2048, 4096, 8192), image_buckets=(32, 64, 128)) if tiny else
-                     dict(min_pixels=3136, max_pixels=1003520, length_buckets=(4096, 8192, 16384, 32768),
-                          patch_buckets=(8192, 16384, 32768, 65536), image_buckets=(8, 16, 32)))
-    # The tiny default trains every LM weight: LoRA on a random base has nothing to adapt.
-    lora_defaults = dict(rank=0 if tiny else 8)
-    with config.unlocked():
-        for section, values in ((t, defaults), (config.data, data_defaults), (config.lora, lora_defaults)):
-            for k, v in values.items():
-                if section.get(k) is None:
-                    section[k] = v
-    checks = [
-        ("train.lr", t.lr > 0, "must be > 0"),
-        ("train.batch_size", t.batch_size >= 1, "must be >= 1"),
-        ("train.micro_batch_size", t.micro_batch_size >= 1, "must be >= 1"),
-        ("train.epochs", t.epochs > 0, "must be > 0"),
-        ("train.steps", t.steps >= 0, "must be >= 0 (0: from train.epochs)"),
-        ("train.warmup_ratio", 0 <= t.warmup_ratio < 1, "must be in [0, 1)"),
-        ("train.weight_decay", t.weight_decay >= 0, "must be >= 0"),
-        ("train.clip_norm", t.clip_norm >= 0, "must be >= 0 (0: no clipping)"),
-        ("train.loss_chunk", t.loss_chunk >= 0, "must be >= 0 (0: no chunking)"),
-        ("train.save_every", t.save_every >= 1, "must be >= 1"),
-        ("train.keep", t.keep >= 1, "must be >= 1"),
-        ("train.demo_samples", t.demo_samples >= 0, "must be >= 0"),
-        ("model.remat", config.model.remat in REMAT_POLICIES, f"must be one of {sorted(REMAT_POLICIES)}"),
-        ("lora.rank", isinstance(config.lora.rank, int) and config.lora.rank >= 0, "must be an integer >= 0"),
-        ("lora.alpha", config.lora.alpha > 0, "must be > 0"),
-        ("lora.dropout", 0 <= config.lora.dropout < 1, "must be in [0, 1)"),
-    ]
-    for key, ok, problem in checks:
-        if not ok:
-            value = config
-            for part in key.split("."):
-                value = value[part]
-            raise ValueError(f"config key {key} {problem}, got {value!r}")
-    per_step = t.micro_batch_size * jax.process_count()
-    if t.batch_size % per_step:
-        raise ValueError(f"config key train.batch_size ({t.batch_size}) must be a multiple of "
-                         f"train.micro_batch_size x processes ({t.micro_batch_size} x {jax.process_count()})")
-    for f in config.data.train_files:
-        if not os.path.isfile(f):
-            raise FileNotFoundError(f"config key data.train_files: no file {f}")
-    if t.init_params and not os.path.isfile(os.path.join(t.init_params, loop.TRAINABLE_FILE)):
-        raise FileNotFoundError(f"config key train.init_params: no {loop.TRAINABLE_FILE} in {t.init_params}")
-    runtime.dtype(config.model.param_dtype, "model.param_dtype")
-    runtime.dtype(config.model.compute_dtype, "model.compute_dtype")
-
+# ---- throughput ------------------------------------------------------------------------------
 
 def _peak_flops(t) -> float | None:
     if t.peak_flops_per_device > 0:
@@ -186,96 +98,72 @@ def _peak_flops(t) -> float | None:
     return None
 
 
-def flops_per_token(config: qwen2_5_vl.Qwen25VLConfig, seq_len: int, lora_on: bool) -> float:
-    """metrics_writer.train_flops_per_token for the language model (vision tower not counted):
-    N = every decoder linear layer + the output projection; LoRA skips base weight gradients."""
-    t = config.text
-    attn = t.hidden_size * t.head_dim * (t.num_attention_heads * 2 + t.num_key_value_heads * 2)
-    mlp = 3 * t.hidden_size * t.intermediate_size
-    n = t.num_hidden_layers * (attn + mlp) + t.hidden_size * t.vocab_size
-    return metrics_writer.train_flops_per_token(n, t.num_hidden_layers, seq_len, t.num_attention_heads * t.head_dim,
-                                                backward_factor=1.0 if lora_on else 2.0)
-
-
 # ---- the run ---------------------------------------------------------------------------------
 
 def run(config) -> dict:
-    """The SFT job. Returns {"final_dir", "steps", "losses", "stopped"} (stopped: a SIGTERM
-    ended it); see configs/sft.py."""
+    """The SFT job (configs/sft.py). Returns {"final_dir", "steps", "stopped"} (stopped: a
+    SIGTERM ended it; rerunning resumes)."""
     runtime.maybe_initialize_distributed()
-    resolve(config)
     t = config.train
+    # Every input is read before the model is loaded: a bad file fails in seconds.
+    files, image_root, sim = runtime.train_data(config, "sft")
+    n_samples = runtime.check_train_files(files, image_root)
+    runtime.check_init_params(t.init_params, "train.init_params")
     mesh = runtime.make_mesh(config)
     n_batch = math.prod(mesh.shape[a] for a in sharding.BATCH)
     if (t.micro_batch_size * jax.process_count()) % n_batch:
         raise ValueError(f"config key train.micro_batch_size: {t.micro_batch_size} rows per process do not split "
                          f"over the mesh's data x fsdp = {n_batch} devices")
     accum = t.batch_size // (t.micro_batch_size * jax.process_count())
-
-    model = runtime.load_policy(config, mesh, t.init_params)
-    tokenizer = runtime.load_tokenizer(config)
-    files, image_root, sim = runtime.train_data(config, "sft")
-    n_samples = runtime.count_samples(files)
     steps = t.steps or max(1, math.floor(t.epochs * n_samples / t.batch_size))
 
-    data = _dataset(config, files, image_root, tokenizer)
-    it = iter(data)
-    parts, params = loop.split(model, lora.trainable_filter(config.lora.rank))
-    tx = schedule.make_optimizer(t.lr, t.weight_decay, t.warmup_ratio, steps, t.clip_norm or None)
-    state = loop.init_state(params, tx, config.seed)
-    state_sh = loop.state_shardings(jax.eval_shape(lambda: state), mesh)
-    state = jax.device_put(state, state_sh)
-    frozen_sh = sharding.param_shardings(parts.frozen, mesh)
-
-    os.makedirs(config.workdir, exist_ok=True)
-    ckpt = checkpoint.Checkpointer(os.path.join(config.workdir, "checkpoints"), t.save_every, t.keep,
-                                  run_config=checkpoint.run_config(config))
-    state, start = loop.restore_or_keep(ckpt, state, it)
+    family = families.for_config(config)
+    model = runtime.load_policy(config, mesh, t.init_params)
+    tokenizer = runtime.load_tokenizer(config)
+    it = iter(_dataset(config, files, image_root, tokenizer))
+    tx = schedule.make_optimizer(t.lr, t.weight_decay, t.warmup_ratio, steps, t.clip_norm or None, schedule=t.schedule)
+    setup = loop.setup_state(model, mesh, tx, rank=config.lora.rank, freeze_vision=config.model.freeze_vision,
+                             seed=config.seed)
+    parts = setup.parts
 
     def next_batch():
         host = [next(it) for _ in range(accum)]
-        arrays = stack_micro(host, model.config)
+        arrays = family.stack_micro(host, model.config)
         n_tok = int(sum(b["attention_mask"].sum() for b in host)) * jax.process_count()
-        return loop.to_device(arrays, loop.batch_shardings(arrays, mesh)), n_tok
+        return loop.to_device(arrays, loop.batch_shardings(arrays, mesh, family), family), n_tok
 
     step_fn = make_step(parts, tx, mesh, config.model.remat, t.loss_chunk, dropout=config.lora.dropout > 0)
-    # Shardings depend on which keys the batch holds: jit lazily on the first batch's structure.
-    jitted = {}
+    jitted = {}  # shardings depend on which keys the batch holds: jit on the first batch's structure
 
-    def step(state, frozen, batch):
+    def step(state, batch, _):
+        arrays, n_tok = batch
         if "fn" not in jitted:
-            jitted["fn"] = loop.jit_step(step_fn, mesh, state_sh, frozen_sh, loop.batch_shardings(batch, mesh))
-        return jitted["fn"](state, frozen, batch)
+            jitted["fn"] = loop.jit_step(step_fn, mesh, setup.state_sh, setup.frozen_sh,
+                                         loop.batch_shardings(arrays, mesh, family))
+        state, metrics = jitted["fn"](state, parts.frozen, arrays)
+        return state, {**metrics, "tokens": n_tok}
 
-    seq_len = config.data.length_buckets[-1] if config.data.length_buckets else 1024
-    losses = []
-    log.info("SFT: %d samples, %d steps of %d rows (%d micro-batches), from step %d, workdir %s",
-             n_samples, steps, t.batch_size, accum, start, config.workdir)
+    seq_len = config.data.length_buckets[-1]
+    log.info("SFT: %d samples, %d steps of %d rows (%d micro-batches), workdir %s",
+             n_samples, steps, t.batch_size, accum, config.workdir)
     # SIGTERM between or after the steps also ends the job cleanly: the loop's own handler covers
-    # the steps; this one lets the final save finish and skips the optional demo and export.
+    # the steps; this one lets the final save finish and skips the optional samples and export.
     with guards.StopRequest() as stop:
-        with metrics_writer.MetricsWriter(config.workdir, enabled=jax.process_index() == 0) as writer:
-            state, done = loop.train(
-                step, state, parts.frozen, next_batch, it, steps, ckpt, writer, start, lr_fn=tx_schedule(t, steps),
-                flops_per_token=flops_per_token(model.config, seq_len, config.lora.rank > 0),
-                peak_flops=_peak_flops(t), on_step=lambda s, m: losses.append(m["loss"]))
-        ckpt.close()
+        result = loop.run(step, setup.state, next_batch, it, steps, config.workdir, save_every=t.save_every,
+                          keep=t.keep, desc="sft", lr_fn=schedule.make_schedule(t.schedule, t.lr, steps, t.warmup_ratio),
+                          flops_per_token=family.flops_per_token(model.config, seq_len, config.lora.rank > 0),
+                          peak_flops=_peak_flops(t), run_config=checkpoint.run_config(config),
+                          wandb_project=config.logging.wandb_project)
         final_dir = os.path.join(config.workdir, "final")
-        if done == steps:
-            meta = {"lora": config.lora.to_dict(), "model_path": config.model.path,
-                    "model_preset": config.model.preset, "seed": config.seed, "steps": steps}
-            loop.save_trainable(final_dir, state["params"], meta)
+        if not result.stopped:
+            handover.save_trainable(final_dir, result.state["params"], handover.run_meta(config, steps))
             log.info("trained parameters written to %s", final_dir)
-            trained = parts.model(state["params"])
+            trained = parts.model(result.state["params"])
             if t.demo_samples and sim is not None and not stop.requested:
-                demo(trained, tokenizer, config, sim, t.demo_samples)
+                show_samples(trained, tokenizer, config, sim, t.demo_samples)
             if t.export_merged and not stop.requested:
                 qwen2_5_vl.save_pretrained(lora.merge(trained), os.path.join(config.workdir, "merged"), overwrite=True)
-    return {"final_dir": final_dir, "steps": done, "losses": losses, "stopped": stop.requested}
-
-
-def tx_schedule(t, steps):
-    return schedule.cosine_schedule(t.lr, steps, t.warmup_ratio)
+    return {"final_dir": final_dir, "steps": result.step, "stopped": result.stopped or stop.requested}
 
 
 def _dataset(config, files, image_root, tokenizer, **over):
@@ -290,51 +178,19 @@ def _dataset(config, files, image_root, tokenizer, **over):
 
 # ---- after training: greedy answers on a few held-out prompts ---------------------------------
 
-def greedy(model, inputs: dict, max_new: int, eos_id: int) -> list[int]:
-    """Greedy decoding of one unpadded prompt (model_inputs arrays, batch 1) with the KV cache."""
-    n = inputs["input_ids"].shape[1]
-    S = n + max_new
-    kv_mask = jnp.ones((1, S), jnp.int32)
-
-    @nnx.jit
-    def prefill(model, ids, pos, pv, vis):
-        cache = model.init_cache(1, S)
-        hidden, cache = model.decode(model.embed(ids, pv, vis), pos, kv_mask, cache, 0)
-        return jnp.argmax(model.logits(hidden[:, -1]), -1), cache
-
-    @nnx.jit
-    def next_token(model, tok, pos, cache, index):
-        hidden, cache = model.decode(model.embed(tok[:, None]), pos, kv_mask, cache, index)
-        return jnp.argmax(model.logits(hidden[:, -1]), -1), cache
-
-    tok, cache = prefill(model, inputs["input_ids"], inputs["position_ids"], inputs.get("pixel_values"),
-                         inputs.get("vision"))
-    start = int(inputs["position_ids"].max()) + 1
-    out = []
-    for i in range(max_new):
-        out.append(int(tok[0]))
-        if out[-1] == eos_id:
-            break
-        pos = jnp.full((3, 1, 1), start + i, jnp.int32)
-        tok, cache = next_token(model, tok, pos, cache, n + i)
-    return out
-
-
-def demo(model, tokenizer, config, sim: dict, count: int) -> list[str]:
-    """Print greedy answers to `count` benchmark prompts (unseen in training) and their format check."""
+def show_samples(model, tokenizer, config, sim: dict, count: int) -> list[str]:
+    """Print greedy answers (sampling.generate at temperature 0) to `count` sim benchmark prompts
+    (unseen in training) and their format check."""
     from data_pipeline.parsing import strict_format_ok
 
     data = _dataset(config, [sim["visual_same_view"]], sim["bench_images"], tokenizer, with_answers=False,
-                    batch_size=1, num_epochs=1, shuffle=False)
-    answers = []
-    for host, _ in zip(iter(data), range(count)):
-        n = int(host["attention_mask"].sum())
-        prompt = {**host, "input_ids": host["input_ids"][:, :n], "attention_mask": host["attention_mask"][:, :n]}
-        inputs = jax.tree.map(jnp.asarray, qwen2_5_vl.model_inputs(prompt, model.config))
-        ids = greedy(model, inputs, max_new=config.train.demo_max_new_tokens, eos_id=tokenizer.eos_id)
-        text = tokenizer.decode([i for i in ids if i != tokenizer.eos_id])
-        answers.append(text)
-        print(f"--- {host['keys'][0]}\n{text}\nstrict four-block format: {strict_format_ok(text)}", flush=True)
+                    batch_size=count, num_epochs=1, shuffle=False, drop_remainder=False)
+    batch = next(iter(data))
+    params = sampling.SamplingParams(max_new_tokens=config.train.demo_max_new_tokens, temperature=0.0)
+    gen = sampling.generate(model, batch, params, jax.random.key(0), tokenizer=tokenizer)
+    answers = [text for key, text in zip(batch["keys"], gen.texts) if key is not None]
+    for key, text in zip(batch["keys"], answers):
+        print(f"--- {key}\n{text}\nstrict four-block format: {strict_format_ok(text)}", flush=True)
     ok = sum(strict_format_ok(a) for a in answers)
     print(f"well-formed answers: {ok}/{len(answers)}", flush=True)
     return answers

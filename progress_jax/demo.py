@@ -1,0 +1,94 @@
+"""The built-in demo job (configs/grpo.py with no variant): ProgressBench-Sim, an SFT warm start
+of the tiny model, GRPO from it, both models evaluated on the sim's test split side by side, and
+the reward report. Each stage is its own job (sft, grpo, eval); this module only chains them.
+
+A SIGTERM anywhere ends the chain cleanly: the stage that is training saves and stops, and
+rerunning the same command resumes it (finished stages are skipped: their checkpoints are complete).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+from progress_jax import runtime
+from progress_jax.eval import runner, tables
+from progress_jax.train import grpo, guards, metrics_writer, sft
+
+log = logging.getLogger(__name__)
+
+BENCH = ("visual_same_view", "visual_cross_view", "text-normal", "text-unanswerable", "visual-unanswerable")
+
+
+def _evaluate(config, mesh, tokenizer, bench, init_dir: str, name: str) -> dict:
+    model = runtime.load_policy(config, mesh, init_dir)
+    files, image_root = bench
+    return runner.evaluate(model, tokenizer, files, image_root, os.path.join(config.workdir, f"eval_{name}"),
+                           config, mesh=mesh, run_name=name)
+
+
+def run(config) -> dict:
+    runtime.maybe_initialize_distributed()
+    config = config.copy_and_resolve_references()
+    d = config.demo
+    main = jax.process_index() == 0
+    with guards.StopRequest() as stop:
+        # Inputs first (generated once and cached): the RL prompts, and the benchmark the model is
+        # evaluated on, read before the warm start begins.
+        files, image_root, _ = runtime.train_data(config, "rl")
+        runtime.check_train_files(files, image_root)
+        bench = None
+        if d.evaluate:
+            sim = runtime.sim_paths(config)
+            bench = ([sim[n] for n in BENCH], sim["bench_images"])
+            runner.check_bench(bench[0], key="data.sim_dir")
+
+        init = config.train.init_params
+        if d.warm_start and not init:
+            sft_config = d.sft
+            with sft_config.unlocked():
+                sft_config.workdir = os.path.join(config.workdir, "sft")
+            out = sft.run(sft_config)
+            if out["stopped"]:
+                log.warning("SFT warm start stopped; rerun the same command to resume it")
+                return {"stopped": True}
+            init = out["final_dir"]
+        with config.unlocked():
+            config.train.init_params = init
+
+        results = {}
+        if bench is not None:
+            mesh, tokenizer = runtime.make_mesh(config), runtime.load_tokenizer(config)
+            results["sft"] = _evaluate(config, mesh, tokenizer, bench, init, "sft")
+        if stop.requested:
+            log.warning("%s received before the first GRPO step: stopping", stop.signal_name)
+            return {"stopped": True}
+
+        out = grpo.run(config)
+        if out["stopped"]:
+            return {"stopped": True}
+        if bench is not None and not stop.requested:
+            results["grpo"] = _evaluate(config, mesh, tokenizer, bench, out["final_dir"], "grpo")
+            if main:
+                md = tables.to_markdown(*tables.table1(results))
+                with open(os.path.join(config.workdir, "table1.md"), "w") as f:
+                    f.write(md + "\n")
+                print("\nProgressBench-Sim test split, SFT warm start vs after GRPO:\n" + md, flush=True)
+    history = metrics_writer.read_metrics(config.workdir) if main else {}
+    if history:
+        per_process = config.grpo.rollout_batch_size // jax.process_count()
+        print(reward_report(history, config.grpo.probe_batches * per_process, config.grpo.n), flush=True)
+    return {"history": history, "metrics": results, "final_dir": out["final_dir"], "stopped": False}
+
+
+def reward_report(history: dict[int, dict], probe_prompts: int, n: int) -> str:
+    steps = [s for s in sorted(history) if "reward/overall" in history[s]]
+    rewards = [history[s]["reward/overall"] for s in steps]
+    lines = [f"mean reward per step (its own prompts): {' '.join(f'{r:.3f}' for r in rewards)}"]
+    probes = [(s, history[s]) for s in sorted(history) if "probe/overall" in history[s]]
+    if probes:
+        lines.append(f"probe reward ({probe_prompts} fixed prompts x {n} rollouts, one fixed key), by step:")
+        lines += [f"  step {s:4d}: " + "  ".join(f"{k[6:]} {v:.3f}" for k, v in m.items() if k.startswith("probe/"))
+                  for s, m in probes]
+    return "\n".join(lines)

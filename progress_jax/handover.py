@@ -1,0 +1,77 @@
+"""Trained parameters handed from one job to the next (SFT -> GRPO -> eval): one safetensors file
+of the trained tensors by '/'-joined parameter path plus a JSON file saying what they sit on.
+
+Neutral ground: training writes it, evaluation and the next training job read it, and neither
+side imports the other.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from progress_jax.models import safetensors_io
+from progress_jax.sharding import path_str
+
+TRAINABLE_FILE = "trainable.safetensors"
+TRAINABLE_META = "trainable.json"
+
+
+def save_trainable(directory: str, params: dict, meta: dict) -> str:
+    """`<directory>/trainable.safetensors`: one tensor per trained parameter, named by its
+    '/'-joined path (LoRA factors, or all trained weights when lora.rank = 0), plus
+    `trainable.json` (the lora config and the base model). Written on process 0, atomically."""
+    if jax.process_index() != 0:
+        return directory
+    os.makedirs(directory, exist_ok=True)
+    arrays = {k: np.asarray(jax.device_get(v)) for k, v in params.items()}
+    tmp = os.path.join(directory, TRAINABLE_FILE + ".tmp")
+    safetensors_io.save_file(arrays, tmp)
+    os.replace(tmp, os.path.join(directory, TRAINABLE_FILE))
+    tmp = os.path.join(directory, TRAINABLE_META + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=2)
+    os.replace(tmp, os.path.join(directory, TRAINABLE_META))
+    return directory
+
+
+def load_trainable(directory: str) -> tuple[dict, dict]:
+    """(params, meta) written by `save_trainable`."""
+    path = os.path.join(directory, TRAINABLE_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no {TRAINABLE_FILE} in {directory} (expected the final/ of an SFT or GRPO run)")
+    return {k: np.asarray(v) for k, v in safetensors_io.open_tensors(path).items()}, read_meta(directory)
+
+
+def read_meta(directory: str) -> dict:
+    """`trainable.json` of a save_trainable directory: the lora config and the base model."""
+    path = os.path.join(directory, TRAINABLE_META)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no {TRAINABLE_META} in {directory} (expected the final/ of an SFT or GRPO run)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def assign(model, params: dict) -> None:
+    """Write flat trained params into the model in place (e.g. the SFT output before GRPO)."""
+    flat = dict(nnx.to_flat_state(nnx.state(model)))
+    by_key = {path_str(p): p for p in flat}
+    unknown = sorted(set(params) - set(by_key))
+    if unknown:
+        raise ValueError(f"trained parameters not in the model: {unknown[:5]} (LoRA rank/targets differ?)")
+    for k, value in params.items():
+        var = flat[by_key[k]]
+        if tuple(var.shape) != tuple(value.shape):
+            raise ValueError(f"trained parameter {k}: shape {tuple(value.shape)}, model has {tuple(var.shape)}")
+        var.set_value(jnp.asarray(value, var.get_value().dtype))
+    nnx.update(model, nnx.from_flat_state(list(flat.items())))
+
+
+def run_meta(config, steps: int) -> dict:
+    """What a run's trained parameters sit on (read back by eval.trained and load_policy)."""
+    return {"lora": config.lora.to_dict(), "model_path": config.model.path, "model_preset": config.model.preset,
+            "freeze_vision": config.model.freeze_vision, "seed": config.seed, "steps": steps}
