@@ -65,7 +65,8 @@ def test_make_unanswerable_refuses_outputs_on_inputs(tmp_path):
     queue = tmp_path / "queue.jsonl"
     queue.write_text('{"key": "k"}\n')
     with pytest.raises(SystemExit, match="--out .*normal.jsonl is the input --records"):
-        make_unanswerable.main(["text", "--records", str(records), "--out", str(records), "--backend", "jax"])
+        make_unanswerable.main(["text", "--records", str(records), "--image-root", str(tmp_path), "--out", str(records),
+                                "--backend", "jax"])
     with pytest.raises(SystemExit, match="--out .*queue.jsonl and --queue .*queue.jsonl are the same file"):
         make_unanswerable.main(["image", "--records", str(records), "--image-root", str(tmp_path), "--queue", str(queue),
                                 "--out", str(queue), "--backend", "jax", "--editor", "sim"])
