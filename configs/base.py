@@ -84,5 +84,5 @@ def demo_data(c: ml_collections.ConfigDict) -> None:
     c.data.min_pixels = 56 * 56
     c.data.max_pixels = 112 * 112
     c.data.length_buckets = (512, 1024)
-    c.data.patch_buckets = (1024, 2048, 4096, 8192)
-    c.data.image_buckets = (16, 32, 64, 128)
+    c.data.patch_buckets = (2048, 4096, 8192)
+    c.data.image_buckets = (32, 64, 128)
