@@ -56,9 +56,14 @@ def _late_matmul(x, w, transpose_w):
 
 
 def _tie(w, x):
-    """w in x's dtype, computed from x too (w + 0 * x[0]): a conversion that cannot run before x
-    exists nor be shared with the conversion for another use."""
-    return w.astype(x.dtype) + jnp.zeros((), x.dtype) * x.reshape(-1)[0]
+    """w in x's dtype, computed from x too (an integer OR of w's bits with a zero derived from
+    x's first element, exact for any value): a conversion that cannot run before x exists, be
+    hoisted out of a loop, or be shared with the conversion for another use."""
+    bits = {2: jnp.uint16, 4: jnp.uint32}
+    xb = jax.lax.bitcast_convert_type(x.reshape(-1)[0], bits[x.dtype.itemsize])
+    zero = (xb == xb + 1).astype(bits[w.dtype.itemsize])  # always 0
+    wb = jax.lax.bitcast_convert_type(w, bits[w.dtype.itemsize]) | zero
+    return jax.lax.bitcast_convert_type(wb, w.dtype).astype(x.dtype)
 
 
 def _late_matmul_fwd(x, w, transpose_w):
