@@ -13,14 +13,15 @@ Prints a table: compile seconds (tracing, lowering and XLA compilation of the st
 step seconds (the step without compilation) and peak host memory (resident set) of each phase:
 weights, SFT step, GRPO step (each phase's peak is measured from its own start).
 
-Memory: XLA:CPU computes bfloat16 dots in float32, converting each weight first. Its default
-(concurrency-optimised) scheduler runs all those converts at the start of a program, so a float32
-copy of every weight is alive at once: the bf16 3B forward of 512 tokens peaked at 23.1 GB for
-7.5 GB of weights. This script compiles with --xla_cpu_enable_concurrency_optimized_scheduler=false
-(XLA_FLAGS), which converts each weight where it is used; --default-scheduler keeps XLA's default
-to show the difference. Weights are drawn with NumPy, chunk by chunk: qwen2_5_vl.init (JAX's
-threefry) needs ~16 bytes of temporaries per element (6 GB for the embedding) and ~2 minutes
-per GB of weights on two cores.
+Memory: XLA:CPU computes bfloat16 dots in float32, converting each weight first. The model ties
+each conversion to its use (qwen2_5_vl.layers.matmul): without that, XLA converted every weight at
+the start of a program and shared one float32 copy between the forward, the rematerialised forward
+and the backward (the bf16 3B forward of 512 tokens peaked at 23.1 GB for 7.5 GB of weights).
+Two XLA flags (CPU_MEMORY_FLAGS, set in XLA_FLAGS here) keep the rest out: the default
+concurrency-optimised scheduler keeps more activations alive, and loop-invariant code motion hoists
+a copy of every weight out of the decode loop and the micro-batch loops. --xla-defaults compiles
+without them. Weights are drawn with NumPy, chunk by chunk: qwen2_5_vl.init (JAX's threefry) needs
+~16 bytes of temporaries per element (6 GB for the embedding) and ~2 minutes per GB on two cores.
 """
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ import os
 import sys
 import time
 
-SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+# See the module docstring (Memory). Only XLA:CPU reads them.
+CPU_MEMORY_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false "
+                    "--xla_disable_hlo_passes=while-loop-invariant-code-motion,while-loop-expensive-invariant-code-motion")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rollouts", type=int, default=2, help="GRPO rollouts per prompt (default 2)")
     p.add_argument("--new-tokens", type=int, default=32, help="GRPO new tokens per rollout (default 32)")
     p.add_argument("--prompt-length", type=int, default=384,
-                   help="GRPO prompt length in tokens, image included (default 256)")
+                   help="GRPO prompt length in tokens, image included (default 384)")
     p.add_argument("--micro-batch", type=int, default=1,
                    help="GRPO rollout rows per log-prob / update micro-batch (default 1)")
     p.add_argument("--remat", choices=["none", "full", "dots"], default="full",
@@ -52,14 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (default 8)")
     p.add_argument("--skip-sft", action="store_true", help="run only the GRPO step")
     p.add_argument("--skip-grpo", action="store_true", help="run only the SFT step")
-    p.add_argument("--default-scheduler", action="store_true",
-                   help="keep XLA:CPU's default scheduler (float32 copies of all weights at once)")
+    p.add_argument("--xla-defaults", action="store_true",
+                   help="compile without CPU_MEMORY_FLAGS (XLA's default scheduler and loop-invariant code motion)")
     return p
 
 
 ARGS = _parser().parse_args() if __name__ == "__main__" else None
-if ARGS is not None and not ARGS.default_scheduler:  # must be set before JAX starts its CPU backend
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SCHEDULER_FLAG).strip()
+if ARGS is not None and not ARGS.xla_defaults:  # must be set before JAX starts its CPU backend
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + CPU_MEMORY_FLAGS).strip()
 
 if __package__ in (None, ""):  # run as `python tools/bench_3b_cpu.py`: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
