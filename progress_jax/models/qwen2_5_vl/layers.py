@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -23,7 +25,7 @@ class Linear(nnx.Module):
 
     def __call__(self, x, *, dropout_rng=None):
         x = x.astype(self.dtype)
-        y = x @ self.kernel[...].astype(self.dtype)
+        y = matmul(x, self.kernel[...])
         if self.lora_a is not None:
             xl = x
             if dropout_rng is not None and self.lora_dropout > 0:
@@ -35,6 +37,48 @@ class Linear(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
+
+
+def matmul(x, w, transpose_w: bool = False):
+    """x [..., in] @ w [in, out] (w [out, in] with transpose_w) in x's dtype."""
+    if w.dtype == x.dtype == jnp.float32 or jax.default_backend() != "cpu":
+        return jax.lax.dot_general(x, w.astype(x.dtype), _dims(x, transpose_w))
+    return _late_matmul(x, w, transpose_w)
+
+
+def _dims(x, transpose_w: bool):
+    return (((x.ndim - 1,), (1 if transpose_w else 0,)), ((), ()))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _late_matmul(x, w, transpose_w):
+    return jax.lax.dot_general(x, _tie(w, x), _dims(x, transpose_w))
+
+
+def _tie(w, x):
+    """w in x's dtype, computed from x too (an integer OR of w's bits with a zero derived from
+    x's first element, exact for any value): a conversion that cannot run before x exists, be
+    hoisted out of a loop, or be shared with the conversion for another use."""
+    bits = {2: jnp.uint16, 4: jnp.uint32}
+    xb = jax.lax.bitcast_convert_type(x.reshape(-1)[0], bits[x.dtype.itemsize])
+    zero = (xb == xb + 1).astype(bits[w.dtype.itemsize])  # always 0
+    wb = jax.lax.bitcast_convert_type(w, bits[w.dtype.itemsize]) | zero
+    return jax.lax.bitcast_convert_type(wb, w.dtype).astype(x.dtype)
+
+
+def _late_matmul_fwd(x, w, transpose_w):
+    return _late_matmul(x, w, transpose_w), (x, w)
+
+
+def _late_matmul_bwd(transpose_w, res, g):
+    x, w = res
+    dx = jax.lax.dot_general(g, _tie(w, g), (((g.ndim - 1,), (0 if transpose_w else 1,)), ((), ())))
+    lead = tuple(range(x.ndim - 1))
+    dw = jax.lax.dot_general(x, g.astype(x.dtype), ((lead, lead), ((), ())))  # [in, out]
+    return dx.astype(x.dtype), (dw.T if transpose_w else dw).astype(w.dtype)
+
+
+_late_matmul.defvjp(_late_matmul_fwd, _late_matmul_bwd)
 
 
 class RMSNorm(nnx.Module):

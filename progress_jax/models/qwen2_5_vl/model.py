@@ -10,7 +10,7 @@ from flax import nnx
 from . import positions
 from .config import Qwen25VLConfig
 from .language import DecoderLayer, mrope_cos_sin
-from .layers import Linear, RMSNorm
+from .layers import Linear, RMSNorm, matmul
 from .vision import VisionTower
 
 # Decoder-layer rematerialisation: full saves only each layer's input; dots keeps matmul outputs.
@@ -99,8 +99,7 @@ class Qwen25VL(nnx.Module):
     def logits(self, hidden):
         if self.lm_head is not None:
             return self.lm_head(hidden).astype(jnp.float32)
-        w = self.embed_tokens[...].astype(self.dtype)
-        return (hidden.astype(self.dtype) @ w.T).astype(jnp.float32)
+        return matmul(hidden.astype(self.dtype), self.embed_tokens[...], transpose_w=True).astype(jnp.float32)
 
     def forward(self, input_ids, attention_mask, position_ids, pixel_values=None, vision=None, dropout_rng=None,
                 remat="none"):
