@@ -77,6 +77,7 @@ from flax import nnx  # noqa: E402
 
 from progress_jax import lora, sharding  # noqa: E402
 from progress_jax.models import qwen2_5_vl  # noqa: E402
+from progress_jax.models.qwen2_5_vl import family as qwen  # noqa: E402
 from progress_jax.train import grpo, loop, schedule, sft  # noqa: E402
 from tools.bench_grpo import prompts  # noqa: E402
 
@@ -178,11 +179,11 @@ def sft_step(model, a, clock: CompileClock) -> tuple[float, float]:
     state = loop.init_state(params, tx, 0)
     state_sh = loop.state_shardings(jax.eval_shape(lambda: state), mesh)
     frozen_sh = sharding.param_shardings(parts.frozen, mesh)
-    batch = sft.stack_micro([host], cfg)
-    batch_sh = loop.batch_shardings(batch, mesh)
+    batch = qwen.stack_micro([host], cfg)
+    batch_sh = loop.batch_shardings(batch, mesh, qwen)
     step = loop.jit_step(sft.make_step(parts, tx, mesh, remat=a.remat), mesh, state_sh, frozen_sh, batch_sh)
     state = jax.device_put(state, state_sh)
-    frozen, dev = jax.device_put(parts.frozen, frozen_sh), loop.to_device(batch, batch_sh)
+    frozen, dev = jax.device_put(parts.frozen, frozen_sh), loop.to_device(batch, batch_sh, qwen)
     before = clock.total
     t = time.perf_counter()
     state, metrics = step(state, frozen, dev)
