@@ -17,14 +17,13 @@ count only the work done (the default 2.0 is the conventional full-training coun
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 
 from tensorboardX import SummaryWriter
 
-from data_pipeline.jsonl import JsonlAppender
+from data_pipeline.jsonl import JsonlAppender, read_appended
 
 log = logging.getLogger(__name__)
 WANDB_ID_FILE = "wandb_run_id.txt"
@@ -134,9 +133,4 @@ def start_wandb(project: str, log_dir: str, config: dict | None = None):
 def read_metrics(log_dir: str) -> dict[int, dict]:
     """`<log_dir>/metrics.jsonl` as {step: metrics}; the last line for a step wins (a resumed run
     rewrites the steps after its checkpoint)."""
-    out = {}
-    with open(os.path.join(log_dir, "metrics.jsonl"), encoding="utf-8") as f:
-        for line in f:
-            m = json.loads(line)
-            out[m["step"]] = m
-    return out
+    return {m["step"]: m for _, m in read_appended(os.path.join(log_dir, "metrics.jsonl"))}
