@@ -27,11 +27,11 @@ from typing import NamedTuple
 import numpy as np
 
 from data_pipeline import prompt_texts as T
+from data_pipeline.parsing import MODES
 from data_pipeline.records import IMAGE_PLACEHOLDER, ChatRecord, Record, record_image_path
 
 logger = logging.getLogger(__name__)
 
-MODES = ("think", "direct")
 LAYOUTS = ("official", "interleaved")
 STAGES = ("eval", "sft", "rl")
 MERGE_SIZE = 2
