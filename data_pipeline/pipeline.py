@@ -95,7 +95,8 @@ class _Collate:
     of this process). The patch bucket is chosen per shard: P = batch_shards x P_s, with P_s the
     smallest patch bucket / batch_shards (rounded up to a multiple of 4) that holds every shard's
     patches, so that the trainer lays the patches out as [batch_shards, P_s] (each device encodes
-    its own rows' images). batch_shards = 1: the bucket of all the batch's patches."""
+    its own rows' images). A shard may also take a whole bucket (uneven shards), so a batch that fits
+    the buckets unsharded fits them sharded. batch_shards = 1: the bucket of all the batch's patches."""
 
     def __init__(self, batch_size, length_buckets, patch_buckets, image_buckets, pad_id, batch_shards=1):
         if batch_size % batch_shards:
@@ -108,14 +109,10 @@ class _Collate:
         per_row = [len(s["pixel_values"]) for s in samples]
         per_row += [0] * (self.batch_size - len(per_row))
         need = max(sum(per_row[i:i + self.batch_size // S]) for i in range(0, self.batch_size, self.batch_size // S))
-        if S == 1:
-            return _bucket(need, self.patch_buckets, "patches", keys)
-        per_shard = [-(-b // (4 * S)) * 4 for b in self.patch_buckets]
-        try:
-            return S * _bucket(need, per_shard, "patches", keys)
-        except ValueError as e:
-            raise ValueError(f"{e} (one batch shard of {self.batch_size // S} rows; buckets per shard: "
-                             f"patch_buckets / {S} batch shards)") from None
+        # Per shard: each bucket / S, and (for a shard holding most of the images) each bucket
+        # itself, never more patches per device than a whole batch's bucket.
+        per_shard = sorted({-(-b // (4 * S)) * 4 for b in self.patch_buckets} | set(self.patch_buckets))
+        return S * _bucket(need, per_shard, "patches", keys)
 
     def __call__(self, samples: Sequence[dict]) -> dict:
         keys = [s["key"] for s in samples]

@@ -102,3 +102,19 @@ def test_sharded_vision_gives_the_one_device_loss_and_gradients(meshes):
         scale = np.abs(a["grads"][k]).max()
         assert scale > 0, k
         np.testing.assert_allclose(b["grads"][k], a["grads"][k], atol=1e-5 * scale + 1e-8, rtol=1e-4, err_msg=k)
+
+
+def test_patch_bucket_is_chosen_per_batch_shard():
+    def patches(grids, shards):
+        host = _Collate(ROWS, (128, 384), (1024, 2048, 4096), (16,), CFG.pad_token_id, batch_shards=shards)(
+            samples(grids))
+        return host["pixel_values"].shape[0]
+
+    even = [[(1, 16, 16)]] * ROWS  # 2048 patches, 256 per row
+    assert (patches(even, 1), patches(even, 4), patches(even, 8)) == (2048, 2048, 2048)
+    # One row holds every image: its shard takes a whole bucket (1024: no more per device than
+    # the unsharded batch's bucket); the others are padding.
+    uneven = [[(1, 16, 16)] * 3] + [[]] * (ROWS - 1)
+    assert (patches(uneven, 1), patches(uneven, 8)) == (1024, 8 * 1024)
+    with pytest.raises(ValueError, match="batch_size 8 does not split into 3 batch shards"):
+        _Collate(ROWS, (128,), (1024,), (16,), 0, batch_shards=3)
