@@ -78,6 +78,7 @@ class _Prepare:
 
 _BUCKET_HINTS = {"tokens": "length_buckets", "patches": "patch_buckets (or lower max_pixels / batch_size)",
                  "images": "image_buckets (or lower batch_size)"}
+_BUCKET_HINTS["patches of one batch shard"] = _BUCKET_HINTS["patches"]
 
 
 def _bucket(value: int, buckets: Sequence[int], what: str, keys) -> int:
@@ -112,7 +113,7 @@ class _Collate:
         # Per shard: each bucket / S, and (for a shard holding most of the images) each bucket
         # itself, never more patches per device than a whole batch's bucket.
         per_shard = sorted({-(-b // (4 * S)) * 4 for b in self.patch_buckets} | set(self.patch_buckets))
-        return S * _bucket(need, per_shard, "patches", keys)
+        return S * _bucket(need, per_shard, "patches" if S == 1 else "patches of one batch shard", keys)
 
     def __call__(self, samples: Sequence[dict]) -> dict:
         keys = [s["key"] for s in samples]

@@ -116,5 +116,7 @@ def test_patch_bucket_is_chosen_per_batch_shard():
     # the unsharded batch's bucket); the others are padding.
     uneven = [[(1, 16, 16)] * 3] + [[]] * (ROWS - 1)
     assert (patches(uneven, 1), patches(uneven, 8)) == (1024, 8 * 1024)
+    with pytest.raises(ValueError, match="batch needs 256 patches of one batch shard, more than the largest bucket 128"):
+        _Collate(ROWS, (128,), (128,), (16,), 0, batch_shards=8)(samples([[(1, 16, 16)]] + [[]] * (ROWS - 1)))
     with pytest.raises(ValueError, match="batch_size 8 does not split into 3 batch shards"):
         _Collate(ROWS, (128,), (1024,), (16,), 0, batch_shards=3)
