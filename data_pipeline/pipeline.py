@@ -78,6 +78,7 @@ class _Prepare:
 
 _BUCKET_HINTS = {"tokens": "length_buckets", "patches": "patch_buckets (or lower max_pixels / batch_size)",
                  "images": "image_buckets (or lower batch_size)"}
+_BUCKET_HINTS["patches of one batch shard"] = _BUCKET_HINTS["patches"]
 
 
 def _bucket(value: int, buckets: Sequence[int], what: str, keys) -> int:
@@ -89,17 +90,36 @@ def _bucket(value: int, buckets: Sequence[int], what: str, keys) -> int:
 
 
 class _Collate:
-    """Pads a list of samples to the bucket shapes (and to batch_size rows for a last partial batch)."""
+    """Pads a list of samples to the bucket shapes (and to batch_size rows for a last partial batch).
 
-    def __init__(self, batch_size, length_buckets, patch_buckets, image_buckets, pad_id):
-        self.batch_size, self.pad_id = batch_size, pad_id
+    batch_shards: the groups of rows the trainer splits a batch into over its devices (data x fsdp
+    of this process). The patch bucket is chosen per shard: P = batch_shards x P_s, with P_s the
+    smallest patch bucket / batch_shards (rounded up to a multiple of 4) that holds every shard's
+    patches, so that the trainer lays the patches out as [batch_shards, P_s] (each device encodes
+    its own rows' images). A shard may also take a whole bucket (uneven shards), so a batch that fits
+    the buckets unsharded fits them sharded. batch_shards = 1: the bucket of all the batch's patches."""
+
+    def __init__(self, batch_size, length_buckets, patch_buckets, image_buckets, pad_id, batch_shards=1):
+        if batch_size % batch_shards:
+            raise ValueError(f"batch_size {batch_size} does not split into {batch_shards} batch shards")
+        self.batch_size, self.pad_id, self.batch_shards = batch_size, pad_id, batch_shards
         self.length_buckets, self.patch_buckets, self.image_buckets = length_buckets, patch_buckets, image_buckets
+
+    def _patch_bucket(self, samples, keys) -> int:
+        S = self.batch_shards
+        per_row = [len(s["pixel_values"]) for s in samples]
+        per_row += [0] * (self.batch_size - len(per_row))
+        need = max(sum(per_row[i:i + self.batch_size // S]) for i in range(0, self.batch_size, self.batch_size // S))
+        # Per shard: each bucket / S, and (for a shard holding most of the images) each bucket
+        # itself, never more patches per device than a whole batch's bucket.
+        per_shard = sorted({-(-b // (4 * S)) * 4 for b in self.patch_buckets} | set(self.patch_buckets))
+        return S * _bucket(need, per_shard, "patches" if S == 1 else "patches of one batch shard", keys)
 
     def __call__(self, samples: Sequence[dict]) -> dict:
         keys = [s["key"] for s in samples]
         B = self.batch_size
         L = _bucket(max(len(s["input_ids"]) for s in samples), self.length_buckets, "tokens", keys)
-        P = _bucket(sum(len(s["pixel_values"]) for s in samples), self.patch_buckets, "patches", keys)
+        P = self._patch_bucket(samples, keys)
         M = _bucket(sum(len(s["image_grid_thw"]) for s in samples), self.image_buckets, "images", keys)
         input_ids = np.full((B, L), self.pad_id, np.int32)
         attention_mask = np.zeros((B, L), np.int32)
@@ -179,6 +199,7 @@ def make_dataset(
     records: Sequence = (),
     layout: str = "interleaved",
     stage: str | None = None,
+    batch_shards: int = 1,
 ) -> grain.IterDataset:
     """Host batches for training (with_answers=True: targets in the loss mask) or generation (prompts only).
 
@@ -196,6 +217,8 @@ def make_dataset(
     layout: prompt layout of benchmark/RL records, "interleaved" or "official" (docs/prompts.md);
     stage: which official prompt, "eval" | "sft" | "rl" (None: "sft" with answers, else "eval").
     SFT chat files keep the text they carry.
+    batch_shards: the row groups the trainer splits each batch into over this process's devices
+    (sharding.batch_shards); patch buckets are then chosen per group (see _Collate).
     """
     stage = stage or ("sft" if with_answers else "eval")
     check_layout(layout, stage, mode)
@@ -234,4 +257,5 @@ def make_dataset(
         _ensure_flags_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return it.batch(batch_size, drop_remainder=drop_remainder,
-                    batch_fn=_Collate(batch_size, length_buckets, patch_buckets, image_buckets, tokenizer.pad_id))
+                    batch_fn=_Collate(batch_size, length_buckets, patch_buckets, image_buckets, tokenizer.pad_id,
+                                      batch_shards))

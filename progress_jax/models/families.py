@@ -1,7 +1,7 @@
 """Model families by config.json's `model_type`: the one place a job learns which model code to use.
 
 A family is a module with the interface of progress_jax/models/qwen2_5_vl/family.py: MODEL_TYPE,
-PRESETS, load, init, BATCH_AXIS, PATCH_KEYS, stack_micro, offset_process_local, row_images,
+PRESETS, load, init, BATCH_AXIS, PATCH_KEYS, stack_micro, row_images,
 vision_token_ids, flops_per_token. A new family is one such module plus one `register` call (or one
 line in FAMILIES).
 """

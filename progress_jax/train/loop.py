@@ -111,25 +111,27 @@ TRAIN_AXIS = {"loss_mask": 1, "advantages": 1, "old_logp": 1, "ref_logp": 1}
 
 
 def batch_shardings(batch: dict, mesh, family):
-    """Token arrays split over the data axes on their batch axis. Patch arrays: replicated in a
-    single process (every device sees all images of the step); split by process otherwise."""
-    multi = jax.process_count() > 1
+    """Arrays split over the data axes on their batch axis: token arrays by rows, patch arrays
+    (family.PATCH_KEYS) by batch shard, each shard's images with its rows (family.stack_micro with
+    shards=sharding.batch_shards(mesh)), so each device runs the vision tower on its own images.
+    Patch arrays of a single shard in one process are replicated (every device encodes all images)."""
+    single = jax.process_count() == 1
     axis = {**TRAIN_AXIS, **family.BATCH_AXIS}
 
     def spec(path, x):
         name = sharding.path_str(path).split("/")[-1]
-        if name in family.PATCH_KEYS and not multi:
+        if name in family.PATCH_KEYS and single and x.shape[axis[name]] == 1:
             return NamedSharding(mesh, P())
         return sharding.batch_sharding(mesh, x.ndim, axis[name])
 
     return jax.tree_util.tree_map_with_path(spec, batch)
 
 
-def to_device(batch: dict, shardings, family):
-    """Host numpy tree -> global jax arrays. Multi-process: each process holds its slice."""
+def to_device(batch: dict, shardings, family=None):
+    """Host numpy tree -> global jax arrays. Multi-process: each process holds its slice (its rows
+    and their batch shards' patches; vision indices are per shard, so none needs an offset)."""
     if jax.process_count() == 1:
         return jax.device_put(batch, shardings)
-    batch = family.offset_process_local(batch, jax.process_index())
     return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), batch, shardings)
 
 

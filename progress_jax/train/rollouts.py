@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from progress_jax import sampling
+from progress_jax import sampling, sharding
 from progress_jax.train import loop
 
 
@@ -81,6 +81,6 @@ def micro_batches(rows: list[dict], advantages: np.ndarray, micro_batch_size: in
         chunk = rows[i:i + micro_batch_size]
         patches = bucket(sum(len(r["pixel_values"]) for r in chunk), d.patch_buckets)
         hosts.append(pack(chunk, pad_id, length, patches))
-    stacked = family.stack_micro(hosts, model_config)
+    stacked = family.stack_micro(hosts, model_config, sharding.batch_shards(mesh))
     stacked["advantages"] = advantages.reshape(len(hosts), micro_batch_size).astype(np.float32)
     return loop.to_device(stacked, loop.batch_shardings(stacked, mesh, family), family)

@@ -120,7 +120,8 @@ def run(config) -> dict:
     family = families.for_config(config)
     model = runtime.load_policy(config, mesh, t.init_params)
     tokenizer = runtime.load_tokenizer(config)
-    it = iter(_dataset(config, files, image_root, tokenizer))
+    shards = sharding.batch_shards(mesh)  # each device encodes its own rows' images
+    it = iter(_dataset(config, files, image_root, tokenizer, batch_shards=shards))
     tx = schedule.make_optimizer(t.lr, t.weight_decay, t.warmup_ratio, steps, t.clip_norm or None, schedule=t.schedule)
     setup = loop.setup_state(model, mesh, tx, rank=config.lora.rank, freeze_vision=config.model.freeze_vision,
                              seed=config.seed)
@@ -128,7 +129,7 @@ def run(config) -> dict:
 
     def next_batch():
         host = [next(it) for _ in range(accum)]
-        arrays = family.stack_micro(host, model.config)
+        arrays = family.stack_micro(host, model.config, shards)
         n_tok = int(sum(b["attention_mask"].sum() for b in host)) * jax.process_count()
         return loop.to_device(arrays, loop.batch_shardings(arrays, mesh, family), family), n_tok
 

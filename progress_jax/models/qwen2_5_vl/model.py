@@ -58,14 +58,30 @@ class Qwen25VL(nnx.Module):
     # ---- compiled path ---------------------------------------------------------------------
 
     def embed(self, input_ids, pixel_values=None, vision=None):
+        """Token embeddings with image features at the image-pad tokens. pixel_values [P, 1176]
+        with `vision` from positions.vision_inputs, or per batch shard [S, P_s, 1176] with `vision`
+        arrays stacked on a leading S axis (family.stack_micro): the rows split into S contiguous
+        groups, shard s holding the images of group s; the tower runs on each shard separately, so
+        with S split over the data axes each device encodes its own rows' images only."""
         x = self.embed_tokens[...][input_ids].astype(self.dtype)
         if pixel_values is None:
             return x
-        feats = self.visual(jnp.asarray(pixel_values), vision).astype(self.dtype)
-        is_img = input_ids == self.config.image_token_id
-        # Features fill the image-pad tokens in row-major (sample, position) order.
-        idx = (jnp.cumsum(is_img.reshape(-1)) - 1).reshape(is_img.shape)
-        return jnp.where(is_img[..., None], feats[jnp.clip(idx, 0, feats.shape[0] - 1)], x)
+        pixel_values = jnp.asarray(pixel_values)
+        if pixel_values.ndim == 3 and pixel_values.shape[0] == 1:  # one shard: the plain layout
+            pixel_values, vision = pixel_values[0], jax.tree.map(lambda v: v[0], vision)
+        if pixel_values.ndim == 2:
+            feats = self.visual(pixel_values, vision)[None]
+        else:
+            graphdef, state = nnx.split(self.visual)
+            tower = lambda st, pv, vis: nnx.merge(graphdef, st)(pv, vis)
+            feats = jax.vmap(tower, in_axes=(None, 0, 0))(state, pixel_values, vision)
+        feats = feats.astype(self.dtype)  # [S, U, D]
+        S, B, L = feats.shape[0], *input_ids.shape
+        is_img = (input_ids == self.config.image_token_id).reshape(S, -1)
+        # Features fill a shard's image-pad tokens in row-major (sample, position) order.
+        idx = jnp.clip(jnp.cumsum(is_img, axis=1) - 1, 0, feats.shape[1] - 1)
+        img = jnp.take_along_axis(feats, idx[..., None], axis=1).reshape(B, L, -1)
+        return jnp.where(is_img.reshape(B, L)[..., None], img, x)
 
     def decode(self, x, position_ids, kv_mask, cache=None, cache_index=0, dropout_rng=None, remat="none"):
         """Decoder over embeddings x [B, T, D]. kv_mask [B, S] marks real key slots (S = T without a
