@@ -200,11 +200,9 @@ def run(config) -> dict:
 
     from data_pipeline.pipeline import make_dataset
 
-    per_process = g.rollout_batch_size // jax.process_count()
-
     def prompts(**kw):
         return make_dataset(files, image_root, tokenizer, mode=d.mode, layout=d.prompt, stage="rl",
-                            with_answers=False, batch_size=per_process,
+                            with_answers=False, batch_size=g.rollout_batch_size,
                             length_buckets=d.length_buckets, patch_buckets=d.patch_buckets,
                             image_buckets=d.image_buckets, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
                             worker_count=d.worker_count, **kw)

@@ -111,26 +111,25 @@ TRAIN_AXIS = {"loss_mask": 1, "advantages": 1, "old_logp": 1, "ref_logp": 1}
 
 
 def batch_shardings(batch: dict, mesh, family):
-    """Token arrays split over the data axes on their batch axis. Patch arrays: replicated in a
-    single process (every device sees all images of the step); split by process otherwise."""
-    multi = jax.process_count() > 1
+    """Token arrays split over the data axes on their batch axis; patch arrays replicated (every
+    device sees all images of the step)."""
     axis = {**TRAIN_AXIS, **family.BATCH_AXIS}
 
     def spec(path, x):
         name = sharding.path_str(path).split("/")[-1]
-        if name in family.PATCH_KEYS and not multi:
+        if name in family.PATCH_KEYS:
             return NamedSharding(mesh, P())
         return sharding.batch_sharding(mesh, x.ndim, axis[name])
 
     return jax.tree_util.tree_map_with_path(spec, batch)
 
 
-def to_device(batch: dict, shardings, family):
-    """Host numpy tree -> global jax arrays. Multi-process: each process holds its slice."""
+def to_device(batch: dict, shardings, family=None):
+    """Host numpy tree of the global batch -> global jax arrays. Several processes: every process
+    holds the same global batch (docs/multihost.md) and places the slices its own devices hold."""
     if jax.process_count() == 1:
         return jax.device_put(batch, shardings)
-    batch = family.offset_process_local(batch, jax.process_index())
-    return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), batch, shardings)
+    return jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: x[idx]), batch, shardings)
 
 
 # ---- the loop ------------------------------------------------------------------------------
