@@ -195,6 +195,10 @@ def run(config) -> dict:
     n_samples = runtime.check_train_files(files, image_root)
     runtime.check_init_params(t.init_params, "train.init_params")
     mesh = runtime.make_mesh(config)
+    n_batch = math.prod(mesh.shape[a] for a in sharding.BATCH)
+    if t.micro_batch_size % n_batch:  # global rollout rows (docs/multihost.md)
+        raise ValueError(f"config key train.micro_batch_size: {t.micro_batch_size} rollout rows do not split "
+                         f"over the mesh's data x fsdp = {n_batch} devices")
     model = runtime.load_policy(config, mesh, t.init_params)
     tokenizer = runtime.load_tokenizer(config)
 
