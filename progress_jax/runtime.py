@@ -97,8 +97,22 @@ def sim_paths(cfg) -> dict:
     from data_pipeline import sim
 
     d = cfg.data
-    return sim.generate(d.sim_dir, size=d.sim_size, seed=cfg.seed, image_size=d.sim_image_size,
-                        reasoning=d.sim_reasoning)
+
+    def generate():
+        return sim.generate(d.sim_dir, size=d.sim_size, seed=cfg.seed, image_size=d.sim_image_size,
+                            reasoning=d.sim_reasoning)
+
+    if jax.process_count() == 1:
+        return generate()
+    # Several processes share the directory: process 0 writes it, the others then read the cached
+    # copy. The barrier is the coordination service's (a device collective's gloo set-up times out
+    # after 30 s, shorter than a generation); JAX has no public name for it.
+    from jax._src import distributed
+
+    if jax.process_index() == 0:
+        generate()
+    distributed.global_state.client.wait_at_barrier("progress_jax_sim_generated", 3_600_000)
+    return generate()
 
 
 def load_policy(cfg, mesh, init_dir: str = ""):
