@@ -41,9 +41,6 @@ def maybe_initialize_distributed() -> None:
     explicit = "JAX_COORDINATOR_ADDRESS" in env or "JAX_NUM_PROCESSES" in env or "JAX_PROCESS_ID" in env
     if not explicit and _cluster_processes(env) <= 1:
         return
-    # Cross-process collectives between CPU devices need a backend (only the CPU client reads this);
-    # it must be set before the backends start.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if explicit:
         missing = [k for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in env]
         if missing:
@@ -56,6 +53,10 @@ def maybe_initialize_distributed() -> None:
                              f"{env['JAX_NUM_PROCESSES']!r} and {env['JAX_PROCESS_ID']!r}") from None
         if not 0 <= i < n:
             raise ValueError(f"JAX_PROCESS_ID {i} is outside 0..{n - 1} (JAX_NUM_PROCESSES {n})")
+    # Cross-process collectives between CPU devices need a backend (only the CPU client reads this);
+    # it must be set before the backends start.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if explicit:
         jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], num_processes=n, process_id=i)
     else:
         jax.distributed.initialize()  # SLURM / Open MPI / TPU: JAX reads the cluster's variables

@@ -124,3 +124,33 @@ def test_two_processes_match_one(tmp_path):
 
     one, two = predictions(tmp_path / "eval1"), predictions(tmp_path / "eval2")
     assert len(one) == 8 and one == two
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}, "missing: JAX_COORDINATOR_ADDRESS"),
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"},
+     "JAX_PROCESS_ID 2 is outside 0..1"),
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"},
+     "must be integers"),
+])
+def test_incomplete_multi_process_variables_are_refused(monkeypatch, env, message):
+    from progress_jax import runtime
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValueError, match=message):
+        runtime.maybe_initialize_distributed()
+
+
+def test_one_process_starts_nothing(monkeypatch):
+    from progress_jax import runtime
+
+    for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri",
+              "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # a one-task SLURM job is one process
+    runtime.maybe_initialize_distributed()
+    import jax
+
+    assert not jax.distributed.is_initialized()
