@@ -1,8 +1,14 @@
 """Grain pipeline: record files -> shuffled, sharded, preprocessed, bucket-padded host batches.
 
 Order: source (JSONL records in memory, or ArrayRecord shards streamed) -> global shuffle
-(seed, reshuffled each epoch) -> repeat -> shard slice -> [worker processes: parse, image
-preprocessing, tokenization] -> batch and pad in the main process.
+(seed, reshuffled each epoch) -> repeat -> [worker processes: parse, image preprocessing,
+tokenization] -> batch and pad in the main process.
+
+Several processes (docs/multihost.md): batch_size is the global batch, and every process builds
+the same global batches (the same sequence for any process count, so a run's losses do not
+depend on it); bucket shapes are chosen from the whole global batch, so the processes agree on
+every shape with no exchange. Each process puts only its own devices' rows on the devices
+(progress_jax/train/loop.to_device). The cost: every process reads and preprocesses every row.
 
 A host batch holds int32 `input_ids`, `attention_mask`, `loss_mask` [B, L]; float32
 `pixel_values` [P, 1176] (images of all rows, row order then prompt order, zero rows up to
@@ -93,7 +99,7 @@ class _Collate:
     """Pads a list of samples to the bucket shapes (and to batch_size rows for a last partial batch).
 
     batch_shards: the groups of rows the trainer splits a batch into over its devices (data x fsdp
-    of this process). The patch bucket is chosen per shard: P = batch_shards x P_s, with P_s the
+    of the whole mesh: every process collates the whole global batch). The patch bucket is chosen per shard: P = batch_shards x P_s, with P_s the
     smallest patch bucket / batch_shards (rounded up to a multiple of 4) that holds every shard's
     patches, so that the trainer lays the patches out as [batch_shards, P_s] (each device encodes
     its own rows' images). A shard may also take a whole bucket (uneven shards), so a batch that fits
@@ -193,8 +199,6 @@ def make_dataset(
     drop_remainder: bool = True,
     worker_count: int = 0,
     read_threads: int = 4,
-    shard_index: int | None = None,
-    shard_count: int | None = None,
     strict: bool = False,
     records: Sequence = (),
     layout: str = "interleaved",
@@ -207,17 +211,18 @@ def make_dataset(
     the benchmark records (chat image paths are resolved against it too when given).
     Sequences longer than the largest length bucket are truncated per data_pipeline.prompts.
     worker_count: processes for parse/preprocess/tokenize (0: in this process); read_threads:
-    threads per process doing the same. num_epochs=None repeats forever. With drop_remainder=True
-    every shard gets the same number of batches (the few samples that do not divide evenly are
-    dropped and logged); with False the last batch is padded with empty rows (keys None). shard_index/count default to
-    jax.process_index()/process_count(). `iter(dataset)` gives an iterator with
-    get_state()/set_state() for checkpoints. records: already loaded Record/ChatRecord objects,
+    threads per process doing the same. num_epochs=None repeats forever. batch_size is the global
+    batch (the same batches in every process; see the module doc). With drop_remainder=True the
+    samples after the last full batch of a finite run are dropped and logged; with False the last
+    batch is padded with empty rows (keys None). `iter(dataset)` gives an iterator with
+    get_state()/set_state() for checkpoints, in global-batch terms (a run resumes on another
+    process count). records: already loaded Record/ChatRecord objects,
     used before the files' (their images are not checked here). strict=True also raises on the
     lines the official loaders skip (docs/formats.md).
     layout: prompt layout of benchmark/RL records, "interleaved" or "official" (docs/prompts.md);
     stage: which official prompt, "eval" | "sft" | "rl" (None: "sft" with answers, else "eval").
     SFT chat files keep the text they carry.
-    batch_shards: the row groups the trainer splits each batch into over this process's devices
+    batch_shards: the row groups the trainer splits each batch into over the mesh's devices
     (sharding.batch_shards); patch buckets are then chosen per group (see _Collate).
     """
     stage = stage or ("sft" if with_answers else "eval")
@@ -227,11 +232,6 @@ def make_dataset(
     image_buckets = _check_buckets("image_buckets", image_buckets)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if shard_index is None or shard_count is None:
-        import jax  # only for the process layout
-        shard_index, shard_count = jax.process_index(), jax.process_count()
-    if not 0 <= shard_index < shard_count:
-        raise ValueError(f"shard_index {shard_index} is outside 0..{shard_count - 1}")
 
     ds = _source(files, image_root, strict, records)
     if shuffle:
@@ -239,15 +239,13 @@ def make_dataset(
     if num_epochs != 1:
         ds = ds.repeat(num_epochs)  # None: forever
     if drop_remainder and num_epochs is not None:
-        per_step = shard_count * batch_size
-        usable = len(ds) - len(ds) % per_step
+        usable = len(ds) - len(ds) % batch_size
         if usable == 0:
-            raise ValueError(f"{len(ds)} samples are fewer than one global batch ({shard_count} x {batch_size})")
+            raise ValueError(f"{len(ds)} samples are fewer than one batch of {batch_size}")
         if usable < len(ds):
-            logger.warning("dropping the last %d of %d samples so every shard gets full batches",
-                           len(ds) - usable, len(ds))
+            logger.warning("dropping the last %d of %d samples (not a full batch of %d)",
+                           len(ds) - usable, len(ds), batch_size)
             ds = ds[:usable]
-    ds = ds[shard_index::shard_count]
     ds = ds.map(_Prepare(tokenizer, image_root, mode, with_answers, min_pixels, max_pixels, length_buckets[-1],
                          layout, stage))
     # Threads overlap image decoding (PIL and NumPy release the GIL); a small read-ahead bounds memory,

@@ -77,8 +77,8 @@ def run(config) -> dict:
                 print("\nProgressBench-Sim test split, SFT warm start vs after GRPO:\n" + md, flush=True)
     history = metrics_writer.read_metrics(config.workdir) if main else {}
     if history:
-        per_process = config.grpo.rollout_batch_size // jax.process_count()
-        print(reward_report(history, config.grpo.probe_batches * per_process, config.grpo.n), flush=True)
+        probe_prompts = config.grpo.probe_batches * config.grpo.rollout_batch_size  # global batches
+        print(reward_report(history, probe_prompts, config.grpo.n), flush=True)
     return {"history": history, "metrics": results, "final_dir": out["final_dir"], "stopped": False}
 
 

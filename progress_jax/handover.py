@@ -25,6 +25,10 @@ def save_trainable(directory: str, params: dict, meta: dict) -> str:
     """`<directory>/trainable.safetensors`: one tensor per trained parameter, named by its
     '/'-joined path (LoRA factors, or all trained weights when lora.rank = 0), plus
     `trainable.json` (the lora config and the base model). Written on process 0, atomically."""
+    if jax.process_count() > 1:  # every process joins the gather of the arrays spread over them
+        from jax.experimental import multihost_utils
+
+        params = multihost_utils.process_allgather(params, tiled=True)
     if jax.process_index() != 0:
         return directory
     os.makedirs(directory, exist_ok=True)

@@ -36,12 +36,10 @@ assert set(JOBS) == set(validate.JOBS)
 
 
 def run(config) -> dict | None:
-    import jax
-
     from progress_jax import runtime
 
     runtime.maybe_initialize_distributed()  # before anything asks JAX for its process count
-    validate.validate(config, processes=jax.process_count())
+    validate.validate(config)
     return importlib.import_module(JOBS[config.job]).run(config)
 
 

@@ -82,11 +82,9 @@ def param_shardings(abstract_tree, mesh: Mesh):
 
 
 def batch_shards(mesh: Mesh) -> int:
-    """Batch shards (data x fsdp) held by this process: the row groups a host batch splits into."""
-    total = int(np.prod([mesh.shape[a] for a in BATCH]))
-    if total % jax.process_count():
-        raise ValueError(f"mesh: data x fsdp = {total} does not split over {jax.process_count()} processes")
-    return total // jax.process_count()
+    """Batch shards (data x fsdp of the whole mesh): the row groups a global batch splits into.
+    Every process holds the whole global host batch (docs/multihost.md)."""
+    return int(np.prod([mesh.shape[a] for a in BATCH]))
 
 
 def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int = 0) -> NamedSharding:

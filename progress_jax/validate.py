@@ -173,9 +173,8 @@ def _fail(key, problem, value):
     raise ConfigError(f"config key {key} {problem}, got {value!r}")
 
 
-def validate(config, prefix: str = "", processes: int = 1, runnable: bool = True) -> None:
-    """Check every key of `config` (a job config, references resolved or not); `processes`: the
-    number of JAX processes the job runs on (batch divisibility). runnable=False (--print_config)
+def validate(config, prefix: str = "", runnable: bool = True) -> None:
+    """Check every key of `config` (a job config, references resolved or not). runnable=False (--print_config)
     leaves out what only a run needs (a model.path for the paper recipes)."""
     values = {}
     for key, value in _flat(config):
@@ -201,11 +200,10 @@ def validate(config, prefix: str = "", processes: int = 1, runnable: bool = True
         _fail(prefix + "model.freeze_vision", "must be True with LoRA (lora.rank > 0 trains the LoRA factors only)",
               False)
     job = get("job")
-    if job == "sft":
-        per_step = get("train.micro_batch_size") * processes
-        if get("train.batch_size") % per_step:
-            _fail(prefix + "train.batch_size", f"must be a multiple of train.micro_batch_size x processes "
-                  f"({get('train.micro_batch_size')} x {processes})", get("train.batch_size"))
+    # Every batch size is global, the same for any number of processes (docs/multihost.md).
+    if job == "sft" and get("train.batch_size") % get("train.micro_batch_size"):
+        _fail(prefix + "train.batch_size", f"must be a multiple of train.micro_batch_size "
+              f"({get('train.micro_batch_size')})", get("train.batch_size"))
     if job in ("grpo", "demo"):
         from progress_jax.train import registry
 
@@ -220,9 +218,7 @@ def validate(config, prefix: str = "", processes: int = 1, runnable: bool = True
         if (batch * n) % get("train.micro_batch_size"):
             _fail(prefix + "train.micro_batch_size", f"must divide train.batch_size x grpo.n ({batch} x {n}, "
                   "the rollout rows per update)", get("train.micro_batch_size"))
-        if rollout % processes:
-            _fail(prefix + "grpo.rollout_batch_size", f"must be a multiple of the {processes} processes", rollout)
         if get("sampling.temperature") <= 0:
             _fail(prefix + "sampling.temperature", "must be > 0 for GRPO rollouts", get("sampling.temperature"))
     if job == "demo":
-        validate(config.demo.sft, prefix + "demo.sft.", processes, runnable)
+        validate(config.demo.sft, prefix + "demo.sft.", runnable)

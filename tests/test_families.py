@@ -21,7 +21,7 @@ def text_only_family(loaded):
     return types.SimpleNamespace(
         MODEL_TYPE="toy_text", PRESETS=(), BATCH_AXIS={"input_ids": 1, "attention_mask": 1, "position_ids": 1},
         PATCH_KEYS=(), load=lambda path, dtype, compute_dtype, mesh=None: loaded.setdefault("model", ("toy", path)),
-        init=None, offset_process_local=lambda batch, process_index: batch)
+        init=None)
 
 
 def test_model_type_picks_the_family(tmp_path, monkeypatch):

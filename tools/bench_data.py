@@ -58,7 +58,7 @@ def measure(files, image_root, workers: int, batches: int, batch_size: int, max_
     ds = make_dataset(files, image_root, load_tokenizer(None), mode="think", batch_size=batch_size,
                       length_buckets=(2048, 4096, 8192), patch_buckets=(16384, 32768, 65536, 131072),
                       image_buckets=(64, 128, 256), max_pixels=max_pixels, num_epochs=None,
-                      worker_count=workers, shard_index=0, shard_count=1)
+                      worker_count=workers)
     start = time.perf_counter()
     it = iter(ds)
     next(it)

@@ -88,8 +88,7 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
                 batch_size=config.sampling.batch_size, length_buckets=config.data.length_buckets,
                 patch_buckets=config.data.patch_buckets, image_buckets=config.data.image_buckets,
                 min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels, shuffle=False,
-                num_epochs=1, drop_remainder=False, worker_count=config.data.worker_count,
-                shard_index=0, shard_count=1)
+                num_epochs=1, drop_remainder=False, worker_count=config.data.worker_count)
             for batch in batches:
                 gen = sampling.generate(model, batch, params, jax.random.fold_in(key, step), tokenizer=tokenizer,
                                         mesh=mesh)

@@ -195,16 +195,18 @@ def run(config) -> dict:
     n_samples = runtime.check_train_files(files, image_root)
     runtime.check_init_params(t.init_params, "train.init_params")
     mesh = runtime.make_mesh(config)
+    n_batch = math.prod(mesh.shape[a] for a in sharding.BATCH)
+    if t.micro_batch_size % n_batch:  # global rollout rows (docs/multihost.md)
+        raise ValueError(f"config key train.micro_batch_size: {t.micro_batch_size} rollout rows do not split "
+                         f"over the mesh's data x fsdp = {n_batch} devices")
     model = runtime.load_policy(config, mesh, t.init_params)
     tokenizer = runtime.load_tokenizer(config)
 
     from data_pipeline.pipeline import make_dataset
 
-    per_process = g.rollout_batch_size // jax.process_count()
-
     def prompts(**kw):
         return make_dataset(files, image_root, tokenizer, mode=d.mode, layout=d.prompt, stage="rl",
-                            with_answers=False, batch_size=per_process,
+                            with_answers=False, batch_size=g.rollout_batch_size,
                             length_buckets=d.length_buckets, patch_buckets=d.patch_buckets,
                             image_buckets=d.image_buckets, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
                             worker_count=d.worker_count, **kw)

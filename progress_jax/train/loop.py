@@ -114,13 +114,12 @@ def batch_shardings(batch: dict, mesh, family):
     """Arrays split over the data axes on their batch axis: token arrays by rows, patch arrays
     (family.PATCH_KEYS) by batch shard, each shard's images with its rows (family.stack_micro with
     shards=sharding.batch_shards(mesh)), so each device runs the vision tower on its own images.
-    Patch arrays of a single shard in one process are replicated (every device encodes all images)."""
-    single = jax.process_count() == 1
+    Patch arrays of a single shard are replicated (every device encodes all images)."""
     axis = {**TRAIN_AXIS, **family.BATCH_AXIS}
 
     def spec(path, x):
         name = sharding.path_str(path).split("/")[-1]
-        if name in family.PATCH_KEYS and single and x.shape[axis[name]] == 1:
+        if name in family.PATCH_KEYS and x.shape[axis[name]] == 1:
             return NamedSharding(mesh, P())
         return sharding.batch_sharding(mesh, x.ndim, axis[name])
 
@@ -128,11 +127,11 @@ def batch_shardings(batch: dict, mesh, family):
 
 
 def to_device(batch: dict, shardings, family=None):
-    """Host numpy tree -> global jax arrays. Multi-process: each process holds its slice (its rows
-    and their batch shards' patches; vision indices are per shard, so none needs an offset)."""
+    """Host numpy tree of the global batch -> global jax arrays. Several processes: every process
+    holds the same global batch (docs/multihost.md) and places the slices its own devices hold."""
     if jax.process_count() == 1:
         return jax.device_put(batch, shardings)
-    return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), batch, shardings)
+    return jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: x[idx]), batch, shardings)
 
 
 # ---- the loop ------------------------------------------------------------------------------

@@ -111,10 +111,10 @@ def run(config) -> dict:
     runtime.check_init_params(t.init_params, "train.init_params")
     mesh = runtime.make_mesh(config)
     n_batch = math.prod(mesh.shape[a] for a in sharding.BATCH)
-    if (t.micro_batch_size * jax.process_count()) % n_batch:
-        raise ValueError(f"config key train.micro_batch_size: {t.micro_batch_size} rows per process do not split "
+    if t.micro_batch_size % n_batch:  # global rows (docs/multihost.md)
+        raise ValueError(f"config key train.micro_batch_size: {t.micro_batch_size} rows do not split "
                          f"over the mesh's data x fsdp = {n_batch} devices")
-    accum = t.batch_size // (t.micro_batch_size * jax.process_count())
+    accum = t.batch_size // t.micro_batch_size
     steps = t.steps or max(1, math.floor(t.epochs * n_samples / t.batch_size))
 
     family = families.for_config(config)
@@ -130,7 +130,7 @@ def run(config) -> dict:
     def next_batch():
         host = [next(it) for _ in range(accum)]
         arrays = family.stack_micro(host, model.config, shards)
-        n_tok = int(sum(b["attention_mask"].sum() for b in host)) * jax.process_count()
+        n_tok = int(sum(b["attention_mask"].sum() for b in host))
         return loop.to_device(arrays, loop.batch_shardings(arrays, mesh, family), family), n_tok
 
     step_fn = make_step(parts, tx, mesh, config.model.remat, t.loss_chunk, dropout=config.lora.dropout > 0)

@@ -41,7 +41,7 @@ def stack_micro(host_batches: list[dict], config, shards: int = 1) -> dict:
     """Pipeline host batches -> model inputs stacked on a leading micro-batch axis, padded to the
     largest length and patch count among them (padding changes no loss term); loss_mask kept.
 
-    shards: the batch shards of this process (sharding.batch_shards). Rows split into `shards`
+    shards: the batch shards of the mesh (sharding.batch_shards). Rows split into `shards`
     contiguous groups (as the batch axis splits over the data axes); the patches become
     [shards, P_s, 1176], shard s holding the patches of its rows' images, zero-padded, with its own
     vision indices, so that each device runs the vision tower on its own rows' images only.

@@ -1,0 +1,156 @@
+"""Many processes, the same result (docs/multihost.md): SFT, GRPO and evaluation started the
+README's way as 2 processes x 4 CPU devices on localhost (JAX_COORDINATOR_ADDRESS /
+JAX_NUM_PROCESSES / JAX_PROCESS_ID, gloo collectives) log the same per-step losses (and GRPO
+rewards) as 1 process x 8 devices, and write the same predictions; a run checkpointed by one
+processes resumes on one. The only test of this path: every job runs as real subprocesses."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.killable import ENV, ROOT, metrics, write_records
+
+TOL = 1e-5
+STEPS = 2
+COMMON = ["--config.lora.rank=8", "--config.data.length_buckets=(256,)", "--config.data.patch_buckets=(512,)",
+          "--config.data.image_buckets=(32,)", "--config.data.max_pixels=3136", "--config.data.min_pixels=3136"]
+
+
+def toy_rewards(texts, records):
+    """A reward that differs within a group on a random tiny model, so the update is not zero."""
+    return [{"overall": sum(map(ord, t)) % 97 / 97.0} for t in texts]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args, processes: int):
+    """`python -m progress_jax.main ARGS` as `processes` processes with 8 / processes CPU devices
+    each; fails with the stderr of any process that does not exit 0."""
+    command = [sys.executable, "-m", "progress_jax.main", *args]
+    env = {**ENV, "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}"}
+    if processes > 1:
+        env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}", JAX_NUM_PROCESSES=str(processes))
+    procs = [subprocess.Popen(command, cwd=ROOT, env={**env, "JAX_PROCESS_ID": str(i)} if processes > 1 else env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for i in range(processes)]
+    errors = []
+    for i, p in enumerate(procs):
+        try:
+            _, err = p.communicate(timeout=400)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        if p.returncode:
+            errors.append(f"process {i} exit {p.returncode}:\n{err[-3000:]}")
+    assert not errors, "\n".join(errors)
+
+
+def assert_same(got: dict, want: dict, keys, steps):
+    for s in steps:
+        for k in keys:
+            assert got[s][k] == pytest.approx(want[s][k], abs=TOL), (s, k, got[s][k], want[s][k])
+
+
+def sft_args(d, workdir):
+    return ["--config", os.path.join(ROOT, "configs/sft.py"), f"--config.workdir={workdir}",
+            f"--config.data.train_files=('{d / 'sft.jsonl'}',)", f"--config.data.image_root={d / 'images'}",
+            f"--config.train.steps={STEPS}", "--config.train.save_every=1", "--config.train.batch_size=8",
+            "--config.train.micro_batch_size=8", "--config.train.demo_samples=0", *COMMON]
+
+
+def grpo_args(d, workdir):
+    return ["--config", os.path.join(ROOT, "configs/grpo.py"), f"--config.workdir={workdir}",
+            f"--config.data.train_files=('{d / 'rl.jsonl'}',)", f"--config.data.image_root={d / 'images'}",
+            "--config.train.steps=2", "--config.grpo.rollout_batch_size=4", "--config.train.batch_size=4",
+            "--config.grpo.n=2", "--config.train.micro_batch_size=8", "--config.train.lr=1e-2",
+            "--config.sampling.max_new_tokens=8", "--config.grpo.reward=tests.test_multihost:toy_rewards",
+            "--config.grpo.probe_every=0", "--config.demo.warm_start=False", "--config.demo.evaluate=False", *COMMON]
+
+
+def eval_args(d, out_dir, trained):
+    return ["--config", os.path.join(ROOT, "configs/eval.py"), f"--config.eval.out_dir={out_dir}",
+            f"--config.eval.bench_files=('{d / 'rl.jsonl'}',)", f"--config.data.image_root={d / 'images'}",
+            f"--config.eval.trained={trained}", "--config.sampling.batch_size=8",
+            "--config.sampling.max_new_tokens=8", *COMMON]
+
+
+def test_two_processes_match_one(tmp_path):
+    sft_dir, rl_dir = tmp_path / "sft", tmp_path / "rl"
+    sft_dir.mkdir()
+    rl_dir.mkdir()
+    write_records(sft_dir, n=12)  # 8 a step (the last 4 wait for the next epoch)
+    write_records(rl_dir, n=8, answers=False)
+
+    # SFT: 1 x 8 devices, then 2 x 4 devices: the same losses step by step.
+    launch(sft_args(sft_dir, tmp_path / "sft1"), 1)
+    one = metrics(tmp_path / "sft1")
+    assert sorted(one) == list(range(1, STEPS + 1))
+    launch(sft_args(sft_dir, tmp_path / "sft2"), 2)
+    assert_same(metrics(tmp_path / "sft2"), one, ("loss", "grad_norm"), range(1, STEPS + 1))
+
+    # The 2-process run's step-1 checkpoint resumed by 1 process gives step 2 again (the data
+    # iterator's state counts global batches); its programs come from the compilation cache.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "sft2" / "checkpoints" / "1", resumed / "checkpoints" / "1")
+    launch(sft_args(sft_dir, resumed), 1)
+    got = metrics(resumed)
+    assert sorted(got) == [2]
+    assert_same(got, one, ("loss", "grad_norm"), (2,))
+
+    # GRPO: the same rewards and losses.
+    launch(grpo_args(rl_dir, tmp_path / "grpo1"), 1)
+    launch(grpo_args(rl_dir, tmp_path / "grpo2"), 2)
+    one, two = metrics(tmp_path / "grpo1"), metrics(tmp_path / "grpo2")
+    assert sorted(one) == sorted(two) == [1, 2]
+    assert_same(two, one, ("reward/overall", "loss", "grad_norm", "kl"), (1, 2))
+
+    # Evaluation of the SFT run: the same predictions, written once.
+    launch(eval_args(rl_dir, tmp_path / "eval1", tmp_path / "sft1" / "final"), 1)
+    launch(eval_args(rl_dir, tmp_path / "eval2", tmp_path / "sft1" / "final"), 2)
+
+    def predictions(d):
+        lines = (d / "predictions.jsonl").read_text().splitlines()
+        return sorted(lines, key=lambda line: json.loads(line)["id"] if "id" in json.loads(line) else line)
+
+    one, two = predictions(tmp_path / "eval1"), predictions(tmp_path / "eval2")
+    assert len(one) == 8 and one == two
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}, "missing: JAX_COORDINATOR_ADDRESS"),
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"},
+     "JAX_PROCESS_ID 2 is outside 0..1"),
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"},
+     "must be integers"),
+])
+def test_incomplete_multi_process_variables_are_refused(monkeypatch, env, message):
+    from progress_jax import runtime
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValueError, match=message):
+        runtime.maybe_initialize_distributed()
+
+
+def test_one_process_starts_nothing(monkeypatch):
+    from progress_jax import runtime
+
+    for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri",
+              "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # a one-task SLURM job is one process
+    runtime.maybe_initialize_distributed()
+    import jax
+
+    assert not jax.distributed.is_initialized()
