@@ -42,7 +42,7 @@ def run(config) -> dict:
         if d.evaluate:
             sim = runtime.sim_paths(config)
             bench = ([sim[n] for n in BENCH], sim["bench_images"])
-            runner.check_bench(bench[0], key="data.sim_dir")
+            runner.check_bench(bench[0])
 
         init = config.train.init_params
         if d.warm_start and not init:

@@ -71,7 +71,7 @@ def test_eval_refuses_an_empty_benchmark_file_before_loading_the_model(tmp_path,
     c = eval_config.get_config()
     c.data.bench_dir = str(bench)
     c.workdir = str(tmp_path / "run")
-    with pytest.raises(ValueError, match="visual_same_view.jsonl holds no benchmark records"):
+    with pytest.raises(ValueError, match="visual_same_view.jsonl: no benchmark samples in this file"):
         main.run(c)
     assert not (tmp_path / "run").exists()
 
