@@ -109,13 +109,22 @@ def host_batch(arch, rows: int, length: int, patches: int, prompt_length: int | 
         grid[:] = 0
     return {"input_ids": ids, "attention_mask": np.ones((rows, length), np.int32),
             "loss_mask": np.ones((rows, length), np.int32),
-            "pixel_values": np.zeros((patches, v.patch_dim), np.float32), "image_grid_thw": grid}
+            # one column: the patch rows are all that the index arrays need (see _wide)
+            "pixel_values": np.zeros((patches, 1), np.float32), "image_grid_thw": grid}
+
+
+def _wide(arrays: dict, arch) -> dict:
+    """pixel_values at their real width, as a broadcast view (no host memory for the patches)."""
+    if "pixel_values" not in arrays:  # no image fits the prompt length
+        return arrays
+    pv = arrays["pixel_values"]
+    return {**arrays, "pixel_values": np.broadcast_to(np.zeros((), pv.dtype), pv.shape[:-1] + (arch.vision.patch_dim,))}
 
 
 def _train_batch(cfg, arch, family, mesh, rows: int, length: int, patches: int, k: int, prompt_length=None,
                  extra: dict | None = None):
     """(abstract stacked micro-batches [k, rows, ...] with their shardings, their shardings)."""
-    stacked = family.stack_micro([host_batch(arch, rows, length, patches, prompt_length)], arch)
+    stacked = _wide(family.stack_micro([host_batch(arch, rows, length, patches, prompt_length)], arch), arch)
     stacked.update(extra or {})
     sh = loop.batch_shardings(stacked, mesh, family)
     return _abstract(stacked, sh, lead=k), sh
@@ -186,7 +195,7 @@ def sft_programs(cfg, arch, model, mesh, family) -> list[dict]:
 def _prompt_inputs(cfg, arch, mesh, rows: int, patches: int):
     """Abstract inputs of one generation call (sampling.prepare of a synthetic prompt batch)."""
     host = host_batch(arch, rows, cfg.data.length_buckets[-1], patches)
-    inputs = sampling.prepare(host, arch, arch.pad_token_id, _data_shards(mesh))
+    inputs = _wide(sampling.prepare(host, arch, arch.pad_token_id, _data_shards(mesh)), arch)
     inputs.pop("num_rows")
     axis = {"input_ids": 0, "attention_mask": 0, "position_ids": 1, "rope_deltas": 0, "rows": 0}
     sh = jax.tree_util.tree_map_with_path(

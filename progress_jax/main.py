@@ -141,7 +141,7 @@ def dry(config, as_json: bool = False) -> list[dict]:
 
     try:
         programs = dry_run.dry_run(config)
-    except validate.ConfigError as e:
+    except (ValueError, FileNotFoundError) as e:  # a config key, the mesh, model.path's config.json
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     limit = config.train.device_memory_gb

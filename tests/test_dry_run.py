@@ -104,7 +104,7 @@ def test_cli_dry_run_json(tmp_path):
 
     model = only_config_json(tmp_path)
     cmd = [sys.executable, "-m", "progress_jax.main", "--config", "configs/eval.py", "--dry_run", "--json",
-           f"--config.model.path={model}", "--config.model.preset=", "--config.data.length_buckets=(256,)",
+           f"--config.model.path={model}", "--config.model.preset=", "--config.data.length_buckets=(512,)",
            "--config.data.patch_buckets=(1024,)", "--config.sampling.max_new_tokens=8",
            "--config.mesh.fsdp=2", "--config.mesh.data=1", f"--config.data.bench_dir={tmp_path / 'none'}"]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
