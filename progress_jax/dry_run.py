@@ -221,10 +221,11 @@ def rollout_program(cfg, arch, model, mesh, rows: int, patches: int) -> dict:
                           static={"max_new_tokens": int(cfg.sampling.max_new_tokens), "mesh": mesh})
     out["rows"] = padded
     # The KV cache and activations grow with the rows, the weights do not: the largest call that fits.
-    per_row = max(1, (out["peak_bytes_per_device"] - out["bytes_per_device"]["params"]) / padded)
-    room = cfg.train.device_memory_gb * GIB - out["bytes_per_device"]["params"]
+    # Each device holds padded / shards rows.
     shards = _data_shards(mesh)
-    out["max_batch_size"] = max(0, int(room // per_row) // shards * shards)
+    per_row = max(1, (out["peak_bytes_per_device"] - out["bytes_per_device"]["params"]) * shards / padded)
+    room = cfg.train.device_memory_gb * GIB - out["bytes_per_device"]["params"]
+    out["max_batch_size"] = max(0, int(room // per_row) * shards)
     return out
 
 
