@@ -13,8 +13,9 @@ KV cache, one generation call of sampling.batch_size rows), `logprobs` (the old/
 log-probs of one update's rows), `train_step` (one update); eval -> `rollout`.
 
 The shapes: the largest length bucket; images of 448x448 pixels (1024 patches, 256 tokens) filling
-the largest patch bucket as far as the rows' prompt length holds them. XLA counts the decode loop
-(a while loop) once in `flops_per_device`.
+the largest patch bucket as far as the rows' prompt length holds them. XLA's cost analysis counts a
+loop body once: the micro-batch loop's FLOPs are multiplied by its trips; the rollout's are those of
+the prefill plus one decode step.
 """
 from __future__ import annotations
 
@@ -133,7 +134,9 @@ def _train_batch(cfg, arch, family, mesh, rows: int, length: int, patches: int, 
 # ---- one compiled program ------------------------------------------------------------------------
 
 def compile_program(name: str, jitted, args, devices: int, limit_gb: float, static: dict | None = None,
-                    params_bytes: int = 0, opt_bytes: int = 0) -> dict:
+                    params_bytes: int = 0, opt_bytes: int = 0, micro_batches: int = 1) -> dict:
+    """micro_batches: trips of the program's micro-batch loop; XLA's cost analysis counts a loop
+    body once, so its FLOPs are multiplied by them."""
     t0 = time.perf_counter()
     compiled = jitted.lower(*args, **(static or {})).compile()
     seconds = time.perf_counter() - t0
@@ -144,7 +147,8 @@ def compile_program(name: str, jitted, args, devices: int, limit_gb: float, stat
          "output": int(mem.output_size_in_bytes), "alias": int(mem.alias_size_in_bytes),
          "params": params_bytes, "optimizer": opt_bytes}
     peak = b["arguments"] + b["temp"] + b["output"] - b["alias"]
-    return {"name": name, "devices": devices, "flops_per_device": float((cost or {}).get("flops", 0.0)),
+    flops = float((cost or {}).get("flops", 0.0)) * micro_batches
+    return {"name": name, "devices": devices, "flops_per_device": flops, "micro_batches": micro_batches,
             "bytes_per_device": b, "peak_bytes_per_device": peak, "compile_s": round(seconds, 2),
             "fits": peak <= limit_gb * GIB}
 
@@ -189,7 +193,7 @@ def sft_programs(cfg, arch, model, mesh, family) -> list[dict]:
     jitted = loop.jit_step(step, mesh, state_sh, frozen_sh, batch_sh)
     p, o = _sizes(state, frozen)
     return [compile_program("train_step", jitted, (state, frozen, batch), mesh.size, t.device_memory_gb,
-                            params_bytes=p, opt_bytes=o)]
+                            params_bytes=p, opt_bytes=o, micro_batches=k)]
 
 
 def _prompt_inputs(cfg, arch, mesh, rows: int, patches: int):
@@ -256,13 +260,13 @@ def grpo_programs(cfg, arch, model, mesh, family) -> list[dict]:
     logp_fn = jax.jit(grpo.make_logp_fn(parts, s.temperature, mesh, cfg.model.remat),
                       in_shardings=(state_sh["params"], frozen_sh, batch_sh))
     out.append(compile_program("logprobs", logp_fn, (state["params"], frozen, batch), mesh.size,
-                               t.device_memory_gb, params_bytes=p))
+                               t.device_memory_gb, params_bytes=p, micro_batches=k))
     extra.update(old_logp=logp, ref_logp=logp)
     batch, batch_sh = _train_batch(cfg, arch, family, mesh, rows, length, patches, k, d.length_buckets[-1], extra)
     update = grpo.make_update(parts, tx, g, s.temperature, mesh, cfg.model.remat)
     jitted = loop.jit_step(update, mesh, state_sh, frozen_sh, batch_sh)
     out.append(compile_program("train_step", jitted, (state, frozen, batch), mesh.size, t.device_memory_gb,
-                               params_bytes=p, opt_bytes=o))
+                               params_bytes=p, opt_bytes=o, micro_batches=k))
     return out
 
 

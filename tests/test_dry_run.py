@@ -55,8 +55,9 @@ def check_sizes(p: dict) -> None:
 
 
 def test_sft_train_step(tmp_path, capsys):
-    config = configured(sft_config.get_config, tmp_path)
+    config = configured(sft_config.get_config, tmp_path, train__batch_size=16)  # two micro-batches of 8
     (p,) = report(config, capsys)
+    assert p["micro_batches"] == 2
     assert p["name"] == "train_step"
     check_sizes(p)
     # Full-parameter training of the language model: two float32 Adam moments of the trained
