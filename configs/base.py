@@ -70,6 +70,10 @@ def base() -> ml_collections.ConfigDict:
     c.sampling.max_new_tokens = 4096
     c.sampling.batch_size = 8
 
+    c.train = ml_collections.ConfigDict()
+    # --dry_run: the memory of one device (GiB) that each compiled program must fit in.
+    c.train.device_memory_gb = 80.0
+
     c.logging = ml_collections.ConfigDict()
     c.logging.wandb_project = ""  # Weights & Biases project; "" = off (metrics.jsonl + TensorBoard always)
     return c

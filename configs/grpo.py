@@ -46,7 +46,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     g.probe_every = 0  # steps between probe rewards; 0: off
     g.probe_batches = 2  # the probe's fixed prompts: this many rollout batches
 
-    t = c.train = ml_collections.ConfigDict()
+    t = c.train  # base() holds train.device_memory_gb
     t.lr = 1e-6
     t.schedule = "constant"  # cosine | constant (after the linear warmup)
     t.batch_size = 64  # prompts per optimizer update (global)

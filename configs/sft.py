@@ -28,7 +28,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.workdir = "runs/sft"
     c.data.train_files = ()  # empty: ProgressBench-Sim's train/sft.jsonl
 
-    t = c.train = ml_collections.ConfigDict()
+    t = c.train  # base() holds train.device_memory_gb
     t.lr = 2e-3
     t.schedule = "cosine"  # cosine | constant (after the linear warmup)
     t.batch_size = 8  # effective (global) batch per optimizer step

@@ -3,6 +3,8 @@
 The config file's `get_config(variant)` returns an ml_collections ConfigDict whose `job` field names
 the job (sft, grpo, eval, demo); the variant after ':' is `demo` (the default) or `paper`.
 `--print_config` prints the checked config as JSON and exits, loading no model and no data.
+`--dry_run [--json]` compiles the job's programs for the configured mesh on an abstract model (no
+weights, no data) and prints their memory, FLOPs and compile time per device (progress_jax/dry_run.py).
 A mistake in the command line (an unknown key, a value of the wrong type) is one line on stderr
 naming the full key, exit status 2.
 """
@@ -25,6 +27,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     "see the resolved values with --print_config.", lock_config=True)
 _PRINT = flags.DEFINE_bool("print_config", False, "Print the resolved, checked config as JSON on stdout and exit "
                            "(no model or data is loaded).")
+
+_DRY = flags.DEFINE_bool("dry_run", False, "Compile the job's programs for the configured mesh and the largest "
+                         "bucket shapes on an abstract model (no weights, no data) and print, per device, their "
+                         "memory, FLOPs, compile time and whether they fit train.device_memory_gb; then exit.")
+_JSON = flags.DEFINE_bool("json", False, "With --dry_run: print the report as JSON ({\"programs\": [...]}).")
 
 JOBS = {
     "sft": "progress_jax.train.sft",
@@ -120,7 +127,24 @@ def _main(argv) -> None:
         print(json.dumps(resolved(config), indent=2))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if _DRY.value:
+        dry(config, _JSON.value)
+        return
     run(config)
+
+
+def dry(config, as_json: bool = False) -> list[dict]:
+    """--dry_run: print the compiled programs' report (a table, or JSON) on stdout."""
+    from progress_jax import dry_run
+
+    try:
+        programs = dry_run.dry_run(config)
+    except (ValueError, FileNotFoundError) as e:  # a config key, the mesh, model.path's config.json
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    limit = config.train.device_memory_gb
+    print(dry_run.to_json(programs) if as_json else dry_run.table(programs, limit), flush=True)
+    return programs
 
 
 def main() -> None:

@@ -107,14 +107,17 @@ def left_pad(input_ids, attention_mask, batch_size: int, length: int, pad_id: in
     return ids, mask
 
 
-def prepare(batch: dict, config, pad_id: int, data_shards: int = 1) -> dict:
-    """Host batch (any padding side) -> left-padded, bucketed NumPy inputs of the generation program."""
+def prepare(batch: dict, config, pad_id: int, data_shards: int = 1, length: int | None = None,
+            first_row: int = 0) -> dict:
+    """Host batch (any padding side) -> left-padded, bucketed NumPy inputs of the generation program.
+    length: the padded prompt length (default: the bucket of this batch's longest prompt);
+    first_row: the index of the batch's first row in the whole batch (its rows' sampling keys)."""
     input_ids, attention_mask = np.asarray(batch["input_ids"]), np.asarray(batch["attention_mask"])
     if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
         raise ValueError(f"input_ids {input_ids.shape} and attention_mask {attention_mask.shape} must be equal [B, L]")
     B = input_ids.shape[0]
     B_pad = -(-_pow2(B) // data_shards) * data_shards
-    L_pad = _length_bucket(int((attention_mask > 0).sum(1).max(initial=1)))
+    L_pad = length or prompt_length(attention_mask)
     ids, mask = left_pad(input_ids, attention_mask, B_pad, L_pad, pad_id)
     host = {"input_ids": ids, "attention_mask": mask}
     if batch.get("pixel_values") is not None and batch.get("image_grid_thw") is not None:
@@ -128,7 +131,30 @@ def prepare(batch: dict, config, pad_id: int, data_shards: int = 1) -> dict:
             padded[:n] = pixel_values[:n]
             host["pixel_values"], host["image_grid_thw"] = padded, grid
     out = positions.model_inputs(host, config)
+    out["rows"] = np.arange(first_row, first_row + B_pad, dtype=np.int32)
     out["num_rows"] = B
+    return out
+
+
+def prompt_length(attention_mask) -> int:
+    """The padded prompt length of the generation program for these prompts."""
+    return _length_bucket(int((np.asarray(attention_mask) > 0).sum(1).max(initial=1)))
+
+
+def take_rows(batch: dict, rows, config) -> dict:
+    """The generation inputs of the given rows of a host batch, each row's images with it
+    (Qwen2.5-VL: one vision_start token per image)."""
+    from progress_jax.models.qwen2_5_vl.family import row_images
+
+    rows = np.asarray(rows)
+    out = {k: np.asarray(batch[k])[rows] for k in ("input_ids", "attention_mask")}
+    if batch.get("pixel_values") is not None and batch.get("image_grid_thw") is not None:
+        images = row_images(batch, config)
+        picked = [images[b] for b in rows]
+        grids = [g for g, _ in picked if len(g)]
+        if grids:
+            out["image_grid_thw"] = np.concatenate(grids)
+            out["pixel_values"] = np.concatenate([p for g, p in picked if len(g)])
     return out
 
 
@@ -153,14 +179,16 @@ def _filter_logits(logits, temperature, top_p, top_k):
     return jax.lax.cond((top_k > 0) | (top_p < 1), truncate, lambda x: x, logits)
 
 
-def _pick(logits, key, t, knobs):
-    """Next token [B] and its log-prob from logits [B, V]; one independent key per row and step."""
+def _pick(logits, key, t, knobs, rows):
+    """Next token [B] and its log-prob from logits [B, V]; one independent key per row and step:
+    fold_in(fold_in(key, t), row) with `rows` [B] the rows' indices in the whole batch, so that a
+    row draws the same tokens whichever generation call (sampling batch) it is in."""
     temperature = knobs["temperature"]
     safe_t = jnp.where(temperature > 0, temperature, 1.0)
 
     def sample(logits):
         step_key = jax.random.fold_in(key, t)
-        row_keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(logits.shape[0]))
+        row_keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(rows)
         filtered = _filter_logits(logits, safe_t, knobs["top_p"], knobs["top_k"])
         return jax.vmap(jax.random.categorical)(row_keys, filtered).astype(jnp.int32)
 
@@ -187,7 +215,8 @@ def _generate(graphdef, state, inputs, key, knobs, *, max_new_tokens: int, mesh)
 
     x = model.embed(ids, inputs.get("pixel_values"), inputs.get("vision"))
     hidden, cache = model.decode(x, inputs["position_ids"], kv_mask, cache, 0)
-    tok, logp = _pick(model.logits(hidden[:, -1]), key, 0, knobs)
+    rows = inputs["rows"]
+    tok, logp = _pick(model.logits(hidden[:, -1]), key, 0, knobs, rows)
     # Position of generated token t: real prompt tokens + t + rope delta (transformers' rule).
     first_pos = mask.sum(1) + inputs["rope_deltas"][:, 0]
     tokens = jnp.full((B, N), pad_id, jnp.int32).at[:, 0].set(tok)
@@ -202,7 +231,7 @@ def _generate(graphdef, state, inputs, key, knobs, *, max_new_tokens: int, mesh)
         t, prev, done, tokens, logprobs, lengths, cache = carry
         pos = jnp.broadcast_to((first_pos + t - 1)[None, :, None], (3, B, 1))
         hidden, cache = model.decode(model.embed(prev[:, None]), pos, kv_mask, cache, L + t - 1)
-        tok, logp = _pick(model.logits(hidden[:, 0]), key, t, knobs)
+        tok, logp = _pick(model.logits(hidden[:, 0]), key, t, knobs, rows)
         tok = jnp.where(done, pad_id, tok)
         logp = jnp.where(done, 0.0, logp)
         tokens = jax.lax.dynamic_update_slice(tokens, tok[:, None], (0, t))
@@ -221,7 +250,7 @@ def _generate(graphdef, state, inputs, key, knobs, *, max_new_tokens: int, mesh)
 def _to_device(inputs: dict, mesh) -> dict:
     if mesh is None:
         return jax.tree.map(jnp.asarray, inputs)
-    batch_axis = {"input_ids": 0, "attention_mask": 0, "position_ids": 1, "rope_deltas": 0}
+    batch_axis = {"input_ids": 0, "attention_mask": 0, "position_ids": 1, "rope_deltas": 0, "rows": 0}
 
     def put(path, x):
         name = sharding.path_str(path[:1])
@@ -251,14 +280,26 @@ def generate_arrays(model, inputs: dict, key, params: SamplingParams, *, stops=N
     return {k: np.asarray(v)[:rows] for k, v in out.items()}
 
 
-def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None, mesh=None) -> Generation:
+def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None, mesh=None,
+             batch_size: int | None = None) -> Generation:
     """Main API: a host batch from data_pipeline (input_ids, attention_mask, pixel_values,
-    image_grid_thw; right- or left-padded) -> one Generation row per batch row."""
+    image_grid_thw; right- or left-padded) -> one Generation row per batch row.
+
+    batch_size: rows per generation call (config key sampling.batch_size), so that the KV cache of
+    a large batch fits; every call pads its prompts to the whole batch's length bucket and each row
+    samples with its own key (its index in the whole batch), so the tokens do not depend on it."""
     pad_id = tokenizer.pad_id if tokenizer is not None else model.config.pad_token_id
     data_shards = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in sharding.BATCH]))
-    inputs = prepare(batch, model.config, pad_id, data_shards)
-    out = generate_arrays(model, inputs, key, params, stops=stop_ids(model.config, params, tokenizer),
-                          pad_id=pad_id, mesh=mesh)
+    stops = stop_ids(model.config, params, tokenizer)
+    B = np.asarray(batch["input_ids"]).shape[0]
+    step = B if not batch_size or batch_size >= B else batch_size
+    length = prompt_length(batch["attention_mask"])
+    parts = []
+    for start in range(0, B, step):
+        chunk = batch if step == B else take_rows(batch, range(start, min(start + step, B)), model.config)
+        inputs = prepare(chunk, model.config, pad_id, data_shards, length=length, first_row=start)
+        parts.append(generate_arrays(model, inputs, key, params, stops=stops, pad_id=pad_id, mesh=mesh))
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     gen = Generation(out["tokens"], out["logprobs"], out["lengths"], out["stopped"])
     if tokenizer is not None:
         gen.texts = [

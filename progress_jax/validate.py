@@ -142,6 +142,7 @@ RULES = {
     "train.peak_flops_per_device": number(0),
     "train.demo_samples": integer(0),
     "train.demo_max_new_tokens": integer(1),
+    "train.device_memory_gb": number(0, lo_open=True),
     "grpo.n": integer(1),
     "grpo.rollout_batch_size": integer(1),
     "grpo.kl_coef": number(0),

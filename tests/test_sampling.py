@@ -128,6 +128,22 @@ def test_sharded_greedy_matches_unsharded(models):
     np.testing.assert_allclose(got.logprobs, expected.logprobs, atol=1e-4)
 
 
+def test_sampling_batches_give_the_tokens_of_one_call(models):
+    """GRPO's rollouts in generation calls of sampling.batch_size rows: each row keeps its own key
+    (its index in the whole batch) and the whole batch's prompt length, so the sampled tokens are
+    those of one call over all rows, images going with their rows."""
+    _, _, model = models
+    batch = sampling.take_rows(host_batch(), [0, 1, 1, 0, 1], model.config)  # rows of one prompt differ
+    params = sampling.SamplingParams(max_new_tokens=N, temperature=1.0)
+    whole = sampling.generate(model, batch, params, jax.random.key(7))
+    assert (whole.tokens[1] != whole.tokens[2]).any()  # independent keys per row
+    for size in (1, 2, 3):
+        parts = sampling.generate(model, batch, params, jax.random.key(7), batch_size=size)
+        np.testing.assert_array_equal(parts.tokens, whole.tokens)
+        np.testing.assert_array_equal(parts.lengths, whole.lengths)
+        np.testing.assert_allclose(parts.logprobs, whole.logprobs, atol=1e-5)
+
+
 def test_bad_params_rejected():
     with pytest.raises(ValueError, match="top_p"):
         sampling.SamplingParams(top_p=0.0)

@@ -131,7 +131,8 @@ class Trainer:
         for i, prompts in enumerate(batches):
             batch = rollouts.repeat_rows(prompts, self.config.grpo.n, self.family, self.model.config)
             gen = sampling.generate(self.policy(), batch, self.sampling, jax.random.fold_in(key, i),
-                                    tokenizer=self.tokenizer, mesh=self.mesh)
+                                    tokenizer=self.tokenizer, mesh=self.mesh,
+                                    batch_size=self.config.sampling.batch_size)
             rewards += self.reward_fn(gen, batch["records"])
         return {f"probe/{k}": float(np.mean([r[k] for r in rewards])) for k in rewards[0]}
 
@@ -140,7 +141,8 @@ class Trainer:
         g, t = self.config.grpo, self.config.train
         t0 = time.perf_counter()
         batch = rollouts.repeat_rows(prompts, g.n, self.family, self.model.config)
-        gen = sampling.generate(self.policy(), batch, self.sampling, key, tokenizer=self.tokenizer, mesh=self.mesh)
+        gen = sampling.generate(self.policy(), batch, self.sampling, key, tokenizer=self.tokenizer, mesh=self.mesh,
+                                batch_size=self.config.sampling.batch_size)
         t_rollout = time.perf_counter() - t0
         rewards = self.reward_fn(gen, batch["records"])
         overall = np.array([r["overall"] for r in rewards], np.float32)
