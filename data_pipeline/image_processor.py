@@ -1,4 +1,4 @@
-"""Qwen2-VL / Qwen2.5-VL image preprocessing in NumPy + PIL (REFERENCE §7).
+"""Qwen2-VL / Qwen2.5-VL image preprocessing in NumPy + PIL (docs/model.md).
 
 Bit-for-bit the PIL path of transformers' Qwen2VLImageProcessorPil: smart_resize to multiples
 of 28, PIL bicubic resize on uint8 RGB, rescale 1/255 (in float64, then float32), CLIP
@@ -17,7 +17,7 @@ from PIL import Image
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_ASPECT_RATIO = 200
-# REFERENCE §7 refuses sides under 10 px; transformers 5.x dropped its own minimum-side check
+# Sides under 10 px are refused (docs/model.md); transformers 5.x dropped its own minimum-side check
 # and would upscale such an image, but for this project it is always a broken input.
 MIN_SIDE = 10
 

@@ -1,4 +1,4 @@
-"""GRPO loss pieces against a plain float64 NumPy reference written from REFERENCE §6."""
+"""GRPO loss pieces against a plain float64 NumPy reference written from the EasyR1 / verl definitions (docs/recipes.md)."""
 import math
 
 import jax

@@ -1,4 +1,4 @@
-"""Metrics against hand-computed values (REFERENCE §4) and scipy-independent Spearman arithmetic."""
+"""Metrics against hand-computed values (docs/metrics.md) and scipy-independent Spearman arithmetic."""
 import math
 
 import numpy as np

@@ -7,7 +7,7 @@ Random weights and random prompt tokens with images; the reward is random (a ran
 would score the same everywhere, and the reward's cost is negligible), so every rollout runs to
 --new-tokens unless it samples a stop token. Steps after the first (compilation) are timed and
 the median is printed with its rollout / log-prob / update split. EasyR1's published figure
-for Qwen2.5-VL-3B GRPO is 1800 tokens/s/GPU (8x H100, vLLM rollouts, REFERENCE §8).
+for Qwen2.5-VL-3B GRPO is 1800 tokens/s/GPU (8x H100, vLLM rollouts, as EasyR1 reports it).
 """
 
 from __future__ import annotations

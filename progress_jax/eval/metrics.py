@@ -1,4 +1,4 @@
-"""Progress-Bench metrics (REFERENCE §4): NSE, PRC, AFRR, UDA and ref error, per file and pooled.
+"""Progress-Bench metrics (docs/metrics.md): NSE, PRC, AFRR, UDA and ref error, per file and pooled.
 
 metrics.json layout, values in percent (x100), None (null) where undefined:
   {"<file stem>": entry, "vision": entry, "text": entry, "micro": entry, "macro": entry}
