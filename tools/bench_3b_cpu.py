@@ -219,7 +219,9 @@ def grpo_step(model, a, clock: CompileClock) -> tuple[float, float, dict]:
     return compile_s, m["step_time_s"] - compile_s, m
 
 
-def main(a) -> None:
+def main(a=None) -> None:
+    """`a`: the parsed arguments (parsed at import when run as a script, before JAX starts)."""
+    a = a if a is not None else _parser().parse_args()
     if a.image_side % 28:
         raise SystemExit(f"--image-side must be a multiple of 28, got {a.image_side}")
     if a.lora_rank < 1:

@@ -220,6 +220,24 @@ def _repeated_keys(bench: Mapping[str, Sequence[Record]]) -> set[tuple[str, str,
     return repeated
 
 
+def match_predictions(bench: Mapping[str, Sequence[Record]], predictions: Iterable[Mapping]) -> dict[tuple[str, int], dict]:
+    """(record.source, record.line) -> the prediction that scores that sample, by score()'s rule (the
+    last line for a key wins); samples without one are absent."""
+    by_key = defaultdict(dict)
+    for obj in predictions:
+        setting, rid, stage, line = prediction_key(obj)
+        by_key[(setting, rid, stage)][line] = obj
+    repeated = _repeated_keys(bench)
+    out = {}
+    for records in bench.values():
+        for record in records:
+            answers = by_key.get(record.key, {})
+            line = _matching_line(record, answers, record.key in repeated)
+            if line is not _NO_MATCH:
+                out[(record.source, record.line)] = answers[line]
+    return out
+
+
 def pending_records(bench: Mapping[str, Sequence[Record]], keys: set) -> dict[str, list[Record]]:
     """The samples of `bench` (by file stem) that no prediction key from done_keys() scores yet."""
     lines_by_key = defaultdict(set)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from data_pipeline.parsing import parse_response
 from data_pipeline.records import Record, record_image_path
 from progress_jax.eval.metrics import normalized_error
-from progress_jax.eval.predictions import load_bench, prediction_answer, prediction_key, read_predictions
+from progress_jax.eval.predictions import load_bench, match_predictions, prediction_answer, read_predictions
 
 KINDS = ("missing", "unparseable", "false n/a", "missed n/a", "wrong ref", "score error")
 ALL, ANY_ERROR, CORRECT = "all samples", "any error", "no error"
@@ -62,13 +62,13 @@ class Row:
 
 
 def load(pred_path: str, bench_paths, mode: str = "think") -> list[Row]:
-    """Every benchmark sample (in file order) with its prediction, the last line for a key winning."""
+    """Every benchmark sample (in file order) with the prediction that scores it (as score() matches them)."""
     bench = load_bench(bench_paths)
-    by_key = {prediction_key(obj): obj for _, obj in read_predictions(pred_path).lines}
+    matched = match_predictions(bench, (obj for _, obj in read_predictions(pred_path, bench).lines))
     rows = []
     for records in bench.values():
         for record in records:
-            obj = by_key.get(record.key)
+            obj = matched.get((record.source, record.line))
             if obj is None:
                 rows.append(Row(record, None, None, None, False))
                 continue
