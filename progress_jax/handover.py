@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from data_pipeline.paths import atomic_output
 from progress_jax.models import safetensors_io
 from progress_jax.sharding import path_str
 
@@ -33,13 +34,9 @@ def save_trainable(directory: str, params: dict, meta: dict) -> str:
         return directory
     os.makedirs(directory, exist_ok=True)
     arrays = {k: np.asarray(jax.device_get(v)) for k, v in params.items()}
-    tmp = os.path.join(directory, TRAINABLE_FILE + ".tmp")
-    safetensors_io.save_file(arrays, tmp)
-    os.replace(tmp, os.path.join(directory, TRAINABLE_FILE))
-    tmp = os.path.join(directory, TRAINABLE_META + ".tmp")
-    with open(tmp, "w") as f:
+    safetensors_io.save_file(arrays, os.path.join(directory, TRAINABLE_FILE))  # atomic itself
+    with atomic_output(os.path.join(directory, TRAINABLE_META)) as f:
         json.dump(meta, f, indent=2)
-    os.replace(tmp, os.path.join(directory, TRAINABLE_META))
     return directory
 
 
