@@ -3,9 +3,9 @@ writer, and an atomic whole-file write.
 
 One rule for a half-written tail, the last line with no newline after it that does not decode (what a
 writer killed mid-line leaves): in a file the project appends to (JsonlAppender: resumable outputs and
-their rejects, the review queue and decisions, predictions) it is left out with a warning naming file
-and line (read_appended), so its record is redone, and the next JsonlAppender on the file cuts it off
-(drop_partial_tail). In an input file it is a bad line like any other: an error naming file and line.
+their rejects, the review queue and decisions, predictions, training metrics) it is left out with a
+warning naming file and line (scan_appended, read_appended), so its record is redone, and the next
+JsonlAppender on the file cuts it off (drop_partial_tail). In an input file it is a bad line like any other: an error naming file and line.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import logging
 import os
 from collections.abc import Iterator
 from typing import NamedTuple
+
+from data_pipeline.paths import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -51,19 +53,36 @@ def read_json_lines(path) -> Iterator[JsonLine]:
             yield JsonLine(i + 1, None, f"bad JSON: {e}", unterminated)
 
 
+class AppendedLines(NamedTuple):
+    lines: list[JsonLine]  # every other non-blank line as read_json_lines gives it, bad ones included
+    truncated_line: int | None  # the half-written last line that was left out, or None
+
+
+def scan_appended(path) -> AppendedLines:
+    """The lines of a file the project appends to under the module's one rule for a half-written
+    tail: that line is left out with a warning naming file and line, and its number is returned.
+    Any other bad line comes back with `error` set, for the caller to raise in its own error type."""
+    path = os.fspath(path)
+    lines, truncated = [], None
+    for entry in read_json_lines(path):
+        if entry.error is not None and entry.unterminated:
+            truncated = entry.number
+            logger.warning("%s:%d: ignoring a truncated last line (%s) left by an interrupted run; that record "
+                           "is redone", path, entry.number, entry.error)
+            continue
+        lines.append(entry)
+    return AppendedLines(lines, truncated)
+
+
 def read_appended(path, missing_ok: bool = False) -> list[tuple[int, dict]]:
-    """(line number, object) for every line of a file the project appends to, under the module's rule
-    for a half-written tail; any other bad line, or one that is not a JSON object, raises ValueError
+    """(line number, object) for every line of a file the project appends to (scan_appended's rule for
+    a half-written tail); any other bad line, or one that is not a JSON object, raises ValueError
     naming file and line. A missing file is an error unless missing_ok (then it has no lines)."""
     path = os.fspath(path)
     if missing_ok and not os.path.exists(path):
         return []
     out = []
-    for entry in read_json_lines(path):
-        if entry.error is not None and entry.unterminated:
-            logger.warning("%s:%d: ignoring a truncated last line (%s) left by an interrupted run; that record "
-                           "is redone", path, entry.number, entry.error)
-            continue
+    for entry in scan_appended(path).lines:
         if entry.error is not None:
             raise ValueError(f"{path}:{entry.number}: {entry.error}")
         if not isinstance(entry.obj, dict):
@@ -118,15 +137,11 @@ class JsonlAppender:
 
 
 def write_text(path, text: str) -> None:
-    """Write a whole text file atomically (temporary file, then rename): readers never see half a file."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    """Write a whole UTF-8 text file atomically (paths.atomic_output): readers never see half a file."""
+    with atomic_output(path) as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 def write_jsonl(path: str, objects: list[dict]) -> None:
-    """Write a whole JSONL file atomically (temporary file, then rename)."""
+    """Write a whole JSONL file atomically (write_text)."""
     write_text(path, "".join(json.dumps(obj, ensure_ascii=False) + "\n" for obj in objects))

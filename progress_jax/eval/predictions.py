@@ -9,20 +9,17 @@ harnesses (nested "meta_data") are read too. Layouts and the matching rules: doc
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from data_pipeline.jsonl import JsonlAppender, read_json_lines, write_text
+from data_pipeline.jsonl import JsonlAppender, scan_appended, write_text
 from data_pipeline.parsing import NUMBER, eval_score_value, parse_response, parse_score_text, read_ref
 from data_pipeline.records import Record, file_format, load_records
 from progress_jax.eval import plots
 from progress_jax.eval import tables as tables_lib
 from progress_jax.eval.metrics import Sample, compute_metrics
-
-logger = logging.getLogger(__name__)
 
 KEY_FIELDS = ("setting", "id", "stage")
 
@@ -169,12 +166,10 @@ def read_predictions(path, bench: Mapping[str, Sequence[Record]] | None = None) 
         for r in records:
             index[(r.id, os.path.basename(r.observation))].append(r)
     out = PredictionFile(path, [], format="results" if results else "predictions")
-    for entry in read_json_lines(path):
+    scan = scan_appended(path)  # the one rule for a half-written tail (data_pipeline/jsonl.py)
+    out.truncated_line = scan.truncated_line
+    for entry in scan.lines:
         if entry.error is not None:
-            if entry.unterminated:
-                out.truncated_line = entry.number
-                logger.warning("%s:%d: ignoring a truncated last line (a killed run?)", path, entry.number)
-                continue
             raise PredictionError(path, entry.number, None, entry.error)
         if not results:
             out.lines.append((entry.number, _validate(entry.obj, path, entry.number)))
