@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from data_pipeline.jsonl import write_jsonl
+from data_pipeline.paths import atomic_output
 
 COARSE_DELTAS = (0.25, 0.5, 0.75)
 FINE_DELTAS = tuple(round(0.1 * i, 1) for i in range(1, 10))
@@ -251,11 +252,9 @@ def write_images(samples: list[Sample], image_root: str) -> int:
             path = os.path.join(image_root, ep.id, name)
             if os.path.exists(path):
                 continue
-            os.makedirs(os.path.dirname(path), exist_ok=True)
             img = ep.edited_frame(camera, t) if edited else ep.frame(camera, t)
-            tmp = path + ".tmp"
-            img.convert("RGB").save(tmp, format="JPEG", quality=JPEG_QUALITY)
-            os.replace(tmp, path)
+            with atomic_output(path, "wb") as f:
+                img.convert("RGB").save(f, format="JPEG", quality=JPEG_QUALITY)
             written += 1
     return written
 

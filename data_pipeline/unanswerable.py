@@ -53,6 +53,7 @@ from dataclasses import dataclass
 
 from data_pipeline import prompt_texts as texts
 from data_pipeline.jsonl import JsonlAppender, read_appended, write_jsonl
+from data_pipeline.paths import atomic_output
 from data_pipeline.prompts import progress_label
 from data_pipeline.records import Record, record_image_path
 
@@ -567,8 +568,8 @@ def run_image_edits(records: list[Record], image_root: str, teacher, editor, que
                         counts[e.reason] += 1
                         continue
                     dst = record_image_path(image_root, r, edit_file_name(r.observation))
-                    edited.convert("RGB").save(dst + ".tmp", format="JPEG", quality=95)
-                    os.replace(dst + ".tmp", dst)
+                    with atomic_output(dst, "wb") as dst_file:
+                        edited.convert("RGB").save(dst_file, format="JPEG", quality=95)
                     queue.write(queue_entry(key, r, image_root, proposal, steps_by_id.get(r.id)))
                     counts["kept"] += 1
                     counts["long_prompt"] += len(proposal.instruction.split()) > MAX_INSTRUCTION_WORDS

@@ -1,12 +1,14 @@
 """Tables (layout, one decimal, several runs) and figures (files written, heatmap counts)."""
 import csv
 import io
+import os
 
 import numpy as np
 import pytest
 
 from data_pipeline.records import Record
 from progress_jax.eval import plots, tables
+from progress_jax.eval.plots import plt
 from progress_jax.eval.metrics import Sample
 
 
@@ -116,3 +118,14 @@ def test_figures_written(tmp_path):
     all_na = [Sample(s.record, None, None) for s in make_samples(6)]
     for p in plots.write_figures(all_na, str(tmp_path / "na")):
         assert (tmp_path / "na" / p.rsplit("/", 1)[-1]).stat().st_size > 0
+
+
+def test_figure_written_whole_or_not_at_all(tmp_path):
+    paths = plots.write_figures(make_samples(), str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths)  # no temp file left
+    fig, _ = plots._grid(1)
+    with pytest.raises(ValueError, match="not supported"):
+        plots._save(fig, str(tmp_path / "bad.nosuchformat"))  # savefig fails: nothing is written
+    assert not (tmp_path / "bad.nosuchformat").exists()
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths)
+    assert fig.number not in plt.get_fignums()  # the figure is closed either way

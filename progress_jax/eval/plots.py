@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from data_pipeline.paths import atomic_output  # noqa: E402
 from progress_jax.eval.metrics import SETTINGS, Sample, normalized_error  # noqa: E402
 
 
@@ -63,13 +64,12 @@ def _grid(n: int, width: float = 4.5, height: float = 3.2):
 
 
 def _save(fig, path: str) -> str:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.tight_layout()
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp{ext}"  # savefig picks the format from the extension
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_output(path, "wb") as f:  # a file object: the format comes from path's extension
+            fig.savefig(f, format=os.path.splitext(path)[1][1:], dpi=100)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -133,13 +133,11 @@ def save_file(tensors: dict[str, np.ndarray], path: str, metadata: dict | None =
         header["__metadata__"] = metadata
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with atomic_output(path, "wb") as f:  # a killed writer leaves no half file under the name
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for arr in arrays:
             f.write(arr.tobytes())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(tensors: dict[str, np.ndarray], directory: str, max_shard_bytes: int = 5 * 2**30) -> None:
