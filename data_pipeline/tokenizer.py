@@ -249,9 +249,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Retrain the built-in tiny tokenizer.")
     parser.add_argument("--out", default=TINY_PATH)
     args = parser.parse_args()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        f.write(build_tiny_tokenizer_json())
+    from data_pipeline.jsonl import write_text
+
+    write_text(args.out, build_tiny_tokenizer_json())
     print(f"wrote {args.out}")
 
 

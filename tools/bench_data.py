@@ -9,7 +9,6 @@ if __package__ in (None, ""):  # run as `python tools/X.py`: import this checkou
     import os, sys; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -18,6 +17,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from data_pipeline.jsonl import write_jsonl
 from data_pipeline.pipeline import make_dataset
 from data_pipeline.tokenizer import load_tokenizer
 
@@ -48,8 +48,7 @@ def synthetic_set(root: str, trajectories: int = 16, steps: int = 4, observation
     files = []
     for name, lines in rows.items():
         path = os.path.join(root, f"{name}.jsonl")
-        with open(path, "w") as f:
-            f.write("\n".join(json.dumps(r) for r in lines) + "\n")
+        write_jsonl(path, lines)
         files.append(path)
     return files
 

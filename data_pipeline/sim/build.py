@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from data_pipeline.construct import Sample, make_text_unanswerable, plan_samples, to_record, write_images
-from data_pipeline.jsonl import write_jsonl
+from data_pipeline.jsonl import write_jsonl, write_text
 from data_pipeline.sim.episode import SimEpisode
 from data_pipeline.sim.reasoning import response
 from data_pipeline.sim.tasks import FAMILIES, make_plan
@@ -166,8 +166,7 @@ def generate(out_dir: str, size: str = "small", seed: int = 0, image_size: int =
         write_jsonl(paths[subset], [to_record(s) for s in samples])
     write_jsonl(paths["sft"], sft_records)
     write_jsonl(paths["rl"], [to_record(s) for s in train["rl"]])
-    with open(marker, "w") as f:
-        json.dump(params, f)
+    write_text(marker, json.dumps(params))  # whole or absent: a half-written marker would stop the next run
     logger.info("ProgressBench-Sim %s: %d images, %s in %.1f s", size, written,
                 {k: len(v) for k, v in {**bench, **train}.items()}, time.time() - start)
     return paths
