@@ -61,6 +61,16 @@ def eval_score_value(number: float, percent: bool) -> float:
     return _clamp01(number / 100.0 if percent or number > 1.0 else number)
 
 
+def _digits_int(digits: str) -> int | None:
+    """int() of a run of digits; None past Python's cap on the digits int() converts (4300 by default
+    since 3.11, a ValueError there). The official paper reward reads such a ref as no ref, through
+    its own try/except (docs/rewards.md, "Non-finite and huge numbers")."""
+    try:
+        return int(digits)
+    except ValueError:
+        return None
+
+
 def _tag_content(pattern: re.Pattern, text: str) -> str | None:
     match = pattern.search(text)
     return None if match is None else match.group(1).strip()
@@ -84,8 +94,8 @@ def read_ref(text: str) -> tuple[str, int | None]:
         return UNPARSEABLE, None
     if content.lower() in TAG_NA:
         return NA, None
-    match = _INTEGER.search(content)
-    return (NUMBER, int(match.group())) if match else (UNPARSEABLE, None)
+    value = None if (match := _INTEGER.search(content)) is None else _digits_int(match.group())
+    return (UNPARSEABLE, None) if value is None else (NUMBER, value)
 
 
 def parse_think(response: str) -> ParsedAnswer:
@@ -194,7 +204,10 @@ def paper_read_ref(text: str) -> tuple[str, int | None]:
     if match is None:
         return UNPARSEABLE, None
     value = match.group(1)
-    return (NA, None) if value == "n/a" else (NUMBER, int(value))
+    if value == "n/a":
+        return NA, None
+    number = _digits_int(value)
+    return (UNPARSEABLE, None) if number is None else (NUMBER, number)
 
 
 def paper_read_score(text: str) -> tuple[str, float | None]:
@@ -269,7 +282,7 @@ def anti_hack_ref_value(raw) -> tuple[bool, int | None]:
         digits = _DIGITS.findall(text)
         # (The official float() fallback after this only ever succeeds on inf/nan, which are not
         # integral and end in (False, None) as well.)
-        return (False, int(digits[0])) if digits else (False, None)
+        return False, _digits_int(digits[0]) if digits else None  # None past int()'s cap: the official code raises
     return False, None
 
 

@@ -12,6 +12,7 @@ REWARDS maps a reward name to fn(responses, targets) -> one dict per response, e
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 
 from data_pipeline.parsing import (NA, NUMBER, anti_hack_format_ok, anti_hack_ref_text, anti_hack_ref_value,
@@ -58,12 +59,29 @@ def _gt_number(payload: Mapping, key: str, convert, default=None):
     value = payload.get(key, default)
     try:
         return convert(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int() of inf (JSON 1e400)
         raise ValueError(f"ground truth key {key!r}: cannot read {value!r} as {convert.__name__}") from None
 
 
 def _demo_count(payload: Mapping) -> int:
     return max(_gt_number(payload, "demo_count", int, 1), 1)
+
+
+def _finite_gt(score: float | None) -> float | None:
+    """A ground-truth percentage of NaN or +-inf ("nan", "inf", JSON NaN: float() reads them all) is
+    bad data: an error here; the official code gives NaN rewards (NaN GT; inf GT against a predicted
+    number that overflows to inf) or scores every numeric answer 0."""
+    if score is not None and not math.isfinite(score):
+        raise ValueError(f"ground truth key 'score_percent': {score!r} is not a finite percentage")
+    return score
+
+
+def _ref_error(pred: int, gt: int, demos: int) -> float:
+    """min(|pred - gt| / max(demos - 1, 1), 1), the official ref error, without dividing a huge int:
+    a ref of 309 digits or more overflows the float division (the official code raises there)."""
+    offset = max(demos - 1, 1)
+    diff = abs(pred - gt)
+    return 1.0 if diff >= offset else diff / offset
 
 
 # ---- paper: visual_demo_reward.py --------------------------------------------------------------
@@ -73,7 +91,7 @@ def paper_reward(response: str, target) -> dict[str, float]:
     # Ground truth: exactly the string "n/a", else int() / float() of the value, each on its own.
     gt_ref_na, gt_score_na = gt["ref"] == "n/a", gt["score_percent"] == "n/a"
     gt_ref = None if gt_ref_na else _gt_number(gt, "ref", int)
-    gt_score = None if gt_score_na else _gt_number(gt, "score_percent", float)
+    gt_score = None if gt_score_na else _finite_gt(_gt_number(gt, "score_percent", float))
     demos = _demo_count(gt)
     ref_status, ref = paper_read_ref(response)
     score_status, score = paper_read_score(response)
@@ -83,7 +101,7 @@ def paper_reward(response: str, target) -> dict[str, float]:
     elif ref_status != NUMBER:  # n/a or nothing readable
         ref_r, ref_err = 0.0, 1.0
     else:
-        ref_err = min(abs(ref - gt_ref) / max(demos - 1, 1), 1.0)
+        ref_err = _ref_error(ref, gt_ref, demos)
         ref_r = max(1.0 - ref_err, 0.0)
     if gt_score_na:
         score_r, score_err = (0.7, 0.0) if score_status == NA else (-1.0, 1.0)
@@ -103,10 +121,16 @@ def anti_hack_reward(response: str, target) -> dict[str, float]:
     gt = _payload(target)
     gt_ref_na, gt_ref = anti_hack_ref_value(gt["ref"])
     gt_score_na, gt_score = anti_hack_score_value(gt["score_percent"])
+    gt_score = _finite_gt(gt_score)
     demos = _demo_count(gt)
     ref_text, score_text = anti_hack_ref_text(response), anti_hack_score_text(response)
     ref_na, ref = anti_hack_ref_value(ref_text) if ref_text is not None else (False, None)
     score_na, score = anti_hack_score_value(score_text) if score_text is not None else (False, None)
+    if score is not None and not math.isfinite(score):
+        # "nan" (float() reads it) would make the official reward NaN and poison the group's
+        # advantages: read as no number, as a float() guard would. For +-inf ("inf", "1e999") the
+        # official value is the same as for no number: error 1, score 0 (docs/rewards.md).
+        score = None
 
     base = 1.0 if anti_hack_format_ok(response) else 0.0
     na_consistency = 1.0 if ref_na == score_na else 0.0
@@ -119,7 +143,7 @@ def anti_hack_reward(response: str, target) -> dict[str, float]:
     elif ref_na:
         ref_r, ref_err = -0.8, 1.0
     elif ref is not None and gt_ref is not None:
-        ref_err = min(abs(ref - gt_ref) / max(demos - 1, 1), 1.0)
+        ref_err = _ref_error(ref, gt_ref, demos)
         ref_r = max(1.0 - ref_err ** 2, 0.0)
     else:
         ref_r, ref_err = 0.0, 1.0
@@ -128,7 +152,6 @@ def anti_hack_reward(response: str, target) -> dict[str, float]:
     elif score_na:
         score_r, score_err = -0.8, 1.0
     elif score is not None and gt_score is not None:
-        # Python's min/max as the official code uses them: a NaN score ("nan" parses) stays NaN.
         score_err = min(abs(score - gt_score) / 100.0, 1.0)
         score_r = max(1.0 - score_err, 0.0)
     else:
@@ -201,7 +224,7 @@ def lenient_reward(response: str, gt_ref: int | None, gt_score: float | None, nu
     squared = variant == "anti_hack_gt_free"
 
     def ref_distance(pred: int) -> float:
-        err = min(abs(pred - gt_ref) / max(num_demos - 1, 1), 1.0)
+        err = _ref_error(pred, gt_ref, num_demos)
         return 1.0 - (err * err if squared else err)
 
     def score_distance(pred_pct: float) -> float:

@@ -192,3 +192,14 @@ def test_official_percent_text_truncates():
 ])
 def test_official_runner_fields(text, fields):
     assert official_runner_fields(text) == fields
+
+
+def test_a_ref_past_ints_digit_cap_reads_as_no_ref():
+    # int() refuses more than 4300 digits (Python >= 3.11): the official paper reward's try/except reads
+    # that as no ref; the other reads follow (the official anti_hack code raises there).
+    huge = "9" * 5000
+    assert paper_read_ref(f"<ref>{huge}</ref>") == (UNPARSEABLE, None)
+    assert read_ref(f"<ref>{huge}</ref>") == (UNPARSEABLE, None)
+    assert parse_think(four(ref=huge)).ref is None and parse_think(four(ref=huge)).score == pytest.approx(0.45)
+    assert anti_hack_ref_value(huge) == (False, None) and anti_hack_ref_value(f"No. {huge}") == (False, None)
+    assert paper_read_ref(f"<ref>{'9' * 400}</ref>") == (NUMBER, int("9" * 400))  # under the cap: read

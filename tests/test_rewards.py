@@ -206,10 +206,56 @@ def test_anti_hack_table_and_reads(response, target, ref_r, score_r):
     assert r["overall"] == pytest.approx(0.2 * r["format"] + 0.5 * ref_r + 0.3 * score_r)
 
 
-def test_anti_hack_nan_score_stays_nan():
-    # float("nan") parses, and min/max keep NaN as the official code computes them
-    r = anti_hack_reward(four("3", "nan"), gt())
-    assert math.isnan(r["score"]) and math.isnan(r["overall"]) and r["ref"] == 1.0
+@pytest.mark.parametrize("score_text", ["nan", "NaN%", " -nan ", "inf", "-Infinity", "1e999"])
+def test_anti_hack_non_finite_score_reads_as_no_number(score_text):
+    # The official code: float("nan") parses and min/max keep NaN, so score and overall are NaN; the
+    # guard reads it as no number. For +-inf the official value is already error 1, score 0 (kept).
+    r = anti_hack_reward(four("3", score_text), gt())
+    assert r == anti_hack_reward(four("3", "no number"), gt())
+    # by hand: format 0.4 * 0 (the pattern wants digits) + 0.3 + 0.3; ref exact; score 0
+    assert (r["score"], r["score_error"], r["ref"]) == (0.0, 1.0, 1.0)
+    assert r["overall"] == pytest.approx(0.2 * 0.6 + 0.5 * 1.0 + 0.3 * 0.0)
+    assert anti_hack_reward(four("3", score_text), NA_GT)["score"] == -0.3  # GT n/a: a non-n/a answer
+    assert anti_hack_reward(four("n/a", score_text), gt())["hack_detected"] == 1.0
+
+
+@pytest.mark.parametrize("name, digits, target, ref_r, ref_err", [
+    # 400 digits: the official float division overflows (OverflowError); exact arithmetic gives error 1.
+    ("paper", 400, gt(), 0.0, 1.0), ("anti_hack", 400, gt(), 0.0, 1.0),
+    # past int()'s 4300-digit cap: the official paper reward reads no ref (0 / 1), the same value
+    ("paper", 5000, gt(), 0.0, 1.0), ("anti_hack", 5000, gt(), 0.0, 1.0),
+    ("paper", 5000, NA_GT, -1.0, 1.0), ("anti_hack", 5000, NA_GT, -0.3, 1.0),
+])
+def test_huge_refs_give_the_largest_error_not_an_exception(name, digits, target, ref_r, ref_err):
+    r = REWARDS[name]([four("9" * digits, "50")], [target])[0]
+    assert (r["ref"], r["ref_error"]) == (pytest.approx(ref_r), pytest.approx(ref_err))
+    assert REWARDS[name]([four("7", "50")], [gt(demos=5)])[0]["ref_error"] == 1.0   # the cap at 1 as before
+    assert REWARDS[name]([four("6", "50")], [gt(demos=5)])[0]["ref_error"] == 0.75
+
+
+NASTY = [four(s, t) for s in ("3", "n/a", "nan", "inf", "9" * 400, "9" * 5000)
+         for t in ("50", "n/a", "nan", "NaN%", "inf", "-inf", "1e999", "9" * 400, "")]
+
+
+@pytest.mark.parametrize("name", list(REWARDS))
+def test_no_reward_is_nan_or_inf(name):
+    targets = [gt(), NA_GT, gt("3", "n/a"), gt("n/a", "50"), record(3, 0.45), record(None, None)]
+    for target in targets:
+        for r in REWARDS[name](NASTY, [target] * len(NASTY)):
+            assert all(math.isfinite(v) for v in r.values()), (name, target, r)
+
+
+@pytest.mark.parametrize("name", ["paper", "anti_hack"])
+@pytest.mark.parametrize("target", [gt(score="nan"), gt(score="inf"), gt(score="-inf"),
+                                    '{"ref": "3", "score_percent": NaN, "demo_count": 5}'])
+def test_non_finite_ground_truth_score_raises(name, target):
+    with pytest.raises(ValueError, match="ground truth key 'score_percent': .* not a finite percentage"):
+        REWARDS[name]([four("3", "50")], [target])
+
+
+def test_paper_ground_truth_ref_of_inf_is_a_clear_error():
+    with pytest.raises(ValueError, match="ground truth key 'ref': cannot read inf as int"):
+        paper_reward(four(), '{"ref": 1e400, "score_percent": "50"}')
 
 
 @pytest.mark.parametrize("response, target, base, na_c, think_c", [
