@@ -67,6 +67,10 @@ def test_complete_last_line_without_newline_is_kept(tmp_path):
     ('{"setting": "s", "id": "1", "stage": "a", "response": 5}\n', r"p.jsonl:1: key 'response'"),
     ('{"setting": "s", "id": "1", "stage": "a", "score": [1]}\n', r"p.jsonl:1: key 'score'"),
     ('[1, 2]\n', r"p.jsonl:1: expected a JSON object"),
+    # Python's json writes NaN / Infinity for non-finite floats; they would make the metrics NaN
+    ('{"setting": "s", "id": "1", "stage": "a", "score": 0.5}\n{"setting": "s", "id": "1", "stage": "b", "score": NaN}\n',
+     r"p.jsonl:2: key 'score': expected a finite number, got nan"),
+    ('{"setting": "s", "id": "1", "stage": "a", "score": -Infinity}\n', r"p.jsonl:1: key 'score': expected a finite"),
 ])
 def test_bad_prediction_lines_raise_with_location(tmp_path, text, match):
     path = tmp_path / "p.jsonl"

@@ -9,6 +9,7 @@ harnesses (nested "meta_data") are read too. Layouts and the matching rules: doc
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -84,6 +85,8 @@ def _check_answer_fields(obj: Mapping, score_key: str, path: str, line: int) -> 
     score = obj.get(score_key)
     if isinstance(score, bool) or not (score is None or isinstance(score, (int, float, str))):
         raise PredictionError(path, line, score_key, f"expected a number, a string or null, got {score!r:.100}")
+    if isinstance(score, float) and not math.isfinite(score):  # JSON NaN / Infinity: metrics would be NaN
+        raise PredictionError(path, line, score_key, f"expected a finite number, got {score!r}")
     ref = obj.get("ref")
     if isinstance(ref, bool) or not (ref is None or isinstance(ref, (int, str))):
         raise PredictionError(path, line, "ref", f"expected an integer, a string or null, got {ref!r:.100}")
