@@ -12,6 +12,7 @@ import os
 
 import jax
 
+from data_pipeline.jsonl import write_text
 from progress_jax import runtime
 from progress_jax.eval import runner, tables
 from progress_jax.train import grpo, guards, metrics_writer, sft
@@ -72,8 +73,7 @@ def run(config) -> dict:
             results["grpo"] = _evaluate(config, mesh, tokenizer, bench, out["final_dir"], "grpo")
             if main:
                 md = tables.to_markdown(*tables.table1(results))
-                with open(os.path.join(config.workdir, "table1.md"), "w") as f:
-                    f.write(md + "\n")
+                write_text(os.path.join(config.workdir, "table1.md"), md + "\n")
                 print("\nProgressBench-Sim test split, SFT warm start vs after GRPO:\n" + md, flush=True)
     history = metrics_writer.read_metrics(config.workdir) if main else {}
     if history:
