@@ -91,9 +91,27 @@ def test_eval_refuses_a_missing_trained_run_before_loading_the_model(tmp_path, n
 
 def test_a_users_reward_is_a_function_plus_a_config_value():
     fn = registry.get_reward("tests.test_jobs:length_reward")
-    assert fn is length_reward
     rec = _record(closest_idx=1, progress=0.5, n_demos=2)
+    assert fn(["ab", "abcd"], [rec, rec]) == length_reward(["ab", "abcd"], [rec, rec])
     assert fn(["ab", "abcd"], [rec, rec])[1]["overall"] == 0.04
+
+
+def nan_reward(responses, records):
+    return [{"overall": float("nan") if r == "bad" else 1.0} for r in responses]
+
+
+def short_reward(responses, records):
+    return [{"overall": 1.0}]
+
+
+def test_a_users_reward_that_returns_nan_or_too_few_values_is_an_error():
+    rec = _record(closest_idx=1, progress=0.5, n_demos=2)
+    fn = registry.get_reward("tests.test_jobs:nan_reward")
+    assert fn(["ok"], [rec]) == [{"overall": 1.0}]
+    with pytest.raises(ValueError, match=r"reward tests.test_jobs:nan_reward: response 1 got overall=nan"):
+        fn(["ok", "bad"], [rec, rec])
+    with pytest.raises(ValueError, match="expected a list of 2 dicts"):
+        registry.get_reward("tests.test_jobs:short_reward")(["a", "b"], [rec, rec])
 
 
 def test_builtin_rewards_by_name_score_like_the_reward_module():

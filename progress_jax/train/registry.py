@@ -8,6 +8,7 @@ A reward is fn(responses: list[str], records: list[Record]) -> one dict per resp
 from __future__ import annotations
 
 import importlib
+import math
 
 from progress_jax.train.grpo_loss import ADVANTAGES
 
@@ -16,23 +17,14 @@ def rewards() -> dict:
     """{name: batch reward fn} of progress_jax.rewards."""
     from progress_jax import rewards as module
 
-    table = getattr(module, "REWARDS", None)
-    if table is None:  # older rewards module: the two variants of progress_rewards
-        def variant(name):
-            def fn(responses, records):
-                return module.progress_rewards(responses, [r.closest_idx for r in records],
-                                               [r.progress for r in records], [r.num_demos for r in records],
-                                               variant=name)
-            return fn
-        table = {name: variant(name) for name in module.VARIANTS}
-    return table
+    return module.REWARDS
 
 
 def get_reward(name: str, key: str = "grpo.reward"):
     """The reward function for a registry name or `module:function`; errors name the config key."""
     table = rewards()
     if name in table:
-        return table[name]
+        return checked(table[name], name)
     if ":" not in name:
         raise ValueError(f"config key {key}: unknown reward {name!r}; expected one of {sorted(table)} "
                          f"or module:function")
@@ -44,7 +36,25 @@ def get_reward(name: str, key: str = "grpo.reward"):
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ValueError(f"config key {key}: module {module_name!r} has no function {attr!r}")
-    return fn
+    return checked(fn, name)
+
+
+def checked(fn, name: str):
+    """fn, with its output checked: one dict per response whose "overall" is a finite number (a NaN
+    or Inf reward would poison every advantage of its group)."""
+    def run(responses, records):
+        out = fn(responses, records)
+        if not isinstance(out, (list, tuple)) or len(out) != len(responses):
+            raise ValueError(f"reward {name}: expected a list of {len(responses)} dicts (one per response), "
+                             f"got {type(out).__name__}" + (f" of {len(out)}" if hasattr(out, "__len__") else ""))
+        for i, r in enumerate(out):
+            value = r.get("overall") if isinstance(r, dict) else None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"reward {name}: response {i} got overall={value!r}; every response needs a "
+                                 f"finite number under 'overall' ({responses[i][:80]!r})")
+        return out
+
+    return run
 
 
 def get_advantage(name: str, key: str = "grpo.advantage"):
