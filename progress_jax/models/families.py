@@ -5,7 +5,8 @@ A family is a module with the interface of progress_jax/models/qwen2_5_vl/family
 - training: BATCH_AXIS, PATCH_KEYS, stack_micro, flops_per_token;
 - host batches by row: row_images, take_rows, vision_token_ids (GRPO rollouts, sampling batches);
 - generation (progress_jax/sampling.py): GENERATION_AXIS, generation_inputs, prompt_embeddings,
-  decode_position_ids.
+  decode_position_ids. The sampler also calls the model's embed(token ids), decode(x, position_ids,
+  kv_mask, cache, index), logits(hidden) and init_cache(batch, length).
 A new family is one such module plus one `register` call (or one line in FAMILIES).
 """
 from __future__ import annotations
