@@ -201,10 +201,7 @@ def _prompt_inputs(cfg, arch, mesh, rows: int, patches: int):
     host = host_batch(arch, rows, cfg.data.length_buckets[-1], patches)
     inputs = _wide(sampling.prepare(host, arch, arch.pad_token_id, _data_shards(mesh)), arch)
     inputs.pop("num_rows")
-    axis = {"input_ids": 0, "attention_mask": 0, "position_ids": 1, "rope_deltas": 0, "rows": 0}
-    sh = jax.tree_util.tree_map_with_path(
-        lambda path, x: sharding.batch_sharding(mesh, x.ndim, axis[sharding.path_str(path[:1])])
-        if sharding.path_str(path[:1]) in axis else NamedSharding(mesh, P()), inputs)
+    sh = sampling.input_shardings(inputs, mesh, families.for_model(arch))
     return _abstract(inputs, sh), inputs["input_ids"].shape[0]
 
 

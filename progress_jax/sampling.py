@@ -1,9 +1,15 @@
-"""Batched generation for the Flax Qwen2.5-VL: prefill, then decode into a preallocated KV cache.
+"""Batched generation: prefill, then decode into a preallocated KV cache.
+
+Model-agnostic: the model's family (progress_jax/models/families.py, by its config's model_type)
+says what the generation inputs are (position ids, image patches), how they shard and what the
+position ids of a decode step are; this module pads and buckets the prompts, runs the decode loop,
+samples and reports log-probs.
 
 Everything after host-side preparation runs in one jitted program per shape bucket: the prompt
-is left-padded, its length rounded up to a power of two or the midpoint between two, the image
-patch count to a power of two and the batch to a power of two that the mesh's data axes divide,
-so a run compiles a handful of programs.
+is left-padded, its length rounded up to a power of two or the midpoint between two, the batch to
+a power of two that the mesh's data axes divide and the image patch count of each batch shard to a
+power of two, so a run compiles a handful of programs. The patches are split over the data axes
+with their rows (each device runs the vision tower on its own rows' images only).
 The decode loop is a `lax.while_loop` inside that program; it ends when every row has stopped.
 
 Log-probs: `logprobs` holds log p(token) of each sampled token under the policy *at the
@@ -25,8 +31,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from progress_jax import sharding
-from progress_jax.models.qwen2_5_vl import positions
-from progress_jax.models.qwen2_5_vl.positions import valid_grids
+from progress_jax.models import families
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +71,8 @@ class Generation:
     texts: list[str] | None = None
 
 
-# Smallest prompt-length and patch-count buckets: below these, padding costs less than compiling.
+# Smallest prompt-length and (per batch shard) patch-count buckets: below these, padding costs less
+# than compiling.
 MIN_LENGTH, MIN_PATCHES = 128, 256
 
 
@@ -108,10 +114,13 @@ def left_pad(input_ids, attention_mask, batch_size: int, length: int, pad_id: in
 
 
 def prepare(batch: dict, config, pad_id: int, data_shards: int = 1, length: int | None = None,
-            first_row: int = 0) -> dict:
-    """Host batch (any padding side) -> left-padded, bucketed NumPy inputs of the generation program.
+            first_row: int = 0, family=None) -> dict:
+    """Host batch (any padding side) -> left-padded, bucketed NumPy inputs of the generation program
+    (the rest from family.generation_inputs: default the family of the model config `config`).
+    data_shards: the mesh's batch shards (rows and image patches split into that many groups);
     length: the padded prompt length (default: the bucket of this batch's longest prompt);
     first_row: the index of the batch's first row in the whole batch (its rows' sampling keys)."""
+    family = family or families.for_model(config)
     input_ids, attention_mask = np.asarray(batch["input_ids"]), np.asarray(batch["attention_mask"])
     if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
         raise ValueError(f"input_ids {input_ids.shape} and attention_mask {attention_mask.shape} must be equal [B, L]")
@@ -119,18 +128,8 @@ def prepare(batch: dict, config, pad_id: int, data_shards: int = 1, length: int 
     B_pad = -(-_pow2(B) // data_shards) * data_shards
     L_pad = length or prompt_length(attention_mask)
     ids, mask = left_pad(input_ids, attention_mask, B_pad, L_pad, pad_id)
-    host = {"input_ids": ids, "attention_mask": mask}
-    if batch.get("pixel_values") is not None and batch.get("image_grid_thw") is not None:
-        grid = valid_grids(batch["image_grid_thw"])
-        n = int(grid.prod(-1).sum())
-        if n:
-            pixel_values = np.asarray(batch["pixel_values"], np.float32)
-            if pixel_values.shape[0] < n:
-                raise ValueError(f"image_grid_thw needs {n} patch rows, pixel_values has {pixel_values.shape[0]}")
-            padded = np.zeros((_pow2(n, MIN_PATCHES), pixel_values.shape[1]), np.float32)
-            padded[:n] = pixel_values[:n]
-            host["pixel_values"], host["image_grid_thw"] = padded, grid
-    out = positions.model_inputs(host, config)
+    prompts = {**batch, "input_ids": ids, "attention_mask": mask}
+    out = family.generation_inputs(prompts, config, data_shards, lambda n: _pow2(n, MIN_PATCHES))
     out["rows"] = np.arange(first_row, first_row + B_pad, dtype=np.int32)
     out["num_rows"] = B
     return out
@@ -139,23 +138,6 @@ def prepare(batch: dict, config, pad_id: int, data_shards: int = 1, length: int 
 def prompt_length(attention_mask) -> int:
     """The padded prompt length of the generation program for these prompts."""
     return _length_bucket(int((np.asarray(attention_mask) > 0).sum(1).max(initial=1)))
-
-
-def take_rows(batch: dict, rows, config) -> dict:
-    """The generation inputs of the given rows of a host batch, each row's images with it
-    (Qwen2.5-VL: one vision_start token per image)."""
-    from progress_jax.models.qwen2_5_vl.family import row_images
-
-    rows = np.asarray(rows)
-    out = {k: np.asarray(batch[k])[rows] for k in ("input_ids", "attention_mask")}
-    if batch.get("pixel_values") is not None and batch.get("image_grid_thw") is not None:
-        images = row_images(batch, config)
-        picked = [images[b] for b in rows]
-        grids = [g for g, _ in picked if len(g)]
-        if grids:
-            out["image_grid_thw"] = np.concatenate(grids)
-            out["pixel_values"] = np.concatenate([p for g, p in picked if len(g)])
-    return out
 
 
 def _filter_logits(logits, temperature, top_p, top_k):
@@ -198,9 +180,10 @@ def _pick(logits, key, t, knobs, rows):
     return tok, logp
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "mesh"))
-def _generate(graphdef, state, inputs, key, knobs, *, max_new_tokens: int, mesh):
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "mesh", "family"))
+def _generate(graphdef, state, inputs, key, knobs, *, max_new_tokens: int, mesh, family=None):
     model = nnx.merge(graphdef, state)
+    family = family or families.for_model(model.config)
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     B, L = ids.shape
     N = max_new_tokens
@@ -213,12 +196,10 @@ def _generate(graphdef, state, inputs, key, knobs, *, max_new_tokens: int, mesh)
         cache = jax.lax.with_sharding_constraint(cache, [{"k": spec, "v": spec}] * len(cache))
     kv_mask = jnp.concatenate([mask, jnp.ones((B, N), mask.dtype)], axis=1)
 
-    x = model.embed(ids, inputs.get("pixel_values"), inputs.get("vision"))
+    x = family.prompt_embeddings(model, inputs)
     hidden, cache = model.decode(x, inputs["position_ids"], kv_mask, cache, 0)
     rows = inputs["rows"]
     tok, logp = _pick(model.logits(hidden[:, -1]), key, 0, knobs, rows)
-    # Position of generated token t: real prompt tokens + t + rope delta (transformers' rule).
-    first_pos = mask.sum(1) + inputs["rope_deltas"][:, 0]
     tokens = jnp.full((B, N), pad_id, jnp.int32).at[:, 0].set(tok)
     logprobs = jnp.zeros((B, N), jnp.float32).at[:, 0].set(logp)
     done = jnp.isin(tok, stop_arr)
@@ -229,7 +210,7 @@ def _generate(graphdef, state, inputs, key, knobs, *, max_new_tokens: int, mesh)
 
     def body(carry):
         t, prev, done, tokens, logprobs, lengths, cache = carry
-        pos = jnp.broadcast_to((first_pos + t - 1)[None, :, None], (3, B, 1))
+        pos = family.decode_position_ids(inputs, t - 1)  # of `prev`, generated token t - 1
         hidden, cache = model.decode(model.embed(prev[:, None]), pos, kv_mask, cache, L + t - 1)
         tok, logp = _pick(model.logits(hidden[:, 0]), key, t, knobs, rows)
         tok = jnp.where(done, pad_id, tok)
@@ -247,23 +228,28 @@ def _generate(graphdef, state, inputs, key, knobs, *, max_new_tokens: int, mesh)
     return out
 
 
-def _to_device(inputs: dict, mesh) -> dict:
+def input_shardings(inputs: dict, mesh, family) -> dict:
+    """Every generation input split over the data axes on its batch axis (family.GENERATION_AXIS;
+    `rows` on axis 0): token arrays by rows, image patches and their vision indices by batch shard."""
+    axis = {**family.GENERATION_AXIS, "rows": 0}
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: sharding.batch_sharding(mesh, x.ndim, axis[sharding.path_str(path).split("/")[-1]]), inputs)
+
+
+def _to_device(inputs: dict, mesh, family) -> dict:
+    """NumPy inputs -> global arrays. Every process holds the whole batch (docs/multihost.md) and
+    places the slices its own devices hold."""
     if mesh is None:
         return jax.tree.map(jnp.asarray, inputs)
-    batch_axis = {"input_ids": 0, "attention_mask": 0, "position_ids": 1, "rope_deltas": 0, "rows": 0}
-
-    def put(path, x):
-        name = sharding.path_str(path[:1])
-        spec = sharding.batch_sharding(mesh, x.ndim, batch_axis[name]) if name in batch_axis else NamedSharding(mesh, P())
-        return jax.make_array_from_callback(x.shape, spec, lambda idx: x[idx])
-
-    return jax.tree_util.tree_map_with_path(put, inputs)
+    return jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: x[idx]),
+                        inputs, input_shardings(inputs, mesh, family))
 
 
 def generate_arrays(model, inputs: dict, key, params: SamplingParams, *, stops=None, pad_id: int | None = None,
-                    mesh=None) -> dict:
+                    mesh=None, family=None) -> dict:
     """Lower level: `inputs` from `prepare` (NumPy). Returns NumPy tokens, logprobs, lengths, stopped
     for the first `inputs['num_rows']` rows."""
+    family = family or families.for_model(model.config)
     pad_id = model.config.pad_token_id if pad_id is None else pad_id
     stops = stop_ids(model.config, params) if stops is None else tuple(stops)
     rows = inputs["num_rows"]
@@ -275,30 +261,32 @@ def generate_arrays(model, inputs: dict, key, params: SamplingParams, *, stops=N
              "top_k": np.int32(params.top_k), "logprobs_at_temperature": np.bool_(params.logprobs_at_temperature),
              "pad_id": np.int32(pad_id), "stop_ids": stop_arr}
     graphdef, state = nnx.split(model)
-    out = _generate(graphdef, state, _to_device(arrays, mesh), key, knobs, max_new_tokens=params.max_new_tokens,
-                    mesh=mesh)
+    out = _generate(graphdef, state, _to_device(arrays, mesh, family), key, knobs,
+                    max_new_tokens=params.max_new_tokens, mesh=mesh, family=family)
     return {k: np.asarray(v)[:rows] for k, v in out.items()}
 
 
 def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None, mesh=None,
-             batch_size: int | None = None) -> Generation:
+             batch_size: int | None = None, family=None) -> Generation:
     """Main API: a host batch from data_pipeline (input_ids, attention_mask, pixel_values,
     image_grid_thw; right- or left-padded) -> one Generation row per batch row.
 
     batch_size: rows per generation call (config key sampling.batch_size), so that the KV cache of
     a large batch fits; every call pads its prompts to the whole batch's length bucket and each row
-    samples with its own key (its index in the whole batch), so the tokens do not depend on it."""
+    samples with its own key (its index in the whole batch), so the tokens do not depend on it.
+    family: the model family (default: families.for_model(model.config))."""
+    family = family or families.for_model(model.config)
     pad_id = tokenizer.pad_id if tokenizer is not None else model.config.pad_token_id
-    data_shards = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in sharding.BATCH]))
+    data_shards = 1 if mesh is None else sharding.batch_shards(mesh)
     stops = stop_ids(model.config, params, tokenizer)
     B = np.asarray(batch["input_ids"]).shape[0]
     step = B if not batch_size or batch_size >= B else batch_size
     length = prompt_length(batch["attention_mask"])
     parts = []
     for start in range(0, B, step):
-        chunk = batch if step == B else take_rows(batch, range(start, min(start + step, B)), model.config)
-        inputs = prepare(chunk, model.config, pad_id, data_shards, length=length, first_row=start)
-        parts.append(generate_arrays(model, inputs, key, params, stops=stops, pad_id=pad_id, mesh=mesh))
+        chunk = batch if step == B else family.take_rows(batch, range(start, min(start + step, B)), model.config)
+        inputs = prepare(chunk, model.config, pad_id, data_shards, length=length, first_row=start, family=family)
+        parts.append(generate_arrays(model, inputs, key, params, stops=stops, pad_id=pad_id, mesh=mesh, family=family))
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     gen = Generation(out["tokens"], out["logprobs"], out["lengths"], out["stopped"])
     if tokenizer is not None:

@@ -9,6 +9,7 @@ from scipy.special import log_softmax
 from data_pipeline.tokenizer import load_tokenizer
 from progress_jax import sampling, sharding
 from progress_jax.models import qwen2_5_vl
+from progress_jax.models.qwen2_5_vl import family as qwen
 from tests import hf_reference as ref
 
 N = 16
@@ -133,7 +134,7 @@ def test_sampling_batches_give_the_tokens_of_one_call(models):
     (its index in the whole batch) and the whole batch's prompt length, so the sampled tokens are
     those of one call over all rows, images going with their rows."""
     _, _, model = models
-    batch = sampling.take_rows(host_batch(), [0, 1, 1, 0, 1], model.config)  # rows of one prompt differ
+    batch = qwen.take_rows(host_batch(), [0, 1, 1, 0, 1], model.config)  # rows of one prompt differ
     params = sampling.SamplingParams(max_new_tokens=N, temperature=1.0)
     whole = sampling.generate(model, batch, params, jax.random.key(7))
     assert (whole.tokens[1] != whole.tokens[2]).any()  # independent keys per row

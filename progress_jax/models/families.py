@@ -1,9 +1,13 @@
 """Model families by config.json's `model_type`: the one place a job learns which model code to use.
 
-A family is a module with the interface of progress_jax/models/qwen2_5_vl/family.py: MODEL_TYPE,
-PRESETS, load, init, BATCH_AXIS, PATCH_KEYS, stack_micro, row_images,
-vision_token_ids, flops_per_token. A new family is one such module plus one `register` call (or one
-line in FAMILIES).
+A family is a module with the interface of progress_jax/models/qwen2_5_vl/family.py:
+- MODEL_TYPE, PRESETS, load, init: the model (its config carries `model_type`, see `for_model`);
+- training: BATCH_AXIS, PATCH_KEYS, stack_micro, flops_per_token;
+- host batches by row: row_images, take_rows, vision_token_ids (GRPO rollouts, sampling batches);
+- generation (progress_jax/sampling.py): GENERATION_AXIS, generation_inputs, prompt_embeddings,
+  decode_position_ids. The sampler also calls the model's embed(token ids), decode(x, position_ids,
+  kv_mask, cache, index), logits(hidden) and init_cache(batch, length).
+A new family is one such module plus one `register` call (or one line in FAMILIES).
 """
 from __future__ import annotations
 
@@ -26,6 +30,11 @@ def get(model_type: str):
                          f"(see progress_jax/models/families.py)")
     family = FAMILIES[model_type]
     return importlib.import_module(family) if isinstance(family, str) else family
+
+
+def for_model(config):
+    """The family of a built model, by its config's `model_type` (the sampler's look-up)."""
+    return get(config.model_type)
 
 
 def model_type(path: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +61,7 @@ class TextConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Qwen25VLConfig:
+    model_type: ClassVar[str] = "qwen2_5_vl"  # config.json's; picks the model family (models/families.py)
     vision: VisionConfig = dataclasses.field(default_factory=VisionConfig)
     text: TextConfig = dataclasses.field(default_factory=TextConfig)
     tie_word_embeddings: bool = True
@@ -200,7 +201,7 @@ class Qwen25VLConfig:
         }
         return {
             "architectures": ["Qwen2_5_VLForConditionalGeneration"],
-            "model_type": "qwen2_5_vl",
+            "model_type": self.model_type,
             "text_config": text,
             "vision_config": vision,
             "tie_word_embeddings": self.tie_word_embeddings,

@@ -4,19 +4,22 @@ forward pass, behind the interface of progress_jax.models.families (one module p
 - load / init / PRESETS: the model from a Hub checkpoint or a built-in preset;
 - BATCH_AXIS, PATCH_KEYS, stack_micro: host batches -> model inputs (M-RoPE position ids, image
   patches and vision window/attention indices per batch shard) and how they shard;
-- row_images, vision_token_ids: which images belong to which prompt row (GRPO rollouts), and the
-  special tokens a text continuation must not hold;
+- row_images, take_rows, vision_token_ids: which images belong to which prompt row (GRPO
+  rollouts, sampling batches), and the special tokens a text continuation must not hold;
+- GENERATION_AXIS, generation_inputs, prompt_embeddings, decode_position_ids: the sampler's
+  inputs (M-RoPE positions, patches per batch shard), how they shard, and decode positions;
 - flops_per_token: the training FLOP count for MFU.
 """
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from progress_jax.models.qwen2_5_vl import config as config_module
 from progress_jax.models.qwen2_5_vl import positions
 
-MODEL_TYPE = "qwen2_5_vl"  # config.json's model_type
+MODEL_TYPE = config_module.Qwen25VLConfig.model_type  # config.json's model_type
 PRESETS = tuple(config_module.PRESETS)
 
 # Batch axis (after the leading micro-batch axis) of each model input; patch arrays: their batch-shard axis.
@@ -61,22 +64,35 @@ def stack_micro(host_batches: list[dict], config, shards: int = 1) -> dict:
         inputs = positions.model_inputs({"input_ids": ids, "attention_mask": mask,
                                          "image_grid_thw": b["image_grid_thw"]}, config)
         inputs.pop("rope_deltas")
-        pv = np.zeros((shards, per_shard, b["pixel_values"].shape[1]), np.float32)
-        for s in range(shards):
-            pv[s, :end[s] - start[s]] = b["pixel_values"][start[s]:end[s]]
-        inputs["pixel_values"] = pv
-        inputs["vision"] = [positions.vision_inputs(g, per_shard, config) for g in grids]
+        inputs["pixel_values"], inputs["vision"] = _shard_patches(b["pixel_values"], (start, end, grids), per_shard,
+                                                                  config)
         inputs["loss_mask"] = np.pad(b["loss_mask"], ((0, 0), (0, pad_l))).astype(np.int32)
         out.append(inputs)
-    for key in positions.GROUP_KEYS:  # attention groups: one shape for all micro-batches and shards
-        rows = max(v[key].shape[0] for o in out for v in o["vision"])
-        width = max(v[key].shape[1] for o in out for v in o["vision"])
-        for o in out:
+    _stack_vision(out)
+    return jax.tree.map(lambda *xs: np.stack(xs), *out)
+
+
+def _shard_patches(pixel_values, spans, per_shard: int, config):
+    """Patches [shards, per_shard, 1176] (shard s: rows start[s]:end[s] of pixel_values, zero-padded)
+    and each shard's vision indices (a list, stacked by _stack_vision)."""
+    start, end, grids = spans
+    pv = np.zeros((len(start), per_shard, pixel_values.shape[1]), np.float32)
+    for s in range(len(start)):
+        pv[s, :end[s] - start[s]] = pixel_values[start[s]:end[s]]
+    return pv, [positions.vision_inputs(g, per_shard, config) for g in grids]
+
+
+def _stack_vision(inputs: list[dict]) -> None:
+    """In place: each input's per-shard vision indices, their attention groups padded to one shape
+    (of all inputs and shards), stacked on the shard axis."""
+    for key in positions.GROUP_KEYS:
+        rows = max(v[key].shape[0] for o in inputs for v in o["vision"])
+        width = max(v[key].shape[1] for o in inputs for v in o["vision"])
+        for o in inputs:
             for v in o["vision"]:
                 v[key] = positions.pad_groups(v, rows, width, key)
-    for o in out:
+    for o in inputs:
         o["vision"] = jax.tree.map(lambda *xs: np.stack(xs), *o["vision"])
-    return jax.tree.map(lambda *xs: np.stack(xs), *out)
 
 
 def _one_shard(batch: dict):
@@ -123,3 +139,63 @@ def flops_per_token(config, seq_len: int, lora_on: bool) -> float:
     n = t.num_hidden_layers * (attn + mlp) + t.hidden_size * t.vocab_size
     return train_flops_per_token(n, t.num_hidden_layers, seq_len, t.num_attention_heads * t.head_dim,
                                  backward_factor=1.0 if lora_on else 2.0)
+
+
+def take_rows(batch: dict, rows, config) -> dict:
+    """The given rows of a host batch (input_ids, attention_mask), each row's images with it."""
+    rows = np.asarray(rows)
+    out = {k: np.asarray(batch[k])[rows] for k in ("input_ids", "attention_mask")}
+    if batch.get("pixel_values") is not None and batch.get("image_grid_thw") is not None:
+        images = row_images(batch, config)
+        picked = [images[b] for b in rows if len(images[b][0])]
+        if picked:
+            out["image_grid_thw"] = np.concatenate([g for g, _ in picked])
+            out["pixel_values"] = np.concatenate([p for _, p in picked])
+    return out
+
+
+# ---- generation (progress_jax/sampling.py) -------------------------------------------------------
+
+# Batch axis of each generation input (no micro-batch axis); patch arrays: their batch-shard axis.
+GENERATION_AXIS = {"input_ids": 0, "attention_mask": 0, "position_ids": 1, "rope_deltas": 0,
+                   **dict.fromkeys(PATCH_KEYS, 0)}
+
+
+def generation_inputs(prompts: dict, config, shards: int = 1, patch_bucket=None) -> dict:
+    """Left-padded prompts (input_ids, attention_mask [B, L], padded by the sampler) with their
+    host batch's pixel_values and image_grid_thw -> the generation program's NumPy inputs: M-RoPE
+    position_ids, rope_deltas (for the decode positions) and, when the prompts hold images, the
+    patches per batch shard [shards, P_s, 1176] with their vision indices, laid out as stack_micro
+    lays them out for training (rows in `shards` contiguous groups, each group's images with it).
+    P_s: patch_bucket(the largest shard's patch count), rounded up to whole merge units."""
+    ids = np.asarray(prompts["input_ids"]).astype(np.int32)
+    mask = np.asarray(prompts["attention_mask"]).astype(np.int32)
+    has_images = prompts.get("pixel_values") is not None and prompts.get("image_grid_thw") is not None
+    grid = positions.valid_grids(prompts["image_grid_thw"]) if has_images else np.zeros((0, 3), np.int64)
+    position_ids, rope_deltas = positions.get_rope_index(ids, grid, mask, config)
+    out = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids, "rope_deltas": rope_deltas}
+    n = int(grid.prod(-1).sum())
+    if not n:
+        return out
+    pixel_values = np.asarray(prompts["pixel_values"], np.float32)
+    if pixel_values.shape[0] < n:
+        raise ValueError(f"image_grid_thw needs {n} patch rows, pixel_values has {pixel_values.shape[0]}")
+    spans = _shard_patch_spans({"input_ids": ids, "image_grid_thw": grid}, config, shards)
+    unit = config.vision.spatial_merge_size ** 2
+    per_shard = int((spans[1] - spans[0]).max())
+    per_shard = -(-(patch_bucket or (lambda p: p))(per_shard) // unit) * unit
+    out["pixel_values"], out["vision"] = _shard_patches(pixel_values, spans, per_shard, config)
+    _stack_vision([out])
+    return out
+
+
+def prompt_embeddings(model, inputs: dict):
+    """Traced: the prompt's token embeddings with its image features (each batch shard's tower)."""
+    return model.embed(inputs["input_ids"], inputs.get("pixel_values"), inputs.get("vision"))
+
+
+def decode_position_ids(inputs: dict, step):
+    """Traced: position ids [3, B, 1] of generated token `step` (0-based), transformers' rule:
+    the row's real prompt tokens + step + its rope delta, on all three M-RoPE axes."""
+    first = inputs["attention_mask"].sum(1) + inputs["rope_deltas"][:, 0]
+    return jnp.broadcast_to((first + step)[None, :, None], (3, first.shape[0], 1))
