@@ -73,6 +73,9 @@ def base() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     # --dry_run: the memory of one device (GiB) that each compiled program must fit in.
     c.train.device_memory_gb = 80.0
+    # Positions per block of full-vocabulary logits in the SFT loss and the GRPO log-probs; 0: all
+    # at once (small vocabularies). The 3B's logits are 0.6 MB per position in float32.
+    c.train.loss_chunk = 0
 
     c.logging = ml_collections.ConfigDict()
     c.logging.wandb_project = ""  # Weights & Biases project; "" = off (metrics.jsonl + TensorBoard always)

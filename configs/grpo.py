@@ -78,6 +78,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         c.data.length_buckets = (2048, 4096, 8192, 16384, 20000)  # max_prompt_length 20000
         c.data.patch_buckets = (16384, 32768, 65536, 131072, 262144)
         c.data.image_buckets = (8, 16, 32, 64)
+        t.loss_chunk = 2048  # not an EasyR1 setting: memory only, the log-probs are the same
         return c
 
     # demo: the chain of progress_jax/demo.py on the tiny model.

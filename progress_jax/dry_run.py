@@ -254,13 +254,13 @@ def grpo_programs(cfg, arch, model, mesh, family) -> list[dict]:
     logp = np.zeros((1, rows, length - 1), np.float32)
     extra = {"advantages": np.zeros((1, rows), np.float32)}
     batch, batch_sh = _train_batch(cfg, arch, family, mesh, rows, length, patches, k, d.length_buckets[-1], extra)
-    logp_fn = jax.jit(grpo.make_logp_fn(parts, s.temperature, mesh, cfg.model.remat),
+    logp_fn = jax.jit(grpo.make_logp_fn(parts, s.temperature, mesh, cfg.model.remat, loss_chunk=cfg.train.loss_chunk),
                       in_shardings=(state_sh["params"], frozen_sh, batch_sh))
     out.append(compile_program("logprobs", logp_fn, (state["params"], frozen, batch), mesh.size,
                                t.device_memory_gb, params_bytes=p, micro_batches=k))
     extra.update(old_logp=logp, ref_logp=logp)
     batch, batch_sh = _train_batch(cfg, arch, family, mesh, rows, length, patches, k, d.length_buckets[-1], extra)
-    update = grpo.make_update(parts, tx, g, s.temperature, mesh, cfg.model.remat)
+    update = grpo.make_update(parts, tx, g, s.temperature, mesh, cfg.model.remat, cfg.train.loss_chunk)
     jitted = loop.jit_step(update, mesh, state_sh, frozen_sh, batch_sh)
     out.append(compile_program("train_step", jitted, (state, frozen, batch), mesh.size, t.device_memory_gb,
                                params_bytes=p, opt_bytes=o, micro_batches=k))

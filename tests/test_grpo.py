@@ -77,6 +77,40 @@ def test_update_is_exact_under_micro_batching():
     assert moved > 0
 
 
+def test_log_probs_and_update_in_position_blocks_equal_the_whole():
+    """train.loss_chunk: log-probs, entropy and the update computed 7 positions at a time (72 - 1 =
+    71 positions: the last block padded) equal the whole-sequence computation."""
+    cfg = _config()
+    model = lora_model(seed=1)
+    parts, params = loop.split(model, lora.trainable_filter(8))
+    batch = _update_inputs(model, 1)
+    mb = jax.tree.map(lambda a: a[0], batch)
+    whole = grpo.token_logps(parts.model(params, parts.frozen), mb, 0.7)
+    blocks = grpo.token_logps(parts.model(params, parts.frozen), mb, 0.7, loss_chunk=7)
+    for a, b in zip(whole, blocks):
+        assert a.shape == b.shape == (4, 71)
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    logp = jax.jit(grpo.make_logp_fn(parts, 1.0))(params, parts.frozen, batch)
+    batch["old_logp"] = logp + 0.5 * jax.random.normal(jax.random.key(3), logp.shape)
+    tx = schedule.make_optimizer(1e-2, 0.0, 0.0, 10, 1.0, eps=1e-4)
+    out = []
+    for chunk in (0, 7):
+        update = jax.jit(grpo.make_update(parts, tx, _no_kl(cfg.grpo), 1.0, loss_chunk=chunk))
+        new_state, m = update(loop.init_state(params, tx, 0), parts.frozen, batch)
+        out.append((new_state["params"], jax.device_get(m)))
+    (p0, m0), (p1, m1) = out
+    for key in ("loss", "pg_loss", "entropy", "grad_norm"):
+        np.testing.assert_allclose(m1[key], m0[key], rtol=1e-5, atol=1e-6)
+    for name in p0:
+        np.testing.assert_allclose(p1[name], p0[name], rtol=1e-5, atol=1e-6)
+
+
+def _no_kl(g):
+    g = g.copy_and_resolve_references()
+    g.kl_coef = 0.0
+    return g
+
+
 def test_sharded_update_equals_one_device():
     """The job's jitted update (explicit shardings, rows split over a 4-device fsdp mesh) gives the
     one-device update's loss, metrics and new parameters."""

@@ -26,36 +26,40 @@ import optax
 
 from progress_jax import handover, lora, runtime, sampling, sharding
 from progress_jax.models import families
-from progress_jax.train import checkpoint, grpo_loss, loop, registry, rollouts, schedule
+from progress_jax.train import checkpoint, chunked, grpo_loss, loop, registry, rollouts, schedule
 
 log = logging.getLogger(__name__)
 
 # ---- log-probs and the update -----------------------------------------------------------------
 
-def token_logps(model, mb: dict, temperature: float, mesh=None, remat: str = "none"):
+def token_logps(model, mb: dict, temperature: float, mesh=None, remat: str = "none", loss_chunk: int = 0):
     """log p(token t+1 | tokens <= t) at the given temperature for every position [B, L-1], and
-    the per-token entropy of that distribution."""
+    the per-token entropy of that distribution. loss_chunk > 0: the logits of that many positions
+    at a time (train/chunked.py)."""
     ids = mb["input_ids"]
     x = sharding.constrain_batch(model.embed(ids, mb.get("pixel_values"), mb.get("vision")), mesh)
     hidden, _ = model.decode(x, mb["position_ids"], mb["attention_mask"], remat=remat)
-    logits = model.logits(hidden[:, :-1]) / temperature
-    logp_all = jax.nn.log_softmax(logits, axis=-1)
-    logp = jnp.take_along_axis(logp_all, ids[:, 1:, None], axis=-1)[..., 0]
-    entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
-    return logp, entropy
+
+    def per_position(h, targets):
+        logp_all = jax.nn.log_softmax(model.logits(h) / temperature, axis=-1)
+        logp = jnp.take_along_axis(logp_all, targets[..., None], axis=-1)[..., 0]
+        return logp, -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+
+    return chunked.map_positions(per_position, loss_chunk, hidden[:, :-1], ids[:, 1:])
 
 
-def make_logp_fn(parts: loop.Parts, temperature: float, mesh=None, remat: str = "none", off: bool = False):
+def make_logp_fn(parts: loop.Parts, temperature: float, mesh=None, remat: str = "none", off: bool = False,
+                 loss_chunk: int = 0):
     """(params, frozen, micro-batches [k, ...]) -> log-probs [k, B, L-1]; off=True: LoRA switched off."""
     def fn(params, frozen, batch):
         p = lora.lora_off(params) if off else params
         model = parts.model(p, frozen)
-        return jax.lax.map(lambda mb: token_logps(model, mb, temperature, mesh, remat)[0], batch)
+        return jax.lax.map(lambda mb: token_logps(model, mb, temperature, mesh, remat, loss_chunk)[0], batch)
 
     return fn
 
 
-def make_update(parts: loop.Parts, tx, g, temperature: float, mesh=None, remat: str = "none"):
+def make_update(parts: loop.Parts, tx, g, temperature: float, mesh=None, remat: str = "none", loss_chunk: int = 0):
     """update(state, frozen, batch) -> (state, metrics): gradients of the GRPO loss summed over the
     batch's micro-batches, each divided by the global response-token count (exact token-mean)."""
     def update(state, frozen, batch):
@@ -64,7 +68,7 @@ def make_update(parts: loop.Parts, tx, g, temperature: float, mesh=None, remat: 
 
         def micro(carry, mb):
             def loss_fn(params):
-                logp, entropy = token_logps(parts.model(params, frozen), mb, temperature, mesh, remat)
+                logp, entropy = token_logps(parts.model(params, frozen), mb, temperature, mesh, remat, loss_chunk)
                 mask = mb["loss_mask"][:, 1:].astype(jnp.float32)
                 ref = mb["ref_logp"] if g.kl_coef else None
                 loss, m = grpo_loss.grpo_loss(logp, mb["old_logp"], ref, mb["advantages"], mask, n_tokens,
@@ -113,10 +117,10 @@ class Trainer:
         self.parts, self.state, self.state_sh, self.frozen_sh = setup.parts, setup.state, setup.state_sh, setup.frozen_sh
         # Full-parameter RL: the reference policy needs its own frozen copy of the initial weights.
         self.ref_params = None if config.lora.rank > 0 else jax.tree.map(jnp.copy, self.state["params"])
-        temp, remat = config.sampling.temperature, config.model.remat
-        self._logp = jax.jit(make_logp_fn(self.parts, temp, mesh, remat))
-        self._ref_logp = jax.jit(make_logp_fn(self.parts, temp, mesh, remat, off=config.lora.rank > 0))
-        self._update_fn = make_update(self.parts, self.tx, g, temp, mesh, remat)
+        temp, remat, chunk = config.sampling.temperature, config.model.remat, t.loss_chunk
+        self._logp = jax.jit(make_logp_fn(self.parts, temp, mesh, remat, loss_chunk=chunk))
+        self._ref_logp = jax.jit(make_logp_fn(self.parts, temp, mesh, remat, off=config.lora.rank > 0, loss_chunk=chunk))
+        self._update_fn = make_update(self.parts, self.tx, g, temp, mesh, remat, chunk)
         self._update = {}
         self.sampling = sampling.SamplingParams(
             max_new_tokens=int(config.sampling.max_new_tokens), temperature=float(config.sampling.temperature),

@@ -16,7 +16,7 @@ import optax
 
 from progress_jax import handover, lora, runtime, sampling, sharding
 from progress_jax.models import families, qwen2_5_vl
-from progress_jax.train import checkpoint, guards, loop, schedule
+from progress_jax.train import checkpoint, chunked, guards, loop, schedule
 
 log = logging.getLogger(__name__)
 
@@ -26,32 +26,21 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v5 lite": 197
 
 # ---- loss ------------------------------------------------------------------------------------
 
-def _chunk_nll(model, h, targets, weights):
-    logits = model.logits(h)  # float32
-    tgt = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return jnp.sum((jax.nn.logsumexp(logits, axis=-1) - tgt) * weights)
-
-
 def nll_sum(model, mb: dict, mesh=None, dropout_rng=None, remat: str = "none", loss_chunk: int = 0):
     """Sum of target-token NLLs of one micro-batch (arrays as positions.model_inputs gives them,
     plus loss_mask). loss_chunk > 0: logits computed (and recomputed in the backward pass) for
-    that many positions at a time, never the whole [B, L, V] at once."""
+    that many positions at a time, never the whole [B, L, V] at once (train/chunked.py)."""
     ids = mb["input_ids"]
     x = sharding.constrain_batch(model.embed(ids, mb.get("pixel_values"), mb.get("vision")), mesh)
     hidden, _ = model.decode(x, mb["position_ids"], mb["attention_mask"], dropout_rng=dropout_rng, remat=remat)
     hidden = sharding.constrain_batch(hidden, mesh)
-    h, t, w = hidden[:, :-1], ids[:, 1:], mb["loss_mask"][:, 1:].astype(jnp.float32)
-    T = h.shape[1]
-    if loss_chunk <= 0 or loss_chunk >= T:
-        return _chunk_nll(model, h, t, w)
-    n = -(-T // loss_chunk)
-    pad = n * loss_chunk - T
-    h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
-    t, w = jnp.pad(t, ((0, 0), (0, pad))), jnp.pad(w, ((0, 0), (0, pad)))
-    split = lambda a: jnp.moveaxis(a.reshape(a.shape[0], n, loss_chunk, *a.shape[2:]), 1, 0)
-    body = jax.checkpoint(lambda c, xs: (c + _chunk_nll(model, *xs), None))
-    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (split(h), split(t), split(w)))
-    return total
+
+    def nll(h, targets):
+        logits = model.logits(h)  # float32
+        return jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+
+    weights = mb["loss_mask"][:, 1:].astype(jnp.float32)
+    return jnp.sum(chunked.map_positions(nll, loss_chunk, hidden[:, :-1], ids[:, 1:]) * weights)
 
 
 def loss_and_grads(parts: loop.Parts, params: dict, frozen, batch: dict, rng=None, mesh=None,
