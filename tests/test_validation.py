@@ -91,8 +91,10 @@ def tb_events(log_dir):
 
 
 # Answers for the step-0 validation, written before the run (a validation resumes its predictions
-# file, as the eval job does): a random model's 8 tokens are never parseable, these are.
-ANSWERS = {1: (2, 0.4), 2: (3, 0.7), 3: (2, 0.2)}  # visual_same_view line -> (ref, score)
+# file, as the eval job does): a random model's 8 tokens are never parseable, these are, so that
+# NSE, PRC and ref error are defined. (sample -> (ref, score))
+ANSWERS = {("visual_same_view", 1): (2, 0.4), ("visual_same_view", 2): (3, 0.7), ("visual_same_view", 3): (2, 0.2),
+           ("text-normal", 1): (1, 0.9), ("visual-unanswerable", 1): (1, 0.5)}
 
 
 def seed_answers(workdir, bench):
@@ -102,12 +104,8 @@ def seed_answers(workdir, bench):
     samples, lines = [], []
     for records in bench.values():
         for r in records:
-            ref, score = ANSWERS.get(r.line, (None, None)) if r.source == "visual_same_view" else (None, None)
-            if r.source == "text-normal":
-                ref, score = 1, 0.9
-            text = ("<ref_think>a</ref_think><ref>n/a</ref><score_think>b</score_think><score>n/a</score>"
-                    if score is None else
-                    f"<ref_think>a</ref_think><ref>{ref}</ref><score_think>b</score_think><score>{round(score * 100)}%</score>")
+            ref, score = ANSWERS[(r.source, r.line)]
+            text = f"<ref_think>a</ref_think><ref>{ref}</ref><score_think>b</score_think><score>{round(score * 100)}%</score>"
             lines.append(prediction_line(r, text))
             samples.append(Sample(r, score, ref))
     out = os.path.join(workdir, "val", "step_000000")
@@ -130,7 +128,7 @@ def assert_logged(got, expected):
 def test_sft_validation_equals_the_eval_job_and_leaves_the_losses_alone(data):
     ran = sft_job(data, data / "val")
     step0 = seed_answers(ran.workdir, load_bench([data / "bench"]))
-    assert step0["macro"]["nse"] is not None and step0["vision"]["prc"] is not None
+    assert None not in (step0["macro"]["nse"], step0["vision"]["prc"], step0["macro"]["uda"])
     main.run(ran)
     history = read_metrics(ran.workdir)
     # Before training (step 0), every val_every steps: the same benchmark samples each time.
