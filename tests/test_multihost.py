@@ -71,7 +71,8 @@ def sft_args(d, workdir):
 def val_args(d):
     """Validation at the last step on the RL records as a benchmark (every process generates, process 0 writes)."""
     return [f"--config.train.val_files=('{d / 'rl.jsonl'}',)", f"--config.train.val_image_root={d / 'images'}",
-            f"--config.train.val_every={STEPS}", "--config.train.val_max_new_tokens=8", "--config.train.val_log_samples=3"]
+            f"--config.train.val_every={STEPS}", "--config.train.val_max_new_tokens=8",
+            "--config.train.val_log_samples=3"]
 
 
 def grpo_args(d, workdir):

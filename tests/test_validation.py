@@ -14,7 +14,7 @@ from configs import grpo as grpo_config
 from configs import sft as sft_config
 from progress_jax import main, runtime, validate
 from progress_jax.eval.predictions import load_bench
-from progress_jax.train import curves, registry, validation
+from progress_jax.train import curves, validation
 from progress_jax.train.metrics_writer import MetricsWriter, Text, read_metrics
 from tests.killable import write_records
 from tests.test_eval_runner import write_bench
@@ -105,7 +105,8 @@ def seed_answers(workdir, bench):
     for records in bench.values():
         for r in records:
             ref, score = ANSWERS[(r.source, r.line)]
-            text = f"<ref_think>a</ref_think><ref>{ref}</ref><score_think>b</score_think><score>{round(score * 100)}%</score>"
+            text = (f"<ref_think>a</ref_think><ref>{ref}</ref><score_think>b</score_think>"
+                    f"<score>{round(score * 100)}%</score>")
             lines.append(prediction_line(r, text))
             samples.append(Sample(r, score, ref))
     out = os.path.join(workdir, "val", "step_000000")
@@ -122,7 +123,7 @@ def assert_logged(got, expected):
             if want is None:
                 assert f"{prefix}/{metric}" not in got, (entry, metric)
             else:
-                assert abs(got[f"{prefix}/{metric}"] - want) <= 1e-6, (entry, metric, got.get(f"{prefix}/{metric}"), want)
+                assert abs(got[f"{prefix}/{metric}"] - want) <= 1e-6, (entry, metric, want)
 
 
 def test_sft_validation_equals_the_eval_job_and_leaves_the_losses_alone(data):

@@ -205,7 +205,8 @@ def run(config) -> dict:
     tokenizer = runtime.load_tokenizer(config)
     validator = None
     if val_files:  # validation answers are logged with the run's reward
-        validator = validation.Validator(config, tokenizer, *val_files, mesh=mesh, reward=registry.get_reward(g.reward))
+        validator = validation.Validator(config, tokenizer, *val_files, mesh=mesh,
+                                         reward=registry.get_reward(g.reward))
     model = runtime.load_policy(config, mesh, t.init_params)
 
     from data_pipeline.pipeline import make_dataset
