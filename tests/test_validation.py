@@ -188,12 +188,12 @@ def test_sft_validation_equals_the_eval_job_and_leaves_the_losses_alone(data):
     assert {"val", "val/vision", "val/text"} <= {title for title, _ in curves.panels(curves.series(history))}
 
 
-def test_grpo_validation_beside_the_probe_with_rewards(data):
+def grpo_job(root, workdir):
     c = grpo_config.get_config()
     c.job = "grpo"
-    _common(c, data / "grpo", data / "bench")
-    c.data.train_files = (str(data / "train_rl" / "rl.jsonl"),)
-    c.data.image_root = str(data / "train_rl" / "images")
+    _common(c, workdir, root / "bench")
+    c.data.train_files = (str(root / "train_rl" / "rl.jsonl"),)
+    c.data.image_root = str(root / "train_rl" / "images")
     c.train.steps = 2
     c.grpo.rollout_batch_size = c.train.batch_size = 4
     c.grpo.n = 2
@@ -201,10 +201,21 @@ def test_grpo_validation_beside_the_probe_with_rewards(data):
     c.grpo.reward = "tests.test_validation:toy_rewards"
     c.grpo.probe_every = 1
     c.grpo.probe_batches = 1
+    return c
+
+
+def test_grpo_validation_beside_the_probe_with_rewards(data):
+    c = grpo_job(data, data / "grpo")
     c.train.val_every = 2
     c.train.val_samples = 3
     main.run(c)
     history = read_metrics(c.workdir)
+    plain = grpo_job(data, data / "plain")  # no validation: the same rollouts, rewards and losses
+    main.run(plain)
+    for s, m in read_metrics(plain.workdir).items():
+        for k in ("loss", "reward/overall", "probe/overall"):
+            if k in m:
+                assert abs(history[s][k] - m[k]) <= 1e-6, (s, k)
     assert "val/nse" not in history.get(0, {}) and "probe/overall" in history[0]  # no val_before_train
     assert "val/afrr" in history[2] and "probe/overall" in history[2] and "reward/overall" in history[2]
     rows = [json.loads(line) for line in open(os.path.join(c.workdir, validation.SAMPLES_FILE))]
