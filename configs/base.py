@@ -93,3 +93,16 @@ def demo_data(c: ml_collections.ConfigDict) -> None:
     c.data.length_buckets = (512, 1024)
     c.data.patch_buckets = (2048, 4096, 8192)
     c.data.image_buckets = (32, 64, 128)
+
+
+def validation(c: ml_collections.ConfigDict) -> None:
+    """Validation during training (SFT and GRPO; progress_jax/train/validation.py): the evaluation
+    metrics on held-out benchmark files, greedy, every train.val_every steps. Off by default."""
+    t = c.train
+    t.val_files = ()  # benchmark JSONL files; empty: every *.jsonl in data.bench_dir (a sim run: the sim's bench)
+    t.val_image_root = ""  # their images; "" = <bench_dir>/images (or <first file's directory>/images)
+    t.val_every = 0  # steps between validations (and at the last step); 0 = off
+    t.val_before_train = False  # also validate the starting model (logged as step 0)
+    t.val_samples = 0  # at most this many samples, the same fixed subset every time; 0 = all
+    t.val_max_new_tokens = 0  # answer length; 0 = sampling.max_new_tokens
+    t.val_log_samples = 4  # answers logged as text each time (val_samples.jsonl, TensorBoard)

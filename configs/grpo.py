@@ -23,7 +23,7 @@ final/trainable.safetensors; the demo adds sft/ (the warm start), eval_sft/ and 
 import ml_collections
 
 from configs import sft as sft_config
-from configs.base import base, demo_data, variant
+from configs.base import base, demo_data, validation, variant
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
@@ -59,6 +59,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     t.save_every = 10
     t.keep = 10
     t.init_params = ""  # an SFT run's final/ directory (trainable.safetensors)
+    validation(c)
 
     c.sampling.temperature = 0.6
     c.sampling.top_p = 0.9
@@ -79,6 +80,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         c.data.patch_buckets = (16384, 32768, 65536, 131072, 262144)
         c.data.image_buckets = (8, 16, 32, 64)
         t.loss_chunk = 2048  # not an EasyR1 setting: memory only, the log-probs are the same
+        # Validation on Progress-Bench when data.bench_dir is given: a fixed 256-sample subset every
+        # 20 steps and before the first step, beside the probe.
+        t.val_every = 20
+        t.val_before_train = True
+        t.val_samples = 256
         return c
 
     # demo: the chain of progress_jax/demo.py on the tiny model.

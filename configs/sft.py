@@ -18,7 +18,7 @@ LoRA folded in) when train.export_merged.
 """
 import ml_collections
 
-from configs.base import base, demo_data, variant
+from configs.base import base, demo_data, validation, variant
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
@@ -45,10 +45,13 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     t.peak_flops_per_device = 0.0  # 0: known accelerators only (MFU omitted on CPU)
     t.demo_samples = 2  # after training: greedy answers to this many sim benchmark prompts
     t.demo_max_new_tokens = 400
+    validation(c)
 
     if name == "demo":
         demo_data(c)
         c.lora.rank = 0
+        # Validation stays off in the demo (docs/recipes.md); turned on, answers as long as the eval demo's.
+        t.val_max_new_tokens = 160
     else:  # LLaMA-Factory/our_scripts/qwen2_5vl_lora_sft_small.yaml
         c.seed = 42
         c.model.preset = ""  # model.path required
@@ -72,4 +75,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         t.save_every = 100
         t.keep = 5
         t.demo_samples = 0
+        # Validation on Progress-Bench when data.bench_dir is given: a fixed 256-sample subset at
+        # every checkpoint and before the first step.
+        t.val_every = 100
+        t.val_before_train = True
+        t.val_samples = 256
     return c

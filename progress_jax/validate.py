@@ -143,6 +143,13 @@ RULES = {
     "train.demo_samples": integer(0),
     "train.demo_max_new_tokens": integer(1),
     "train.device_memory_gb": number(0, lo_open=True),
+    "train.val_files": paths,
+    "train.val_image_root": text,
+    "train.val_every": integer(0),
+    "train.val_before_train": boolean,
+    "train.val_samples": integer(0),
+    "train.val_max_new_tokens": integer(0),
+    "train.val_log_samples": integer(0),
     "grpo.n": integer(1),
     "grpo.rollout_batch_size": integer(1),
     "grpo.kl_coef": number(0),
@@ -200,6 +207,11 @@ def validate(config, prefix: str = "", runnable: bool = True) -> None:
     if get("lora.rank") and get("model.freeze_vision") is False:
         _fail(prefix + "model.freeze_vision", "must be True with LoRA (lora.rank > 0 trains the LoRA factors only)",
               False)
+    if (get("train.val_files") or get("train.val_image_root")) and not get("train.val_every") \
+            and not get("train.val_before_train"):
+        key = "train.val_files" if get("train.val_files") else "train.val_image_root"
+        _fail(prefix + key, "is set, but train.val_every is 0 and train.val_before_train is False: no validation "
+              "would run (set --config.train.val_every=N)", get(key))
     job = get("job")
     # Every batch size is global, the same for any number of processes (docs/multihost.md).
     if job == "sft" and get("train.batch_size") % get("train.micro_batch_size"):

@@ -68,6 +68,13 @@ def sft_args(d, workdir):
             "--config.train.micro_batch_size=8", "--config.train.demo_samples=0", *COMMON]
 
 
+def val_args(d):
+    """Validation at the last step on the RL records as a benchmark (every process generates, process 0 writes)."""
+    return [f"--config.train.val_files=('{d / 'rl.jsonl'}',)", f"--config.train.val_image_root={d / 'images'}",
+            f"--config.train.val_every={STEPS}", "--config.train.val_max_new_tokens=8",
+            "--config.train.val_log_samples=3"]
+
+
 def grpo_args(d, workdir):
     return ["--config", os.path.join(ROOT, "configs/grpo.py"), f"--config.workdir={workdir}",
             f"--config.data.train_files=('{d / 'rl.jsonl'}',)", f"--config.data.image_root={d / 'images'}",
@@ -91,12 +98,15 @@ def test_two_processes_match_one(tmp_path):
     write_records(sft_dir, n=12)  # 8 a step (the last 4 wait for the next epoch)
     write_records(rl_dir, n=8, answers=False)
 
-    # SFT: 1 x 8 devices, then 2 x 4 devices: the same losses step by step.
-    launch(sft_args(sft_dir, tmp_path / "sft1"), 1)
+    # SFT: 1 x 8 devices, then 2 x 4 devices: the same losses step by step, and the same validation.
+    launch(sft_args(sft_dir, tmp_path / "sft1") + val_args(rl_dir), 1)
     one = metrics(tmp_path / "sft1")
     assert sorted(one) == list(range(1, STEPS + 1))
-    launch(sft_args(sft_dir, tmp_path / "sft2"), 2)
+    launch(sft_args(sft_dir, tmp_path / "sft2") + val_args(rl_dir), 2)
     assert_same(metrics(tmp_path / "sft2"), one, ("loss", "grad_norm"), range(1, STEPS + 1))
+    assert_same(metrics(tmp_path / "sft2"), one, ("val/afrr", "val/vision/afrr"), (STEPS,))
+    samples = [(tmp_path / d / "val_samples.jsonl").read_text().splitlines() for d in ("sft1", "sft2")]
+    assert len(samples[0]) == 3 and samples[0] == samples[1]  # written once, by process 0
 
     # The 2-process run's step-1 checkpoint resumed by 1 process gives step 2 again (the data
     # iterator's state counts global batches); its programs come from the compilation cache.

@@ -34,25 +34,31 @@ def bench_files(config) -> tuple[list[str], str]:
     bench_dir = config.data.bench_dir
     if not files and not bench_dir:
         bench_dir = runtime.sim_paths(config)["bench_dir"]
+    return find_bench(files, bench_dir, config.data.image_root)
+
+
+def find_bench(files, bench_dir: str, image_root: str, root_key: str = "data.image_root") -> tuple[list[str], str]:
+    """(files, image root): the given files, else every *.jsonl in bench_dir; images under image_root,
+    else <bench_dir>/images (or <first file's directory>/images). Also the validation files of a
+    training run (train/validation.py), whose image root has its own key `root_key`."""
+    files = [os.fspath(f) for f in files]
     if not files:
         if not os.path.isdir(bench_dir):
             raise FileNotFoundError(f"config key data.bench_dir: no directory {bench_dir}")
         files = sorted(os.path.join(bench_dir, n) for n in os.listdir(bench_dir) if n.endswith(".jsonl"))
         if not files:
             raise FileNotFoundError(f"config key data.bench_dir: no .jsonl benchmark files in {bench_dir}")
-    image_root = config.data.image_root or os.path.join(bench_dir or os.path.dirname(files[0]), "images")
+    image_root = image_root or os.path.join(bench_dir or os.path.dirname(files[0]), "images")
     if not os.path.isdir(image_root):
-        raise FileNotFoundError(f"config key data.image_root: no image directory {image_root}")
+        raise FileNotFoundError(f"config key {root_key}: no image directory {image_root}")
     return files, image_root
 
 
-def _stem(path: str) -> str:
-    return os.path.splitext(os.path.basename(path))[0]
-
-
 def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, mesh=None,
-             run_name: str = "model", verbose: bool = True) -> dict:
+             run_name: str = "model", verbose: bool = True, bench: dict | None = None) -> dict:
     """Predict the samples of `files` not yet in <out_dir>/predictions.jsonl, then score all of them.
+    bench: the records to evaluate by file stem, instead of all of `files` (load_bench(files), or a
+    subset of it: validation during training).
 
     config: an eval-style config (resolved: no None fields): data.mode, data buckets/pixels,
     data.worker_count, sampling.*, seed. Writes predictions.jsonl, metrics.json, table1/2 and the
@@ -63,11 +69,11 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
     params = sampling_params(config)
     main = jax.process_index() == 0
     pred_path = os.path.join(out_dir, "predictions.jsonl")
-    bench = load_bench(files)  # refuses empty benchmark files before anything is written
+    if bench is None:
+        bench = load_bench(files)  # refuses empty benchmark files before anything is written
     # The samples still to predict, fed to the pipeline as records (no copy of the file): every error
     # names the user's file and line. Their images are checked here, before any generation.
-    pending = pending_records(bench, done_keys(pred_path))
-    todo = {path: pending[_stem(path)] for path in files}
+    todo = pending_records(bench, done_keys(pred_path))  # by file stem, in file order
     for records in todo.values():
         for record in records:
             check_images(record, image_root)

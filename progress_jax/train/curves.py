@@ -1,8 +1,9 @@
 """Training curves as PNG from a run's metrics.jsonl (written when the metrics writer closes).
 
-Panels: `loss` first, then one panel per metric family (the part before the first '/':
-`reward/*`, `probe/*`, `val/*`, `time/*`, ...) with one line per member, then every other
-numeric series on its own panel. NaN/Inf points (stored as strings) are left out of the lines.
+Panels: `loss` first, then one panel per metric family (the part before the last '/':
+`reward/*`, `probe/*`, `val/*` (validation, the macro average), `val/vision/*`, `val/text/*`,
+`time/*`, ...) with one line per member, then every other numeric series on its own panel.
+NaN/Inf points (stored as strings) are left out of the lines.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def panels(names) -> list[tuple[str, list[str]]]:
     single = []
     for name in sorted(names):
         if "/" in name:
-            families.setdefault(name.split("/", 1)[0], []).append(name)
+            families.setdefault(name.rsplit("/", 1)[0], []).append(name)
         elif name != "loss":
             single.append(name)
     out = [("loss", ["loss"])] if "loss" in names else []
@@ -62,7 +63,7 @@ def plot_curves(log_dir: str, path: str | None = None) -> str | None:
     for ax, (title, names) in zip(axes, layout):
         for name in names:
             steps, values = data[name]
-            label = name.split("/", 1)[1] if "/" in name else name
+            label = name.rsplit("/", 1)[1] if "/" in name else name
             ax.plot(steps, values, marker="." if len(steps) < 50 else None, label=label)
         ax.set_title(title)
         ax.set_xlabel("step")

@@ -26,7 +26,7 @@ import optax
 
 from progress_jax import handover, lora, runtime, sampling, sharding
 from progress_jax.models import families
-from progress_jax.train import checkpoint, chunked, grpo_loss, loop, registry, rollouts, schedule
+from progress_jax.train import checkpoint, chunked, grpo_loss, loop, registry, rollouts, schedule, validation
 
 log = logging.getLogger(__name__)
 
@@ -197,16 +197,21 @@ def run(config) -> dict:
     runtime.maybe_initialize_distributed()
     g, t, d = config.grpo, config.train, config.data
     # Every input is read before the model is loaded: a bad file fails in seconds.
-    files, image_root, _ = runtime.train_data(config, "rl")
+    files, image_root, sim = runtime.train_data(config, "rl")
     n_samples = runtime.check_train_files(files, image_root)
     runtime.check_init_params(t.init_params, "train.init_params")
+    val_files = validation.resolve_files(config, sim)
     mesh = runtime.make_mesh(config)
     n_batch = math.prod(mesh.shape[a] for a in sharding.BATCH)
     if t.micro_batch_size % n_batch:  # global rollout rows (docs/multihost.md)
         raise ValueError(f"config key train.micro_batch_size: {t.micro_batch_size} rollout rows do not split "
                          f"over the mesh's data x fsdp = {n_batch} devices")
-    model = runtime.load_policy(config, mesh, t.init_params)
     tokenizer = runtime.load_tokenizer(config)
+    validator = None
+    if val_files:  # validation answers are logged with the run's reward
+        validator = validation.Validator(config, tokenizer, *val_files, mesh=mesh,
+                                         reward=registry.get_reward(g.reward))
+    model = runtime.load_policy(config, mesh, t.init_params)
 
     from data_pipeline.pipeline import make_dataset
 
@@ -234,6 +239,9 @@ def run(config) -> dict:
             return trainer.probe(probe, probe_key)
 
         hooks.append(loop.Hook(probe_hook, g.probe_every, at_start=True))
+
+    if validator:  # beside the probe: the evaluation metrics on held-out benchmark samples, greedy
+        hooks.append(validation.hook(config, validator, lambda state: trainer.parts.model(state["params"])))
 
     def step(state, batch, i):
         trainer.state = state

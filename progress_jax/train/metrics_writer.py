@@ -42,6 +42,11 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float
     return tokens_per_s * flops_per_token / peak_flops
 
 
+class Text(str):
+    """A metric value that is text (e.g. validation's sample answers, as Markdown): it goes to
+    TensorBoard's text tab (and W&B as text), never to metrics.jsonl, which holds scalars only."""
+
+
 class MetricsWriter:
     """Appends {"step": step, **metrics} to `<log_dir>/metrics.jsonl` (flushed each write, so a
     killed run keeps every complete line and its half-written one is cut off on resume; a resumed
@@ -69,21 +74,27 @@ class MetricsWriter:
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
-        scalars = {}
+        scalars, texts = {}, {}
         for name, value in metrics.items():
+            if isinstance(value, Text):
+                texts[name] = str(value)
+                continue
             try:
                 scalars[name] = float(value)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"metric {name!r} at step {step} is not a scalar: {value!r}") from e
         # JSON has no NaN/Inf: write them as strings so the line stays valid JSON.
         line = {k: v if math.isfinite(v) else str(v) for k, v in scalars.items()}
-        self._jsonl.write({"step": int(step), **line})
+        if scalars:
+            self._jsonl.write({"step": int(step), **line})
         if self._tb is not None:
             for name, value in scalars.items():
                 self._tb.add_scalar(name, value, int(step))
+            for name, value in texts.items():
+                self._tb.add_text(name, value, int(step))
             self._tb.flush()
         if self._wandb is not None:
-            self._wandb.log(scalars, step=int(step))
+            self._wandb.log({**scalars, **texts}, step=int(step))
 
     def close(self) -> None:
         opened = self._jsonl is not None

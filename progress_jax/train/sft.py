@@ -16,7 +16,7 @@ import optax
 
 from progress_jax import handover, lora, runtime, sampling, sharding
 from progress_jax.models import families, qwen2_5_vl
-from progress_jax.train import checkpoint, chunked, guards, loop, schedule
+from progress_jax.train import checkpoint, chunked, guards, loop, schedule, validation
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ def run(config) -> dict:
     files, image_root, sim = runtime.train_data(config, "sft")
     n_samples = runtime.check_train_files(files, image_root)
     runtime.check_init_params(t.init_params, "train.init_params")
+    val_files = validation.resolve_files(config, sim)
     mesh = runtime.make_mesh(config)
     n_batch = math.prod(mesh.shape[a] for a in sharding.BATCH)
     if t.micro_batch_size % n_batch:  # global rows (docs/multihost.md)
@@ -107,8 +108,9 @@ def run(config) -> dict:
     steps = t.steps or max(1, math.floor(t.epochs * n_samples / t.batch_size))
 
     family = families.for_config(config)
-    model = runtime.load_policy(config, mesh, t.init_params)
     tokenizer = runtime.load_tokenizer(config)
+    validator = validation.Validator(config, tokenizer, *val_files, mesh=mesh) if val_files else None
+    model = runtime.load_policy(config, mesh, t.init_params)
     shards = sharding.batch_shards(mesh)  # each device encodes its own rows' images
     it = iter(_dataset(config, files, image_root, tokenizer, batch_shards=shards))
     tx = schedule.make_optimizer(t.lr, t.weight_decay, t.warmup_ratio, steps, t.clip_norm or None, schedule=t.schedule)
@@ -133,6 +135,7 @@ def run(config) -> dict:
         state, metrics = jitted["fn"](state, parts.frozen, arrays)
         return state, {**metrics, "tokens": n_tok}
 
+    hooks = [validation.hook(config, validator, lambda state: parts.model(state["params"]))] if validator else []
     seq_len = config.data.length_buckets[-1]
     log.info("SFT: %d samples, %d steps of %d rows (%d micro-batches), workdir %s",
              n_samples, steps, t.batch_size, accum, config.workdir)
@@ -142,7 +145,7 @@ def run(config) -> dict:
         result = loop.run(step, setup.state, next_batch, it, steps, config.workdir, save_every=t.save_every,
                           keep=t.keep, desc="sft", lr_fn=schedule.make_schedule(t.schedule, t.lr, steps, t.warmup_ratio),
                           flops_per_token=family.flops_per_token(model.config, seq_len, config.lora.rank > 0),
-                          peak_flops=_peak_flops(t), run_config=checkpoint.run_config(config),
+                          peak_flops=_peak_flops(t), hooks=hooks, run_config=checkpoint.run_config(config),
                           wandb_project=config.logging.wandb_project)
         final_dir = os.path.join(config.workdir, "final")
         if not result.stopped:
