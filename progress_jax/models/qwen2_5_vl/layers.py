@@ -171,6 +171,5 @@ def chunked(fn, q, per_query, chunk: int):
 
 
 def _sdpa(q, k, v, mask):
-    # XLA implementation (portable). On GPU, implementation="cudnn" is a fused flash attention
-    # for the causal right-padded training case; see docs/model.md.
+    # XLA implementation (portable); a GPU alternative for training is in docs/model.md.
     return jax.nn.dot_product_attention(q, k, v, mask=mask).astype(q.dtype)
