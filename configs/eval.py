@@ -40,6 +40,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         c.model.preset = ""  # model.path required
         c.model.param_dtype = c.model.compute_dtype = "bfloat16"
         c.data.prompt = "official"
+        c.model.attention_chunk = 1024  # queries in blocks of 1024 (docs/model.md)
         c.data.min_pixels = 1280 * 28 * 28  # 1003520
         c.data.max_pixels = 5120 * 28 * 28  # 4014080
         # Up to 5120 tokens (20480 patches) per image: several demo frames need long prompts.

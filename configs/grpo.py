@@ -73,6 +73,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         c.model.param_dtype, c.model.compute_dtype = "float32", "bfloat16"
         c.model.remat = "full"  # enable_gradient_checkpointing
         c.model.freeze_vision = False  # freeze_vision_tower: false
+        c.model.attention_chunk = 1024  # queries in blocks of 1024 (docs/model.md)
         c.lora.rank = 0
         c.data.prompt = "official"
         c.data.min_pixels, c.data.max_pixels = 3136, 12845056

@@ -57,6 +57,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         c.model.preset = ""  # model.path required
         c.model.param_dtype = c.model.compute_dtype = "bfloat16"  # bf16: true (LoRA factors stay float32)
         c.data.prompt = "official"
+        c.model.attention_chunk = 1024  # queries in blocks of 1024 (docs/model.md)
+        # LLaMA-Factory checkpoints gradients unless disable_gradient_checkpointing (default False);
+        # the shipped yaml does not set it.
+        c.model.remat = "full"
         c.data.min_pixels = 3136
         c.data.max_pixels = 1003520  # image_max_pixels
         c.data.length_buckets = (4096, 8192, 16384, 30000)  # cutoff_len 30000

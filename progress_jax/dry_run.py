@@ -59,7 +59,7 @@ def abstract_policy(cfg, arch):
     def build():
         model = qwen2_5_vl.init(arch, seed=cfg.seed, dtype=compute, param_dtype=param)
         lora.from_config(model, cfg.lora, seed=cfg.seed)
-        return model
+        return runtime.set_attention_chunk(model, cfg.model.attention_chunk)
 
     return nnx.eval_shape(build)
 

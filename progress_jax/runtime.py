@@ -76,7 +76,7 @@ def load_model(cfg, mesh=None):
         raise FileNotFoundError(f"config key model.path: no directory {cfg.model.path}")
     family = families.for_config(cfg)
     if cfg.model.path:
-        return family.load(cfg.model.path, param, compute, mesh)
+        return set_attention_chunk(family.load(cfg.model.path, param, compute, mesh), cfg.model.attention_chunk)
     model = family.init(cfg.model.preset, cfg.seed, compute, param)
     if mesh is not None:
         from flax import nnx
@@ -84,6 +84,17 @@ def load_model(cfg, mesh=None):
         state = nnx.state(model)
         shardings = sharding.param_shardings(state, mesh)
         nnx.update(model, jax.device_put(state, shardings))
+    return set_attention_chunk(model, cfg.model.attention_chunk)
+
+
+def set_attention_chunk(model, chunk: int):
+    """model.attention_chunk onto every module of `model` with an `attention_chunk` attribute (a
+    family's attention layers: queries in blocks of `chunk`, 0 = one block). Returns the model."""
+    from flax import nnx
+
+    modules = [m for _, m in nnx.iter_graph(model) if hasattr(m, "attention_chunk")]
+    for m in modules:
+        m.attention_chunk = int(chunk)
     return model
 
 

@@ -97,6 +97,7 @@ RULES = {
     "model.param_dtype": choice(*DTYPES),
     "model.compute_dtype": choice(*DTYPES),
     "model.remat": choice(*REMAT),
+    "model.attention_chunk": integer(0),
     "model.freeze_vision": boolean,
     "data.sim_dir": text,
     "data.sim_size": text,

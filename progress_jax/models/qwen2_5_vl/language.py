@@ -8,7 +8,7 @@ import numpy as np
 from flax import nnx
 
 from .config import TextConfig
-from .layers import Linear, RMSNorm, SwiGLU, apply_rope, attention
+from .layers import Linear, RMSNorm, SwiGLU, apply_rope, causal_attention
 
 
 def mrope_cos_sin(position_ids, cfg: TextConfig):
@@ -34,6 +34,7 @@ class Attention(nnx.Module):
         self.v_proj = Linear(d, kv * h, bias=True, **kw)
         self.o_proj = Linear(cfg.num_attention_heads * h, d, bias=False, **kw)
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, kv, h
+        self.attention_chunk = 0  # query block size (model.attention_chunk, runtime.set_attention_chunk)
 
     def __call__(self, x, cos, sin, mask, cache=None, cache_index=None, dropout_rng=None):
         B, T, _ = x.shape
@@ -47,7 +48,8 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, cache_index, 0, 0))
             cache = {"k": k, "v": v}
             k, v = k.astype(q.dtype), v.astype(q.dtype)
-        out = attention(q, k, v, mask)
+        # mask: kv_mask [B, S]; queries sit at key slots cache_index .. cache_index + T - 1.
+        out = causal_attention(q, k, v, mask, 0 if cache_index is None else cache_index, self.attention_chunk)
         return self.o_proj(out.reshape(B, T, -1), dropout_rng=ro), cache
 
 

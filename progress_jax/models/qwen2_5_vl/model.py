@@ -89,10 +89,7 @@ class Qwen25VL(nnx.Module):
         dropout_rng: key for LoRA dropout (training only). remat: none | full | dots, the
         rematerialisation policy of each decoder layer (training without a cache).
         Returns final hidden states (normed) and the updated cache."""
-        B, T, _ = x.shape
-        S = kv_mask.shape[1]
-        q_slot = cache_index + jnp.arange(T)
-        mask = (jnp.arange(S)[None, :] <= q_slot[:, None])[None, None] & kv_mask[:, None, None, :].astype(bool)
+        mask = kv_mask.astype(bool)  # [B, S]; causal part built per query block (layers.causal_attention)
         cos, sin = mrope_cos_sin(position_ids, self.config.text)
         if remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
