@@ -163,8 +163,8 @@ def _state(cfg, model, mesh, tx):
     """(parts, abstract state with shardings, its shardings, abstract frozen, its shardings)."""
     parts, params = loop.split(model, lora.trainable_filter(cfg.lora.rank, cfg.model.freeze_vision))
     state = jax.eval_shape(lambda: loop.init_state(params, tx, cfg.seed))
-    state_sh = loop.state_shardings(state, mesh)
-    frozen_sh = sharding.param_shardings(parts.frozen, mesh)
+    state_sh = loop.state_shardings(state, mesh, model.partition_rules)
+    frozen_sh = sharding.param_shardings(parts.frozen, mesh, model.partition_rules)
     return parts, _with_shardings(state, state_sh), state_sh, _with_shardings(parts.frozen, frozen_sh), frozen_sh
 
 
@@ -211,7 +211,7 @@ def _prompt_inputs(cfg, arch, mesh, rows: int, patches: int):
 def rollout_program(cfg, arch, model, mesh, rows: int, patches: int) -> dict:
     """One generation call of `rows` prompts: prefill + decode of sampling.max_new_tokens."""
     graphdef, state = nnx.split(model)
-    state = _with_shardings(state, sharding.param_shardings(state, mesh))
+    state = _with_shardings(state, sharding.param_shardings(state, mesh, model.partition_rules))
     inputs, padded = _prompt_inputs(cfg, arch, mesh, rows, patches)
     rep = NamedSharding(mesh, P())
     scalar = lambda dt: jax.ShapeDtypeStruct((), dt, sharding=rep)  # noqa: E731

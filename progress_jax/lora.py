@@ -5,7 +5,13 @@ alpha / r (PEFT's defaults: A kaiming-uniform, B zeros, so training starts from 
 A and B are `nnx.LoRAParam` variables on a model's LoRA-capable linear layers (any module with a
 `kernel` [in, out] and the slots `lora_a`, `lora_b`, `lora_scale`, `lora_dropout`, as
 models/qwen2_5_vl/layers.Linear), so the NNX filter `nnx.LoRAParam`
-selects exactly them. `rank = 0` means no LoRA: the whole language model (embeddings included)
+selects exactly them.
+
+Stacked layers (the decoder layers, scanned over: model.partition_rules.stacked) hold one Linear
+per projection with kernels [layers, in, out] and factors [layers, in, r] / [layers, r, out].
+`lora.targets` still reads per layer: it is matched against each layer's path
+(`layers/N/self_attn/q_proj`), and since the layers share one module it must select a projection
+in all of them or in none (a clear error otherwise). `rank = 0` means no LoRA: the whole language model (embeddings included)
 is trained, and the vision tower and merger too unless they are frozen (model.freeze_vision).
 """
 from __future__ import annotations
@@ -19,20 +25,30 @@ from flax import nnx
 
 from progress_jax import sharding
 
-# q, k, v, o, gate, up and down projections of every decoder layer (paths as in sharding.RULES).
+# q, k, v, o, gate, up and down projections of every decoder layer (per-layer paths, see above).
 DEFAULT_TARGETS = r"^layers/\d+/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)$"
 
 
 def _linears(model):
+    """(path, per-layer paths, module) of every LoRA-capable linear layer; per-layer paths: one
+    per layer of a stacked module (`layers/N/...`), else the path alone."""
+    stacked = model.partition_rules.stacked
     for path, module in nnx.iter_modules(model):
         if hasattr(module, "kernel") and hasattr(module, "lora_a"):  # a LoRA-capable linear layer
-            yield sharding.path_str(path), module
+            p = sharding.path_str(path)
+            prefix = next((s for s in stacked if p.startswith(s + "/")), None)
+            if prefix is None:
+                yield p, [p], module
+            else:
+                rest = p[len(prefix) + 1:]
+                yield p, [f"{prefix}/{i}/{rest}" for i in range(module.kernel.shape[0])], module
 
 
 def inject(model, rank: int, alpha: float, dropout: float = 0.0, targets: str = DEFAULT_TARGETS,
            seed: int = 0, mesh=None) -> list[str]:
-    """Add LoRA factors to every Linear whose '/'-joined path matches `targets` (in place).
-    Returns the adapted paths. With a mesh, the new factors are placed by sharding.RULES."""
+    """Add LoRA factors to every Linear whose '/'-joined per-layer path matches `targets` (in
+    place). Returns the adapted per-layer paths. With a mesh, the new factors are placed by the
+    model's partition rules."""
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"config key lora.rank must be a positive integer to inject LoRA, got {rank!r}")
     if not 0.0 <= dropout < 1.0:
@@ -43,29 +59,34 @@ def inject(model, rank: int, alpha: float, dropout: float = 0.0, targets: str = 
         raise ValueError(f"config key lora.targets is not a valid regex ({e}): {targets!r}") from None
     key = jax.random.key(seed)
     adapted = []
-    for i, (path, lin) in enumerate(_linears(model)):
-        if not pattern.search(path):
+    for i, (path, per_layer, lin) in enumerate(_linears(model)):
+        hits = [p for p in per_layer if pattern.search(p)]
+        if not hits:
             continue
         if path.startswith("visual/"):
-            raise ValueError(f"config key lora.targets matches {path}: the vision tower stays frozen")
+            raise ValueError(f"config key lora.targets matches {hits[0]}: the vision tower stays frozen")
+        if len(hits) != len(per_layer):
+            raise ValueError(f"config key lora.targets {targets!r} matches {len(hits)} of the {len(per_layer)} layers' "
+                             f"{path.split('/', 1)[1]} (e.g. {hits[0]}): the layers are stacked into one scanned "
+                             "module, so a target must select a projection in every layer or in none")
         if lin.lora_a is not None:
             raise ValueError(f"{path} already holds LoRA factors")
-        din, dout = lin.kernel.shape
+        *lead, din, dout = lin.kernel.shape  # lead: (layers,) for a stacked module
         dtype = jnp.float32  # adapters in float32 whatever the base dtype (as PEFT's default)
-        # PEFT: kaiming_uniform_(a=sqrt(5)) on A [r, in] -> U(-1/sqrt(in), 1/sqrt(in)).
+        # PEFT: kaiming_uniform_(a=sqrt(5)) on A [r, in] -> U(-1/sqrt(in), 1/sqrt(in)), per layer.
         bound = 1.0 / np.sqrt(din)
-        a = jax.random.uniform(jax.random.fold_in(key, i), (din, rank), jnp.float32, -bound, bound)
+        a = jax.random.uniform(jax.random.fold_in(key, i), (*lead, din, rank), jnp.float32, -bound, bound)
         # nnx.data: the layer declares the slots as static None until LoRA is injected.
         lin.lora_a = nnx.data(nnx.LoRAParam(a.astype(dtype)))
-        lin.lora_b = nnx.data(nnx.LoRAParam(jnp.zeros((rank, dout), dtype)))
+        lin.lora_b = nnx.data(nnx.LoRAParam(jnp.zeros((*lead, rank, dout), dtype)))
         lin.lora_scale = float(alpha) / rank
         lin.lora_dropout = float(dropout)
-        adapted.append(path)
+        adapted.extend(per_layer)
     if not adapted:
         raise ValueError(f"config key lora.targets {targets!r} matches no linear layer of the model")
     if mesh is not None:
         state = nnx.state(model, nnx.LoRAParam)
-        nnx.update(model, jax.device_put(state, sharding.param_shardings(state, mesh)))
+        nnx.update(model, jax.device_put(state, sharding.param_shardings(state, mesh, model.partition_rules)))
     return adapted
 
 
@@ -93,10 +114,11 @@ def param_count(model) -> int:
 def merge(model):
     """Fold every LoRA update into its base kernel (W + scale * A @ B, in float32) and remove the
     factors, in place; the result has the plain Qwen2.5-VL parameter tree (for save_pretrained)."""
-    for _, lin in _linears(model):
+    for _, _, lin in _linears(model):
         if lin.lora_a is None:
             continue
         w = lin.kernel[...]
+        # A @ B per layer for stacked kernels (matmul batches over the leading layer axis).
         delta = lin.lora_scale * (lin.lora_a[...].astype(jnp.float32) @ lin.lora_b[...].astype(jnp.float32))
         lin.kernel.set_value((w.astype(jnp.float32) + delta).astype(w.dtype))
         lin.lora_a = lin.lora_b = None

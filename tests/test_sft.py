@@ -132,9 +132,9 @@ def _one_step(mesh, model):
     # of near-zero gradients into lr-sized differences.
     tx = schedule.make_optimizer(1e-3, 0.01, 0.0, 10, 1.0, eps=1e-4)
     state = loop.init_state(params, tx, seed=0)
-    state_sh = loop.state_shardings(jax.eval_shape(lambda: state), mesh)
+    state_sh = loop.state_shardings(jax.eval_shape(lambda: state), mesh, model.partition_rules)
     state = jax.device_put(state, state_sh)
-    frozen_sh = sharding.param_shardings(parts.frozen, mesh)
+    frozen_sh = sharding.param_shardings(parts.frozen, mesh, model.partition_rules)
     frozen = jax.device_put(parts.frozen, frozen_sh)
     batch = qwen.stack_micro([host_batch(ROWS)], CFG)
     batch_sh = loop.batch_shardings(batch, mesh, qwen)

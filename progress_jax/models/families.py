@@ -2,7 +2,9 @@
 
 A family is a module with the interface of progress_jax/models/qwen2_5_vl/family.py: MODEL_TYPE,
 PRESETS, load, init, BATCH_AXIS, PATCH_KEYS, stack_micro, row_images,
-vision_token_ids, flops_per_token. A new family is one such module plus one `register` call (or one
+vision_token_ids, flops_per_token, PARTITION_RULES (a progress_jax.sharding.PartitionRules: regexes on
+parameter paths -> PartitionSpec, and the path prefixes of stacked, scanned layers; the family's
+models carry the same object as `model.partition_rules`, which the trainers and loaders read). A new family is one such module plus one `register` call (or one
 line in FAMILIES).
 """
 from __future__ import annotations

@@ -6,7 +6,8 @@ forward pass, behind the interface of progress_jax.models.families (one module p
   patches and vision window/attention indices per batch shard) and how they shard;
 - row_images, vision_token_ids: which images belong to which prompt row (GRPO rollouts), and the
   special tokens a text continuation must not hold;
-- flops_per_token: the training FLOP count for MFU.
+- flops_per_token: the training FLOP count for MFU;
+- PARTITION_RULES: how the parameters shard (sharding.PartitionRules; also model.partition_rules).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from progress_jax.models.qwen2_5_vl import config as config_module
 from progress_jax.models.qwen2_5_vl import positions
+from progress_jax.models.qwen2_5_vl.partition import PARTITION_RULES  # noqa: F401 (the family's partition rules)
 
 MODEL_TYPE = "qwen2_5_vl"  # config.json's model_type
 PRESETS = tuple(config_module.PRESETS)

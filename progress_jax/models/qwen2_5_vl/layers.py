@@ -127,3 +127,41 @@ def attention(q, k, v, mask):
     """
     out = jax.nn.dot_product_attention(q, k, v, mask=mask)
     return out.astype(q.dtype)
+
+
+# ---- stacked layers under scan ---------------------------------------------------------------
+
+# Rematerialisation of a scanned layer: full saves only each layer's input; dots keeps matmul outputs.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def stacked(make, n: int, rngs: nnx.Rngs):
+    """`n` layers `make(rngs)` as ONE module whose parameters carry a leading layer axis of size n
+    (each layer initialised from its own split of the rngs)."""
+    @nnx.split_rngs(splits=n)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def build(r):
+        return make(r)
+
+    return build(rngs)
+
+
+def scan_layers(module, body, carry, xs, remat: str = "none"):
+    """carry = body(layer_i, carry, xs_i) for each layer i of a `stacked` module, as one
+    jax.lax.scan: the layer is compiled once whatever the depth. xs: per-layer inputs (leading
+    axis n). remat: none | full | dots, the rematerialisation policy of the scanned body."""
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+    graphdef, state = nnx.split(module)
+
+    def step(c, inp):
+        st, x = inp
+        return body(nnx.merge(graphdef, st), c, x), None
+
+    if REMAT_POLICIES[remat] is not None:
+        step = jax.checkpoint(step, policy=REMAT_POLICIES[remat], prevent_cse=False)
+    return jax.lax.scan(step, carry, (state, xs))[0]
