@@ -30,18 +30,17 @@ DEFAULT_TARGETS = r"^layers/\d+/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_pro
 
 
 def _linears(model):
-    """(path, per-layer paths, module) of every LoRA-capable linear layer; per-layer paths: one
-    per layer of a stacked module (`layers/N/...`), else the path alone."""
-    stacked = model.partition_rules.stacked
     for path, module in nnx.iter_modules(model):
         if hasattr(module, "kernel") and hasattr(module, "lora_a"):  # a LoRA-capable linear layer
-            p = sharding.path_str(path)
-            prefix = next((s for s in stacked if p.startswith(s + "/")), None)
-            if prefix is None:
-                yield p, [p], module
-            else:
-                rest = p[len(prefix) + 1:]
-                yield p, [f"{prefix}/{i}/{rest}" for i in range(module.kernel.shape[0])], module
+            yield sharding.path_str(path), module
+
+
+def _per_layer_paths(model, path: str, lin) -> list[str]:
+    """One path per layer of a stacked module (`layers/N/self_attn/q_proj`), else [path]."""
+    prefix = next((s for s in model.partition_rules.stacked if path.startswith(s + "/")), None)
+    if prefix is None:
+        return [path]
+    return [f"{prefix}/{i}/{path[len(prefix) + 1:]}" for i in range(lin.kernel.shape[0])]
 
 
 def inject(model, rank: int, alpha: float, dropout: float = 0.0, targets: str = DEFAULT_TARGETS,
@@ -59,7 +58,8 @@ def inject(model, rank: int, alpha: float, dropout: float = 0.0, targets: str = 
         raise ValueError(f"config key lora.targets is not a valid regex ({e}): {targets!r}") from None
     key = jax.random.key(seed)
     adapted = []
-    for i, (path, per_layer, lin) in enumerate(_linears(model)):
+    for i, (path, lin) in enumerate(_linears(model)):
+        per_layer = _per_layer_paths(model, path, lin)
         hits = [p for p in per_layer if pattern.search(p)]
         if not hits:
             continue
@@ -114,7 +114,7 @@ def param_count(model) -> int:
 def merge(model):
     """Fold every LoRA update into its base kernel (W + scale * A @ B, in float32) and remove the
     factors, in place; the result has the plain Qwen2.5-VL parameter tree (for save_pretrained)."""
-    for _, _, lin in _linears(model):
+    for _, lin in _linears(model):
         if lin.lora_a is None:
             continue
         w = lin.kernel[...]
