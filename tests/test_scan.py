@@ -1,0 +1,80 @@
+"""Decoder layers and vision blocks stacked and run under scan: the compiled program does not grow
+with depth, remat applies to the scanned bodies (decoder and vision tower) without changing the
+gradients, and LoRA targets keep their per-layer meaning."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from progress_jax import lora
+from progress_jax.models import qwen2_5_vl
+from progress_jax.models.qwen2_5_vl import family as qwen
+from progress_jax.train import loop, sft
+from tests.test_sft import host_batch
+
+ROWS = [(20, 1), (12, 2)]
+
+
+def _config(layers: int, blocks: int):
+    t = qwen2_5_vl.tiny()
+    return dataclasses.replace(t, text=dataclasses.replace(t.text, num_hidden_layers=layers),
+                               vision=dataclasses.replace(t.vision, depth=blocks, fullatt_block_indexes=(1, blocks - 1)))
+
+
+def _train_step_hlo(layers: int, blocks: int) -> str:
+    """StableHLO text of the LoRA loss-and-gradients program (images included), lowered only."""
+    cfg = _config(layers, blocks)
+    model = qwen2_5_vl.init(cfg)
+    lora.inject(model, 4, 8.0)
+    parts, params = loop.split(model, lora.trainable_filter(4))
+    batch = jax.tree.map(jnp.asarray, qwen.stack_micro([host_batch(ROWS, cfg=cfg)], cfg))
+    fn = jax.jit(lambda p: sft.loss_and_grads(parts, p, parts.frozen, batch, rng=jax.random.key(0), remat="full"))
+    return fn.lower(params).as_text()
+
+
+def _ops(hlo: str) -> int:
+    return sum(1 for line in hlo.splitlines() if " = " in line)
+
+
+def test_program_size_does_not_grow_with_depth():
+    small, deep = _train_step_hlo(2, 2), _train_step_hlo(6, 6)
+    # A Python loop over layers would repeat every layer's (and block's) ops: 3x the layer part.
+    assert abs(_ops(deep) - _ops(small)) <= 0.02 * _ops(small), (_ops(small), _ops(deep))
+    assert "stablehlo.while" in deep  # the layers run as a loop
+
+
+def _full_param_grads(remat: str):
+    cfg = _config(2, 3)
+    model = qwen2_5_vl.init(cfg, seed=1)
+    parts, params = loop.split(model, lora.trainable_filter(0, freeze_vision=False))
+    batch = jax.tree.map(jnp.asarray, qwen.stack_micro([host_batch(ROWS, cfg=cfg)], cfg))
+    fn = jax.jit(lambda p: sft.loss_and_grads(parts, p, parts.frozen, batch, remat=remat)[:2])
+    temp = fn.lower(params).compile().memory_analysis().temp_size_in_bytes
+    loss, grads = fn(params)
+    return float(loss), grads, temp
+
+
+def test_remat_of_the_scanned_layers_keeps_the_gradients_and_saves_memory():
+    l0, g0, temp0 = _full_param_grads("none")
+    assert g0["visual/blocks/attn/qkv/kernel"].shape[0] == 3  # stacked vision blocks are trained too
+    for remat in ("full", "dots"):
+        l1, g1, temp1 = _full_param_grads(remat)
+        assert abs(l1 - l0) <= 1e-5 * abs(l0)
+        for k in g0:
+            np.testing.assert_allclose(g1[k], g0[k], rtol=1e-4, atol=1e-6, err_msg=k)
+        if remat == "full":  # only each layer's input is kept for the backward pass
+            assert temp1 < temp0, (temp1, temp0)
+    assert float(jnp.abs(g0["visual/blocks/attn/qkv/kernel"]).max()) > 0
+
+
+def test_lora_targets_read_per_layer():
+    model = qwen2_5_vl.init(_config(3, 2))
+    paths = lora.inject(model, 4, 8.0, targets=r"^layers/\d+/self_attn/q_proj$")
+    assert paths == [f"layers/{i}/self_attn/q_proj" for i in range(3)]
+    assert model.layers.self_attn.q_proj.lora_a.shape == (3, 128, 4)
+    assert model.layers.self_attn.k_proj.lora_a is None
+    model = qwen2_5_vl.init(_config(3, 2))
+    with pytest.raises(ValueError, match=r"matches 2 of the 3 layers' self_attn/v_proj .*every layer or in none"):
+        lora.inject(model, 4, 8.0, targets=r"^layers/(0|2)/self_attn/v_proj$")
