@@ -77,3 +77,14 @@ def test_lora_targets_read_per_layer():
     model = qwen2_5_vl.init(_config(3, 2))
     with pytest.raises(ValueError, match=r"matches 2 of the 3 layers' self_attn/v_proj .*every layer or in none"):
         lora.inject(model, 4, 8.0, targets=r"^layers/(0|2)/self_attn/v_proj$")
+
+
+def test_layer_of_slices_16_bit_stacks_with_the_gradient_of_indexing():
+    from progress_jax.models.qwen2_5_vl.layers import layer_of
+
+    w = jnp.asarray(np.random.default_rng(0).standard_normal((3, 4, 5)), jnp.bfloat16)
+    c = jnp.arange(20, dtype=jnp.bfloat16).reshape(4, 5)
+    for i in range(3):
+        np.testing.assert_array_equal(np.asarray(layer_of(w, i), np.float32), np.asarray(w[i], np.float32))
+        g = jax.grad(lambda w: jnp.sum(layer_of(w, i) * c).astype(jnp.float32))(w)
+        np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(jnp.zeros_like(w).at[i].set(c), np.float32))

@@ -157,11 +157,43 @@ def scan_layers(module, body, carry, xs, remat: str = "none"):
     if remat not in REMAT_POLICIES:
         raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
     graphdef, state = nnx.split(module)
+    leaves, treedef = jax.tree.flatten(state)
+    # XLA:CPU slices a bfloat16 array in float32 and hoists the conversion of the whole stack out
+    # of the loop (a float32 copy of every layer's weights): such leaves are sliced as integer bits
+    # inside the body instead (layer_of), the others are scanned over.
+    narrow = [_narrow(x) for x in leaves]
+    scanned = [x for x, nw in zip(leaves, narrow) if not nw]
+    n = leaves[0].shape[0]
 
     def step(c, inp):
-        st, x = inp
-        return body(nnx.merge(graphdef, st), c, x), None
+        sl, i, x = inp
+        sl = iter(sl)
+        layer = [layer_of(w, i) if nw else next(sl) for w, nw in zip(leaves, narrow)]
+        return body(nnx.merge(graphdef, jax.tree.unflatten(treedef, layer)), c, x), None
 
     if REMAT_POLICIES[remat] is not None:
         step = jax.checkpoint(step, policy=REMAT_POLICIES[remat], prevent_cse=False)
-    return jax.lax.scan(step, carry, (state, xs))[0]
+    return jax.lax.scan(step, carry, (scanned, jnp.arange(n), xs))[0]
+
+
+def _narrow(x) -> bool:
+    return jax.default_backend() == "cpu" and x.dtype in (jnp.bfloat16, jnp.float16)
+
+
+@jax.custom_vjp
+def layer_of(w, i):
+    """w[i] of a stacked 16-bit array, sliced as its integer bits (see scan_layers)."""
+    bits = jax.lax.bitcast_convert_type(w, jnp.uint16)
+    return jax.lax.bitcast_convert_type(jax.lax.dynamic_index_in_dim(bits, i, keepdims=False), w.dtype)
+
+
+def _layer_of_fwd(w, i):
+    return layer_of(w, i), (w, i)
+
+
+def _layer_of_bwd(res, g):
+    w, i = res  # (trained 16-bit stacked weights only: their cotangent, one layer filled)
+    return jax.lax.dynamic_update_index_in_dim(jnp.zeros_like(w), g.astype(w.dtype), i, 0), None
+
+
+layer_of.defvjp(_layer_of_fwd, _layer_of_bwd)
