@@ -7,11 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from . import positions
-from .config import Qwen25VLConfig
 from progress_jax import sharding
 
-from . import partition
+from . import partition, positions
+from .config import Qwen25VLConfig
 from .language import DecoderLayer, mrope_cos_sin
 from .layers import REMAT_POLICIES, Linear, RMSNorm, matmul, scan_layers, stacked
 from .vision import VisionTower
