@@ -88,3 +88,23 @@ def test_layer_of_slices_16_bit_stacks_with_the_gradient_of_indexing():
         np.testing.assert_array_equal(np.asarray(layer_of(w, i), np.float32), np.asarray(w[i], np.float32))
         g = jax.grad(lambda w: jnp.sum(layer_of(w, i) * c).astype(jnp.float32))(w)
         np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(jnp.zeros_like(w).at[i].set(c), np.float32))
+
+
+def test_checkpoints_of_the_per_layer_layout_are_refused_clearly(tmp_path):
+    import json
+
+    import orbax.checkpoint as ocp
+
+    from progress_jax import handover
+
+    cfg = qwen2_5_vl.tiny()
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_hf_dict()))
+    with ocp.StandardCheckpointer() as ckpt:  # params/ as written before the layers were stacked
+        ckpt.save(str(tmp_path / "params"), {"layers": {"0": {"w": jnp.ones(2)}}, "embed_tokens": jnp.ones(3)})
+    with pytest.raises(ValueError, match="one entry per decoder layer .*orbax-to-hub"):
+        qwen2_5_vl.load_orbax(str(tmp_path))
+    model = qwen2_5_vl.init(_config(2, 2))
+    lora.inject(model, 4, 8.0)
+    old = {"layers/0/self_attn/q_proj/lora_a": np.zeros((128, 4), np.float32)}
+    with pytest.raises(ValueError, match="one tensor per decoder layer"):
+        handover.assign(model, old)

@@ -272,7 +272,7 @@ def _refuse_per_layer_layout(metadata, directory: str) -> None:
         raise ValueError(f"{directory}/params holds one entry per decoder layer (layers/0/...): it was written by a "
                          "progress_jax before the decoder layers were stacked (layers/... [layers, ...]); "
                          "convert it with that version to a Hub checkpoint (tools/convert_checkpoint.py "
-                         "--to hub) and load that")
+                         "orbax-to-hub) and load that")
 
 
 def load_orbax(directory: str, dtype=None, compute_dtype=None, mesh=None) -> Qwen25VL:
