@@ -180,7 +180,10 @@ def peft_adapter(params: dict, meta: dict) -> tuple[dict, dict]:
     rank = int(lora_cfg.get("rank", 0))
     if rank <= 0:
         raise ValueError("a full-parameter run (lora.rank = 0) has no adapter: export it with --to hf")
-    tensors = {peft_name(k): np.ascontiguousarray(np.asarray(v, np.float32).T) for k, v in per_layer(params).items()}
+    # Layers the targets did not select carry masked-off factors in the stacked tensors: left out.
+    selected = re.compile(lora_cfg.get("targets") or ".")
+    tensors = {peft_name(k): np.ascontiguousarray(np.asarray(v, np.float32).T) for k, v in per_layer(params).items()
+               if selected.search(k.rsplit("/", 1)[0])}
     modules = sorted({k.removeprefix("base_model.model.").rsplit(".lora_", 1)[0] for k in tensors})
     config = {
         "peft_type": "LORA",

@@ -10,8 +10,10 @@ selects exactly them.
 Stacked layers (the decoder layers, scanned over: model.partition_rules.stacked) hold one Linear
 per projection with kernels [layers, in, out] and factors [layers, in, r] / [layers, r, out].
 `lora.targets` still reads per layer: it is matched against each layer's path
-(`layers/N/self_attn/q_proj`), and since the layers share one module it must select a projection
-in all of them or in none (a clear error otherwise). `rank = 0` means no LoRA: the whole language model (embeddings included)
+(`layers/N/self_attn/q_proj`). Where it selects a projection in some layers only, the stacked
+projection gets factors for every layer and a `LoRAMask` (1 for the selected layers, 0 for the
+others) that switches the update off elsewhere: those layers compute the base model, their factors
+get zero gradients, and export writes the selected layers only. `rank = 0` means no LoRA: the whole language model (embeddings included)
 is trained, and the vision tower and merger too unless they are frozen (model.freeze_vision).
 """
 from __future__ import annotations
@@ -27,6 +29,10 @@ from progress_jax import sharding
 
 # q, k, v, o, gate, up and down projections of every decoder layer (per-layer paths, see above).
 DEFAULT_TARGETS = r"^layers/\d+/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)$"
+
+
+class LoRAMask(nnx.Variable):
+    """1.0 / 0.0 per layer of a stacked LoRA projection: whether the targets selected that layer."""
 
 
 def _linears(model):
@@ -65,10 +71,6 @@ def inject(model, rank: int, alpha: float, dropout: float = 0.0, targets: str = 
             continue
         if path.startswith("visual/"):
             raise ValueError(f"config key lora.targets matches {hits[0]}: the vision tower stays frozen")
-        if len(hits) != len(per_layer):
-            raise ValueError(f"config key lora.targets {targets!r} matches {len(hits)} of the {len(per_layer)} layers' "
-                             f"{path.split('/', 1)[1]} (e.g. {hits[0]}): the layers are stacked into one scanned "
-                             "module, so a target must select a projection in every layer or in none")
         if lin.lora_a is not None:
             raise ValueError(f"{path} already holds LoRA factors")
         *lead, din, dout = lin.kernel.shape  # lead: (layers,) for a stacked module
@@ -79,13 +81,16 @@ def inject(model, rank: int, alpha: float, dropout: float = 0.0, targets: str = 
         # nnx.data: the layer declares the slots as static None until LoRA is injected.
         lin.lora_a = nnx.data(nnx.LoRAParam(a.astype(dtype)))
         lin.lora_b = nnx.data(nnx.LoRAParam(jnp.zeros((*lead, rank, dout), dtype)))
+        if len(hits) != len(per_layer):
+            on = np.array([p in hits for p in per_layer], np.float32)
+            lin.lora_mask = nnx.data(LoRAMask(jnp.asarray(on)))
         lin.lora_scale = float(alpha) / rank
         lin.lora_dropout = float(dropout)
-        adapted.extend(per_layer)
+        adapted.extend(hits)
     if not adapted:
         raise ValueError(f"config key lora.targets {targets!r} matches no linear layer of the model")
     if mesh is not None:
-        state = nnx.state(model, nnx.LoRAParam)
+        state = nnx.state(model, nnx.Any(nnx.LoRAParam, LoRAMask))
         nnx.update(model, jax.device_put(state, sharding.param_shardings(state, mesh, model.partition_rules)))
     return adapted
 
@@ -108,7 +113,13 @@ def trainable_filter(rank: int, freeze_vision: bool = True):
 
 
 def param_count(model) -> int:
-    return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.LoRAParam)))
+    """LoRA parameters of the selected layers (a masked-off layer's factors do not count)."""
+    total = 0
+    for _, lin in _linears(model):
+        if lin.lora_a is not None:
+            n = int(np.prod(lin.lora_a.shape)) + int(np.prod(lin.lora_b.shape))
+            total += n if lin.lora_mask is None else int(n * np.asarray(lin.lora_mask[...]).mean())
+    return total
 
 
 def merge(model):
@@ -120,8 +131,10 @@ def merge(model):
         w = lin.kernel[...]
         # A @ B per layer for stacked kernels (matmul batches over the leading layer axis).
         delta = lin.lora_scale * (lin.lora_a[...].astype(jnp.float32) @ lin.lora_b[...].astype(jnp.float32))
+        if lin.lora_mask is not None:
+            delta = delta * lin.lora_mask[...][:, None, None]
         lin.kernel.set_value((w.astype(jnp.float32) + delta).astype(w.dtype))
-        lin.lora_a = lin.lora_b = None
+        lin.lora_a = lin.lora_b = lin.lora_mask = None
         lin.lora_scale, lin.lora_dropout = 0.0, 0.0
     return model
 

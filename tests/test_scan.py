@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from progress_jax import lora
+from progress_jax import export, lora
 from progress_jax.models import qwen2_5_vl
 from progress_jax.models.qwen2_5_vl import family as qwen
 from progress_jax.train import loop, sft
@@ -73,10 +73,38 @@ def test_lora_targets_read_per_layer():
     paths = lora.inject(model, 4, 8.0, targets=r"^layers/\d+/self_attn/q_proj$")
     assert paths == [f"layers/{i}/self_attn/q_proj" for i in range(3)]
     assert model.layers.self_attn.q_proj.lora_a.shape == (3, 128, 4)
-    assert model.layers.self_attn.k_proj.lora_a is None
-    model = qwen2_5_vl.init(_config(3, 2))
-    with pytest.raises(ValueError, match=r"matches 2 of the 3 layers' self_attn/v_proj .*every layer or in none"):
-        lora.inject(model, 4, 8.0, targets=r"^layers/(0|2)/self_attn/v_proj$")
+    assert model.layers.self_attn.k_proj.lora_a is None and model.layers.self_attn.q_proj.lora_mask is None
+
+
+def test_lora_targets_selecting_some_layers():
+    """v_proj adapted in layers 0 and 2 of 3: the LoRA model equals the base model with
+    scale * A_i @ B_i added (in NumPy) to v_proj's kernel of those two layers only."""
+    cfg = _config(3, 2)
+    model, base = qwen2_5_vl.init(cfg), qwen2_5_vl.init(cfg)
+    paths = lora.inject(model, 4, 8.0, targets=r"^layers/(0|2)/self_attn/v_proj$")
+    assert paths == ["layers/0/self_attn/v_proj", "layers/2/self_attn/v_proj"]
+    v = model.layers.self_attn.v_proj
+    v.lora_b.set_value(0.05 * jax.random.normal(jax.random.key(1), v.lora_b.shape))
+    assert lora.param_count(model) == 2 * 4 * (128 + 64)
+    kernel = np.array(base.layers.self_attn.v_proj.kernel[...])
+    for i in (0, 2):
+        kernel[i] += 2.0 * np.asarray(v.lora_a[...][i]) @ np.asarray(v.lora_b[...][i])
+    base.layers.self_attn.v_proj.kernel.set_value(jnp.asarray(kernel))
+    ids = host_batch([(20, 0), (12, 0)], cfg=cfg)["input_ids"]
+    assert np.abs(np.asarray(model(ids)) - np.asarray(qwen2_5_vl.init(cfg)(ids))).max() > 1e-3
+    np.testing.assert_allclose(np.asarray(model(ids)), np.asarray(base(ids)), atol=2e-5)
+    # Layer 1's factors get no gradient; its lora_b stays zero-effect.
+    parts, params = loop.split(model, lora.trainable_filter(4))
+    batch = jax.tree.map(jnp.asarray, qwen.stack_micro([host_batch(ROWS, cfg=cfg)], cfg))
+    _, grads, _ = sft.loss_and_grads(parts, params, parts.frozen, batch)
+    g = np.asarray(grads["layers/self_attn/v_proj/lora_a"])
+    assert not g[1].any() and g[0].any() and g[2].any()
+    meta = {"lora": {"rank": 4, "alpha": 8.0, "targets": r"^layers/(0|2)/self_attn/v_proj$"}}
+    _, tensors = export.peft_adapter(params, meta)  # PEFT keys of the selected layers only
+    assert sorted(tensors) == [f"base_model.model.model.language_model.layers.{i}.self_attn.v_proj.lora_{ab}.weight"
+                               for i in (0, 2) for ab in "AB"]
+    merged = lora.merge(model)
+    np.testing.assert_allclose(np.asarray(merged(ids)), np.asarray(base(ids)), atol=2e-5)
 
 
 def test_layer_of_slices_16_bit_stacks_with_the_gradient_of_indexing():

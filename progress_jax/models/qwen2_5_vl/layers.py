@@ -19,6 +19,7 @@ class Linear(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((dout,), param_dtype)) if bias else None
         self.lora_a = None
         self.lora_b = None
+        self.lora_mask = None  # stacked layers whose LoRA targets select some layers: 1/0 per layer
         self.lora_scale = 0.0
         self.lora_dropout = 0.0
         self.dtype = dtype
@@ -33,7 +34,10 @@ class Linear(nnx.Module):
                 xl = jnp.where(keep, x / (1.0 - self.lora_dropout), 0).astype(self.dtype)
             a = self.lora_a[...].astype(self.dtype)
             b = self.lora_b[...].astype(self.dtype)
-            y = y + (xl @ a @ b) * jnp.asarray(self.lora_scale, self.dtype)
+            scale = jnp.asarray(self.lora_scale, self.dtype)
+            if self.lora_mask is not None:  # this layer's on/off (a scalar inside the layer scan)
+                scale = scale * self.lora_mask[...].astype(self.dtype)
+            y = y + (xl @ a @ b) * scale
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y

@@ -27,6 +27,7 @@ PARTITION_RULES = PartitionRules(
         (r"patch_embed/kernel$", P(None, "fsdp")),
         (r"^embed_tokens$", P("tensor", "fsdp")),
         (r"weight$", P(None)),  # norms
+        (r"lora_mask$", P()),  # LoRA on/off per stacked layer
     ),
     stacked=("layers", "visual/blocks"),
 )
