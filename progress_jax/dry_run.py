@@ -2,7 +2,7 @@
 
 The model is built abstractly (`nnx.eval_shape`: no weights; model.path's config.json is the only
 file read, no data file is), the job's programs are compiled ahead of time for the configured mesh
-and the largest shapes its buckets allow (`jax.jit(...).lower(abstract args with shardings)
+and the largest shapes its buckets allow (`jax.jit(...).trace(abstract args with shardings).lower()
 .compile()`), and XLA's own analyses give, per device, the bytes of the arguments (parameters,
 optimizer state, batch), temporaries and outputs, the FLOPs and the compile time. A program fits
 when arguments + temporaries + outputs (less the donated, aliased part) are at most
@@ -14,8 +14,8 @@ log-probs of one update's rows), `train_step` (one update); eval -> `rollout`.
 
 The shapes: the largest length bucket; images of 448x448 pixels (1024 patches, 256 tokens) filling
 the largest patch bucket as far as the rows' prompt length holds them. XLA's cost analysis counts a
-loop body once: the micro-batch loop's FLOPs are multiplied by its trips; the rollout's are those of
-the prefill plus one decode step.
+loop body once: its FLOPs are scaled by the scans' trips (decoder layers, vision blocks, micro-batches;
+see loop_factor); the rollout's are those of the prefill plus one decode step.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import math
 import time
 
 import jax
+import jax.extend.core as jax_core
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -135,10 +136,11 @@ def _train_batch(cfg, arch, family, mesh, rows: int, length: int, patches: int, 
 
 def compile_program(name: str, jitted, args, devices: int, limit_gb: float, static: dict | None = None,
                     params_bytes: int = 0, opt_bytes: int = 0, micro_batches: int = 1) -> dict:
-    """micro_batches: trips of the program's micro-batch loop; XLA's cost analysis counts a loop
-    body once, so its FLOPs are multiplied by them."""
+    """micro_batches: trips of the program's micro-batch loop (reported). XLA's cost analysis counts
+    a loop body once; its FLOPs are scaled by loop_factor (the scanned layers, micro-batches)."""
     t0 = time.perf_counter()
-    compiled = jitted.lower(*args, **(static or {})).compile()
+    traced = jitted.trace(*args, **(static or {}))
+    compiled = traced.lower().compile()
     seconds = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
@@ -147,10 +149,34 @@ def compile_program(name: str, jitted, args, devices: int, limit_gb: float, stat
          "output": int(mem.output_size_in_bytes), "alias": int(mem.alias_size_in_bytes),
          "params": params_bytes, "optimizer": opt_bytes}
     peak = b["arguments"] + b["temp"] + b["output"] - b["alias"]
-    flops = float((cost or {}).get("flops", 0.0)) * micro_batches
+    flops = float((cost or {}).get("flops", 0.0)) * loop_factor(traced.jaxpr)
     return {"name": name, "devices": devices, "flops_per_device": flops, "micro_batches": micro_batches,
             "bytes_per_device": b, "peak_bytes_per_device": peak, "compile_s": round(seconds, 2),
             "fits": peak <= limit_gb * GIB}
+
+
+def loop_factor(jaxpr) -> float:
+    """XLA's cost analysis counts each loop body once, the decoder layers' and vision blocks' scans
+    and the micro-batch loop included. The program's matmul FLOPs from its jaxpr, with every scan
+    body counted `length` times, over the same count with each body once: the factor that scales
+    XLA's count to the program's. A while loop (the rollout's decode loop, whose trips are not
+    known) stays counted once."""
+    once = _matmul_flops(jaxpr, trips=False)
+    return _matmul_flops(jaxpr, trips=True) / once if once else 1.0
+
+
+def _matmul_flops(jaxpr, trips: bool) -> float:
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)  # a ClosedJaxpr's Jaxpr
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contract)
+        n = eqn.params.get("length", 1) if trips and eqn.primitive.name == "scan" else 1
+        for sub in jax_core.jaxprs_in_params(eqn.params):
+            total += n * _matmul_flops(sub, trips)
+    return total
 
 
 # ---- the jobs' programs --------------------------------------------------------------------------
@@ -163,8 +189,8 @@ def _state(cfg, model, mesh, tx):
     """(parts, abstract state with shardings, its shardings, abstract frozen, its shardings)."""
     parts, params = loop.split(model, lora.trainable_filter(cfg.lora.rank, cfg.model.freeze_vision))
     state = jax.eval_shape(lambda: loop.init_state(params, tx, cfg.seed))
-    state_sh = loop.state_shardings(state, mesh)
-    frozen_sh = sharding.param_shardings(parts.frozen, mesh)
+    state_sh = loop.state_shardings(state, mesh, model.partition_rules)
+    frozen_sh = sharding.param_shardings(parts.frozen, mesh, model.partition_rules)
     return parts, _with_shardings(state, state_sh), state_sh, _with_shardings(parts.frozen, frozen_sh), frozen_sh
 
 
@@ -208,7 +234,7 @@ def _prompt_inputs(cfg, arch, mesh, rows: int, patches: int):
 def rollout_program(cfg, arch, model, mesh, rows: int, patches: int) -> dict:
     """One generation call of `rows` prompts: prefill + decode of sampling.max_new_tokens."""
     graphdef, state = nnx.split(model)
-    state = _with_shardings(state, sharding.param_shardings(state, mesh))
+    state = _with_shardings(state, sharding.param_shardings(state, mesh, model.partition_rules))
     inputs, padded = _prompt_inputs(cfg, arch, mesh, rows, patches)
     rep = NamedSharding(mesh, P())
     scalar = lambda dt: jax.ShapeDtypeStruct((), dt, sharding=rep)  # noqa: E731

@@ -32,8 +32,11 @@ log = logging.getLogger(__name__)
 SIDE_FILES = ("tokenizer*", "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json",
               "*preprocessor_config.json", "processor_config.json", "chat_template*", "generation_config.json")
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-# Our LoRA path -> PEFT's module name (transformers >= 4.52 module tree of Qwen2_5_VLForConditionalGeneration).
+# Our per-layer LoRA path -> PEFT's module name (transformers >= 4.52 module tree of
+# Qwen2_5_VLForConditionalGeneration). The trained factors are stacked over the decoder layers
+# (`layers/self_attn/q_proj/lora_a` [layers, in, r]); per_layer() splits them first.
 _LORA_KEY = re.compile(r"^layers/(\d+)/(self_attn|mlp)/(\w+_proj)/lora_(a|b)$")
+_STACKED_KEY = re.compile(r"^layers/(?!\d+/)(.+)$")
 
 
 def run_config(meta: dict, base: str | None = None, dtype: str = "float32") -> ml_collections.ConfigDict:
@@ -156,14 +159,31 @@ def _target_modules(modules: list[str]):
     return rf".*language_model\.layers\.({layers})\.({alt})"
 
 
+def per_layer(params: dict) -> dict:
+    """Trained parameters with the stacked decoder layers split: `layers/self_attn/q_proj/lora_a`
+    [layers, in, r] -> `layers/N/self_attn/q_proj/lora_a` [in, r] for each layer N."""
+    out = {}
+    for k, v in params.items():
+        m = _STACKED_KEY.match(k)
+        if m is None:
+            out[k] = v
+        else:
+            out.update({f"layers/{i}/{m.group(1)}": v[i] for i in range(v.shape[0])})
+    return out
+
+
 def peft_adapter(params: dict, meta: dict) -> tuple[dict, dict]:
-    """(adapter_config, {PEFT key: array}) from a LoRA run's trained parameters and meta.
+    """(adapter_config, {PEFT key: array}) from a LoRA run's trained parameters (stacked over the
+    decoder layers) and meta: one PEFT tensor per layer and projection.
     PEFT stores lora_A.weight [r, in] and lora_B.weight [out, r]; ours are [in, r] and [r, out]."""
     lora_cfg = meta.get("lora") or {}
     rank = int(lora_cfg.get("rank", 0))
     if rank <= 0:
         raise ValueError("a full-parameter run (lora.rank = 0) has no adapter: export it with --to hf")
-    tensors = {peft_name(k): np.ascontiguousarray(np.asarray(v, np.float32).T) for k, v in params.items()}
+    # Layers the targets did not select carry masked-off factors in the stacked tensors: left out.
+    selected = re.compile(lora_cfg.get("targets") or ".")
+    tensors = {peft_name(k): np.ascontiguousarray(np.asarray(v, np.float32).T) for k, v in per_layer(params).items()
+               if selected.search(k.rsplit("/", 1)[0])}
     modules = sorted({k.removeprefix("base_model.model.").rsplit(".lora_", 1)[0] for k in tensors})
     config = {
         "peft_type": "LORA",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,8 @@ TRAINABLE_META = "trainable.json"
 
 def save_trainable(directory: str, params: dict, meta: dict) -> str:
     """`<directory>/trainable.safetensors`: one tensor per trained parameter, named by its
-    '/'-joined path (LoRA factors, or all trained weights when lora.rank = 0), plus
+    '/'-joined path (LoRA factors, or all trained weights when lora.rank = 0; stacked decoder
+    layers as one tensor [layers, ...], e.g. `layers/self_attn/q_proj/lora_a`), plus
     `trainable.json` (the lora config and the base model). Written on process 0, atomically."""
     if jax.process_count() > 1:  # every process joins the gather of the arrays spread over them
         from jax.experimental import multihost_utils
@@ -62,6 +64,10 @@ def assign(model, params: dict) -> None:
     flat = dict(nnx.to_flat_state(nnx.state(model)))
     by_key = {path_str(p): p for p in flat}
     unknown = sorted(set(params) - set(by_key))
+    if unknown and any(re.match(r"^layers/\d+/", k) for k in unknown):
+        raise ValueError(f"trained parameters {unknown[:2]}...: one tensor per decoder layer, written by a progress_jax "
+                         "before the decoder layers were stacked (now layers/... [layers, ...]); export it with that "
+                         "version (tools/export.py) or retrain")
     if unknown:
         raise ValueError(f"trained parameters not in the model: {unknown[:5]} (LoRA rank/targets differ?)")
     for k, value in params.items():

@@ -82,7 +82,7 @@ def load_model(cfg, mesh=None):
         from flax import nnx
 
         state = nnx.state(model)
-        shardings = sharding.param_shardings(state, mesh)
+        shardings = sharding.param_shardings(state, mesh, family.PARTITION_RULES)
         nnx.update(model, jax.device_put(state, shardings))
     return set_attention_chunk(model, cfg.model.attention_chunk)
 

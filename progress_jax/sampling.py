@@ -188,12 +188,7 @@ def _generate(graphdef, state, inputs, key, knobs, *, max_new_tokens: int, mesh,
     B, L = ids.shape
     N = max_new_tokens
     pad_id, stop_arr = knobs["pad_id"], knobs["stop_ids"]
-    cache = model.init_cache(B, L + N)
-    if mesh is not None:
-        kv = model.config.text.num_key_value_heads
-        heads = "tensor" if kv % mesh.shape["tensor"] == 0 else None
-        spec = NamedSharding(mesh, P(sharding.BATCH, None, heads, None))
-        cache = jax.lax.with_sharding_constraint(cache, [{"k": spec, "v": spec}] * len(cache))
+    cache = model.init_cache(B, L + N, mesh=mesh)  # the model gives its cache its sharding
     kv_mask = jnp.concatenate([mask, jnp.ones((B, N), mask.dtype)], axis=1)
 
     x = family.prompt_embeddings(model, inputs)

@@ -1,4 +1,4 @@
-"""Device mesh, partition rules for the Qwen2.5-VL parameter tree, and activation constraints.
+"""Device mesh, parameter specs from a model family's partition rules, and activation constraints.
 
 Mesh axes: `data` (pure data parallel), `fsdp` (data parallel with parameters sharded), `tensor`
 (Megatron-style: column-parallel in-projections, row-parallel out-projections). A dimension
@@ -9,6 +9,7 @@ tiny test model and the 3B.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import jax
 import numpy as np
@@ -17,23 +18,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")  # activations' batch dimension is split over both data axes
 
-_COL = r"(q_proj|k_proj|v_proj|gate_proj|up_proj|qkv|fc1|lm_head)"
-_ROW = r"(o_proj|down_proj|proj|fc2)"
 
-# (regex on the '/'-joined parameter path, spec). First match wins.
-RULES: tuple[tuple[str, P], ...] = (
-    (rf"{_COL}/kernel$", P("fsdp", "tensor")),
-    (rf"{_COL}/bias$", P("tensor")),
-    (rf"{_COL}/lora_a$", P("fsdp", None)),
-    (rf"{_COL}/lora_b$", P(None, "tensor")),
-    (rf"{_ROW}/kernel$", P("tensor", "fsdp")),
-    (rf"{_ROW}/bias$", P(None)),
-    (rf"{_ROW}/lora_a$", P("tensor", None)),
-    (rf"{_ROW}/lora_b$", P(None, "fsdp")),
-    (r"patch_embed/kernel$", P(None, "fsdp")),
-    (r"^embed_tokens$", P("tensor", "fsdp")),
-    (r"weight$", P(None)),  # norms
-)
+@dataclass(frozen=True)
+class PartitionRules:
+    """A model family's partition rules: (regex on the '/'-joined parameter path, PartitionSpec)
+    pairs, first match wins; `stacked`: path prefixes of stacked layers (parameters with a leading
+    layer axis, scanned over), which get no mesh axis on that leading axis; the rule's spec applies
+    to the dimensions after it."""
+    rules: tuple[tuple[str, P], ...]
+    stacked: tuple[str, ...] = ()
+
+    def is_stacked(self, path: str) -> bool:
+        return any(path.startswith(prefix + "/") for prefix in self.stacked)
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> Mesh:
@@ -52,12 +48,15 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> M
     return Mesh(np.array(devices).reshape(sizes), AXES)
 
 
-def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
-    for pattern, spec in RULES:
+def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh, rules: PartitionRules) -> P:
+    """The spec of parameter `path` by the model family's `rules` (e.g. model.partition_rules)."""
+    for pattern, spec in rules.rules:
         if re.search(pattern, path):
             break
     else:
         raise ValueError(f"no partition rule for parameter {path}")
+    if rules.is_stacked(path):
+        spec = (None, *spec)
     spec = tuple(spec) + (None,) * (len(shape) - len(spec))
     # Replicate along any axis that does not divide its dimension.
     fitted = [ax if ax is None or dim % mesh.shape[ax] == 0 else None for ax, dim in zip(spec, shape)]
@@ -74,10 +73,10 @@ def path_str(path) -> str:
     return "/".join(parts)
 
 
-def param_shardings(abstract_tree, mesh: Mesh):
+def param_shardings(abstract_tree, mesh: Mesh, rules: PartitionRules):
     """NamedShardings for a pytree of arrays / ShapeDtypeStructs keyed by parameter paths."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: NamedSharding(mesh, spec_for(path_str(path), tuple(x.shape), mesh)), abstract_tree
+        lambda path, x: NamedSharding(mesh, spec_for(path_str(path), tuple(x.shape), mesh, rules)), abstract_tree
     )
 
 

@@ -127,8 +127,8 @@ def test_sharded_update_equals_one_device():
 
     mesh = sharding.make_mesh(1, 4, 1, devices=jax.devices()[:4])
     host = jax.device_get(batch)
-    state_sh = loop.state_shardings(jax.eval_shape(lambda: state), mesh)
-    frozen_sh = sharding.param_shardings(parts.frozen, mesh)
+    state_sh = loop.state_shardings(jax.eval_shape(lambda: state), mesh, model.partition_rules)
+    frozen_sh = sharding.param_shardings(parts.frozen, mesh, model.partition_rules)
     batch_sh = loop.batch_shardings(host, mesh, qwen)
     update = loop.jit_step(grpo.make_update(parts, tx, cfg.grpo, 1.0, mesh), mesh, state_sh, frozen_sh, batch_sh)
     p2, m2 = update(jax.device_put(loop.init_state(params, tx, 0), state_sh), jax.device_put(parts.frozen, frozen_sh),

@@ -26,9 +26,12 @@ def test_inject_adapts_every_lm_linear_and_nothing_else():
     d, h, kv, m = t.hidden_size, t.head_dim, t.num_key_value_heads, t.intermediate_size
     per_layer = 8 * ((d + t.num_attention_heads * h) * 2 + 2 * (d + kv * h) + 2 * (d + m) + (m + d))
     assert lora.param_count(model) == per_layer * t.num_hidden_layers
-    q = model.layers[0].self_attn.q_proj
+    q = model.layers.self_attn.q_proj  # stacked: factors [layers, in, r] / [layers, r, out]
     assert q.lora_scale == 2.0 and not np.any(q.lora_b[...])
-    assert 0 < np.abs(q.lora_a[...]).max() <= 1 / np.sqrt(d)
+    assert q.lora_a.shape == (t.num_hidden_layers, d, 8)
+    for a in q.lora_a[...]:  # each layer's A drawn from PEFT's kaiming-uniform bound
+        assert 0.5 / np.sqrt(d) < np.abs(a).max() <= 1 / np.sqrt(d)
+    assert not np.array_equal(q.lora_a[...][0], q.lora_a[...][1])
     # B = 0: the adapted model computes exactly the base model.
     np.testing.assert_array_equal(np.asarray(model(ids)), before)
 
@@ -36,7 +39,7 @@ def test_inject_adapts_every_lm_linear_and_nothing_else():
 def test_rank0_trains_the_language_model_only():
     model = qwen2_5_vl.init(CFG)
     parts, params = loop.split(model, lora.trainable_filter(0))
-    assert "embed_tokens" in params and "layers/0/self_attn/q_proj/kernel" in params
+    assert "embed_tokens" in params and "layers/self_attn/q_proj/kernel" in params
     assert not any(k.startswith("visual") for k in params)
     assert any(p[0] == "visual" for p, _ in nnx.to_flat_state(parts.frozen))
 

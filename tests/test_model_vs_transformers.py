@@ -122,9 +122,9 @@ def test_sharded_load_matches(checkpoint):
     hf, path = checkpoint
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
     model = qwen2_5_vl.from_pretrained(path, mesh=mesh)
-    q = model.layers[0].self_attn.q_proj.kernel[...]
-    assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-    assert len(q.addressable_shards) == 8 and q.addressable_shards[0].data.shape == (32, 32)
+    q = model.layers.self_attn.q_proj.kernel[...]  # stacked [layers, in, out]: no mesh axis on the layers
+    assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    assert len(q.addressable_shards) == 8 and q.addressable_shards[0].data.shape == (2, 32, 32)
     ids, mask, pv, grid = ref.batch()
     expected = ref.hf_logits(hf, ids, mask, pv, grid)
     got = np.asarray(model(ids, attention_mask=mask, pixel_values=pv, image_grid_thw=grid))

@@ -42,8 +42,9 @@ def setup():
     """The 8-device mesh, the model on one device and the same weights sharded on the mesh."""
     assert len(jax.devices()) == 8
     mesh = sharding.make_mesh(data=2, fsdp=4, tensor=1)
-    graphdef, state = nnx.split(qwen2_5_vl.init(CFG, seed=0))
-    sharded = nnx.merge(graphdef, jax.device_put(state, sharding.param_shardings(state, mesh)))
+    model = qwen2_5_vl.init(CFG, seed=0)
+    graphdef, state = nnx.split(model)
+    sharded = nnx.merge(graphdef, jax.device_put(state, sharding.param_shardings(state, mesh, model.partition_rules)))
     return mesh, qwen2_5_vl.init(CFG, seed=0), sharded
 
 

@@ -4,7 +4,9 @@
     python tools/convert_checkpoint.py orbax-to-hub --src ORBAX_DIR --dst HUB_DIR [--dtype bfloat16] [--overwrite]
 
 The Hub side is config.json + safetensors (sharded with an index above --max-shard-gb); the
-Orbax side is `params/` + config.json. Without --dtype, tensors keep their stored dtype, so a
+Orbax side is `params/` + config.json, in the model's own layout (the decoder layers and vision
+blocks stacked: `layers/...` [layers, ...]; an Orbax params/ of the older per-layer layout is refused
+with a clear error). Without --dtype, tensors keep their stored dtype, so a
 round trip is bit-exact. Tokenizer and processor files are copied along when present. A --dst that
 already holds weights is refused unless --overwrite, which removes all of them (every shard, index,
 params/) before writing; --dst may not be --src.

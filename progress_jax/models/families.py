@@ -6,7 +6,10 @@ A family is a module with the interface of progress_jax/models/qwen2_5_vl/family
 - host batches by row: row_images, take_rows, vision_token_ids (GRPO rollouts, sampling batches);
 - generation (progress_jax/sampling.py): GENERATION_AXIS, generation_inputs, prompt_embeddings,
   decode_position_ids. The sampler also calls the model's embed(token ids), decode(x, position_ids,
-  kv_mask, cache, index), logits(hidden) and init_cache(batch, length).
+  kv_mask, cache, index), logits(hidden) and init_cache(batch, length, mesh).
+- partitioning: PARTITION_RULES (a progress_jax.sharding.PartitionRules: regexes on parameter
+  paths -> PartitionSpec, and the path prefixes of stacked, scanned layers); the family's models
+  carry the same object as `model.partition_rules`, which the trainers and loaders read.
 A new family is one such module plus one `register` call (or one line in FAMILIES).
 """
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The one train loop and the train state, shared by the SFT and GRPO trainers.
 
-- The model split into trained parameters, a flat dict {'/'-joined path: array} (the paths of
-  sharding.RULES, e.g. `layers/3/self_attn/q_proj/lora_a`), and the frozen rest (an nnx.State).
+- The model split into trained parameters, a flat dict {'/'-joined path: array} (the paths the
+  family's partition rules match, e.g. `layers/self_attn/q_proj/lora_a` [layers, in, r]: the
+  decoder layers are stacked), and the frozen rest (an nnx.State).
 - `setup_state`: the train state {"params", "opt", "step", "rng"} placed on the (data, fsdp, tensor)
   mesh with its shardings; the one set-up every trainer (and tools/bench_train.py) uses.
 - Host batches -> global device arrays, sharded by the model family's batch axes.
@@ -61,13 +62,13 @@ def init_state(params: dict, tx: optax.GradientTransformation, seed: int) -> dic
             "rng": jax.random.PRNGKey(seed)}
 
 
-def state_shardings(state, mesh):
-    """Params and their optimizer moments by sharding.RULES (the flat key is the rule path);
-    scalars, counts and the RNG key replicated."""
+def state_shardings(state, mesh, rules):
+    """Params and their optimizer moments by the model family's partition rules (`rules`, e.g.
+    model.partition_rules; the flat key is the rule path); scalars, counts and the RNG key replicated."""
     def spec(path, x):
         if x.ndim == 0 or sharding.path_str(path[:1]) == "rng":
             return NamedSharding(mesh, P())
-        return NamedSharding(mesh, sharding.spec_for(path[-1].key, tuple(x.shape), mesh))
+        return NamedSharding(mesh, sharding.spec_for(path[-1].key, tuple(x.shape), mesh, rules))
 
     return jax.tree_util.tree_map_with_path(spec, state)
 
@@ -99,8 +100,9 @@ def setup_state(model, mesh, tx, *, rank: int, freeze_vision: bool = True, seed:
     train state for optimizer `tx` and place it on `mesh`."""
     parts, params = split(model, lora.trainable_filter(rank, freeze_vision))
     state = init_state(params, tx, seed)
-    state_sh = state_shardings(jax.eval_shape(lambda: state), mesh)
-    return Setup(parts, jax.device_put(state, state_sh), state_sh, sharding.param_shardings(parts.frozen, mesh))
+    rules = model.partition_rules
+    state_sh = state_shardings(jax.eval_shape(lambda: state), mesh, rules)
+    return Setup(parts, jax.device_put(state, state_sh), state_sh, sharding.param_shardings(parts.frozen, mesh, rules))
 
 
 # ---- host batches -> device ----------------------------------------------------------------

@@ -8,7 +8,8 @@ forward pass, behind the interface of progress_jax.models.families (one module p
   rollouts, sampling batches), and the special tokens a text continuation must not hold;
 - GENERATION_AXIS, generation_inputs, prompt_embeddings, decode_position_ids: the sampler's
   inputs (M-RoPE positions, patches per batch shard), how they shard, and decode positions;
-- flops_per_token: the training FLOP count for MFU.
+- flops_per_token: the training FLOP count for MFU;
+- PARTITION_RULES: how the parameters shard (sharding.PartitionRules; also model.partition_rules).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from progress_jax.models.qwen2_5_vl import config as config_module
 from progress_jax.models.qwen2_5_vl import positions
+from progress_jax.models.qwen2_5_vl.partition import PARTITION_RULES  # noqa: F401 (the family's partition rules)
 
 MODEL_TYPE = config_module.Qwen25VLConfig.model_type  # config.json's model_type
 PRESETS = tuple(config_module.PRESETS)

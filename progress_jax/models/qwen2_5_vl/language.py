@@ -1,4 +1,7 @@
-"""Qwen2 decoder with GQA, q/k/v biases, SwiGLU, RMSNorm and M-RoPE; optional KV cache."""
+"""Qwen2 decoder with GQA, q/k/v biases, SwiGLU, RMSNorm and M-RoPE; optional KV cache.
+
+The model holds its decoder layers as one DecoderLayer whose parameters carry a leading layer axis
+and scans over it (model.Qwen25VL.decode); the KV cache is stacked the same way."""
 
 from __future__ import annotations
 
@@ -36,7 +39,9 @@ class Attention(nnx.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, kv, h
         self.attention_chunk = 0  # query block size (model.attention_chunk, runtime.set_attention_chunk)
 
-    def __call__(self, x, cos, sin, mask, cache=None, cache_index=None, dropout_rng=None):
+    def __call__(self, x, cos, sin, mask, cache=None, cache_index=None, dropout_rng=None, layer=0):
+        """cache: the stacked cache {"k", "v": [layers, B, S, K, H]}; this layer writes its keys and
+        values into slot `layer` at cache_index (in place in the carried buffer) and attends to them."""
         B, T, _ = x.shape
         rq, rk, rv, ro = (None,) * 4 if dropout_rng is None else jax.random.split(dropout_rng, 4)
         q = self.q_proj(x, dropout_rng=rq).reshape(B, T, self.num_heads, self.head_dim)
@@ -44,10 +49,11 @@ class Attention(nnx.Module):
         v = self.v_proj(x, dropout_rng=rv).reshape(B, T, self.num_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, cache_index, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, cache_index, 0, 0))
-            cache = {"k": k, "v": v}
-            k, v = k.astype(q.dtype), v.astype(q.dtype)
+            at = (layer, 0, cache_index, 0, 0)
+            cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k[None].astype(cache["k"].dtype), at),
+                     "v": jax.lax.dynamic_update_slice(cache["v"], v[None].astype(cache["v"].dtype), at)}
+            k = jax.lax.dynamic_index_in_dim(cache["k"], layer, keepdims=False).astype(q.dtype)
+            v = jax.lax.dynamic_index_in_dim(cache["v"], layer, keepdims=False).astype(q.dtype)
         # mask: kv_mask [B, S]; queries sit at key slots cache_index .. cache_index + T - 1.
         out = causal_attention(q, k, v, mask, 0 if cache_index is None else cache_index, self.attention_chunk)
         return self.o_proj(out.reshape(B, T, -1), dropout_rng=ro), cache
@@ -62,9 +68,11 @@ class DecoderLayer(nnx.Module):
             cfg.hidden_size, cfg.intermediate_size, bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs
         )
 
-    def __call__(self, x, cos, sin, mask, cache=None, cache_index=None, dropout_rng=None):
-        """dropout_rng: a key for LoRA dropout (training); None runs without dropout."""
+    def __call__(self, x, cos, sin, mask, cache=None, cache_index=None, dropout_rng=None, layer=0):
+        """dropout_rng: a key for LoRA dropout (training); None runs without dropout. layer: this
+        layer's index in the stacked cache."""
         ra, rm = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
-        h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, cache_index, dropout_rng=ra)
+        h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, cache_index, dropout_rng=ra,
+                                  layer=layer)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x), dropout_rng=rm), cache

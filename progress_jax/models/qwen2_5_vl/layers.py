@@ -19,6 +19,7 @@ class Linear(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((dout,), param_dtype)) if bias else None
         self.lora_a = None
         self.lora_b = None
+        self.lora_mask = None  # stacked layers whose LoRA targets select some layers: 1/0 per layer
         self.lora_scale = 0.0
         self.lora_dropout = 0.0
         self.dtype = dtype
@@ -33,7 +34,10 @@ class Linear(nnx.Module):
                 xl = jnp.where(keep, x / (1.0 - self.lora_dropout), 0).astype(self.dtype)
             a = self.lora_a[...].astype(self.dtype)
             b = self.lora_b[...].astype(self.dtype)
-            y = y + (xl @ a @ b) * jnp.asarray(self.lora_scale, self.dtype)
+            scale = jnp.asarray(self.lora_scale, self.dtype)
+            if self.lora_mask is not None:  # this layer's on/off (a scalar inside the layer scan)
+                scale = scale * self.lora_mask[...].astype(self.dtype)
+            y = y + (xl @ a @ b) * scale
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
@@ -173,3 +177,73 @@ def chunked(fn, q, per_query, chunk: int):
 def _sdpa(q, k, v, mask):
     # XLA implementation (portable); a GPU alternative for training is in docs/model.md.
     return jax.nn.dot_product_attention(q, k, v, mask=mask).astype(q.dtype)
+
+
+# ---- stacked layers under scan ---------------------------------------------------------------
+
+# Rematerialisation of a scanned layer: full saves only each layer's input; dots keeps matmul outputs.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def stacked(make, n: int, rngs: nnx.Rngs):
+    """`n` layers `make(rngs)` as ONE module whose parameters carry a leading layer axis of size n
+    (each layer initialised from its own split of the rngs)."""
+    @nnx.split_rngs(splits=n)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def build(r):
+        return make(r)
+
+    return build(rngs)
+
+
+def scan_layers(module, body, carry, xs, remat: str = "none"):
+    """carry = body(layer_i, carry, xs_i) for each layer i of a `stacked` module, as one
+    jax.lax.scan: the layer is compiled once whatever the depth. xs: per-layer inputs (leading
+    axis n). remat: none | full | dots, the rematerialisation policy of the scanned body."""
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+    graphdef, state = nnx.split(module)
+    leaves, treedef = jax.tree.flatten(state)
+    # XLA:CPU slices a bfloat16 array in float32 and hoists the conversion of the whole stack out
+    # of the loop (a float32 copy of every layer's weights): such leaves are sliced as integer bits
+    # inside the body instead (layer_of), the others are scanned over.
+    narrow = [_narrow(x) for x in leaves]
+    scanned = [x for x, nw in zip(leaves, narrow) if not nw]
+    n = leaves[0].shape[0]
+
+    def step(c, inp):
+        sl, i, x = inp
+        sl = iter(sl)
+        layer = [layer_of(w, i) if nw else next(sl) for w, nw in zip(leaves, narrow)]
+        return body(nnx.merge(graphdef, jax.tree.unflatten(treedef, layer)), c, x), None
+
+    if REMAT_POLICIES[remat] is not None:
+        step = jax.checkpoint(step, policy=REMAT_POLICIES[remat], prevent_cse=False)
+    return jax.lax.scan(step, carry, (scanned, jnp.arange(n), xs))[0]
+
+
+def _narrow(x) -> bool:
+    return jax.default_backend() == "cpu" and x.dtype in (jnp.bfloat16, jnp.float16)
+
+
+@jax.custom_vjp
+def layer_of(w, i):
+    """w[i] of a stacked 16-bit array, sliced as its integer bits (see scan_layers)."""
+    bits = jax.lax.bitcast_convert_type(w, jnp.uint16)
+    return jax.lax.bitcast_convert_type(jax.lax.dynamic_index_in_dim(bits, i, keepdims=False), w.dtype)
+
+
+def _layer_of_fwd(w, i):
+    return layer_of(w, i), (w, i)
+
+
+def _layer_of_bwd(res, g):
+    w, i = res  # (trained 16-bit stacked weights only: their cotangent, one layer filled)
+    return jax.lax.dynamic_update_index_in_dim(jnp.zeros_like(w), g.astype(w.dtype), i, 0), None
+
+
+layer_of.defvjp(_layer_of_fwd, _layer_of_bwd)

@@ -7,21 +7,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from . import positions
+from progress_jax import sharding
+
+from . import partition, positions
 from .config import Qwen25VLConfig
 from .language import DecoderLayer, mrope_cos_sin
-from .layers import Linear, RMSNorm, matmul
+from .layers import REMAT_POLICIES, Linear, RMSNorm, matmul, scan_layers, stacked
 from .vision import VisionTower
-
-# Decoder-layer rematerialisation: full saves only each layer's input; dots keeps matmul outputs.
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 class Qwen25VL(nnx.Module):
+    """Parameters: `layers` is ONE DecoderLayer whose parameters carry a leading axis of
+    num_hidden_layers (`layers/self_attn/q_proj/kernel` [layers, in, out]), `visual/blocks` one
+    VisionBlock with a leading axis of the tower's depth; both run under jax.lax.scan (see
+    layers.scan_layers), so compile time does not grow with depth."""
+
+    partition_rules = partition.PARTITION_RULES  # how its parameters shard (progress_jax.sharding)
+
     def __init__(self, config: Qwen25VLConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         config.validate()
         t = config.text
@@ -29,9 +31,8 @@ class Qwen25VL(nnx.Module):
         self.dtype = dtype
         self.visual = VisionTower(config.vision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.embed_tokens = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (t.vocab_size, t.hidden_size), param_dtype))
-        self.layers = nnx.List(
-            [DecoderLayer(t, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(t.num_hidden_layers)]
-        )
+        self.layers = stacked(lambda r: DecoderLayer(t, dtype=dtype, param_dtype=param_dtype, rngs=r),
+                              t.num_hidden_layers, rngs)
         self.norm = RMSNorm(t.hidden_size, eps=t.rms_norm_eps, param_dtype=param_dtype)
         self.lm_head = (
             None
@@ -57,12 +58,13 @@ class Qwen25VL(nnx.Module):
 
     # ---- compiled path ---------------------------------------------------------------------
 
-    def embed(self, input_ids, pixel_values=None, vision=None):
+    def embed(self, input_ids, pixel_values=None, vision=None, remat="none"):
         """Token embeddings with image features at the image-pad tokens. pixel_values [P, 1176]
         with `vision` from positions.vision_inputs, or per batch shard [S, P_s, 1176] with `vision`
         arrays stacked on a leading S axis (family.stack_micro): the rows split into S contiguous
         groups, shard s holding the images of group s; the tower runs on each shard separately, so
-        with S split over the data axes each device encodes its own rows' images only."""
+        with S split over the data axes each device encodes its own rows' images only. remat: the
+        vision blocks' rematerialisation policy (none | full | dots)."""
         x = self.embed_tokens[...][input_ids].astype(self.dtype)
         if pixel_values is None:
             return x
@@ -70,10 +72,10 @@ class Qwen25VL(nnx.Module):
         if pixel_values.ndim == 3 and pixel_values.shape[0] == 1:  # one shard: the plain layout
             pixel_values, vision = pixel_values[0], jax.tree.map(lambda v: v[0], vision)
         if pixel_values.ndim == 2:
-            feats = self.visual(pixel_values, vision)[None]
+            feats = self.visual(pixel_values, vision, remat=remat)[None]
         else:
             graphdef, state = nnx.split(self.visual)
-            tower = lambda st, pv, vis: nnx.merge(graphdef, st)(pv, vis)
+            tower = lambda st, pv, vis: nnx.merge(graphdef, st)(pv, vis, remat=remat)
             feats = jax.vmap(tower, in_axes=(None, 0, 0))(state, pixel_values, vision)
         feats = feats.astype(self.dtype)  # [S, U, D]
         S, B, L = feats.shape[0], *input_ids.shape
@@ -93,21 +95,17 @@ class Qwen25VL(nnx.Module):
         cos, sin = mrope_cos_sin(position_ids, self.config.text)
         if remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
-        if remat != "none" and cache is None:
-            # jax.checkpoint over a pure function of the layer's state (no NNX graph updates).
-            for i, layer in enumerate(self.layers):
-                graphdef, state = nnx.split(layer)
-                run = jax.checkpoint(
-                    lambda st, x, rng, g=graphdef: nnx.merge(g, st)(x, cos, sin, mask, dropout_rng=rng)[0],
-                    policy=REMAT_POLICIES[remat])
-                x = run(state, x, None if dropout_rng is None else jax.random.fold_in(dropout_rng, i))
-            return self.norm(x), None
-        new_cache = []
-        for i, layer in enumerate(self.layers):
+
+        def layer_step(layer, carry, i):
+            x, cache = carry
             rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
-            x, c = layer(x, cos, sin, mask, None if cache is None else cache[i], cache_index, dropout_rng=rng)
-            new_cache.append(c)
-        return self.norm(x), (new_cache if cache is not None else None)
+            return layer(x, cos, sin, mask, cache, cache_index, dropout_rng=rng, layer=i)
+
+        n = self.config.text.num_hidden_layers
+        # Remat only matters where gradients flow (training runs without a cache).
+        x, cache = scan_layers(self.layers, layer_step, (x, cache), jnp.arange(n),
+                               remat=remat if cache is None else "none")
+        return self.norm(x), cache
 
     def logits(self, hidden):
         if self.lm_head is not None:
@@ -117,15 +115,23 @@ class Qwen25VL(nnx.Module):
     def forward(self, input_ids, attention_mask, position_ids, pixel_values=None, vision=None, dropout_rng=None,
                 remat="none"):
         """Full forward on arrays only (jit-friendly). Returns logits [B, L, V] in float32."""
-        x = self.embed(input_ids, pixel_values, vision)
+        x = self.embed(input_ids, pixel_values, vision, remat=remat)
         hidden, _ = self.decode(x, position_ids, attention_mask, dropout_rng=dropout_rng, remat=remat)
         return self.logits(hidden)
 
-    def init_cache(self, batch: int, length: int, dtype=None):
+    def init_cache(self, batch: int, length: int, dtype=None, mesh=None):
+        """The KV cache {"k", "v": [layers, batch, length, kv_heads, head_dim]}, carried through the
+        layer scan. With a mesh: rows split over the data axes, KV heads over `tensor` where it
+        divides them (inside jit, a sharding constraint)."""
         t = self.config.text
-        shape = (batch, length, t.num_key_value_heads, t.head_dim)
+        shape = (t.num_hidden_layers, batch, length, t.num_key_value_heads, t.head_dim)
         dtype = dtype or self.dtype
-        return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(t.num_hidden_layers)]
+        cache = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+        if mesh is None:
+            return cache
+        heads = "tensor" if t.num_key_value_heads % mesh.shape["tensor"] == 0 else None
+        spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.BATCH, None, heads, None))
+        return jax.lax.with_sharding_constraint(cache, {"k": spec, "v": spec})
 
     # ---- convenience API -------------------------------------------------------------------
 

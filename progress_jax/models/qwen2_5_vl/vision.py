@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .config import VisionConfig
-from .layers import Linear, RMSNorm, SwiGLU, apply_rope, attention
+from .layers import Linear, RMSNorm, SwiGLU, apply_rope, attention, scan_layers, stacked
 
 
 class VisionAttention(nnx.Module):
@@ -68,9 +68,8 @@ class VisionTower(nnx.Module):
         self.cfg = cfg
         # Conv3d with kernel == stride over a [C, T, p, p] patch row is a linear map.
         self.patch_embed = Linear(cfg.patch_dim, cfg.hidden_size, bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.blocks = nnx.List(
-            [VisionBlock(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(cfg.depth)]
-        )
+        # One VisionBlock with a leading axis of `depth` on its parameters, run under scan.
+        self.blocks = stacked(lambda r: VisionBlock(cfg, dtype=dtype, param_dtype=param_dtype, rngs=r), cfg.depth, rngs)
         self.merger = PatchMerger(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def rope(self, rope_hw):
@@ -82,8 +81,9 @@ class VisionTower(nnx.Module):
         emb = jnp.concatenate([freqs, freqs], axis=-1)[:, None, :]  # [P, 1, head_dim]
         return jnp.cos(emb), jnp.sin(emb)
 
-    def __call__(self, pixel_values, vis):
-        """pixel_values [P, patch_dim]; vis: positions.vision_inputs(...) as arrays.
+    def __call__(self, pixel_values, vis, remat: str = "none"):
+        """pixel_values [P, patch_dim]; vis: positions.vision_inputs(...) as arrays; remat: the
+        blocks' rematerialisation policy (none | full | dots).
         Returns merged features [P / merge**2, out_hidden] in the processor's order."""
         cfg = self.cfg
         unit = cfg.spatial_merge_size**2
@@ -91,6 +91,13 @@ class VisionTower(nnx.Module):
         P, D = x.shape
         x = x.reshape(P // unit, unit, D)[vis["window_index"]].reshape(P, D)
         cos, sin = self.rope(vis["rope_hw"])
-        for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, vis["image_groups"] if i in cfg.fullatt_block_indexes else vis["window_groups"])
+        # Full-attention blocks attend within each image, the others within windows: a per-block
+        # flag picks the groups inside the one compiled body.
+        full = jnp.asarray([i in cfg.fullatt_block_indexes for i in range(cfg.depth)])
+
+        def block_step(block, x, is_full):
+            return jax.lax.cond(is_full, lambda: block(x, cos, sin, vis["image_groups"]),
+                                lambda: block(x, cos, sin, vis["window_groups"]))
+
+        x = scan_layers(self.blocks, block_step, x, full, remat=remat)
         return self.merger(x)[vis["reverse_index"]]

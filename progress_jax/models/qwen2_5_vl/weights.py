@@ -68,47 +68,101 @@ def _hf_views(path: tuple, tensor: np.ndarray, config: Qwen25VLConfig) -> np.nda
     return tensor
 
 
+def _stacked_prefix(path: tuple, model) -> int:
+    """Length of the stacked-layer prefix a Hub path starts with (`layers`, `visual/blocks`,
+    followed by the layer number), 0 if none."""
+    for prefix in model.partition_rules.stacked:
+        parts = tuple(prefix.split("/"))
+        if path[:len(parts)] == parts and len(path) > len(parts) and isinstance(path[len(parts)], int):
+            return len(parts)
+    return 0
+
+
+def _our_path(name: str, flat: dict, model) -> tuple[tuple, int | None]:
+    """Hub tensor name -> (our parameter path, layer number within a stacked module or None)."""
+    path = _to_path(name)
+    if path == ("embed_tokens", "weight"):
+        return ("embed_tokens",), None
+    n = _stacked_prefix(path, model)
+    layer = path[n] if n else None
+    if n:
+        path = path[:n] + path[n + 1:]
+    if path[-1] == "weight" and path[:-1] + ("kernel",) in flat:
+        path = path[:-1] + ("kernel",)
+    return path, layer
+
+
+def _per_layer(path: tuple, model) -> int:
+    """Where the layer number goes in the Hub name of a stacked parameter path (0: not stacked)."""
+    s = "/".join(str(p) for p in path)
+    for prefix in model.partition_rules.stacked:
+        if s.startswith(prefix + "/"):
+            return len(prefix.split("/"))
+    return 0
+
+
 def load_state(model_abstract: Qwen25VL, tensors: dict[str, np.ndarray], mesh=None, source: str = "checkpoint"):
-    """Place each Hub tensor straight onto its device(s) in the abstract model's state."""
+    """Place each Hub tensor straight onto its device(s) in the abstract model's state. Per-layer
+    Hub tensors (`model.layers.N.*`, `visual.blocks.N.*`) land in their stacked parameter
+    [layers, ...]: each device's shard is assembled from the memory-mapped tensors of its layers,
+    converted to the parameter dtype piece by piece (no full float32 copy)."""
     config = model_abstract.config
     graphdef, abs_state = nnx.split(model_abstract)
     flat = dict(nnx.to_flat_state(abs_state))
     by_path, unexpected = {}, []
     for name, arr in tensors.items():
-        path = _to_path(name)
-        if path[-1] == "weight" and path[:-1] + ("kernel",) in flat:
-            path = path[:-1] + ("kernel",)
-        if path == ("embed_tokens", "weight"):
-            path = ("embed_tokens",)
-        if path in flat:
-            by_path[path] = (name, arr)
+        path, layer = _our_path(name, flat, model_abstract)
+        var = flat.get(path)
+        n = _per_layer(path, model_abstract)
+        if var is not None and (layer is None) == (n == 0) and (layer is None or 0 <= layer < var.shape[0]):
+            by_path.setdefault(path, {})[layer] = (name, arr)
         else:
             unexpected.append(f"  unexpected: {name} {list(arr.shape)}")
     missing, wrong = [], []
     for path, var in flat.items():
         expected = tuple(var.get_value().shape)
-        if path not in by_path:
-            missing.append(f"  missing: {_hf_name(path)} expected {list(expected)}")
-            continue
-        name, arr = by_path[path]
-        found = tuple(_hf_views(path, arr, config).shape)
-        if found != expected:
-            wrong.append(f"  wrong shape: {name} expected {list(_hf_shape(path, expected, config))} found {list(arr.shape)}")
+        n = _per_layer(path, model_abstract)
+        layers = list(range(expected[0])) if n else [None]
+        if n:
+            expected = expected[1:]
+        got = by_path.get(path, {})
+        for layer in layers:
+            if layer not in got:
+                missing.append(f"  missing: {_hf_name(_with_layer(path, n, layer))} expected "
+                               f"{list(_hf_shape(path, expected, config))}")
+                continue
+            name, arr = got[layer]
+            if tuple(_hf_views(path, arr, config).shape) != expected:
+                wrong.append(f"  wrong shape: {name} expected {list(_hf_shape(path, expected, config))} "
+                             f"found {list(arr.shape)}")
     if missing or unexpected or wrong:
         raise ValueError(f"{source}: weights do not match the config:\n" + "\n".join(missing + wrong + unexpected))
 
     for path, var in flat.items():
-        name, arr = by_path[path]
-        view = _hf_views(path, arr, config)
-        dtype = var.get_value().dtype
-        if mesh is None:
-            sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shape, dtype = tuple(var.get_value().shape), var.get_value().dtype
+        got = by_path[path]
+        if _per_layer(path, model_abstract):
+            views = [_hf_views(path, got[i][1], config) for i in range(shape[0])]
+
+            def piece(idx, views=views, d=dtype):
+                return np.stack([np.asarray(views[i][idx[1:]], dtype=d) for i in range(len(views))[idx[0]]])
         else:
-            sharding = jax.sharding.NamedSharding(mesh, shd.spec_for(shd.path_str(path), view.shape, mesh))
-        var.set_value(
-            jax.make_array_from_callback(view.shape, sharding, lambda idx, v=view, d=dtype: np.asarray(v[idx], dtype=d))
-        )
+            view = _hf_views(path, got[None][1], config)
+
+            def piece(idx, v=view, d=dtype):
+                return np.asarray(v[idx], dtype=d)
+        if mesh is None:
+            sh = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        else:
+            sh = jax.sharding.NamedSharding(
+                mesh, shd.spec_for(shd.path_str(path), shape, mesh, model_abstract.partition_rules))
+        var.set_value(jax.make_array_from_callback(shape, sh, piece))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def _with_layer(path: tuple, n: int, layer) -> tuple:
+    """A stacked parameter path with the layer number put back after its prefix (Hub naming)."""
+    return path if not n else path[:n] + (layer,) + path[n:]
 
 
 def _hf_shape(path, ours, config):
@@ -130,7 +184,8 @@ def from_pretrained(path: str, dtype=jnp.float32, compute_dtype=None, mesh=None)
 
 
 def to_hf_tensors(model: Qwen25VL, dtype=None) -> dict[str, np.ndarray]:
-    """Hub-layout tensors of a model (LoRA must be merged first)."""
+    """Hub-layout tensors of a model (LoRA must be merged first); stacked layers come out one
+    tensor per layer (`model.layers.N.*`, `visual.blocks.N.*`)."""
     config = model.config
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
@@ -139,11 +194,13 @@ def to_hf_tensors(model: Qwen25VL, dtype=None) -> dict[str, np.ndarray]:
         arr = np.asarray(jax.device_get(var.get_value()))
         if dtype is not None:
             arr = arr.astype(dtype)
-        if path == ("visual", "patch_embed", "kernel"):
-            arr = arr.T.reshape(_hf_shape(path, arr.shape, config))
-        elif path[-1] == "kernel":
-            arr = arr.T
-        out[_hf_name(path)] = np.ascontiguousarray(arr)
+        n = _per_layer(path, model)
+        for layer, a in (enumerate(arr) if n else [(None, arr)]):
+            if path == ("visual", "patch_embed", "kernel"):
+                a = a.T.reshape(_hf_shape(path, a.shape, config))
+            elif path[-1] == "kernel":
+                a = a.T
+            out[_hf_name(_with_layer(path, n, layer))] = np.ascontiguousarray(a)
     return out
 
 
@@ -207,6 +264,17 @@ def save_orbax(model: Qwen25VL, directory: str, overwrite: bool = False) -> None
     _write_config(model.config.to_hf_dict(), directory)
 
 
+def _refuse_per_layer_layout(metadata, directory: str) -> None:
+    """A clear error for an Orbax params/ written before the layers were stacked (scan)."""
+    tree = getattr(metadata, "tree", metadata)
+    layers = tree.get("layers") if hasattr(tree, "get") else None
+    if hasattr(layers, "keys") and any(str(k).isdigit() for k in layers.keys()):
+        raise ValueError(f"{directory}/params holds one entry per decoder layer (layers/0/...): it was written by a "
+                         "progress_jax before the decoder layers were stacked (layers/... [layers, ...]); "
+                         "convert it with that version to a Hub checkpoint (tools/convert_checkpoint.py "
+                         "orbax-to-hub) and load that")
+
+
 def load_orbax(directory: str, dtype=None, compute_dtype=None, mesh=None) -> Qwen25VL:
     """Inverse of save_orbax; dtype None keeps the stored parameter dtype."""
     import orbax.checkpoint as ocp
@@ -219,8 +287,9 @@ def load_orbax(directory: str, dtype=None, compute_dtype=None, mesh=None) -> Qwe
             dtype = jax.tree.leaves(ckpt.metadata(params).item_metadata)[0].dtype
         model = abstract_model(config, dtype=compute_dtype or dtype, param_dtype=dtype)
         graphdef, state = nnx.split(model)
+        _refuse_per_layer_layout(ckpt.metadata(params).item_metadata, directory)
         if mesh is not None:
-            shardings = shd.param_shardings(state, mesh)
+            shardings = shd.param_shardings(state, mesh, model.partition_rules)
         else:
             shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), state)
         target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
