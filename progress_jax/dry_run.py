@@ -126,7 +126,9 @@ def _wide(arrays: dict, arch) -> dict:
 def _train_batch(cfg, arch, family, mesh, rows: int, length: int, patches: int, k: int, prompt_length=None,
                  extra: dict | None = None):
     """(abstract stacked micro-batches [k, rows, ...] with their shardings, their shardings)."""
-    stacked = _wide(family.stack_micro([host_batch(arch, rows, length, patches, prompt_length)], arch), arch)
+    # Patches per batch shard, as the trainers lay them out (each device encodes its rows' images).
+    host = host_batch(arch, rows, length, patches, prompt_length)
+    stacked = _wide(family.stack_micro([host], arch, shards=_data_shards(mesh)), arch)
     stacked.update(extra or {})
     sh = loop.batch_shardings(stacked, mesh, family)
     return _abstract(stacked, sh, lead=k), sh

@@ -49,7 +49,8 @@ def run_config(meta: dict, base: str | None = None, dtype: str = "float32") -> m
     c = ml_collections.ConfigDict()
     c.seed = int(meta.get("seed", 0))
     c.model = dict(path=base if base is not None else meta.get("model_path", ""),
-                   preset=meta.get("model_preset", "tiny"), param_dtype=dtype, compute_dtype=dtype)
+                   preset=meta.get("model_preset", "tiny"), param_dtype=dtype, compute_dtype=dtype,
+                   attention_chunk=0)  # export runs no attention
     c.lora = dict(rank=int(lora["rank"]), alpha=float(lora["alpha"]), dropout=0.0, targets=lora["targets"])
     return c
 

@@ -178,3 +178,22 @@ def test_memory_grows_linearly_with_chunking():
     assert plain[1] / plain[0] > 3.3, plain
     assert blocks[1] / blocks[0] < 2.5, blocks
     assert blocks[1] * 4 < plain[1], (blocks, plain)
+
+
+def test_vision_tower_unchanged_by_chunking():
+    """model.attention_chunk reaches the vision blocks too: image features with queries in blocks
+    of 5 (the tiny images' full-attention groups hold 64 patches) equal one block."""
+    from progress_jax.models.qwen2_5_vl import family
+    from tests.test_sft import CFG, host_batch
+
+    model = qwen2_5_vl.init(CFG, seed=0)
+    batch = family.stack_micro([host_batch([(20, 1), (12, 2), (30, 0)], L=72, P=256)], CFG)
+    mb = jax.tree.map(lambda a: jnp.asarray(a[0]), batch)
+    embed = jax.jit(lambda m, ids, pv, vis: m.embed(ids, pv, vis))
+    outs = []
+    for chunk in (0, 5):
+        runtime.set_attention_chunk(model, chunk)
+        assert model.visual.blocks.attn.attention_chunk == chunk
+        outs.append(np.asarray(embed(model, mb["input_ids"], mb["pixel_values"], mb["vision"])))
+    assert np.abs(outs[0]).max() > 0
+    np.testing.assert_allclose(outs[1], outs[0], atol=1e-5)

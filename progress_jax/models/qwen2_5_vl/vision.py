@@ -16,21 +16,25 @@ class VisionAttention(nnx.Module):
         self.qkv = Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=True, **kw)
         self.proj = Linear(cfg.hidden_size, cfg.hidden_size, bias=True, **kw)
         self.num_heads = cfg.num_heads
+        # Query block size (model.attention_chunk, runtime.set_attention_chunk): a full-attention
+        # block over a 16384-patch image would hold [16, 16384, 16384] float32 scores (16 GiB).
+        self.attention_chunk = 0
 
     def __call__(self, x, cos, sin, groups):
         P, D = x.shape
         q, k, v = jnp.split(self.qkv(x).reshape(P, 3, self.num_heads, D // self.num_heads), 3, axis=1)
         q, k = apply_rope(q[:, 0], cos, sin), apply_rope(k[:, 0], cos, sin)
-        return self.proj(grouped_attention(q, k, v[:, 0], groups).reshape(P, D))
+        return self.proj(grouped_attention(q, k, v[:, 0], groups, self.attention_chunk).reshape(P, D))
 
 
-def grouped_attention(q, k, v, groups):
+def grouped_attention(q, k, v, groups, chunk: int = 0):
     """Attention within each row of `groups` [G, N] (positions into q/k/v [P, heads, d], -1 padded):
     gathered into a batch of G sequences, padding keys masked, results scattered back. Cost is
-    that of the windows / images, not of all P x P pairs; rows of P in no group come out zero."""
+    that of the windows / images, not of all P x P pairs; rows of P in no group come out zero.
+    chunk: queries of a group in blocks of that many (layers.chunked; 0 = one block)."""
     valid = groups >= 0
     idx = jnp.where(valid, groups, 0)
-    out = attention(q[idx], k[idx], v[idx], valid[:, None, None, :])
+    out = attention(q[idx], k[idx], v[idx], valid[:, None, None, :], chunk)
     dest = jnp.where(valid, groups, q.shape[0]).reshape(-1)
     return jnp.zeros_like(q).at[dest].set(out.reshape(-1, *q.shape[1:]), mode="drop")
 
