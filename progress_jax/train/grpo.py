@@ -37,7 +37,7 @@ def token_logps(model, mb: dict, temperature: float, mesh=None, remat: str = "no
     the per-token entropy of that distribution. loss_chunk > 0: the logits of that many positions
     at a time (train/chunked.py)."""
     ids = mb["input_ids"]
-    x = sharding.constrain_batch(model.embed(ids, mb.get("pixel_values"), mb.get("vision")), mesh)
+    x = sharding.constrain_batch(model.embed(ids, mb.get("pixel_values"), mb.get("vision"), remat=remat), mesh)
     hidden, _ = model.decode(x, mb["position_ids"], mb["attention_mask"], remat=remat)
 
     def per_position(h, targets):
