@@ -26,7 +26,7 @@ import optax
 
 from progress_jax import handover, lora, runtime, sampling, sharding
 from progress_jax.models import families
-from progress_jax.train import checkpoint, chunked, grpo_loss, loop, registry, rollouts, schedule, validation
+from progress_jax.train import checkpoint, chunked, grpo_loss, inputs, loop, registry, rollouts, schedule, validation
 
 log = logging.getLogger(__name__)
 
@@ -196,16 +196,8 @@ def run(config) -> dict:
     "steps", "stopped"} (stopped: a SIGTERM ended it; rerunning resumes)."""
     runtime.maybe_initialize_distributed()
     g, t, d = config.grpo, config.train, config.data
-    # Every input is read before the model is loaded: a bad file fails in seconds.
-    files, image_root, sim = runtime.train_data(config, "rl")
-    n_samples = runtime.check_train_files(files, image_root)
-    runtime.check_init_params(t.init_params, "train.init_params")
-    val_files = validation.resolve_files(config, sim)
-    mesh = runtime.make_mesh(config)
-    n_batch = math.prod(mesh.shape[a] for a in sharding.BATCH)
-    if t.micro_batch_size % n_batch:  # global rollout rows (docs/multihost.md)
-        raise ValueError(f"config key train.micro_batch_size: {t.micro_batch_size} rollout rows do not split "
-                         f"over the mesh's data x fsdp = {n_batch} devices")
+    inp = inputs.check(config, "rl", rows="rollout rows")
+    files, image_root, n_samples, val_files, mesh = inp.files, inp.image_root, inp.n_samples, inp.val_files, inp.mesh
     tokenizer = runtime.load_tokenizer(config)
     validator = None
     if val_files:  # validation answers are logged with the run's reward

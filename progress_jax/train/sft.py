@@ -16,7 +16,7 @@ import optax
 
 from progress_jax import handover, lora, runtime, sampling, sharding
 from progress_jax.models import families, qwen2_5_vl
-from progress_jax.train import checkpoint, chunked, guards, loop, schedule, validation
+from progress_jax.train import checkpoint, chunked, guards, inputs, loop, schedule, validation
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +94,9 @@ def run(config) -> dict:
     SIGTERM ended it; rerunning resumes)."""
     runtime.maybe_initialize_distributed()
     t = config.train
-    # Every input is read before the model is loaded: a bad file fails in seconds.
-    files, image_root, sim = runtime.train_data(config, "sft")
-    n_samples = runtime.check_train_files(files, image_root)
-    runtime.check_init_params(t.init_params, "train.init_params")
-    val_files = validation.resolve_files(config, sim)
-    mesh = runtime.make_mesh(config)
-    n_batch = math.prod(mesh.shape[a] for a in sharding.BATCH)
-    if t.micro_batch_size % n_batch:  # global rows (docs/multihost.md)
-        raise ValueError(f"config key train.micro_batch_size: {t.micro_batch_size} rows do not split "
-                         f"over the mesh's data x fsdp = {n_batch} devices")
+    inp = inputs.check(config, "sft")
+    files, image_root, sim, n_samples, val_files, mesh = (inp.files, inp.image_root, inp.sim, inp.n_samples,
+                                                          inp.val_files, inp.mesh)
     accum = t.batch_size // t.micro_batch_size
     steps = t.steps or max(1, math.floor(t.epochs * n_samples / t.batch_size))
 
