@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from progress_jax import handover, lora, runtime, sampling, sharding
+from progress_jax import chunked, handover, lora, runtime, sampling, sharding
 from progress_jax.models import families
-from progress_jax.train import checkpoint, chunked, grpo_loss, inputs, loop, registry, rollouts, schedule, validation
+from progress_jax.train import checkpoint, grpo_loss, inputs, loop, registry, rollouts, schedule, validation
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 def token_logps(model, mb: dict, temperature: float, mesh=None, remat: str = "none", loss_chunk: int = 0):
     """log p(token t+1 | tokens <= t) at the given temperature for every position [B, L-1], and
     the per-token entropy of that distribution. loss_chunk > 0: the logits of that many positions
-    at a time (train/chunked.py)."""
+    at a time (progress_jax/chunked.py)."""
     ids = mb["input_ids"]
     x = sharding.constrain_batch(model.embed(ids, mb.get("pixel_values"), mb.get("vision"), remat=remat), mesh)
     hidden, _ = model.decode(x, mb["position_ids"], mb["attention_mask"], remat=remat)

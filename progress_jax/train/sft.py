@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from progress_jax import handover, lora, runtime, sampling, sharding
+from progress_jax import chunked, handover, lora, runtime, sampling, sharding
 from progress_jax.models import families, qwen2_5_vl
-from progress_jax.train import checkpoint, chunked, guards, inputs, loop, schedule, validation
+from progress_jax.train import checkpoint, guards, inputs, loop, schedule, validation
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v5 lite": 197
 def nll_sum(model, mb: dict, mesh=None, dropout_rng=None, remat: str = "none", loss_chunk: int = 0):
     """Sum of target-token NLLs of one micro-batch (arrays as positions.model_inputs gives them,
     plus loss_mask). loss_chunk > 0: logits computed (and recomputed in the backward pass) for
-    that many positions at a time, never the whole [B, L, V] at once (train/chunked.py)."""
+    that many positions at a time, never the whole [B, L, V] at once (progress_jax/chunked.py)."""
     ids = mb["input_ids"]
     x = sharding.constrain_batch(model.embed(ids, mb.get("pixel_values"), mb.get("vision"), remat=remat), mesh)
     hidden, _ = model.decode(x, mb["position_ids"], mb["attention_mask"], dropout_rng=dropout_rng, remat=remat)

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from progress_jax.chunked import map_positions
+
 
 class Linear(nnx.Module):
     """y = x @ kernel + bias, kernel stored [in, out]. LoRA factors, when injected by
@@ -128,13 +130,13 @@ def attention(q, k, v, mask, chunk: int = 0):
 
     One call for vision windows, padding and any explicit mask; fully masked rows (padding
     queries) come out as finite garbage that callers ignore. chunk > 0: queries in blocks of
-    `chunk` (see `chunked`); the mask is sliced per block along T where it has a T axis."""
+    `chunk` (progress_jax.chunked); the mask is split with them where it has a T axis."""
     mask = jnp.asarray(mask)
     mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
     if mask.shape[2] == 1:
-        return chunked(lambda qb, _: _sdpa(qb, k, v, mask), q, jnp.zeros((q.shape[1],), jnp.int32), chunk)
-    rows = jnp.moveaxis(mask, 2, 0)  # [T, B|1, N|1, S]: sliced per query block with q
-    return chunked(lambda qb, m: _sdpa(qb, k, v, jnp.moveaxis(m, 0, 2)), q, rows, chunk)
+        return map_positions(lambda qb: _sdpa(qb, k, v, mask), chunk, q)
+    rows = jnp.moveaxis(mask, 2, 1)  # [B|1, T, N|1, S]: split into query blocks with q
+    return map_positions(lambda qb, m: _sdpa(qb, k, v, jnp.moveaxis(m, 1, 2)), chunk, q, rows)
 
 
 def causal_attention(q, k, v, kv_mask, q_offset=0, chunk: int = 0):
@@ -143,35 +145,16 @@ def causal_attention(q, k, v, kv_mask, q_offset=0, chunk: int = 0):
     q [B, T, N, H] at key slots q_offset .. q_offset + T - 1 (q_offset: the KV-cache index, 0
     without a cache); k/v [B, S, K, H]; kv_mask [B, S] marks real key slots (right padding in
     training, left padding in generation). Query t sees key s iff s <= q_offset + t and
-    kv_mask[s]. chunk: query block size (0: one block); see `chunked`."""
+    kv_mask[s]. chunk: query block size (0: one block; progress_jax.chunked), so that attention's
+    memory grows with T * chunk, not T * T."""
     S = k.shape[1]
     kv = jnp.asarray(kv_mask).astype(bool)[:, None, None, :]  # [B, 1, 1, S]
 
-    def block(qb, slots):  # slots [C]: the key slot of each query of the block
-        causal = jnp.arange(S)[None, :] <= slots[:, None]  # [C, S]
+    def block(qb, slots):  # slots [1, C]: the key slot of each query of the block
+        causal = jnp.arange(S)[None, :] <= slots[0][:, None]  # [C, S]
         return _sdpa(qb, k, v, causal[None, None] & kv)
 
-    return chunked(block, q, q_offset + jnp.arange(q.shape[1]), chunk)
-
-
-def chunked(fn, q, per_query, chunk: int):
-    """fn(q_block [B, C, N, H], per_query_block [C, ...]) -> [B, C, N, H] over blocks of `chunk`
-    queries (lax.map; T padded up to a multiple of chunk, the padding cut off). Exact: every query
-    row's softmax is over all its keys in one block. Each block runs under jax.checkpoint, so the
-    backward pass recomputes one block's [B, N, C, S] scores at a time instead of keeping all
-    [B, N, T, S] of them: the memory of attention grows with T * chunk, not T * T. chunk <= 0 or
-    T <= chunk: one call, as without chunking."""
-    B, T = q.shape[:2]
-    if chunk <= 0 or T <= chunk:
-        return fn(q, per_query)
-    n = -(-T // chunk)
-    pad = n * chunk - T
-    qs = jnp.pad(q, ((0, 0), (0, pad)) + ((0, 0),) * (q.ndim - 2))
-    qs = jnp.moveaxis(qs.reshape(B, n, chunk, *q.shape[2:]), 1, 0)  # [n, B, C, N, H]
-    ps = jnp.pad(per_query, ((0, pad),) + ((0, 0),) * (per_query.ndim - 1))
-    ps = ps.reshape(n, chunk, *per_query.shape[1:])
-    out = jax.lax.map(jax.checkpoint(lambda a: fn(*a)), (qs, ps))  # [n, B, C, N, H]
-    return jnp.moveaxis(out, 0, 1).reshape(B, n * chunk, *out.shape[3:])[:, :T]
+    return map_positions(block, chunk, q, (q_offset + jnp.arange(q.shape[1]))[None])
 
 
 def _sdpa(q, k, v, mask):

@@ -31,7 +31,7 @@ def grouped_attention(q, k, v, groups, chunk: int = 0):
     """Attention within each row of `groups` [G, N] (positions into q/k/v [P, heads, d], -1 padded):
     gathered into a batch of G sequences, padding keys masked, results scattered back. Cost is
     that of the windows / images, not of all P x P pairs; rows of P in no group come out zero.
-    chunk: queries of a group in blocks of that many (layers.chunked; 0 = one block)."""
+    chunk: queries of a group in blocks of that many (progress_jax.chunked; 0 = one block)."""
     valid = groups >= 0
     idx = jnp.where(valid, groups, 0)
     out = attention(q[idx], k[idx], v[idx], valid[:, None, None, :], chunk)

@@ -1,9 +1,10 @@
-"""Per-position functions of the final hidden states, computed a block of positions at a time.
+"""Per-position functions computed a block of positions at a time, for memory.
 
-The full-vocabulary float32 logits of one 30000-token row are 17 GiB (151936 entries per
-position); the SFT loss and the GRPO log-probs need them only one position at a time. With
-`chunk` > 0 they exist for `chunk` positions at once, and the backward pass recomputes each
-block's logits instead of keeping them (jax.checkpoint on the block).
+Two users: attention (queries in blocks: [heads, chunk, keys] scores instead of [heads, L, keys];
+models/qwen2_5_vl/layers.py) and the full-vocabulary logits of the SFT loss and the GRPO log-probs
+(one 30000-token row's float32 logits are 17 GiB; train/sft.py, train/grpo.py). With `chunk` > 0
+only one block's intermediates exist at once, and the backward pass recomputes each block instead
+of keeping them (jax.checkpoint on the block). Exact: each position is computed as without blocks.
 """
 from __future__ import annotations
 
