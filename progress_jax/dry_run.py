@@ -128,7 +128,7 @@ def _train_batch(cfg, arch, family, mesh, rows: int, length: int, patches: int, 
     """(abstract stacked micro-batches [k, rows, ...] with their shardings, their shardings)."""
     # Patches per batch shard, as the trainers lay them out (each device encodes its rows' images).
     host = host_batch(arch, rows, length, patches, prompt_length)
-    stacked = _wide(family.stack_micro([host], arch, shards=_data_shards(mesh)), arch)
+    stacked = _wide(family.stack_micro([host], arch, shards=sharding.batch_shards(mesh)), arch)
     stacked.update(extra or {})
     sh = loop.batch_shardings(stacked, mesh, family)
     return _abstract(stacked, sh, lead=k), sh
@@ -183,10 +183,6 @@ def _matmul_flops(jaxpr, trips: bool) -> float:
 
 # ---- the jobs' programs --------------------------------------------------------------------------
 
-def _data_shards(mesh) -> int:
-    return math.prod(mesh.shape[a] for a in sharding.BATCH)
-
-
 def _state(cfg, model, mesh, tx):
     """(parts, abstract state with shardings, its shardings, abstract frozen, its shardings)."""
     parts, params = loop.split(model, lora.trainable_filter(cfg.lora.rank, cfg.model.freeze_vision))
@@ -210,9 +206,9 @@ def sft_programs(cfg, arch, model, mesh, family) -> list[dict]:
 
     t, d = cfg.train, cfg.data
     rows = t.micro_batch_size * jax.process_count()
-    if rows % _data_shards(mesh):
+    if rows % sharding.batch_shards(mesh):
         raise ConfigError(f"config key train.micro_batch_size: {rows} rows per micro-batch do not split over the "
-                          f"mesh's data x fsdp = {_data_shards(mesh)} devices")
+                          f"mesh's data x fsdp = {sharding.batch_shards(mesh)} devices")
     k = t.batch_size // rows
     tx = _optimizer(cfg)
     parts, state, state_sh, frozen, frozen_sh = _state(cfg, model, mesh, tx)
@@ -227,7 +223,7 @@ def sft_programs(cfg, arch, model, mesh, family) -> list[dict]:
 def _prompt_inputs(cfg, arch, mesh, rows: int, patches: int):
     """Abstract inputs of one generation call (sampling.prepare of a synthetic prompt batch)."""
     host = host_batch(arch, rows, cfg.data.length_buckets[-1], patches)
-    inputs = _wide(sampling.prepare(host, arch, arch.pad_token_id, _data_shards(mesh)), arch)
+    inputs = _wide(sampling.prepare(host, arch, arch.pad_token_id, sharding.batch_shards(mesh)), arch)
     inputs.pop("num_rows")
     sh = sampling.input_shardings(inputs, mesh, families.for_model(arch))
     return _abstract(inputs, sh), inputs["input_ids"].shape[0]
@@ -251,7 +247,7 @@ def rollout_program(cfg, arch, model, mesh, rows: int, patches: int) -> dict:
     out["rows"] = padded
     # The KV cache and activations grow with the rows, the weights do not: the largest call that fits.
     # Each device holds padded / shards rows.
-    shards = _data_shards(mesh)
+    shards = sharding.batch_shards(mesh)
     per_row = max(1, (out["peak_bytes_per_device"] - out["bytes_per_device"]["params"]) * shards / padded)
     room = cfg.train.device_memory_gb * GIB - out["bytes_per_device"]["params"]
     out["max_batch_size"] = max(0, int(room // per_row) * shards)
@@ -269,9 +265,9 @@ def grpo_programs(cfg, arch, model, mesh, family) -> list[dict]:
     out = [rollout_program(cfg, arch, model, mesh, gen_rows, gen_patches)]
 
     rows = t.micro_batch_size
-    if rows % _data_shards(mesh):
+    if rows % sharding.batch_shards(mesh):
         raise ConfigError(f"config key train.micro_batch_size: {rows} rollout rows per micro-batch do not split "
-                          f"over the mesh's data x fsdp = {_data_shards(mesh)} devices")
+                          f"over the mesh's data x fsdp = {sharding.batch_shards(mesh)} devices")
     k = t.batch_size * g.n // rows
     length = rollouts.bucket(d.length_buckets[-1] + s.max_new_tokens,
                              [-(-(b + s.max_new_tokens) // 128) * 128 for b in d.length_buckets])

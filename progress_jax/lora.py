@@ -43,7 +43,7 @@ def _linears(model):
 
 def _per_layer_paths(model, path: str, lin) -> list[str]:
     """One path per layer of a stacked module (`layers/N/self_attn/q_proj`), else [path]."""
-    prefix = next((s for s in model.partition_rules.stacked if path.startswith(s + "/")), None)
+    prefix = model.partition_rules.stacked_prefix(path)
     if prefix is None:
         return [path]
     return [f"{prefix}/{i}/{path[len(prefix) + 1:]}" for i in range(lin.kernel.shape[0])]

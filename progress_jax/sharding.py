@@ -28,8 +28,12 @@ class PartitionRules:
     rules: tuple[tuple[str, P], ...]
     stacked: tuple[str, ...] = ()
 
+    def stacked_prefix(self, path: str) -> str | None:
+        """The stacked prefix the '/'-joined parameter path starts with, None if it is not stacked."""
+        return next((prefix for prefix in self.stacked if path.startswith(prefix + "/")), None)
+
     def is_stacked(self, path: str) -> bool:
-        return any(path.startswith(prefix + "/") for prefix in self.stacked)
+        return self.stacked_prefix(path) is not None
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> Mesh:

@@ -3,7 +3,6 @@ bad file or config fails in seconds, not after minutes of loading and compiling.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 
@@ -30,7 +29,7 @@ def check(config, stage: str, rows: str = "rows") -> Inputs:
     runtime.check_init_params(t.init_params, "train.init_params")
     val_files = validation.resolve_files(config, sim)
     mesh = runtime.make_mesh(config)
-    n_batch = math.prod(mesh.shape[a] for a in sharding.BATCH)
+    n_batch = sharding.batch_shards(mesh)
     if t.micro_batch_size % n_batch:
         raise ValueError(f"config key train.micro_batch_size: {t.micro_batch_size} {rows} do not split "
                          f"over the mesh's data x fsdp = {n_batch} devices")

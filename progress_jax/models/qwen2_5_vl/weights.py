@@ -94,11 +94,8 @@ def _our_path(name: str, flat: dict, model) -> tuple[tuple, int | None]:
 
 def _per_layer(path: tuple, model) -> int:
     """Where the layer number goes in the Hub name of a stacked parameter path (0: not stacked)."""
-    s = "/".join(str(p) for p in path)
-    for prefix in model.partition_rules.stacked:
-        if s.startswith(prefix + "/"):
-            return len(prefix.split("/"))
-    return 0
+    prefix = model.partition_rules.stacked_prefix("/".join(str(p) for p in path))
+    return 0 if prefix is None else len(prefix.split("/"))
 
 
 def load_state(model_abstract: Qwen25VL, tensors: dict[str, np.ndarray], mesh=None, source: str = "checkpoint"):
