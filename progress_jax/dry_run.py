@@ -32,8 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from progress_jax import lora, runtime, sampling, sharding
 from progress_jax.models import families
-from progress_jax.train import loop, rollouts, schedule
-from progress_jax.validate import ConfigError
+from progress_jax.train import inputs, loop, rollouts, schedule
 
 GIB = 2**30
 IMAGE_SIDE = 32  # patches per image side: 448 px at patch size 14
@@ -205,10 +204,8 @@ def sft_programs(cfg, arch, model, mesh, family) -> list[dict]:
     from progress_jax.train import sft
 
     t, d = cfg.train, cfg.data
-    rows = t.micro_batch_size * jax.process_count()
-    if rows % sharding.batch_shards(mesh):
-        raise ConfigError(f"config key train.micro_batch_size: {rows} rows per micro-batch do not split over the "
-                          f"mesh's data x fsdp = {sharding.batch_shards(mesh)} devices")
+    rows = t.micro_batch_size  # global (docs/multihost.md)
+    inputs.check_micro_batch(rows, mesh)
     k = t.batch_size // rows
     tx = _optimizer(cfg)
     parts, state, state_sh, frozen, frozen_sh = _state(cfg, model, mesh, tx)
@@ -265,9 +262,7 @@ def grpo_programs(cfg, arch, model, mesh, family) -> list[dict]:
     out = [rollout_program(cfg, arch, model, mesh, gen_rows, gen_patches)]
 
     rows = t.micro_batch_size
-    if rows % sharding.batch_shards(mesh):
-        raise ConfigError(f"config key train.micro_batch_size: {rows} rollout rows per micro-batch do not split "
-                          f"over the mesh's data x fsdp = {sharding.batch_shards(mesh)} devices")
+    inputs.check_micro_batch(rows, mesh, "rollout rows")
     k = t.batch_size * g.n // rows
     length = rollouts.bucket(d.length_buckets[-1] + s.max_new_tokens,
                              [-(-(b + s.max_new_tokens) // 128) * 128 for b in d.length_buckets])

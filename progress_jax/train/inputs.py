@@ -8,6 +8,7 @@ import jax
 
 from progress_jax import runtime, sharding
 from progress_jax.train import validation
+from progress_jax.validate import ConfigError
 
 
 @dataclasses.dataclass
@@ -22,15 +23,20 @@ class Inputs:
 
 def check(config, stage: str, rows: str = "rows") -> Inputs:
     """Read the training files of `stage` ("sft" | "rl"), check train.init_params, the validation
-    files and the mesh against train.micro_batch_size (global `rows`, docs/multihost.md)."""
+    files and the mesh against train.micro_batch_size (check_micro_batch)."""
     t = config.train
     files, image_root, sim = runtime.train_data(config, stage)
     n_samples = runtime.check_train_files(files, image_root)
     runtime.check_init_params(t.init_params, "train.init_params")
     val_files = validation.resolve_files(config, sim)
     mesh = runtime.make_mesh(config)
-    n_batch = sharding.batch_shards(mesh)
-    if t.micro_batch_size % n_batch:
-        raise ValueError(f"config key train.micro_batch_size: {t.micro_batch_size} {rows} do not split "
-                         f"over the mesh's data x fsdp = {n_batch} devices")
+    check_micro_batch(t.micro_batch_size, mesh, rows)
     return Inputs(files, image_root, sim, n_samples, val_files, mesh)
+
+
+def check_micro_batch(micro_batch_size: int, mesh, rows: str = "rows") -> None:
+    """train.micro_batch_size (global `rows`, docs/multihost.md) must split over the data axes."""
+    n = sharding.batch_shards(mesh)
+    if micro_batch_size % n:
+        raise ConfigError(f"config key train.micro_batch_size: {micro_batch_size} {rows} per micro-batch do not "
+                          f"split over the mesh's data x fsdp = {n} devices")
