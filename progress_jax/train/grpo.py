@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from progress_jax import chunked, handover, lora, runtime, sampling, sharding
+from progress_jax import chunked, handover, lora, runtime, sampling
 from progress_jax.models import families
 from progress_jax.train import checkpoint, grpo_loss, inputs, loop, registry, rollouts, schedule, validation
 
@@ -37,8 +37,7 @@ def token_logps(model, mb: dict, temperature: float, mesh=None, remat: str = "no
     the per-token entropy of that distribution. loss_chunk > 0: the logits of that many positions
     at a time (progress_jax/chunked.py)."""
     ids = mb["input_ids"]
-    x = sharding.constrain_batch(model.embed(ids, mb.get("pixel_values"), mb.get("vision"), remat=remat), mesh)
-    hidden, _ = model.decode(x, mb["position_ids"], mb["attention_mask"], remat=remat)
+    hidden = loop.hidden_states(model, mb, mesh, remat)
 
     def per_position(h, targets):
         logp_all = jax.nn.log_softmax(model.logits(h) / temperature, axis=-1)

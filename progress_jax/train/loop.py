@@ -54,6 +54,16 @@ def split(model, wrt) -> tuple[Parts, dict]:
     return Parts(graphdef, template, frozen), {sharding.path_str(p): v.get_value() for p, v in flat}
 
 
+def hidden_states(model, mb: dict, mesh=None, remat: str = "none", dropout_rng=None):
+    """The final hidden states [B, L, D] of one micro-batch (family.stack_micro's arrays), batch
+    dimension on the data axes: the forward both trainers' losses start from. `remat` applies to
+    the decoder layers and the vision blocks alike."""
+    x = sharding.constrain_batch(model.embed(mb["input_ids"], mb.get("pixel_values"), mb.get("vision"),
+                                             remat=remat), mesh)
+    hidden, _ = model.decode(x, mb["position_ids"], mb["attention_mask"], dropout_rng=dropout_rng, remat=remat)
+    return sharding.constrain_batch(hidden, mesh)
+
+
 # ---- train state and shardings -------------------------------------------------------------
 
 def init_state(params: dict, tx: optax.GradientTransformation, seed: int) -> dict:

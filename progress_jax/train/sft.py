@@ -31,9 +31,7 @@ def nll_sum(model, mb: dict, mesh=None, dropout_rng=None, remat: str = "none", l
     plus loss_mask). loss_chunk > 0: logits computed (and recomputed in the backward pass) for
     that many positions at a time, never the whole [B, L, V] at once (progress_jax/chunked.py)."""
     ids = mb["input_ids"]
-    x = sharding.constrain_batch(model.embed(ids, mb.get("pixel_values"), mb.get("vision"), remat=remat), mesh)
-    hidden, _ = model.decode(x, mb["position_ids"], mb["attention_mask"], dropout_rng=dropout_rng, remat=remat)
-    hidden = sharding.constrain_batch(hidden, mesh)
+    hidden = loop.hidden_states(model, mb, mesh, remat, dropout_rng)
 
     def nll(h, targets):
         logits = model.logits(h)  # float32
