@@ -32,7 +32,7 @@ def base() -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"  # float32 | bfloat16
     c.model.compute_dtype = "float32"
     c.model.remat = "none"  # none | full | dots (checkpoint policy for decoder layers)
-    # Decoder attention in blocks of this many queries (0: one block): attention memory grows with
+    # Attention (decoder and vision) in blocks of this many queries (0: one block): memory grows with
     # length x chunk instead of length^2; exact. See docs/model.md.
     c.model.attention_chunk = 0
     # With lora.rank = 0 (full-parameter training): False trains the vision tower too (EasyR1's default).
