@@ -14,7 +14,9 @@ import jax
 
 from data_pipeline.jsonl import write_text
 from progress_jax import runtime
-from progress_jax.eval import runner, tables
+from data_pipeline.records import load_records
+from progress_jax.eval import baselines, runner, tables
+from progress_jax.eval.predictions import load_bench
 from progress_jax.train import grpo, guards, metrics_writer, sft
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,10 @@ def run(config) -> dict:
 
         results = {}
         if bench is not None:
+            # The blind baseline first: the best constant answer (25%, 50% or the training mean).
+            train_mean = baselines.training_mean(r for f in files for r in load_records(f))
+            name, metrics = baselines.best_constant(load_bench(bench[0]), train_mean)
+            results[name] = metrics
             mesh, tokenizer = runtime.make_mesh(config), runtime.load_tokenizer(config)
             results["sft"] = _evaluate(config, mesh, tokenizer, bench, init, "sft")
         if stop.requested:
@@ -74,7 +80,8 @@ def run(config) -> dict:
             if main:
                 md = tables.to_markdown(*tables.table1(results))
                 write_text(os.path.join(config.workdir, "table1.md"), md + "\n")
-                print("\nProgressBench-Sim test split, SFT warm start vs after GRPO:\n" + md, flush=True)
+                print("\nProgressBench-Sim test split: the best constant answer, the SFT model, and after GRPO:\n" + md,
+                      flush=True)
     history = metrics_writer.read_metrics(config.workdir) if main else {}
     if history:
         probe_prompts = config.grpo.probe_batches * config.grpo.rollout_batch_size  # global batches

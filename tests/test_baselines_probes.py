@@ -1,0 +1,80 @@
+"""The blind baselines of the demo's Table 1 and the vision probes of tools/probe_vision.py."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_pipeline.records import load_records
+from progress_jax.eval import baselines
+from tools import probe_vision
+
+
+def _write_bench(tmp_path, rows, name="visual_same_view"):
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _visual(i, steps, obs, closest, progress):
+    return {"id": f"t{i}", "task_goal": "put the cube on the plate",
+            "visual_demo": [f"f{k}.png" for k in range(steps + 1)], "total_steps": str(steps),
+            "stage_to_estimate": [obs], "closest_idx": str(closest), "delta": "+0%",
+            "progress_score": progress, "data_source": "test"}
+
+
+def test_constant_baseline_is_the_nse_definition(tmp_path):
+    truths = [0.1, 0.3, 0.5, 0.8, 1.0]
+    rows = [_visual(i, 4, "o.png", 1, f"{round(100 * g)}%") for i, g in enumerate(truths)]
+    rows.append(dict(_visual(9, 4, "o.png", 1, "n/a"), closest_idx="n/a"))
+    bench = {"visual_same_view": load_records(_write_bench(tmp_path, rows))}
+    for value in (0.25, 0.5, 0.7):
+        want = np.mean([abs(g - value) / max(g, 1 - g) for g in truths]) * 100
+        m = baselines.constant_metrics(bench, value)
+        assert m["vision"]["nse"] == pytest.approx(want)
+        assert m["vision"]["uda"] == 0.0 and m["vision"]["afrr"] == 0.0 and m["vision"]["prc"] is None
+    mean = baselines.training_mean(bench["visual_same_view"])
+    assert mean == pytest.approx(np.mean(truths))
+    name, best = baselines.best_constant(bench, mean)
+    scores = {v: baselines.constant_metrics(bench, v)["macro"]["nse"] for v in (0.25, 0.5, mean)}
+    assert best["macro"]["nse"] == min(scores.values())
+    assert name.startswith("constant")
+
+
+def test_training_mean_needs_an_answerable_record(tmp_path):
+    rows = [dict(_visual(0, 2, "o.png", 1, "n/a"), closest_idx="n/a")]
+    with pytest.raises(ValueError, match="no answerable"):
+        baselines.training_mean(load_records(_write_bench(tmp_path, rows)))
+
+
+def test_matching_finds_the_demo_frame_the_observation_copies(tmp_path):
+    """Observations that are exact copies of one demo frame: the nearest features are that frame's,
+    whatever the (random) weights, if every image's features land at its own tokens."""
+    rng = np.random.default_rng(0)
+    steps, rows = 4, []
+    for i in range(3):
+        folder = tmp_path / "images" / f"t{i}"
+        folder.mkdir(parents=True)
+        frames = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(steps + 1)]
+        for k, f in enumerate(frames):
+            Image.fromarray(f).save(folder / f"f{k}.png")
+        k = (i + 1) % (steps + 1)
+        Image.fromarray(frames[k]).save(folder / "o.png")
+        rows.append(_visual(i, steps, "o.png", k + 1, f"{100 * k // steps}%"))
+    path = _write_bench(tmp_path, rows)
+    cfg = probe_vision.eval_config.get_config("demo")
+    model = probe_vision.runtime.load_policy(cfg, None, "")
+    tokenizer = probe_vision.runtime.load_tokenizer(cfg)
+    records = load_records(path)
+    feats = probe_vision.image_features(model, tokenizer, records, str(tmp_path / "images"), cfg)
+    assert [f.shape[0] for f in feats] == [steps + 1 + 1] * 3
+    acc, nse = probe_vision.matching(records, feats)
+    assert acc == 1.0 and nse == 0.0
+
+
+def test_linear_probe_recovers_a_linear_target():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 6))
+    y = np.clip(0.5 + 0.1 * x @ np.array([1.0, -0.5, 0.3, 0.0, 0.2, 0.8]), 0, 1)
+    predict = probe_vision.fit_linear(x[:300], y[:300])
+    assert np.mean(np.abs(predict(x[300:]) - y[300:])) < 0.01
