@@ -2,8 +2,8 @@
 images and buckets of the built-in demo, in one place.
 
 Each config file's `get_config(arg)` takes the text after ':' in `--config configs/X.py:arg`
-(ml_collections' config_flags): `demo` (the default, no argument) or `paper` (the published recipe,
-see docs/recipes.md). Every value is concrete: nothing is chosen later by a job.
+(ml_collections' config_flags): `demo` (the default, no argument), `paper` (the published recipe,
+see docs/recipes.md) or a file's own (configs/sft.py: `nano`). Every value is concrete: nothing is chosen later by a job.
 """
 
 import ml_collections
@@ -11,11 +11,11 @@ import ml_collections
 VARIANTS = ("demo", "paper")
 
 
-def variant(arg) -> str:
-    """The variant named after ':' ("" or None: demo)."""
+def variant(arg, variants=VARIANTS) -> str:
+    """The variant named after ':' ("" or None: demo), one of `variants` (the config file's own)."""
     name = arg or "demo"
-    if name not in VARIANTS:
-        raise ValueError(f"unknown config variant {name!r}; expected one of {', '.join(VARIANTS)} "
+    if name not in variants:
+        raise ValueError(f"unknown config variant {name!r}; expected one of {', '.join(variants)} "
                          f"(e.g. --config configs/grpo.py:paper)")
     return name
 
@@ -96,6 +96,16 @@ def demo_data(c: ml_collections.ConfigDict) -> None:
     c.data.length_buckets = (512, 1024)
     c.data.patch_buckets = (2048, 4096, 8192)
     c.data.image_buckets = (32, 64, 128)
+
+
+def nano_data(c: ml_collections.ConfigDict) -> None:
+    """ProgressBench-Sim `nano` for the learning experiment (docs/learning.md): rendered at 112 px,
+    brief answers, 6000 SFT samples from 2000 trajectories; prompts of 350-530 tokens."""
+    demo_data(c)
+    c.data.sim_dir = "cache/sim_nano"
+    c.data.sim_size = "nano"
+    c.data.sim_image_size = 112
+    c.data.length_buckets = (512, 640)
 
 
 def validation(c: ml_collections.ConfigDict) -> None:

@@ -32,6 +32,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     # An SFT/GRPO run's final/ directory: its trained parameters (LoRA adapters at the run's rank,
     # or full weights) on top of model.path (or the tiny model it was trained from).
     c.eval.trained = ""
+    # Ablation: every observation image replaced by flat grey of its size (docs/learning.md).
+    c.eval.blank_observation = False
 
     if name == "demo":
         demo_data(c)

@@ -5,6 +5,10 @@ base has nothing to adapt), on ProgressBench-Sim small with the sim's brief four
 targets; 120 steps of 8, a few minutes on two CPU cores, then greedy answers to two benchmark
 prompts with their format check.
 
+`nano`: the learning experiment of docs/learning.md: the same tiny model with its vision tower
+trained, on ProgressBench-Sim `nano` (many trajectories, three samples each, 112 px), validated on
+held-out test trajectories every 300 steps.
+
 `paper`: the published recipe, LLaMA-Factory's shipped qwen2_5vl_lora_sft_small.yaml (see
 docs/recipes.md): LoRA r 8 / alpha 16 / dropout 0.05 on every LM linear layer, lr 1e-4 cosine with
 warmup 0.1, effective batch 64, 3 epochs, cut-off 30000 tokens, images at most 1003520 pixels, bf16
@@ -18,11 +22,11 @@ LoRA folded in) when train.export_merged.
 """
 import ml_collections
 
-from configs.base import base, demo_data, validation, variant
+from configs.base import VARIANTS, base, demo_data, nano_data, validation, variant
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
-    name = variant(arg)
+    name = variant(arg, VARIANTS + ("nano",))
     c = base()
     c.job = "sft"
     c.workdir = "runs/sft"
@@ -52,6 +56,18 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         c.lora.rank = 0
         # Validation stays off in the demo (docs/recipes.md); turned on, answers as long as the eval demo's.
         t.val_max_new_tokens = 160
+    elif name == "nano":  # the learning experiment of docs/learning.md
+        nano_data(c)
+        c.workdir = "runs/sft_nano"
+        c.lora.rank = 0
+        c.model.freeze_vision = False  # a frozen random tower leaves the answers blind to the observation
+        t.steps = 1800
+        t.warmup_ratio = 0.05
+        t.save_every = 300
+        t.demo_samples = 0
+        t.val_every = 300  # held-out curve: greedy answers to 120 test samples (whole trajectories)
+        t.val_samples = 120
+        t.val_max_new_tokens = 80
     else:  # LLaMA-Factory/our_scripts/qwen2_5vl_lora_sft_small.yaml
         c.seed = 42
         c.model.preset = ""  # model.path required

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import grain
 import numpy as np
+from PIL import Image
 
 from data_pipeline.array_record import SUFFIX, decode_entry
 from data_pipeline.image_processor import preprocess
@@ -51,10 +52,12 @@ def _load_jsonl(path: str, image_root: str | None, strict: bool) -> list:
 class _Prepare:
     """One record (or ArrayRecord entry) -> tokenized sample with its image patches (runs in workers)."""
 
-    def __init__(self, tokenizer, image_root, mode, with_answers, min_pixels, max_pixels, max_length, layout, stage):
+    def __init__(self, tokenizer, image_root, mode, with_answers, min_pixels, max_pixels, max_length, layout, stage,
+                 blank_observation=False):
         self.tokenizer, self.image_root, self.mode = tokenizer, image_root, mode
         self.with_answers, self.min_pixels, self.max_pixels = with_answers, min_pixels, max_pixels
         self.max_length, self.layout, self.stage = max_length, layout, stage
+        self.blank_observation = blank_observation
 
     def __call__(self, item) -> dict:
         record = decode_entry(item, self.image_root) if isinstance(item, bytes) else item
@@ -64,6 +67,9 @@ class _Prepare:
             if self.image_root is None:
                 raise ValueError("image_root is required to read the images of benchmark records")
             images = record_images(record, self.image_root)
+            if self.blank_observation:  # the ablation: the observation (the last image) flat grey, same size
+                with Image.open(images[-1]) as observation:
+                    images[-1] = Image.new("RGB", observation.size, (128, 128, 128))
         pixel_values, grids = (preprocess(images, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
                                if images else (np.zeros((0, PATCH_DIM), np.float32), np.zeros((0, 3), np.int64)))
         if isinstance(record, ChatRecord):
@@ -204,6 +210,7 @@ def make_dataset(
     layout: str = "interleaved",
     stage: str | None = None,
     batch_shards: int = 1,
+    blank_observation: bool = False,
 ) -> grain.IterDataset:
     """Host batches for training (with_answers=True: targets in the loss mask) or generation (prompts only).
 
@@ -224,6 +231,8 @@ def make_dataset(
     SFT chat files keep the text they carry.
     batch_shards: the row groups the trainer splits each batch into over the mesh's devices
     (sharding.batch_shards); patch buckets are then chosen per group (see _Collate).
+    blank_observation: benchmark records' observation image replaced by flat grey of its size (an
+    ablation: what a model scores without looking at the observation).
     """
     stage = stage or ("sft" if with_answers else "eval")
     check_layout(layout, stage, mode)
@@ -247,7 +256,7 @@ def make_dataset(
                            len(ds) - usable, len(ds), batch_size)
             ds = ds[:usable]
     ds = ds.map(_Prepare(tokenizer, image_root, mode, with_answers, min_pixels, max_pixels, length_buckets[-1],
-                         layout, stage))
+                         layout, stage, blank_observation))
     # Threads overlap image decoding (PIL and NumPy release the GIL); a small read-ahead bounds memory,
     # since one sample carries megabytes of patches (grain's default buffer is 500 samples).
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * batch_size))

@@ -27,6 +27,9 @@ SIZES = {
               "visual-unanswerable": (16, 4), "train": (300, 150, 6)},
     "full": {"visual_same_view": (1400, 14), "visual_cross_view": (546, 14), "text-normal": (503, 5),
              "visual-unanswerable": (360, 9), "train": (6000, 3000, 8)},
+    # Many trajectories with few samples each: a trajectory's prompt text cannot stand for its answers.
+    "nano": {"visual_same_view": (600, 6), "visual_cross_view": (240, 6), "text-normal": (240, 4),
+             "visual-unanswerable": (120, 4), "train": (6000, 1000, 3)},
 }
 STREAMS = {"bench_same": 1, "bench_cross": 2, "bench_text": 3, "train_sft": 10, "train_rl": 11}
 TRAIN_MIX = {"visual_same_view": 0.4, "visual_cross_view": 0.2, "text-normal": 0.25,

@@ -55,10 +55,12 @@ def find_bench(files, bench_dir: str, image_root: str, root_key: str = "data.ima
 
 
 def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, mesh=None,
-             run_name: str = "model", verbose: bool = True, bench: dict | None = None) -> dict:
+             run_name: str = "model", verbose: bool = True, bench: dict | None = None,
+             blank_observation: bool = False) -> dict:
     """Predict the samples of `files` not yet in <out_dir>/predictions.jsonl, then score all of them.
     bench: the records to evaluate by file stem, instead of all of `files` (load_bench(files), or a
-    subset of it: validation during training).
+    subset of it: validation during training). blank_observation: the ablation of
+    eval.blank_observation (every observation image flat grey).
 
     config: an eval-style config (resolved: no None fields): data.mode, data buckets/pixels,
     data.worker_count, sampling.*, seed. Writes predictions.jsonl, metrics.json, table1/2 and the
@@ -94,7 +96,8 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
                 batch_size=config.sampling.batch_size, length_buckets=config.data.length_buckets,
                 patch_buckets=config.data.patch_buckets, image_buckets=config.data.image_buckets,
                 min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels, shuffle=False,
-                num_epochs=1, drop_remainder=False, worker_count=config.data.worker_count)
+                num_epochs=1, drop_remainder=False, worker_count=config.data.worker_count,
+                blank_observation=blank_observation)
             for batch in batches:
                 gen = sampling.generate(model, batch, params, jax.random.fold_in(key, step), tokenizer=tokenizer,
                                         mesh=mesh)
@@ -143,7 +146,8 @@ def run(config) -> None:
         name = os.path.basename(os.path.dirname(os.path.abspath(trained)))
     else:
         name = os.path.basename(os.path.normpath(config.model.path)) if config.model.path else "tiny-random"
-    evaluate(model, tokenizer, files, image_root, out_dir, config, mesh=mesh, run_name=name)
+    evaluate(model, tokenizer, files, image_root, out_dir, config, mesh=mesh, run_name=name,
+             blank_observation=config.eval.blank_observation)
 
 
 def load_trained(config, mesh, directory: str, meta: dict | None = None):

@@ -1,11 +1,14 @@
-"""The blind baselines of the demo's Table 1 and the vision probes of tools/probe_vision.py."""
+"""The tools of docs/learning.md: the blind baselines of the demo's Table 1, the vision probes of
+tools/probe_vision.py and the blank-observation ablation."""
 import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from data_pipeline.pipeline import make_dataset
 from data_pipeline.records import load_records
+from data_pipeline.tokenizer import load_tokenizer
 from progress_jax.eval import baselines
 from tools import probe_vision
 
@@ -47,12 +50,11 @@ def test_training_mean_needs_an_answerable_record(tmp_path):
         baselines.training_mean(load_records(_write_bench(tmp_path, rows)))
 
 
-def test_matching_finds_the_demo_frame_the_observation_copies(tmp_path):
-    """Observations that are exact copies of one demo frame: the nearest features are that frame's,
-    whatever the (random) weights, if every image's features land at its own tokens."""
+def _copied_observations(tmp_path, steps=4, n=3):
+    """n trajectories of noise frames whose observation copies demo frame (i + 1) mod (steps + 1)."""
     rng = np.random.default_rng(0)
-    steps, rows = 4, []
-    for i in range(3):
+    rows = []
+    for i in range(n):
         folder = tmp_path / "images" / f"t{i}"
         folder.mkdir(parents=True)
         frames = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(steps + 1)]
@@ -61,7 +63,14 @@ def test_matching_finds_the_demo_frame_the_observation_copies(tmp_path):
         k = (i + 1) % (steps + 1)
         Image.fromarray(frames[k]).save(folder / "o.png")
         rows.append(_visual(i, steps, "o.png", k + 1, f"{100 * k // steps}%"))
-    path = _write_bench(tmp_path, rows)
+    return _write_bench(tmp_path, rows)
+
+
+def test_matching_finds_the_demo_frame_the_observation_copies(tmp_path):
+    """Observations that are exact copies of one demo frame: the nearest features are that frame's,
+    whatever the (random) weights, if every image's features land at its own tokens."""
+    steps = 4
+    path = _copied_observations(tmp_path, steps)
     cfg = probe_vision.eval_config.get_config("demo")
     model = probe_vision.runtime.load_policy(cfg, None, "")
     tokenizer = probe_vision.runtime.load_tokenizer(cfg)
@@ -78,3 +87,22 @@ def test_linear_probe_recovers_a_linear_target():
     y = np.clip(0.5 + 0.1 * x @ np.array([1.0, -0.5, 0.3, 0.0, 0.2, 0.8]), 0, 1)
     predict = probe_vision.fit_linear(x[:300], y[:300])
     assert np.mean(np.abs(predict(x[300:]) - y[300:])) < 0.01
+
+
+def test_blank_observation_greys_the_observation_only(tmp_path):
+    path = _copied_observations(tmp_path, n=1)
+    batches = {}
+    for blank in (False, True):
+        ds = make_dataset([path], str(tmp_path / "images"), load_tokenizer(None), with_answers=False, batch_size=1,
+                          length_buckets=(1024,), patch_buckets=(512,), image_buckets=(8,), min_pixels=112 * 112,
+                          max_pixels=112 * 112, shuffle=False, blank_observation=blank)
+        batches[blank] = next(iter(ds))
+    normal, blank = batches[False], batches[True]
+    np.testing.assert_array_equal(normal["input_ids"], blank["input_ids"])
+    np.testing.assert_array_equal(normal["image_grid_thw"], blank["image_grid_thw"])
+    per_image = 64  # 112 x 112 px: 8 x 8 patches of 14 px
+    demo, obs = slice(0, 5 * per_image), slice(5 * per_image, 6 * per_image)
+    np.testing.assert_array_equal(normal["pixel_values"][demo], blank["pixel_values"][demo])
+    grey = blank["pixel_values"][obs].reshape(per_image, 3, -1)  # channel-major patches
+    assert np.ptp(grey, axis=(0, 2)).max() < 1e-6  # one value per channel: flat grey
+    assert np.ptp(normal["pixel_values"][obs]) > 1.0  # the real observation is noise
