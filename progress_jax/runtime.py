@@ -1,5 +1,5 @@
 """Job start-up shared by SFT, GRPO, evaluation and the demo: distributed init, mesh, model,
-tokenizer, data paths, the inputs checked before any expensive work, the progress bar."""
+tokenizer, data paths, the inputs checked before any expensive work."""
 
 from __future__ import annotations
 
@@ -187,10 +187,3 @@ def check_init_params(directory: str, key: str) -> None:
     if directory and not os.path.isfile(os.path.join(directory, handover.TRAINABLE_FILE)):
         raise FileNotFoundError(f"config key {key}: no {handover.TRAINABLE_FILE} in {directory} "
                                 "(expected the final/ of an SFT or GRPO run)")
-
-
-def progress_bar(total: int, initial: int = 0, desc: str = "train", enabled: bool = True):
-    """A tqdm bar over steps or samples; starts at `initial` when a run resumes. Disabled off process 0."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True)

@@ -136,6 +136,7 @@ RULES = {
     "train.weight_decay": number(0),
     "train.clip_norm": number(0),
     "train.loss_chunk": integer(0),
+    "train.log_every": integer(0),
     "train.save_every": integer(1),
     "train.keep": integer(1),
     "train.init_params": text,

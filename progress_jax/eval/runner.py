@@ -9,6 +9,7 @@ devices, so that is still data-parallel on the devices); only process 0 writes f
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -19,7 +20,9 @@ from data_pipeline.records import check_images
 from progress_jax import handover, runtime, sampling
 from progress_jax.eval.predictions import (done_keys, load_bench, pending_records, prediction_line, PredictionWriter,
                                            read_predictions, score, write_results)
-from progress_jax.runtime import progress_bar
+from progress_jax.console import progress_bar
+
+log = logging.getLogger(__name__)
 
 
 def sampling_params(config) -> sampling.SamplingParams:
@@ -79,7 +82,8 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
             check_images(record, image_root)
     total = sum(map(len, todo.values()))
     if verbose and main:
-        print(f"{run_name}: {total} of {sum(map(len, bench.values()))} samples to predict ({mode} mode) -> {pred_path}")
+        log.info("%s: %d of %d samples to predict (%s mode) -> %s", run_name, total, sum(map(len, bench.values())),
+                 mode, pred_path)
     key = jax.random.key(config.seed)
     step = 0
     writer = PredictionWriter(pred_path) if main else None
@@ -116,7 +120,7 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
     if verbose:
         print("\n".join(result.report.lines()))
         print(tables)
-        print(f"wrote predictions, metrics.json, tables and figures to {out_dir}")
+        log.info("wrote predictions, metrics.json, tables and figures to %s", out_dir)
     return result.metrics
 
 

@@ -241,9 +241,12 @@ def run(config) -> dict:
 
     log.info("GRPO: %d steps of %d prompts x %d rollouts, workdir %s", steps, g.rollout_batch_size, g.n,
              config.workdir)
-    result = loop.run(step, trainer.state, lambda: next(it), it, steps, config.workdir, save_every=t.save_every,
-                      keep=t.keep, desc="grpo", show="reward/overall", hooks=hooks,
-                      run_config=checkpoint.run_config(config), wandb_project=config.logging.wandb_project)
+    # The learning rate of a step's first update (the schedule counts updates).
+    lr = schedule.make_schedule(t.schedule, t.lr, max(1, steps * trainer.updates_per_rollout), t.warmup_ratio)
+    opts = loop.Options(steps, config.workdir, t.save_every, t.keep, log_every=t.log_every, desc="grpo",
+                        show="reward/overall", hooks=hooks, lr_fn=lambda i: lr(i * trainer.updates_per_rollout),
+                        run_config=checkpoint.run_config(config), wandb_project=config.logging.wandb_project)
+    result = loop.run(step, trainer.state, lambda: next(it), it, opts)
     final_dir = os.path.join(config.workdir, "final")
     if not result.stopped:
         handover.save_trainable(final_dir, result.state["params"], handover.run_meta(config, steps))
