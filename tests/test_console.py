@@ -39,6 +39,8 @@ def test_a_3_step_sft_prints_at_most_15_lines(tmp_path):
 
 
 def test_other_libraries_info_records_only_with_verbose():
+    loggers = [logging.getLogger(name) for name in console.PROJECT] + [logging.getLogger()]
+    saved = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in loggers], absl_logging.get_verbosity()
     try:
         for verbose in (False, True):
             console.setup(verbose)
@@ -48,5 +50,7 @@ def test_other_libraries_info_records_only_with_verbose():
                 assert logging.getLogger(other).isEnabledFor(logging.INFO) == verbose, (other, verbose)
                 assert logging.getLogger(other).isEnabledFor(logging.WARNING)
             assert (absl_logging.get_verbosity() >= absl_logging.INFO) == verbose
-    finally:
-        console.setup(False)
+    finally:  # as before: the other tests capture the project's records through the root logger
+        for lg, handlers, level, propagate in saved[0]:
+            lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
+        absl_logging.set_verbosity(saved[1])
