@@ -20,7 +20,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from progress_jax import console, validate
+from progress_jax import config_check, console
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A job config, configs/X.py[:demo|:paper]; override keys with --config.a.b=value; "
@@ -41,14 +41,14 @@ JOBS = {
     "eval": "progress_jax.eval.runner",
     "demo": "progress_jax.demo",
 }
-assert set(JOBS) == set(validate.JOBS)
+assert set(JOBS) == set(config_check.JOBS)
 
 
 def run(config) -> dict | None:
-    from progress_jax import runtime
+    from progress_jax import distributed
 
-    runtime.maybe_initialize_distributed()  # before anything asks JAX for its process count
-    validate.validate(config)
+    distributed.maybe_initialize_distributed()  # before anything asks JAX for its process count
+    config_check.check(config)
     return importlib.import_module(JOBS[config.job]).run(config)
 
 
@@ -121,8 +121,8 @@ def _main(argv) -> None:
                              "--print_config shows the resolved values")
     config = _CONFIG.value
     try:
-        validate.validate(config, runnable=not _PRINT.value)
-    except validate.ConfigError as e:
+        config_check.check(config, runnable=not _PRINT.value)
+    except config_check.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if _PRINT.value:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from progress_jax import chunked, handover, lora, runtime, sampling
+from progress_jax import chunked, distributed, handover, loading, lora, sampling
 from progress_jax.models import families
 from progress_jax.train import checkpoint, grpo_loss, inputs, loop, registry, rollouts, schedule, validation
 
@@ -193,16 +193,16 @@ class Trainer:
 def run(config) -> dict:
     """The GRPO job (configs/grpo.py:paper, or GRPO within the demo). Returns {"final_dir",
     "steps", "stopped"} (stopped: a SIGTERM ended it; rerunning resumes)."""
-    runtime.maybe_initialize_distributed()
+    distributed.maybe_initialize_distributed()
     g, t, d = config.grpo, config.train, config.data
     inp = inputs.check(config, "rl", rows="rollout rows")
     files, image_root, n_samples, val_files, mesh = inp.files, inp.image_root, inp.n_samples, inp.val_files, inp.mesh
-    tokenizer = runtime.load_tokenizer(config)
+    tokenizer = loading.load_tokenizer(config)
     validator = None
     if val_files:  # validation answers are logged with the run's reward
         validator = validation.Validator(config, tokenizer, *val_files, mesh=mesh,
                                          reward=registry.get_reward(g.reward))
-    model = runtime.load_policy(config, mesh, t.init_params)
+    model = loading.load_policy(config, mesh, t.init_params)
 
     from data_pipeline.pipeline import make_dataset
 

@@ -8,7 +8,8 @@
 - Host batches -> global device arrays, sharded by the model family's batch axes.
 - `run`: the loop. A trainer is a step function plus its set-up; the loop owns Orbax checkpoints
   (with the data iterator's state), resume from the latest, a clean stop on SIGTERM, a stop on a
-  NaN/Inf loss, metrics (JSONL + TensorBoard), the progress bar and periodic hooks.
+  NaN/Inf loss, metrics (JSONL + TensorBoard), the training curves, the console line, the progress
+  bar and periodic hooks.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from progress_jax import console, lora, sharding
-from progress_jax.train import checkpoint, guards, metrics_writer
+from progress_jax.train import checkpoint, curves, guards, metrics_writer
 
 log = logging.getLogger(__name__)
 
@@ -282,4 +283,6 @@ def run(step_fn, state, next_batch, data_iter, opts: Options) -> Result:
     finally:  # pending saves finish even when a NaN stops the run
         ckpt.wait()
         ckpt.close()
+        if main:
+            curves.draw(workdir)
     return Result(state, step, start, stop.requested and step < total_steps)

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from progress_jax import chunked, handover, lora, runtime, sampling, sharding
-from progress_jax.models import families, qwen2_5_vl
+from progress_jax import chunked, distributed, export, handover, loading, sampling, sharding
+from progress_jax.models import families
 from progress_jax.train import checkpoint, guards, inputs, loop, metrics_writer, schedule, validation
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def _peak_flops(t) -> float | None:
 def run(config) -> dict:
     """The SFT job (configs/sft.py). Returns {"final_dir", "steps", "stopped"} (stopped: a
     SIGTERM ended it; rerunning resumes)."""
-    runtime.maybe_initialize_distributed()
+    distributed.maybe_initialize_distributed()
     t = config.train
     inp = inputs.check(config, "sft")
     files, image_root, sim, n_samples, val_files, mesh = (inp.files, inp.image_root, inp.sim, inp.n_samples,
@@ -99,9 +99,9 @@ def run(config) -> dict:
     steps = t.steps or max(1, math.floor(t.epochs * n_samples / t.batch_size))
 
     family = families.for_config(config)
-    tokenizer = runtime.load_tokenizer(config)
+    tokenizer = loading.load_tokenizer(config)
     validator = validation.Validator(config, tokenizer, *val_files, mesh=mesh) if val_files else None
-    model = runtime.load_policy(config, mesh, t.init_params)
+    model = loading.load_policy(config, mesh, t.init_params)
     shards = sharding.batch_shards(mesh)  # each device encodes its own rows' images
     it = iter(_dataset(config, files, image_root, tokenizer, batch_shards=shards))
     tx = schedule.make_optimizer(t.lr, t.weight_decay, t.warmup_ratio, steps, t.clip_norm or None, schedule=t.schedule)
@@ -147,7 +147,7 @@ def run(config) -> dict:
             if t.demo_samples and sim is not None and not stop.requested:
                 show_samples(trained, tokenizer, config, sim, t.demo_samples, result.step)
             if t.export_merged and not stop.requested:
-                qwen2_5_vl.save_pretrained(lora.merge(trained), os.path.join(config.workdir, "merged"), overwrite=True)
+                export.write_hf(trained, os.path.join(config.workdir, "merged"), config.model.path, overwrite=True)
     return {"final_dir": final_dir, "steps": result.step, "stopped": result.stopped or stop.requested}
 
 
@@ -183,7 +183,7 @@ def show_samples(model, tokenizer, config, sim: dict, count: int, step: int) -> 
     if jax.process_index() == 0:
         path = os.path.join(config.workdir, SAMPLES_FILE)
         write_jsonl(path, rows)
-        with metrics_writer.MetricsWriter(config.workdir, curves=False) as writer:
+        with metrics_writer.MetricsWriter(config.workdir) as writer:
             writer.write(step, {"samples": metrics_writer.Text("\n\n".join(
                 f"**{' / '.join(map(str, r['key']))}** (strict format: {r['strict_format']})\n\n{r['response']}"
                 for r in rows))})
