@@ -79,6 +79,9 @@ def base() -> ml_collections.ConfigDict:
     # Positions per block of full-vocabulary logits in the SFT loss and the GRPO log-probs; 0: all
     # at once (small vocabularies). The 3B's logits are 0.6 MB per position in float32.
     c.train.loss_chunk = 0
+    # A console line (step, loss or reward, learning rate, tokens/s) every this many steps and at the
+    # last; 0: the progress bar only.
+    c.train.log_every = 10
 
     c.logging = ml_collections.ConfigDict()
     c.logging.wandb_project = ""  # Weights & Biases project; "" = off (metrics.jsonl + TensorBoard always)

@@ -18,12 +18,12 @@ from __future__ import annotations
 import inspect
 import re
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from data_pipeline.records import Record
-from data_pipeline.unanswerable import EditProposal
 
 DTYPES = ("bfloat16", "float16", "float32")
 DEFAULT_MODEL = "Qwen/Qwen-Image-Edit"
@@ -32,6 +32,13 @@ _REMOVE_WORDS = re.compile(r"\b(remove|erase|delete|take away|get rid of)\b", re
 _SIM_ID = re.compile(r"^sim_(?P<stream>[a-z_]+)/(?P<family>[a-z_]+)/(?P<index>\d+)$")
 _SIM_OBS = re.compile(r"^(?P<camera>.+)_(?P<frame>\d+)\.(?:jpg|png)$")
 MAX_REPRODUCTION_ERROR = 12.0  # mean |difference| (0-255) between a re-render and the file on disk (JPEG noise)
+
+
+@dataclass(frozen=True)
+class EditProposal:
+    """Stage 1's output (data_pipeline.unanswerable parses it from the model's answer)."""
+    strategy: str  # one of unanswerable.STRATEGIES
+    instruction: str
 
 
 class EditError(ValueError):

@@ -52,6 +52,7 @@ import time
 from dataclasses import dataclass
 
 from data_pipeline import prompt_texts as texts
+from data_pipeline.image_edit import EditError, EditProposal
 from data_pipeline.jsonl import JsonlAppender, read_appended, write_jsonl
 from data_pipeline.paths import atomic_output
 from data_pipeline.prompts import progress_label
@@ -230,12 +231,6 @@ def text_unanswerable_record(record: Record, goal: str, steps) -> dict:
 
 
 # ---- image edit strategy ----
-
-@dataclass(frozen=True)
-class EditProposal:
-    strategy: str  # one of STRATEGIES
-    instruction: str
-
 
 def official_edit_prompt(record: Record, image_root: str, steps=None) -> list[dict]:
     """adversarial_editing_prompt.py. The matching step is closest_idx for a text record; for a visual
@@ -525,7 +520,6 @@ def run_image_edits(records: list[Record], image_root: str, teacher, editor, que
                                                                                        parse_edit_strategy)
     from PIL import Image
 
-    from data_pipeline.image_edit import EditError
     from data_pipeline.teacher import TeacherRun, done_keys, rejects_path_for, sample_key
 
     rejects_path = rejects_path or rejects_path_for(queue_path)

@@ -13,8 +13,8 @@ import os
 import jax
 
 from data_pipeline.jsonl import write_text
-from progress_jax import runtime
 from data_pipeline.records import load_records
+from progress_jax import data_files, distributed, loading
 from progress_jax.eval import baselines, runner, tables
 from progress_jax.eval.predictions import load_bench
 from progress_jax.train import grpo, guards, metrics_writer, sft
@@ -25,25 +25,25 @@ BENCH = ("visual_same_view", "visual_cross_view", "text-normal", "text-unanswera
 
 
 def _evaluate(config, mesh, tokenizer, bench, init_dir: str, name: str) -> dict:
-    model = runtime.load_policy(config, mesh, init_dir)
+    model = loading.load_policy(config, mesh, init_dir)
     files, image_root = bench
     return runner.evaluate(model, tokenizer, files, image_root, os.path.join(config.workdir, f"eval_{name}"),
                            config, mesh=mesh, run_name=name)
 
 
 def run(config) -> dict:
-    runtime.maybe_initialize_distributed()
+    distributed.maybe_initialize_distributed()
     config = config.copy_and_resolve_references()
     d = config.demo
     main = jax.process_index() == 0
     with guards.StopRequest() as stop:
         # Inputs first (generated once and cached): the RL prompts, and the benchmark the model is
         # evaluated on, read before the warm start begins.
-        files, image_root, _ = runtime.train_data(config, "rl")
-        runtime.check_train_files(files, image_root)
+        files, image_root, _ = data_files.train_data(config, "rl")
+        data_files.check_train_files(files, image_root)
         bench = None
         if d.evaluate:
-            sim = runtime.sim_paths(config)
+            sim = data_files.sim_paths(config)
             bench = ([sim[n] for n in BENCH], sim["bench_images"])
             runner.check_bench(bench[0])
 
@@ -66,7 +66,7 @@ def run(config) -> dict:
             train_mean = baselines.training_mean(r for f in files for r in load_records(f))
             name, metrics = baselines.best_constant(load_bench(bench[0]), train_mean)
             results[name] = metrics
-            mesh, tokenizer = runtime.make_mesh(config), runtime.load_tokenizer(config)
+            mesh, tokenizer = distributed.make_mesh(config), loading.load_tokenizer(config)
             results["sft"] = _evaluate(config, mesh, tokenizer, bench, init, "sft")
         if stop.requested:
             log.warning("%s received before the first GRPO step: stopping", stop.signal_name)

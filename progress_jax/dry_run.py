@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from progress_jax import lora, runtime, sampling, sharding
+from progress_jax import distributed, loading, lora, sampling, sharding
 from progress_jax.models import families
 from progress_jax.train import inputs, loop, rollouts, schedule
 
@@ -41,25 +41,14 @@ TEXT_ROOM = 64  # prompt tokens kept for text beside the images
 
 # ---- the abstract model ------------------------------------------------------------------------
 
-def model_config(cfg):
-    """The architecture: model.path's config.json (nothing else is read), else model.preset."""
-    from progress_jax.models.qwen2_5_vl import config as qwen_config
-
-    if cfg.model.path:
-        return qwen_config.Qwen25VLConfig.from_json(cfg.model.path)
-    return qwen_config.preset(cfg.model.preset)
-
-
-def abstract_policy(cfg, arch):
+def abstract_policy(cfg, family, arch):
     """The job's model with LoRA per cfg.lora, every array a ShapeDtypeStruct."""
-    from progress_jax.models import qwen2_5_vl
-
-    param, compute = runtime.DTYPES[cfg.model.param_dtype], runtime.DTYPES[cfg.model.compute_dtype]
+    param, compute = loading.DTYPES[cfg.model.param_dtype], loading.DTYPES[cfg.model.compute_dtype]
 
     def build():
-        model = qwen2_5_vl.init(arch, seed=cfg.seed, dtype=compute, param_dtype=param)
+        model = family.build(arch, cfg.seed, compute, param)
         lora.from_config(model, cfg.lora, seed=cfg.seed)
-        return runtime.set_attention_chunk(model, cfg.model.attention_chunk)
+        return loading.set_attention_chunk(model, cfg.model.attention_chunk)
 
     return nnx.eval_shape(build)
 
@@ -295,10 +284,10 @@ PROGRAMS = {"sft": sft_programs, "grpo": grpo_programs, "demo": grpo_programs, "
 
 def dry_run(cfg) -> list[dict]:
     """Compile the job's programs abstractly; one report dict per program."""
-    mesh = runtime.make_mesh(cfg)
-    arch = model_config(cfg)
+    mesh = distributed.make_mesh(cfg)
     family = families.for_config(cfg)
-    model = abstract_policy(cfg, arch)
+    arch = family.architecture(cfg.model.path, cfg.model.preset)  # config.json is the only file read
+    model = abstract_policy(cfg, family, arch)
     return PROGRAMS[cfg.job](cfg, arch, model, mesh, family)
 
 

@@ -3,7 +3,7 @@
 A run's `final/` (SFT or GRPO alike) holds `trainable.safetensors` (the LoRA factors, or every
 language-model weight for lora.rank = 0) and `trainable.json` (the lora config, the base model
 path or preset, the seed); see handover.save_trainable. The base model is rebuilt exactly as
-the run built it (runtime.load_policy), so a run of the built-in tiny model (random base from
+the run built it (loading.load_policy), so a run of the built-in tiny model (random base from
 its seed) exports too.
 
 - `export_hf` (a run's final/) and `write_hf` (a model in memory): LoRA folded in (lora.merge),
@@ -40,7 +40,7 @@ _STACKED_KEY = re.compile(r"^layers/(?!\d+/)(.+)$")
 
 
 def run_config(meta: dict, base: str | None = None, dtype: str = "float32") -> ml_collections.ConfigDict:
-    """The slice of a job config that runtime.load_policy needs, from a run's trainable.json.
+    """The slice of a job config that loading.load_policy needs, from a run's trainable.json.
     `base` replaces the recorded base model path (a run moved to another machine)."""
     lora = meta.get("lora") or {}
     missing = [k for k in ("rank", "alpha", "targets") if k not in lora]
@@ -66,7 +66,7 @@ def _stored_dtype(base: str) -> str:
 def load_run(final_dir: str, base: str | None = None, dtype: str | None = None):
     """(model with the run's trained parameters, LoRA still separate; meta; its config).
     dtype None: the base checkpoint's stored dtype (float32 for the tiny model)."""
-    from progress_jax import runtime
+    from progress_jax import loading
     from progress_jax import handover
 
     meta = handover.read_meta(final_dir)
@@ -77,14 +77,14 @@ def load_run(final_dir: str, base: str | None = None, dtype: str | None = None):
     with cfg.unlocked():
         cfg.model.param_dtype = cfg.model.compute_dtype = dtype or (
             _stored_dtype(cfg.model.path) if cfg.model.path else "float32")
-    model = runtime.load_policy(cfg, None, final_dir)
+    model = loading.load_policy(cfg, None, final_dir)
     return model, meta, cfg
 
 
 def check_out(out: str, overwrite: bool, inputs: dict | None = None) -> None:
     """Refuse to write into one of the inputs ({name: directory}: the run's final/, the base
     checkpoint), and into a directory that already holds weights unless `overwrite`."""
-    from progress_jax.models.qwen2_5_vl.weights import refuse_existing_weights
+    from progress_jax.models.safetensors_io import refuse_existing_weights
 
     for name, path in (inputs or {}).items():
         if path and os.path.realpath(path) == os.path.realpath(out):
@@ -119,10 +119,10 @@ def write_hf(model, out: str, base_path: str = "", *, max_shard_bytes: int = 5 *
     side files of `base_path` ("" = the built-in tiny model: its tokenizer.json). Also for a job
     that just trained the model (SFT's train.export_merged)."""
     from progress_jax import lora
-    from progress_jax.models import qwen2_5_vl
+    from progress_jax.models import families
 
     lora.merge(model)
-    qwen2_5_vl.save_pretrained(model, out, max_shard_bytes=max_shard_bytes, overwrite=overwrite)
+    families.for_model(model.config).save_pretrained(model, out, max_shard_bytes=max_shard_bytes, overwrite=overwrite)
     if base_path:
         side = copy_side_files(base_path, out)
     else:  # the built-in tiny model: its tokenizer is the only side file there is
@@ -209,13 +209,12 @@ def export_peft(final_dir: str, out: str, *, overwrite: bool = False) -> dict:
     """PEFT adapter of a LoRA run in `out` (the base model is not needed). Returns {"out", "files"}."""
     from data_pipeline.paths import atomic_output
     from progress_jax.models import safetensors_io
-    from progress_jax.models.qwen2_5_vl.weights import clear_weights
     from progress_jax import handover
 
     check_out(out, overwrite, {"run's final directory": final_dir})
     params, meta = handover.load_trainable(final_dir)
     config, tensors = peft_adapter(params, meta)
-    clear_weights(out, overwrite)
+    safetensors_io.clear_weights(out, overwrite)
     safetensors_io.save_file(tensors, os.path.join(out, PEFT_WEIGHTS), {"format": "pt"})
     with atomic_output(os.path.join(out, PEFT_CONFIG)) as f:
         json.dump(config, f, indent=2)

@@ -3,6 +3,7 @@
 The config file's `get_config(variant)` returns an ml_collections ConfigDict whose `job` field names
 the job (sft, grpo, eval, demo); the variant after ':' is `demo` (the default) or `paper`.
 `--print_config` prints the checked config as JSON and exits, loading no model and no data.
+`--verbose` also shows other libraries' INFO records (absl, Orbax, JAX), hidden by default.
 `--dry_run [--json]` compiles the job's programs for the configured mesh on an abstract model (no
 weights, no data) and prints their memory, FLOPs and compile time per device (progress_jax/dry_run.py).
 A mistake in the command line (an unknown key, a value of the wrong type) is one line on stderr
@@ -14,13 +15,12 @@ from __future__ import annotations
 import difflib
 import importlib
 import json
-import logging
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from progress_jax import validate
+from progress_jax import config_check, console
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A job config, configs/X.py[:demo|:paper]; override keys with --config.a.b=value; "
@@ -32,6 +32,8 @@ _DRY = flags.DEFINE_bool("dry_run", False, "Compile the job's programs for the c
                          "bucket shapes on an abstract model (no weights, no data) and print, per device, their "
                          "memory, FLOPs, compile time and whether they fit train.device_memory_gb; then exit.")
 _JSON = flags.DEFINE_bool("json", False, "With --dry_run: print the report as JSON ({\"programs\": [...]}).")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Also show other libraries' INFO records (absl, Orbax, JAX); by "
+                             "default the console holds the job's own messages and the progress bar.")
 
 JOBS = {
     "sft": "progress_jax.train.sft",
@@ -39,14 +41,14 @@ JOBS = {
     "eval": "progress_jax.eval.runner",
     "demo": "progress_jax.demo",
 }
-assert set(JOBS) == set(validate.JOBS)
+assert set(JOBS) == set(config_check.JOBS)
 
 
 def run(config) -> dict | None:
-    from progress_jax import runtime
+    from progress_jax import distributed
 
-    runtime.maybe_initialize_distributed()  # before anything asks JAX for its process count
-    validate.validate(config)
+    distributed.maybe_initialize_distributed()  # before anything asks JAX for its process count
+    config_check.check(config)
     return importlib.import_module(JOBS[config.job]).run(config)
 
 
@@ -119,14 +121,14 @@ def _main(argv) -> None:
                              "--print_config shows the resolved values")
     config = _CONFIG.value
     try:
-        validate.validate(config, runnable=not _PRINT.value)
-    except validate.ConfigError as e:
+        config_check.check(config, runnable=not _PRINT.value)
+    except config_check.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if _PRINT.value:
         print(json.dumps(resolved(config), indent=2))
         return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.setup(_VERBOSE.value)
     if _DRY.value:
         dry(config, _JSON.value)
         return

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from progress_jax import runtime
+from progress_jax import loading
 from progress_jax.models import qwen2_5_vl
 from progress_jax.models.qwen2_5_vl.config import Qwen25VLConfig, TextConfig, VisionConfig
 from progress_jax.models.qwen2_5_vl.layers import attention, causal_attention
@@ -126,7 +126,7 @@ def test_model_logits_and_cache_unchanged_by_chunking():
     from flax import nnx
 
     def run(chunk):  # one compile per chunk size
-        runtime.set_attention_chunk(model, chunk)
+        loading.set_attention_chunk(model, chunk)
         graphdef, state = nnx.split(model)
 
         @jax.jit
@@ -155,7 +155,7 @@ def _temp_bytes(model, L, chunk):
     """XLA's temp bytes of the compiled forward+backward of the decoder at length L (compile only)."""
     from flax import nnx
 
-    runtime.set_attention_chunk(model, chunk)
+    loading.set_attention_chunk(model, chunk)
     graphdef, params = nnx.split(model)
     D = model.config.text.hidden_size
 
@@ -192,7 +192,7 @@ def test_vision_tower_unchanged_by_chunking():
     embed = jax.jit(lambda m, ids, pv, vis: m.embed(ids, pv, vis))
     outs = []
     for chunk in (0, 5):
-        runtime.set_attention_chunk(model, chunk)
+        loading.set_attention_chunk(model, chunk)
         assert model.visual.blocks.attn.attention_chunk == chunk
         outs.append(np.asarray(embed(model, mb["input_ids"], mb["pixel_values"], mb["vision"])))
     assert np.abs(outs[0]).max() > 0

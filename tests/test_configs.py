@@ -14,7 +14,7 @@ import pytest
 from configs import eval as eval_config
 from configs import grpo as grpo_config
 from configs import sft as sft_config
-from progress_jax import validate
+from progress_jax import config_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -29,10 +29,10 @@ def test_sft_paper_is_llama_factory_recipe():
     c = sft_config.get_config("paper")
     assert (c.lora.rank, c.lora.alpha, c.lora.dropout) == (8, 16.0, 0.05)  # lora_rank/alpha/dropout
     for proj in ("q", "k", "v", "o"):  # lora_target: all (every LM linear layer)
-        assert validate.re.search(c.lora.targets, f"layers/0/self_attn/{proj}_proj")
+        assert config_check.re.search(c.lora.targets, f"layers/0/self_attn/{proj}_proj")
     for proj in ("gate", "up", "down"):
-        assert validate.re.search(c.lora.targets, f"layers/27/mlp/{proj}_proj")
-    assert not validate.re.search(c.lora.targets, "visual/blocks/0/attn/qkv")
+        assert config_check.re.search(c.lora.targets, f"layers/27/mlp/{proj}_proj")
+    assert not config_check.re.search(c.lora.targets, "visual/blocks/0/attn/qkv")
     t = c.train
     assert (t.lr, t.schedule, t.warmup_ratio, t.weight_decay, t.clip_norm) == (1e-4, "cosine", 0.1, 0.0, 1.0)
     assert t.batch_size == 2 * 8 * 4  # per_device_train_batch_size x gradient_accumulation_steps x 4 GPUs
@@ -67,10 +67,10 @@ def test_eval_paper_is_official_script_settings():
 @pytest.mark.parametrize("module", [sft_config, grpo_config, eval_config])
 def test_demo_is_the_default_and_every_variant_validates(module):
     assert module.get_config().to_dict() == module.get_config("demo").to_dict()
-    validate.validate(module.get_config())
-    validate.validate(module.get_config("paper"), runnable=False)
-    with pytest.raises(validate.ConfigError, match="model.path"):  # the paper recipes need a checkpoint
-        validate.validate(module.get_config("paper"))
+    config_check.check(module.get_config())
+    config_check.check(module.get_config("paper"), runnable=False)
+    with pytest.raises(config_check.ConfigError, match="model.path"):  # the paper recipes need a checkpoint
+        config_check.check(module.get_config("paper"))
     with pytest.raises(ValueError, match="unknown config variant 'papr'.*demo, paper"):
         module.get_config("papr")
 
@@ -111,15 +111,15 @@ def test_validator_names_the_full_key(key, value, message):
     section, name = key.split(".")
     with c.unlocked():
         c[section][name] = value
-    with pytest.raises(validate.ConfigError, match=validate.re.escape(message)):
-        validate.validate(c)
+    with pytest.raises(config_check.ConfigError, match=config_check.re.escape(message)):
+        config_check.check(c)
 
 
 def test_validator_names_nested_demo_keys():
     c = grpo_config.get_config()
     c.demo.sft.train.lr = -1.0
-    with pytest.raises(validate.ConfigError, match=r"config key demo\.sft\.train\.lr must be > 0"):
-        validate.validate(c)
+    with pytest.raises(config_check.ConfigError, match=r"config key demo\.sft\.train\.lr must be > 0"):
+        config_check.check(c)
 
 
 def test_print_config_prints_the_paper_recipe_as_json_without_a_model():

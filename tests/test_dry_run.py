@@ -9,7 +9,7 @@ import pytest
 from configs import eval as eval_config
 from configs import grpo as grpo_config
 from configs import sft as sft_config
-from progress_jax import main, validate
+from progress_jax import config_check, main
 from progress_jax.models.qwen2_5_vl import config as qwen_config
 from progress_jax.models.qwen2_5_vl import family
 
@@ -36,7 +36,7 @@ def configured(get_config, tmp_path, **over):
     for key, value in over.items():
         section, name = key.split("__")
         c[section][name] = value
-    validate.validate(c)
+    config_check.check(c)
     return c
 
 

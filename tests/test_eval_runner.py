@@ -1,6 +1,7 @@
 """The eval job end to end on a four-sample benchmark built here: predictions, resume, metrics.json."""
 
 import json
+import logging
 import os
 
 import jax
@@ -9,7 +10,7 @@ import pytest
 from PIL import Image
 
 from configs import eval as eval_config
-from progress_jax import main, runtime
+from progress_jax import loading, main
 
 DEMO = ["f0.jpg", "f1.jpg", "f2.jpg"]
 # Long enough that the text prompt falls in the visual prompts' length bucket: one compiled program.
@@ -66,20 +67,20 @@ def config(tmp_path, monkeypatch):
     c.sampling.batch_size = 2
     # Every run of the job gets the same tiny random model, built once (its init is slow on CPU).
     built = {}
-    load = runtime.load_model
-    monkeypatch.setattr(runtime, "load_model", lambda cfg, mesh=None: built.setdefault("model", load(cfg, mesh)))
+    load = loading.load_model
+    monkeypatch.setattr(loading, "load_model", lambda cfg, mesh=None: built.setdefault("model", load(cfg, mesh)))
     return c, keys
 
 
-def test_eval_job_predicts_resumes_and_scores(config, capsys):
+def test_eval_job_predicts_resumes_and_scores(config, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="progress_jax")
     c, keys = config
     main.run(c)
     pred_path = os.path.join(c.workdir, "think", "predictions.jsonl")
     lines = read_lines(pred_path)
     assert sorted((o["setting"], o["id"], o["stage"]) for o in lines) == sorted(keys)
     assert all(isinstance(o["response"], str) and o["response"] for o in lines)
-    out = capsys.readouterr().out
-    assert "5 of 5 samples to predict" in out and "| tiny-random |" in out
+    assert "5 of 5 samples to predict" in caplog.text and "| tiny-random |" in capsys.readouterr().out
     assert sorted(o["line"] for o in lines if o["setting"] == "visual_same_view") == [1, 2, 3]
 
     metrics = json.load(open(os.path.join(c.workdir, "think", "metrics.json")))
@@ -90,14 +91,16 @@ def test_eval_job_predicts_resumes_and_scores(config, capsys):
     # A rerun predicts nothing; after dropping one line it predicts exactly that sample again
     # (the duplicate's twin, with the same id and stage, stays done).
     before = open(pred_path).read()
+    caplog.clear()
     main.run(c)
     assert open(pred_path).read() == before
-    assert "0 of 5 samples to predict" in capsys.readouterr().out
+    assert "0 of 5 samples to predict" in caplog.text
     dropped = next(o for o in lines if o["setting"] == "visual_same_view" and o["line"] == 3)
     with open(pred_path, "w") as f:
         f.writelines(json.dumps(o) + "\n" for o in lines if o is not dropped)
+    caplog.clear()
     main.run(c)
-    assert "1 of 5 samples to predict" in capsys.readouterr().out
+    assert "1 of 5 samples to predict" in caplog.text
     redone = read_lines(pred_path)
     assert len(redone) == 5 and redone[-1] == dropped
 
@@ -120,9 +123,9 @@ def test_eval_job_on_a_trained_run(config, tmp_path, monkeypatch):
     from progress_jax.train import loop
 
     c, _ = config
-    base = runtime.load_model(c)
+    base = loading.load_model(c)
     # The job injects LoRA into what load_model returns: hand it a fresh copy each time.
-    monkeypatch.setattr(runtime, "load_model", lambda cfg, mesh=None: nnx.clone(base))
+    monkeypatch.setattr(loading, "load_model", lambda cfg, mesh=None: nnx.clone(base))
     policy = nnx.clone(base)
     lora.inject(policy, 4, 8.0, targets=lora.DEFAULT_TARGETS, seed=3)
     for i, (_, lin) in enumerate(lora._linears(policy)):
@@ -148,7 +151,7 @@ def test_eval_job_on_a_trained_run(config, tmp_path, monkeypatch):
 
     r = c.copy_and_resolve_references()
     files, root = runner.bench_files(r)
-    runner.evaluate(policy, runtime.load_tokenizer(r), files, root, str(tmp_path / "direct"), r, run_name="direct")
+    runner.evaluate(policy, loading.load_tokenizer(r), files, root, str(tmp_path / "direct"), r, run_name="direct")
     assert got == responses(tmp_path / "direct")
     assert got != untrained
 
@@ -170,7 +173,7 @@ def no_model(config, tmp_path, monkeypatch):
     directory is a fresh one, to see what the job leaves there."""
     import tempfile
 
-    monkeypatch.setattr(runtime, "load_model", lambda cfg, mesh=None: None)
+    monkeypatch.setattr(loading, "load_model", lambda cfg, mesh=None: None)
     tmp = tmp_path / "systemtmp"
     tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))

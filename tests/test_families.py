@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import eval as eval_config
-from progress_jax import runtime, sampling, sharding
+from progress_jax import loading, sampling, sharding
 from progress_jax.models import qwen2_5_vl
 from progress_jax.models import families
 from progress_jax.models.qwen2_5_vl import family as qwen
@@ -34,10 +34,15 @@ def text_only_family(loaded=None):
         pos = inputs["attention_mask"].sum(1) + step
         return jnp.broadcast_to(pos[None, :, None], (3, pos.shape[0], 1))
 
+    def unused(*args, **kwargs):
+        raise NotImplementedError("not used by these tests")
+
     family = types.ModuleType("toy_text")
     family.__dict__.update(
         MODEL_TYPE="toy_text", PRESETS=(), BATCH_AXIS={"input_ids": 1, "attention_mask": 1, "position_ids": 1},
-        PATCH_KEYS=(), init=None,
+        PATCH_KEYS=(), PARTITION_RULES=qwen.PARTITION_RULES,
+        architecture=unused, build=unused, save_pretrained=unused, stack_micro=unused, flops_per_token=unused,
+        row_images=unused, vision_token_ids=unused,
         load=lambda path, dtype, compute_dtype, mesh=None: loaded.setdefault("model", ("toy", path)),
         GENERATION_AXIS={"input_ids": 0, "attention_mask": 0, "position_ids": 1},
         generation_inputs=generation_inputs, decode_position_ids=decode_position_ids,
@@ -54,16 +59,28 @@ def test_model_type_picks_the_family(tmp_path, monkeypatch):
     c = eval_config.get_config()
     c.model.path = str(ckpt)
     with pytest.raises(ValueError, match=r"no model family for model_type 'toy_text'; known: \['qwen2_5_vl'\]"):
-        runtime.load_model(c)
+        loading.load_model(c)
     loaded = {}
-    monkeypatch.setitem(families.FAMILIES, "toy_text", text_only_family(loaded))
-    assert runtime.load_model(c) == ("toy", str(ckpt))
+    monkeypatch.setattr(families, "FAMILIES", dict(families.FAMILIES))
+    families.register("toy_text", text_only_family(loaded))
+    assert loading.load_model(c) == ("toy", str(ckpt))
     c.model.path = ""
     assert families.for_config(c) is qwen  # the tiny preset belongs to Qwen2.5-VL
     (ckpt / "config.json").write_text(json.dumps({"architectures": ["X"]}))
     c.model.path = str(ckpt)
     with pytest.raises(ValueError, match="config.json has no model_type"):
         families.for_config(c)
+
+
+def test_a_family_is_checked_when_it_registers(monkeypatch):
+    monkeypatch.setattr(families, "FAMILIES", dict(families.FAMILIES))
+    toy = text_only_family()
+    del toy.take_rows
+    toy.build = None
+    with pytest.raises(TypeError, match=r"'toy_text' is not a Family .*missing take_rows; not callable: build"):
+        families.register("toy_text", toy)
+    assert "toy_text" not in families.FAMILIES
+    assert families.get("qwen2_5_vl") is qwen  # the built-in entry, checked on first use
 
 
 def test_batch_shardings_take_the_keys_from_the_family():

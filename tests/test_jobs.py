@@ -10,7 +10,7 @@ import pytest
 
 from configs import eval as eval_config
 from configs import grpo as grpo_config
-from progress_jax import main, runtime
+from progress_jax import loading, main
 from progress_jax.train import grpo_loss, registry
 from tests.killable import write_records
 
@@ -25,7 +25,7 @@ def no_model(monkeypatch):
     """Loading a model is the expensive step: it must not be reached."""
     def refuse(*a, **k):
         raise AssertionError("the model was loaded before the inputs were checked")
-    monkeypatch.setattr(runtime, "load_model", refuse)
+    monkeypatch.setattr(loading, "load_model", refuse)
 
 
 def grpo_job(tmp_path, train_file):

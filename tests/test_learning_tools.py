@@ -72,8 +72,8 @@ def test_matching_finds_the_demo_frame_the_observation_copies(tmp_path):
     steps = 4
     path = _copied_observations(tmp_path, steps)
     cfg = probe_vision.eval_config.get_config("demo")
-    model = probe_vision.runtime.load_policy(cfg, None, "")
-    tokenizer = probe_vision.runtime.load_tokenizer(cfg)
+    model = probe_vision.loading.load_policy(cfg, None, "")
+    tokenizer = probe_vision.loading.load_tokenizer(cfg)
     records = load_records(path)
     feats = probe_vision.image_features(model, tokenizer, records, str(tmp_path / "images"), cfg)
     assert [f.shape[0] for f in feats] == [steps + 1 + 1] * 3

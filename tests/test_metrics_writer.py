@@ -55,17 +55,15 @@ def test_plot_curves_writes_a_png(tmp_path):
     assert (img < 128).mean() > 0.01  # lines, axes and text were drawn
 
 
-def test_writer_close_draws_the_curves_once_metrics_exist(tmp_path):
+def test_draw_plots_the_curves_once_metrics_exist(tmp_path):
     with MetricsWriter(str(tmp_path / "a"), tensorboard=False) as w:
         for s in range(1, 4):
             w.write(s, {"loss": 1.0 / s})
+    assert not (tmp_path / "a" / curves.CURVES_FILE).exists()  # the writer writes metrics only
+    curves.draw(str(tmp_path / "a"))
     assert (tmp_path / "a" / curves.CURVES_FILE).is_file()
-    with MetricsWriter(str(tmp_path / "b"), tensorboard=False, curves=False) as w:
-        w.write(1, {"loss": 1.0})
-    assert not (tmp_path / "b" / curves.CURVES_FILE).exists()
-    with MetricsWriter(str(tmp_path / "c"), enabled=False) as w:
-        w.write(1, {"loss": 1.0})
-    assert not (tmp_path / "c").exists()
+    curves.draw(str(tmp_path / "b"))  # no metrics: nothing drawn, no error
+    assert not (tmp_path / "b").exists()
 
 
 def test_wandb_missing_is_a_clear_error(tmp_path, monkeypatch):

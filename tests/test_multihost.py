@@ -144,23 +144,23 @@ def test_two_processes_match_one(tmp_path):
      "must be integers"),
 ])
 def test_incomplete_multi_process_variables_are_refused(monkeypatch, env, message):
-    from progress_jax import runtime
+    from progress_jax import distributed
 
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(ValueError, match=message):
-        runtime.maybe_initialize_distributed()
+        distributed.maybe_initialize_distributed()
 
 
 def test_one_process_starts_nothing(monkeypatch):
-    from progress_jax import runtime
+    from progress_jax import distributed
 
     for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri",
               "TPU_WORKER_HOSTNAMES"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setenv("SLURM_NTASKS", "1")  # a one-task SLURM job is one process
-    runtime.maybe_initialize_distributed()
+    distributed.maybe_initialize_distributed()
     import jax
 
     assert not jax.distributed.is_initialized()

@@ -159,7 +159,7 @@ def test_sharded_step_equals_single_device_step():
 
 def test_config_errors_name_the_key(tmp_path):
     from configs.sft import get_config
-    from progress_jax import runtime, validate
+    from progress_jax import config_check, data_files
 
     for key, value, pattern in (("train.lr", -1.0, "train.lr must be > 0"),
                                 ("model.remat", "some", "model.remat must be one of"),
@@ -167,14 +167,14 @@ def test_config_errors_name_the_key(tmp_path):
         c = get_config()
         section, name = key.split(".")
         c[section][name] = value
-        with pytest.raises(validate.ConfigError, match=pattern):
-            validate.validate(c)
+        with pytest.raises(config_check.ConfigError, match=pattern):
+            config_check.check(c)
     c = get_config()
     c.train.batch_size, c.train.micro_batch_size = 6, 4
-    with pytest.raises(validate.ConfigError, match="train.batch_size"):
-        validate.validate(c)
+    with pytest.raises(config_check.ConfigError, match="train.batch_size"):
+        config_check.check(c)
     with pytest.raises(FileNotFoundError, match="train.init_params"):
-        runtime.check_init_params(str(tmp_path / "nothing"), "train.init_params")
+        data_files.check_init_params(str(tmp_path / "nothing"), "train.init_params")
     c.lock()  # as main.py's config flag does: an unknown key is refused by name
     with pytest.raises(AttributeError, match="no_such_key"):
         c.train.no_such_key = 1

@@ -70,7 +70,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     state = {"step": jnp.zeros((), jnp.int32), "w": jnp.zeros((4,))}
     ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), save_every=1, keep=5, async_save=False)
     with pytest.raises(guards.NonFiniteLossError, match=r"step 3: loss is nan.*step 2"):
-        loop.run(step_fn, state, lambda: None, Data(), 10, str(tmp_path), save_every=1, keep=5, ckpt=ckpt)
+        loop.run(step_fn, state, lambda: None, Data(), loop.Options(10, str(tmp_path), save_every=1, keep=5, ckpt=ckpt))
     ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), save_every=1, keep=5, async_save=False)
     assert ckpt.all_steps() == [1, 2]
     restored, data_state, _ = ckpt.restore(None, checkpoint.abstract_like(state))

@@ -14,8 +14,9 @@ import optax
 import pytest
 
 from progress_jax.train.guards import NonFiniteLossError, StopRequest, check_finite
-from progress_jax.runtime import progress_bar
-from progress_jax.train.metrics_writer import MetricsWriter, mfu, train_flops_per_token
+from progress_jax.console import progress_bar
+from progress_jax.models.flops import train_flops_per_token
+from progress_jax.train.metrics_writer import MetricsWriter, mfu
 from progress_jax.train.schedule import constant_schedule, cosine_schedule, make_optimizer
 
 torch = pytest.importorskip("torch")

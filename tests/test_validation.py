@@ -12,7 +12,7 @@ import pytest
 from configs import eval as eval_config
 from configs import grpo as grpo_config
 from configs import sft as sft_config
-from progress_jax import main, runtime, validate
+from progress_jax import config_check, loading, main
 from progress_jax.eval.predictions import load_bench
 from progress_jax.train import curves, validation
 from progress_jax.train.metrics_writer import MetricsWriter, Text, read_metrics
@@ -39,14 +39,14 @@ def data(tmp_path, monkeypatch):
     bench.mkdir()
     write_bench(bench)
     built = {}
-    load = runtime.load_model
+    load = loading.load_model
 
     def load_once(cfg, mesh=None):  # a fresh module on the same arrays: jobs inject LoRA into theirs
         from flax import nnx
 
         return nnx.merge(*nnx.split(built.setdefault("model", load(cfg, mesh))))
 
-    monkeypatch.setattr(runtime, "load_model", load_once)
+    monkeypatch.setattr(loading, "load_model", load_once)
     return tmp_path
 
 
@@ -263,22 +263,22 @@ def test_config_keys_are_checked_naming_the_key(data):
                                 ("val_log_samples", -2, ">= 0")):
         bad = sft_job(data, data / "run")
         bad.train[key] = value
-        with pytest.raises(validate.ConfigError, match=f"config key train.{key} .*{problem}"):
-            validate.validate(bad)
+        with pytest.raises(config_check.ConfigError, match=f"config key train.{key} .*{problem}"):
+            config_check.check(bad)
     c.train.val_every, c.train.val_before_train = 0, False
     c.train.val_files = (str(data / "bench" / "text-normal.jsonl"),)
-    with pytest.raises(validate.ConfigError, match="train.val_files is set, but train.val_every is 0"):
-        validate.validate(c)
+    with pytest.raises(config_check.ConfigError, match="train.val_files is set, but train.val_every is 0"):
+        config_check.check(c)
     for name in ("demo", "paper"):  # the shipped variants pass
-        validate.validate(sft_config.get_config(name), runnable=False)
-        validate.validate(grpo_config.get_config(name), runnable=False)
+        config_check.check(sft_config.get_config(name), runnable=False)
+        config_check.check(grpo_config.get_config(name), runnable=False)
 
 
 def test_missing_validation_images_are_refused_before_the_model_loads(data, monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("the model was loaded before the validation files were checked")
 
-    monkeypatch.setattr(runtime, "load_model", refuse)
+    monkeypatch.setattr(loading, "load_model", refuse)
     c = sft_job(data, data / "run")
     c.train.val_image_root = str(data / "nowhere")
     with pytest.raises(FileNotFoundError, match="config key train.val_image_root: no image directory"):
@@ -290,7 +290,7 @@ def test_missing_validation_images_are_refused_before_the_model_loads(data, monk
 
 
 def test_text_metrics_go_to_tensorboard_not_to_the_jsonl(tmp_path):
-    with MetricsWriter(str(tmp_path), curves=False) as w:
+    with MetricsWriter(str(tmp_path)) as w:
         w.write(3, {"val/nse": 12.5, "val/samples": Text("**a** sample")})
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert lines == [{"step": 3, "val/nse": 12.5}]

@@ -24,7 +24,7 @@ import numpy as np
 
 from configs import grpo as grpo_config  # noqa: E402
 from data_pipeline.tokenizer import load_tokenizer  # noqa: E402
-from progress_jax import runtime  # noqa: E402
+from progress_jax import distributed, loading  # noqa: E402
 from progress_jax.train import grpo  # noqa: E402
 
 
@@ -75,8 +75,8 @@ def main():
     c.sampling.max_new_tokens, c.sampling.temperature = a.new_tokens, 0.6
     c.data.length_buckets = (1 << (a.text + 8 + a.images * ((a.side // 28) ** 2 + 2) - 1).bit_length(),)
     c.data.patch_buckets = (1 << (a.micro_batch * a.images * (a.side // 14) ** 2 - 1).bit_length(),)
-    mesh = runtime.make_mesh(c)
-    model = runtime.load_model(c, mesh)
+    mesh = distributed.make_mesh(c)
+    model = loading.load_model(c, mesh)
     from progress_jax import lora
 
     lora.from_config(model, c.lora, seed=0, mesh=mesh)

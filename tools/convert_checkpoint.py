@@ -71,7 +71,7 @@ def main(argv=None) -> None:
     check_outputs({"--dst": a.dst}, {"--src": a.src})
     import jax.numpy as jnp  # imported here: --help and refusals stay fast
 
-    from progress_jax.models.qwen2_5_vl.weights import refuse_existing_weights
+    from progress_jax.models.safetensors_io import refuse_existing_weights
 
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, None: None}[a.dtype]
     try:

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from configs import eval as eval_config  # noqa: E402
 from data_pipeline.pipeline import make_dataset  # noqa: E402
 from data_pipeline.records import load_records  # noqa: E402
-from progress_jax import runtime  # noqa: E402
+from progress_jax import loading  # noqa: E402
 from progress_jax.eval.metrics import normalized_error  # noqa: E402
 
 RIDGE = (1e1, 1e2, 1e3, 1e4)  # the fit keeps the strength with the lowest leave-out error on the training set
@@ -101,8 +101,8 @@ def main(argv=None) -> int:
     with cfg.unlocked():
         cfg.model.path = args.model_path
         cfg.data.max_pixels = args.max_pixels
-    model = runtime.load_policy(cfg, None, args.trained)
-    tokenizer = runtime.load_tokenizer(cfg)
+    model = loading.load_policy(cfg, None, args.trained)
+    tokenizer = loading.load_tokenizer(cfg)
 
     def answerable(path, n):
         records = [r for r in load_records(path) if r.answerable][:n]

@@ -9,6 +9,7 @@ devices, so that is still data-parallel on the devices); only process 0 writes f
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -16,10 +17,12 @@ import jax
 from data_pipeline.parsing import MODES
 from data_pipeline.pipeline import make_dataset
 from data_pipeline.records import check_images
-from progress_jax import handover, runtime, sampling
+from progress_jax import data_files, distributed, handover, loading, sampling
 from progress_jax.eval.predictions import (done_keys, load_bench, pending_records, prediction_line, PredictionWriter,
                                            read_predictions, score, write_results)
-from progress_jax.runtime import progress_bar
+from progress_jax.console import progress_bar
+
+log = logging.getLogger(__name__)
 
 
 def sampling_params(config) -> sampling.SamplingParams:
@@ -33,7 +36,7 @@ def bench_files(config) -> tuple[list[str], str]:
     files = [os.fspath(f) for f in (config.get("eval") or {}).get("bench_files", ())]
     bench_dir = config.data.bench_dir
     if not files and not bench_dir:
-        bench_dir = runtime.sim_paths(config)["bench_dir"]
+        bench_dir = data_files.sim_paths(config)["bench_dir"]
     return find_bench(files, bench_dir, config.data.image_root)
 
 
@@ -81,7 +84,8 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
             check_images(record, image_root)
     total = sum(map(len, todo.values()))
     if verbose and main:
-        print(f"{run_name}: {total} of {sum(map(len, bench.values()))} samples to predict ({mode} mode) -> {pred_path}")
+        log.info("%s: %d of %d samples to predict (%s mode) -> %s", run_name, total, sum(map(len, bench.values())),
+                 mode, pred_path)
     key = jax.random.key(config.seed)
     step = 0
     writer = PredictionWriter(pred_path) if main else None
@@ -119,7 +123,7 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
     if verbose:
         print("\n".join(result.report.lines()))
         print(tables)
-        print(f"wrote predictions, metrics.json, tables and figures to {out_dir}")
+        log.info("wrote predictions, metrics.json, tables and figures to %s", out_dir)
     return result.metrics
 
 
@@ -129,16 +133,16 @@ def check_bench(files) -> None:
 
 
 def run(config) -> None:
-    runtime.maybe_initialize_distributed()
+    distributed.maybe_initialize_distributed()
     config = config.copy_and_resolve_references()
     # Inputs first: the benchmark files (and the trained run) are read before the model is loaded.
     files, image_root = bench_files(config)
     check_bench(files)
     trained = config.eval.get("trained")
     meta = handover.read_meta(trained) if trained else None
-    mesh = runtime.make_mesh(config)
-    model = load_trained(config, mesh, trained, meta) if trained else runtime.load_model(config, mesh)
-    tokenizer = runtime.load_tokenizer(config)
+    mesh = distributed.make_mesh(config)
+    model = load_trained(config, mesh, trained, meta) if trained else loading.load_model(config, mesh)
+    tokenizer = loading.load_tokenizer(config)
     out_dir = config.eval.out_dir or os.path.join(config.workdir, config.data.mode)
     if config.eval.run_name:
         name = config.eval.run_name
@@ -161,5 +165,5 @@ def load_trained(config, mesh, directory: str, meta: dict | None = None):
     config = config.copy_and_resolve_references()
     with config.unlocked():
         config.lora.update({k: meta["lora"][k] for k in ("rank", "alpha", "targets")})
-    return runtime.load_policy(config, mesh, directory)
+    return loading.load_policy(config, mesh, directory)
 

@@ -1,30 +1,76 @@
 """Model families by config.json's `model_type`: the one place a job learns which model code to use.
 
-A family is a module with the interface of progress_jax/models/qwen2_5_vl/family.py:
-- MODEL_TYPE, PRESETS, load, init: the model (its config carries `model_type`, see `for_model`);
-- training: BATCH_AXIS, PATCH_KEYS, stack_micro, flops_per_token;
-- host batches by row: row_images, take_rows, vision_token_ids (GRPO rollouts, sampling batches);
-- generation (progress_jax/sampling.py): GENERATION_AXIS, generation_inputs, prompt_embeddings,
-  decode_position_ids. The sampler also calls the model's embed(token ids), decode(x, position_ids,
-  kv_mask, cache, index), logits(hidden) and init_cache(batch, length, mesh).
-- partitioning: PARTITION_RULES (a progress_jax.sharding.PartitionRules: regexes on parameter
-  paths -> PartitionSpec, and the path prefixes of stacked, scanned layers); the family's models
-  carry the same object as `model.partition_rules`, which the trainers and loaders read.
-A new family is one such module plus one `register` call (or one line in FAMILIES).
+A family is an object (progress_jax/models/qwen2_5_vl/family.py is a module) with the members of
+`Family`, checked when it registers (or, for a built-in entry of FAMILIES, when first imported).
+A new family is one such object plus one `register` call (or one line in FAMILIES).
 """
 from __future__ import annotations
 
 import importlib
 import json
 import os
+from typing import Any, Protocol
+
+
+class Family(Protocol):
+    """What the jobs use of a model family. The model it builds carries a config with
+    `model_type` (see `for_model`) and `partition_rules` (PARTITION_RULES), and has embed(token
+    ids), decode(x, position_ids, kv_mask, cache, index), logits(hidden), init_cache(batch,
+    length, mesh): the trainers' and the sampler's forward pass."""
+
+    MODEL_TYPE: str  # config.json's model_type
+    PRESETS: tuple  # built-in architectures by name (model.preset)
+    PARTITION_RULES: Any  # progress_jax.sharding.PartitionRules: parameter paths -> PartitionSpec
+    BATCH_AXIS: dict  # model input -> its batch axis after the micro-batch axis
+    PATCH_KEYS: tuple  # inputs split per batch shard with their rows' images
+    GENERATION_AXIS: dict  # generation input -> its batch axis
+
+    # The model: its architecture (a Hub directory's config.json, else a preset), a random model
+    # of it, the weights of a Hub checkpoint, and the Hub layout written back.
+    def architecture(self, path: str, preset: str) -> Any: ...
+    def build(self, config, seed: int, dtype, param_dtype) -> Any: ...
+    def load(self, path: str, dtype, compute_dtype, mesh=None) -> Any: ...
+    def save_pretrained(self, model, directory: str, max_shard_bytes: int, overwrite: bool) -> None: ...
+
+    # Training: host batches -> stacked micro-batches of model inputs; FLOPs for MFU.
+    def stack_micro(self, host_batches: list, config, shards: int = 1) -> dict: ...
+    def flops_per_token(self, config, seq_len: int, lora_on: bool) -> float: ...
+
+    # Host batches by row (GRPO rollouts, sampling batches).
+    def row_images(self, batch: dict, config) -> list: ...
+    def take_rows(self, batch: dict, rows, config) -> dict: ...
+    def vision_token_ids(self, config) -> Any: ...
+
+    # Generation (progress_jax/sampling.py).
+    def generation_inputs(self, prompts: dict, config, shards: int = 1, patch_bucket=None) -> dict: ...
+    def prompt_embeddings(self, model, inputs: dict) -> Any: ...
+    def decode_position_ids(self, inputs: dict, step) -> Any: ...
+
+
+MEMBERS = tuple(Family.__annotations__) + tuple(
+    n for n, v in vars(Family).items() if callable(v) and not n.startswith("_"))
+FUNCTIONS = MEMBERS[len(Family.__annotations__):]
+
+
+def check(family, model_type: str):
+    """`family` if it has every member of Family (functions callable), else a TypeError naming
+    what it lacks."""
+    missing = [n for n in MEMBERS if not hasattr(family, n)]
+    not_callable = [n for n in FUNCTIONS if hasattr(family, n) and not callable(getattr(family, n))]
+    if missing or not_callable:
+        raise TypeError(f"model family {model_type!r} is not a Family (progress_jax/models/families.py): "
+                        + "; ".join(([f"missing {', '.join(missing)}"] if missing else [])
+                                    + ([f"not callable: {', '.join(not_callable)}"] if not_callable else [])))
+    return family
+
 
 # model_type -> module path, imported on first use.
 FAMILIES: dict[str, object] = {"qwen2_5_vl": "progress_jax.models.qwen2_5_vl.family"}
 
 
 def register(model_type: str, family) -> None:
-    """Add a family (a module or any object with the family interface) for `model_type`."""
-    FAMILIES[model_type] = family
+    """Add a family (a module or any object with the members of Family) for `model_type`."""
+    FAMILIES[model_type] = check(family, model_type)
 
 
 def get(model_type: str):
@@ -32,7 +78,9 @@ def get(model_type: str):
         raise ValueError(f"no model family for model_type {model_type!r}; known: {sorted(FAMILIES)} "
                          f"(see progress_jax/models/families.py)")
     family = FAMILIES[model_type]
-    return importlib.import_module(family) if isinstance(family, str) else family
+    if isinstance(family, str):  # a built-in entry, checked once on first use
+        family = FAMILIES[model_type] = check(importlib.import_module(family), model_type)
+    return family
 
 
 def for_model(config):
@@ -63,3 +111,8 @@ def for_config(cfg):
         if cfg.model.preset in family.PRESETS:
             return family
     raise ValueError(f"config key model.preset: no model family has the preset {cfg.model.preset!r}")
+
+
+def preset_names() -> list[str]:
+    """Every family's presets (model.preset's choices)."""
+    return sorted(p for name in FAMILIES for p in get(name).PRESETS)

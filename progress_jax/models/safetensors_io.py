@@ -7,8 +7,10 @@ read and written through ml_dtypes, which the `safetensors` package's NumPy API 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 import struct
 
 import ml_dtypes
@@ -164,3 +166,33 @@ def save_checkpoint(tensors: dict[str, np.ndarray], directory: str, max_shard_by
     total = sum(t.nbytes for t in tensors.values())
     with atomic_output(os.path.join(directory, INDEX)) as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+
+
+# Hub weights (safetensors or PyTorch bins, with their indexes) and Orbax `params/`.
+_WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json",
+                    "params", "adapter_config.json")
+
+
+def weight_files(directory: str) -> list[str]:
+    """Names of the weight files (and Orbax params/) in `directory`."""
+    return sorted({os.path.basename(p) for pat in _WEIGHT_PATTERNS for p in glob.glob(os.path.join(directory, pat))})
+
+
+def refuse_existing_weights(directory: str, overwrite: bool) -> list[str]:
+    """FileExistsError naming them if `directory` already holds weights and not `overwrite`;
+    returns the weight files present."""
+    stale = weight_files(directory) if os.path.isdir(directory) else []
+    if stale and not overwrite:
+        raise FileExistsError(f"{directory} already holds weights ({', '.join(stale)}): write to another directory, "
+                              "or pass --overwrite (overwrite=True) to replace them")
+    return stale
+
+
+def clear_weights(directory: str, overwrite: bool) -> None:
+    """Refuse a directory that already holds weights, unless `overwrite`: then every one of them
+    goes first, so that no stale shard or index survives beside the new weights."""
+    stale = refuse_existing_weights(directory, overwrite)
+    os.makedirs(directory, exist_ok=True)
+    for name in stale:
+        path = os.path.join(directory, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)

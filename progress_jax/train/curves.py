@@ -1,4 +1,4 @@
-"""Training curves as PNG from a run's metrics.jsonl (written when the metrics writer closes).
+"""Training curves as PNG from a run's metrics.jsonl (drawn when the train loop ends).
 
 Panels: `loss` first, then one panel per metric family (the part before the last '/':
 `reward/*`, `probe/*`, `val/*` (validation, the macro average), `val/vision/*`, `val/text/*`,
@@ -7,6 +7,7 @@ NaN/Inf points (stored as strings) are left out of the lines.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from progress_jax.train.metrics_writer import read_metrics
 
+log = logging.getLogger(__name__)
 CURVES_FILE = "training_curves.png"
 
 
@@ -72,3 +74,17 @@ def plot_curves(log_dir: str, path: str | None = None) -> str | None:
         if len(names) > 1:
             ax.legend(fontsize="small")
     return _save(fig, path or os.path.join(log_dir, CURVES_FILE))
+
+
+def draw(log_dir: str) -> None:
+    """plot_curves at the end of a run, when it logged metrics. A figure must not fail a finished
+    run: the metrics themselves are on disk."""
+    if not os.path.isfile(os.path.join(log_dir, "metrics.jsonl")):
+        return
+    try:
+        path = plot_curves(log_dir)
+    except Exception:  # noqa: BLE001 - reported, the run goes on
+        log.exception("training curves of %s not drawn", log_dir)
+    else:
+        if path:
+            log.info("training curves: %s", path)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from progress_jax import chunked, handover, lora, runtime, sampling
+from progress_jax import chunked, distributed, handover, loading, lora, sampling
 from progress_jax.models import families
 from progress_jax.train import checkpoint, grpo_loss, inputs, loop, registry, rollouts, schedule, validation
 
@@ -193,16 +193,16 @@ class Trainer:
 def run(config) -> dict:
     """The GRPO job (configs/grpo.py:paper, or GRPO within the demo). Returns {"final_dir",
     "steps", "stopped"} (stopped: a SIGTERM ended it; rerunning resumes)."""
-    runtime.maybe_initialize_distributed()
+    distributed.maybe_initialize_distributed()
     g, t, d = config.grpo, config.train, config.data
     inp = inputs.check(config, "rl", rows="rollout rows")
     files, image_root, n_samples, val_files, mesh = inp.files, inp.image_root, inp.n_samples, inp.val_files, inp.mesh
-    tokenizer = runtime.load_tokenizer(config)
+    tokenizer = loading.load_tokenizer(config)
     validator = None
     if val_files:  # validation answers are logged with the run's reward
         validator = validation.Validator(config, tokenizer, *val_files, mesh=mesh,
                                          reward=registry.get_reward(g.reward))
-    model = runtime.load_policy(config, mesh, t.init_params)
+    model = loading.load_policy(config, mesh, t.init_params)
 
     from data_pipeline.pipeline import make_dataset
 
@@ -241,9 +241,12 @@ def run(config) -> dict:
 
     log.info("GRPO: %d steps of %d prompts x %d rollouts, workdir %s", steps, g.rollout_batch_size, g.n,
              config.workdir)
-    result = loop.run(step, trainer.state, lambda: next(it), it, steps, config.workdir, save_every=t.save_every,
-                      keep=t.keep, desc="grpo", show="reward/overall", hooks=hooks,
-                      run_config=checkpoint.run_config(config), wandb_project=config.logging.wandb_project)
+    # The learning rate of a step's first update (the schedule counts updates).
+    lr = schedule.make_schedule(t.schedule, t.lr, max(1, steps * trainer.updates_per_rollout), t.warmup_ratio)
+    opts = loop.Options(steps, config.workdir, t.save_every, t.keep, log_every=t.log_every, desc="grpo",
+                        show="reward/overall", hooks=hooks, lr_fn=lambda i: lr(i * trainer.updates_per_rollout),
+                        run_config=checkpoint.run_config(config), wandb_project=config.logging.wandb_project)
+    result = loop.run(step, trainer.state, lambda: next(it), it, opts)
     final_dir = os.path.join(config.workdir, "final")
     if not result.stopped:
         handover.save_trainable(final_dir, result.state["params"], handover.run_meta(config, steps))

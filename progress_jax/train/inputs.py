@@ -6,9 +6,9 @@ import dataclasses
 
 import jax
 
-from progress_jax import runtime, sharding
+from progress_jax import data_files, distributed, sharding
 from progress_jax.train import validation
-from progress_jax.validate import ConfigError
+from progress_jax.config_check import ConfigError
 
 
 @dataclasses.dataclass
@@ -25,11 +25,11 @@ def check(config, stage: str, rows: str = "rows") -> Inputs:
     """Read the training files of `stage` ("sft" | "rl"), check train.init_params, the validation
     files and the mesh against train.micro_batch_size (check_micro_batch)."""
     t = config.train
-    files, image_root, sim = runtime.train_data(config, stage)
-    n_samples = runtime.check_train_files(files, image_root)
-    runtime.check_init_params(t.init_params, "train.init_params")
+    files, image_root, sim = data_files.train_data(config, stage)
+    n_samples = data_files.check_train_files(files, image_root)
+    data_files.check_init_params(t.init_params, "train.init_params")
     val_files = validation.resolve_files(config, sim)
-    mesh = runtime.make_mesh(config)
+    mesh = distributed.make_mesh(config)
     check_micro_batch(t.micro_batch_size, mesh, rows)
     return Inputs(files, image_root, sim, n_samples, val_files, mesh)
 

@@ -8,7 +8,8 @@
 - Host batches -> global device arrays, sharded by the model family's batch axes.
 - `run`: the loop. A trainer is a step function plus its set-up; the loop owns Orbax checkpoints
   (with the data iterator's state), resume from the latest, a clean stop on SIGTERM, a stop on a
-  NaN/Inf loss, metrics (JSONL + TensorBoard), the progress bar and periodic hooks.
+  NaN/Inf loss, metrics (JSONL + TensorBoard), the training curves, the console line, the progress
+  bar and periodic hooks.
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from progress_jax import lora, runtime, sharding
-from progress_jax.train import checkpoint, guards, metrics_writer
+from progress_jax import console, lora, sharding
+from progress_jax.train import checkpoint, curves, guards, metrics_writer
 
 log = logging.getLogger(__name__)
 
@@ -182,30 +183,61 @@ def restore_or_keep(ckpt: checkpoint.Checkpointer, state, data_iter) -> tuple[di
     return restored, step
 
 
-def run(step_fn, state, next_batch, data_iter, total_steps: int, workdir: str, *, save_every: int, keep: int,
-        desc: str = "train", show: str = "loss", hooks=(), lr_fn=None, flops_per_token: float | None = None,
-        peak_flops: float | None = None, ckpt: checkpoint.Checkpointer | None = None,
-        run_config: dict | None = None, wandb_project: str = "") -> Result:
-    """Steps (resumed from the latest checkpoint in <workdir>/checkpoints) up to total_steps.
+@dataclass
+class Options:
+    """How `run` runs a trainer. total_steps: steps of the run; checkpoints in
+    <workdir>/checkpoints every save_every steps and at the end, the newest `keep` kept; metrics in
+    <workdir>/metrics.jsonl and TensorBoard (and W&B with wandb_project). show: the metric on the
+    bar and the console line ("loss", or GRPO's "reward/overall"), one line every log_every steps
+    and at the last (0: none). lr_fn(step - 1): the learning rate of a step; flops_per_token and
+    peak_flops: for MFU. run_config: the run's defining config (checkpoint.run_config), stored with
+    every checkpoint and compared at resume (a changed key is refused). ckpt: a Checkpointer to use
+    instead of the default one."""
+    total_steps: int
+    workdir: str
+    save_every: int
+    keep: int
+    log_every: int = 0
+    desc: str = "train"
+    show: str = "loss"
+    hooks: tuple = ()
+    lr_fn: Callable | None = None
+    flops_per_token: float | None = None
+    peak_flops: float | None = None
+    run_config: dict | None = None
+    wandb_project: str = ""
+    ckpt: checkpoint.Checkpointer | None = None
+
+
+def console_line(desc: str, step: int, total: int, out: dict, show: str) -> str:
+    """One short line of a step: the shown metric, the learning rate and the throughput."""
+    parts = [f"{desc} step {step}/{total}", f"{show.split('/')[0]} {out[show]:.4f}"]
+    if "lr" in out:
+        parts.append(f"lr {out['lr']:.2e}")
+    if "tokens_per_s" in out:
+        parts.append(f"tokens/s {out['tokens_per_s']:.0f}")
+    return "  ".join(parts)
+
+
+def run(step_fn, state, next_batch, data_iter, opts: Options) -> Result:
+    """Steps (resumed from the latest checkpoint in <workdir>/checkpoints) up to opts.total_steps.
 
     step_fn(state, batch, step) -> (state, metrics): one step; metrics hold "loss" and "grad_norm"
     (checked for NaN/Inf) and may hold "tokens", a host count that becomes tokens_per_s.
     next_batch() -> the next batch, drawn from data_iter, whose get_state() is saved with every
-    checkpoint. The next batch is prepared while the device works on the current one. Saves every
-    save_every steps and at the end; SIGTERM saves the step in progress and returns (stopped);
-    a NaN/Inf raises guards.NonFiniteLossError (the last good checkpoint stays). Metrics go to
-    <workdir>/metrics.jsonl and TensorBoard (process 0), and to W&B with wandb_project.
-    run_config: the run's defining config (checkpoint.run_config), stored with every checkpoint and
-    compared at resume (a changed key is refused)."""
+    checkpoint. The next batch is prepared while the device works on the current one. SIGTERM
+    saves the step in progress and returns (stopped); a NaN/Inf raises guards.NonFiniteLossError
+    (the last good checkpoint stays). Metrics are written by process 0 only."""
+    total_steps, workdir, hooks, show = opts.total_steps, opts.workdir, opts.hooks, opts.show
     main = jax.process_index() == 0
-    ckpt = ckpt or checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every, keep,
-                                           run_config=run_config)
+    ckpt = opts.ckpt or checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), opts.save_every, opts.keep,
+                                                run_config=opts.run_config)
     state, start = restore_or_keep(ckpt, state, data_iter)
     step = start
     last_saved = ckpt.latest_step()
     try:
         with guards.StopRequest() as stop, metrics_writer.MetricsWriter(
-                workdir, enabled=main, wandb_project=wandb_project, wandb_config=run_config) as writer:
+                workdir, enabled=main, wandb_project=opts.wandb_project, wandb_config=opts.run_config) as writer:
             if start == 0:
                 first = {}
                 for h in hooks:
@@ -213,7 +245,7 @@ def run(step_fn, state, next_batch, data_iter, total_steps: int, workdir: str, *
                         first.update(h.fn(0, state))
                 if first:
                     writer.write(0, first)
-            bar = runtime.progress_bar(total_steps, start, desc=desc, enabled=main)
+            bar = console.progress_bar(total_steps, start, desc=opts.desc, enabled=main)
             batch = next_batch() if step < total_steps else None
             while step < total_steps:
                 t0 = time.perf_counter()
@@ -229,16 +261,18 @@ def run(step_fn, state, next_batch, data_iter, total_steps: int, workdir: str, *
                 if "tokens" in metrics:
                     out["tokens_per_s"] = float(metrics["tokens"]) / dt
                 out.setdefault("step_time_s", dt)
-                if lr_fn is not None:
-                    out["lr"] = float(lr_fn(step - 1))
-                if flops_per_token and peak_flops and "tokens_per_s" in out:
-                    out["mfu"] = metrics_writer.mfu(out["tokens_per_s"], flops_per_token, peak_flops)
+                if opts.lr_fn is not None:
+                    out["lr"] = float(opts.lr_fn(step - 1))
+                if opts.flops_per_token and opts.peak_flops and "tokens_per_s" in out:
+                    out["mfu"] = metrics_writer.mfu(out["tokens_per_s"], opts.flops_per_token, opts.peak_flops)
                 for h in hooks:
                     if h.due(step, total_steps):
                         out.update(h.fn(step, state))
                 writer.write(step, out)
                 bar.update(1)
                 bar.set_postfix({show: f"{out[show]:.4f}"})
+                if main and opts.log_every and (step % opts.log_every == 0 or step == total_steps):
+                    log.info("%s", console_line(opts.desc, step, total_steps, out, show))
                 if ckpt.save(step, state, data_state, {"step": step}, force=step == total_steps or stop.requested):
                     last_saved = step
                 if stop.requested:
@@ -249,4 +283,6 @@ def run(step_fn, state, next_batch, data_iter, total_steps: int, workdir: str, *
     finally:  # pending saves finish even when a NaN stops the run
         ckpt.wait()
         ckpt.close()
+        if main:
+            curves.draw(workdir)
     return Result(state, step, start, stop.requested and step < total_steps)

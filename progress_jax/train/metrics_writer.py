@@ -1,23 +1,12 @@
 """Train metrics: JSONL (one flushed line per step) and TensorBoard, and MFU.
 
 metrics.jsonl and TensorBoard are the record of a run. Optionally the same scalars also go to
-Weights & Biases (config key logging.wandb_project; the `wandb` package is imported only then),
-and closing the writer draws the training curves to `<log_dir>/training_curves.png` (train.curves).
+Weights & Biases (config key logging.wandb_project; the `wandb` package is imported only then).
 
-FLOP counting (PaLM appendix B convention, as MaxText reports it), per trained token:
-  forward  = 2 * N  +  2 * 2 * L * n_layers * d_attn
-      N: parameters used in matmuls per token (every linear layer, including the output
-         projection, tied or not; not the embedding lookup), so 2 * N multiply-adds;
-      2 * 2 * L * n_layers * d_attn: QK^T and attention-times-V, each 2 * L * d_attn per token
-         per layer, L the sequence length, d_attn = n_heads * head_dim; no causal halving;
-  backward = 2 * forward (activation and weight gradients), so training = 3 * forward =
-             6 * N + 12 * L * n_layers * d_attn.
-With LoRA the base weights' weight-gradient matmuls are skipped: pass backward_factor=1.0 to
-count only the work done (the default 2.0 is the conventional full-training count).
+MFU: achieved FLOP/s (progress_jax/models/flops.py's count) over the devices' peak.
 """
 from __future__ import annotations
 
-import logging
 import math
 import os
 
@@ -25,15 +14,7 @@ from tensorboardX import SummaryWriter
 
 from data_pipeline.jsonl import JsonlAppender, read_appended
 
-log = logging.getLogger(__name__)
 WANDB_ID_FILE = "wandb_run_id.txt"
-
-
-def train_flops_per_token(n_matmul_params: int, n_layers: int, seq_len: int, attn_dim: int,
-                          backward_factor: float = 2.0) -> float:
-    """Training FLOPs per token, as documented at the top of this module."""
-    forward = 2.0 * n_matmul_params + 2.0 * 2.0 * seq_len * n_layers * attn_dim
-    return forward * (1.0 + backward_factor)
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float:
@@ -56,13 +37,12 @@ class MetricsWriter:
 
     wandb_project: also log to this Weights & Biases project (a resumed run continues the same
     W&B run: its id is kept in `<log_dir>/wandb_run_id.txt`); wandb_config: the run config shown
-    there. curves: on close, plot metrics.jsonl to `<log_dir>/training_curves.png`."""
+    there."""
 
     def __init__(self, log_dir: str, enabled: bool = True, tensorboard: bool = True, wandb_project: str = "",
-                 wandb_config: dict | None = None, curves: bool = True):
+                 wandb_config: dict | None = None):
         self.enabled = enabled
         self.log_dir = log_dir
-        self._curves = curves
         self._jsonl = self._tb = self._wandb = None
         if enabled:
             os.makedirs(log_dir, exist_ok=True)
@@ -97,7 +77,6 @@ class MetricsWriter:
             self._wandb.log({**scalars, **texts}, step=int(step))
 
     def close(self) -> None:
-        opened = self._jsonl is not None
         if self._jsonl is not None:
             self._jsonl.close()
         if self._tb is not None:
@@ -105,16 +84,6 @@ class MetricsWriter:
         if self._wandb is not None:
             self._wandb.finish()
         self._jsonl = self._tb = self._wandb = None
-        if opened and self._curves and os.path.isfile(os.path.join(self.log_dir, "metrics.jsonl")):
-            from progress_jax.train import curves
-
-            try:  # a figure must not fail a finished run; the metrics themselves are on disk
-                path = curves.plot_curves(self.log_dir)
-            except Exception:
-                log.exception("training curves of %s not drawn", self.log_dir)
-            else:
-                if path:
-                    log.info("training curves: %s", path)
 
     def __enter__(self):
         return self

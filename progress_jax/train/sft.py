@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from progress_jax import chunked, handover, lora, runtime, sampling, sharding
-from progress_jax.models import families, qwen2_5_vl
-from progress_jax.train import checkpoint, guards, inputs, loop, schedule, validation
+from progress_jax import chunked, distributed, export, handover, loading, sampling, sharding
+from progress_jax.models import families
+from progress_jax.train import checkpoint, guards, inputs, loop, metrics_writer, schedule, validation
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _peak_flops(t) -> float | None:
 def run(config) -> dict:
     """The SFT job (configs/sft.py). Returns {"final_dir", "steps", "stopped"} (stopped: a
     SIGTERM ended it; rerunning resumes)."""
-    runtime.maybe_initialize_distributed()
+    distributed.maybe_initialize_distributed()
     t = config.train
     inp = inputs.check(config, "sft")
     files, image_root, sim, n_samples, val_files, mesh = (inp.files, inp.image_root, inp.sim, inp.n_samples,
@@ -99,9 +99,9 @@ def run(config) -> dict:
     steps = t.steps or max(1, math.floor(t.epochs * n_samples / t.batch_size))
 
     family = families.for_config(config)
-    tokenizer = runtime.load_tokenizer(config)
+    tokenizer = loading.load_tokenizer(config)
     validator = validation.Validator(config, tokenizer, *val_files, mesh=mesh) if val_files else None
-    model = runtime.load_policy(config, mesh, t.init_params)
+    model = loading.load_policy(config, mesh, t.init_params)
     shards = sharding.batch_shards(mesh)  # each device encodes its own rows' images
     it = iter(_dataset(config, files, image_root, tokenizer, batch_shards=shards))
     tx = schedule.make_optimizer(t.lr, t.weight_decay, t.warmup_ratio, steps, t.clip_norm or None, schedule=t.schedule)
@@ -133,20 +133,21 @@ def run(config) -> dict:
     # SIGTERM between or after the steps also ends the job cleanly: the loop's own handler covers
     # the steps; this one lets the final save finish and skips the optional samples and export.
     with guards.StopRequest() as stop:
-        result = loop.run(step, setup.state, next_batch, it, steps, config.workdir, save_every=t.save_every,
-                          keep=t.keep, desc="sft", lr_fn=schedule.make_schedule(t.schedule, t.lr, steps, t.warmup_ratio),
-                          flops_per_token=family.flops_per_token(model.config, seq_len, config.lora.rank > 0),
-                          peak_flops=_peak_flops(t), hooks=hooks, run_config=checkpoint.run_config(config),
-                          wandb_project=config.logging.wandb_project)
+        opts = loop.Options(steps, config.workdir, t.save_every, t.keep, log_every=t.log_every, desc="sft",
+                            hooks=hooks, lr_fn=schedule.make_schedule(t.schedule, t.lr, steps, t.warmup_ratio),
+                            flops_per_token=family.flops_per_token(model.config, seq_len, config.lora.rank > 0),
+                            peak_flops=_peak_flops(t), run_config=checkpoint.run_config(config),
+                            wandb_project=config.logging.wandb_project)
+        result = loop.run(step, setup.state, next_batch, it, opts)
         final_dir = os.path.join(config.workdir, "final")
         if not result.stopped:
             handover.save_trainable(final_dir, result.state["params"], handover.run_meta(config, steps))
             log.info("trained parameters written to %s", final_dir)
             trained = parts.model(result.state["params"])
             if t.demo_samples and sim is not None and not stop.requested:
-                show_samples(trained, tokenizer, config, sim, t.demo_samples)
+                show_samples(trained, tokenizer, config, sim, t.demo_samples, result.step)
             if t.export_merged and not stop.requested:
-                qwen2_5_vl.save_pretrained(lora.merge(trained), os.path.join(config.workdir, "merged"), overwrite=True)
+                export.write_hf(trained, os.path.join(config.workdir, "merged"), config.model.path, overwrite=True)
     return {"final_dir": final_dir, "steps": result.step, "stopped": result.stopped or stop.requested}
 
 
@@ -162,9 +163,14 @@ def _dataset(config, files, image_root, tokenizer, **over):
 
 # ---- after training: greedy answers on a few held-out prompts ---------------------------------
 
-def show_samples(model, tokenizer, config, sim: dict, count: int) -> list[str]:
-    """Print greedy answers (sampling.generate at temperature 0) to `count` sim benchmark prompts
-    (unseen in training) and their format check."""
+SAMPLES_FILE = "samples.jsonl"
+
+
+def show_samples(model, tokenizer, config, sim: dict, count: int, step: int) -> list[str]:
+    """Greedy answers (sampling.generate at temperature 0) to `count` sim benchmark prompts
+    (unseen in training) with their format check, written to <workdir>/samples.jsonl and
+    TensorBoard's text tab at `step`; the console gets one line."""
+    from data_pipeline.jsonl import write_jsonl
     from data_pipeline.parsing import strict_format_ok
 
     data = _dataset(config, [sim["visual_same_view"]], sim["bench_images"], tokenizer, with_answers=False,
@@ -172,9 +178,15 @@ def show_samples(model, tokenizer, config, sim: dict, count: int) -> list[str]:
     batch = next(iter(data))
     params = sampling.SamplingParams(max_new_tokens=config.train.demo_max_new_tokens, temperature=0.0)
     gen = sampling.generate(model, batch, params, jax.random.key(0), tokenizer=tokenizer)
-    answers = [text for key, text in zip(batch["keys"], gen.texts) if key is not None]
-    for key, text in zip(batch["keys"], answers):
-        print(f"--- {key}\n{text}\nstrict four-block format: {strict_format_ok(text)}", flush=True)
-    ok = sum(strict_format_ok(a) for a in answers)
-    print(f"well-formed answers: {ok}/{len(answers)}", flush=True)
-    return answers
+    rows = [{"step": step, "key": list(key), "response": text, "strict_format": strict_format_ok(text)}
+            for key, text in zip(batch["keys"], gen.texts) if key is not None]
+    if jax.process_index() == 0:
+        path = os.path.join(config.workdir, SAMPLES_FILE)
+        write_jsonl(path, rows)
+        with metrics_writer.MetricsWriter(config.workdir) as writer:
+            writer.write(step, {"samples": metrics_writer.Text("\n\n".join(
+                f"**{' / '.join(map(str, r['key']))}** (strict format: {r['strict_format']})\n\n{r['response']}"
+                for r in rows))})
+        log.info("greedy answers to %d held-out prompts: %d of them in the strict four-block format (%s)",
+                 len(rows), sum(r["strict_format"] for r in rows), path)
+    return [r["response"] for r in rows]

@@ -5,10 +5,10 @@
     logits = model(input_ids, attention_mask=..., pixel_values=..., image_grid_thw=...)
 """
 
-from flax import nnx
 import jax.numpy as jnp
 
 from .config import Qwen25VLConfig, TextConfig, VisionConfig, preset, qwen2_5_vl_3b, qwen2_5_vl_7b, tiny
+from . import family
 from .model import Qwen25VL
 from .positions import get_rope_index, model_inputs, vision_inputs
 from .weights import from_pretrained, load_orbax, save_orbax, save_pretrained, to_hf_tensors
@@ -16,7 +16,7 @@ from .weights import from_pretrained, load_orbax, save_orbax, save_pretrained, t
 
 def init(config: Qwen25VLConfig, seed: int = 0, dtype=jnp.float32, param_dtype=jnp.float32) -> Qwen25VL:
     """A randomly initialised model (tests, benchmarks, the built-in tiny default)."""
-    return Qwen25VL(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))
+    return family.build(config, seed, dtype, param_dtype)
 
 
 __all__ = [

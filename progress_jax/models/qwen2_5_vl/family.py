@@ -1,7 +1,8 @@
 """Qwen2.5-VL as a model family: everything the jobs need to know about this model beyond its
 forward pass, behind the interface of progress_jax.models.families (one module per family).
 
-- load / init / PRESETS: the model from a Hub checkpoint or a built-in preset;
+- architecture / build / load / save_pretrained / PRESETS: the model from a Hub checkpoint or a
+  built-in preset, and back to the Hub layout;
 - BATCH_AXIS, PATCH_KEYS, stack_micro: host batches -> model inputs (M-RoPE position ids, image
   patches and vision window/attention indices per batch shard) and how they shard;
 - row_images, take_rows, vision_token_ids: which images belong to which prompt row (GRPO
@@ -17,8 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax import nnx
+
+from progress_jax.models.flops import train_flops_per_token
 from progress_jax.models.qwen2_5_vl import config as config_module
-from progress_jax.models.qwen2_5_vl import positions
+from progress_jax.models.qwen2_5_vl import positions, weights
+from progress_jax.models.qwen2_5_vl.model import Qwen25VL
 from progress_jax.models.qwen2_5_vl.partition import PARTITION_RULES  # noqa: F401 (the family's partition rules)
 
 MODEL_TYPE = config_module.Qwen25VLConfig.model_type  # config.json's model_type
@@ -30,16 +35,22 @@ BATCH_AXIS = {"input_ids": 1, "attention_mask": 1, "position_ids": 2, "pixel_val
 PATCH_KEYS = ("pixel_values", "window_index", "reverse_index", "rope_hw", "window_groups", "image_groups")
 
 
+def architecture(path: str, preset: str) -> config_module.Qwen25VLConfig:
+    """`path`'s config.json (nothing else is read), else the preset."""
+    return config_module.Qwen25VLConfig.from_json(path) if path else config_module.preset(preset)
+
+
+def build(config, seed: int, dtype, param_dtype):
+    """A randomly initialised model of `config`."""
+    return Qwen25VL(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))
+
+
 def load(path: str, dtype, compute_dtype, mesh=None):
-    from progress_jax.models.qwen2_5_vl.weights import from_pretrained
-
-    return from_pretrained(path, dtype=dtype, compute_dtype=compute_dtype, mesh=mesh)
+    return weights.from_pretrained(path, dtype=dtype, compute_dtype=compute_dtype, mesh=mesh)
 
 
-def init(preset: str, seed: int, dtype, param_dtype):
-    from progress_jax.models import qwen2_5_vl
-
-    return qwen2_5_vl.init(config_module.preset(preset), seed=seed, dtype=dtype, param_dtype=param_dtype)
+def save_pretrained(model, directory: str, max_shard_bytes: int = 5 * 2**30, overwrite: bool = False) -> None:
+    weights.save_pretrained(model, directory, max_shard_bytes=max_shard_bytes, overwrite=overwrite)
 
 
 def stack_micro(host_batches: list[dict], config, shards: int = 1) -> dict:
@@ -131,10 +142,8 @@ def vision_token_ids(config) -> np.ndarray:
 
 
 def flops_per_token(config, seq_len: int, lora_on: bool) -> float:
-    """metrics_writer.train_flops_per_token for the language model (vision tower not counted):
+    """models.flops.train_flops_per_token for the language model (vision tower not counted):
     N = every decoder linear layer + the output projection; LoRA skips base weight gradients."""
-    from progress_jax.train.metrics_writer import train_flops_per_token
-
     t = config.text
     attn = t.hidden_size * t.head_dim * (t.num_attention_heads * 2 + t.num_key_value_heads * 2)
     mlp = 3 * t.hidden_size * t.intermediate_size

@@ -37,7 +37,7 @@ class Attention(nnx.Module):
         self.v_proj = Linear(d, kv * h, bias=True, **kw)
         self.o_proj = Linear(cfg.num_attention_heads * h, d, bias=False, **kw)
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, kv, h
-        self.attention_chunk = 0  # query block size (model.attention_chunk, runtime.set_attention_chunk)
+        self.attention_chunk = 0  # query block size (model.attention_chunk, loading.set_attention_chunk)
 
     def __call__(self, x, cos, sin, mask, cache=None, cache_index=None, dropout_rng=None, layer=0):
         """cache: the stacked cache {"k", "v": [layers, B, S, K, H]}; this layer writes its keys and

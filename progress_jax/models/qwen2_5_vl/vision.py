@@ -16,7 +16,7 @@ class VisionAttention(nnx.Module):
         self.qkv = Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=True, **kw)
         self.proj = Linear(cfg.hidden_size, cfg.hidden_size, bias=True, **kw)
         self.num_heads = cfg.num_heads
-        # Query block size (model.attention_chunk, runtime.set_attention_chunk): a full-attention
+        # Query block size (model.attention_chunk, loading.set_attention_chunk): a full-attention
         # block over a 16384-patch image would hold [16, 16384, 16384] float32 scores (16 GiB).
         self.attention_chunk = 0
 

@@ -8,11 +8,9 @@ PyTorch Linear weights are [out, in]; ours are [in, out]. The Conv3d patch embed
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -201,36 +199,6 @@ def to_hf_tensors(model: Qwen25VL, dtype=None) -> dict[str, np.ndarray]:
     return out
 
 
-# Hub weights (safetensors or PyTorch bins, with their indexes) and Orbax `params/`.
-_WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json",
-                    "params", "adapter_config.json")
-
-
-def weight_files(directory: str) -> list[str]:
-    """Names of the weight files (and Orbax params/) in `directory`."""
-    return sorted({os.path.basename(p) for pat in _WEIGHT_PATTERNS for p in glob.glob(os.path.join(directory, pat))})
-
-
-def refuse_existing_weights(directory: str, overwrite: bool) -> list[str]:
-    """FileExistsError naming them if `directory` already holds weights and not `overwrite`;
-    returns the weight files present."""
-    stale = weight_files(directory) if os.path.isdir(directory) else []
-    if stale and not overwrite:
-        raise FileExistsError(f"{directory} already holds weights ({', '.join(stale)}): write to another directory, "
-                              "or pass --overwrite (overwrite=True) to replace them")
-    return stale
-
-
-def clear_weights(directory: str, overwrite: bool) -> None:
-    """Refuse a directory that already holds weights, unless `overwrite`: then every one of them
-    goes first, so that no stale shard or index survives beside the new weights."""
-    stale = refuse_existing_weights(directory, overwrite)
-    os.makedirs(directory, exist_ok=True)
-    for name in stale:
-        path = os.path.join(directory, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-
-
 def _write_config(cfg: dict, directory: str) -> None:
     with atomic_output(os.path.join(directory, "config.json")) as f:
         json.dump(cfg, f, indent=2)
@@ -241,7 +209,7 @@ def save_pretrained(model: Qwen25VL, directory: str, dtype=None, max_shard_bytes
     """Write config.json + Hub-layout safetensors that transformers loads. A directory that
     already holds weights is refused unless `overwrite` (which removes them all first)."""
     tensors = to_hf_tensors(model, dtype)
-    clear_weights(directory, overwrite)
+    safetensors_io.clear_weights(directory, overwrite)
     safetensors_io.save_checkpoint(tensors, directory, max_shard_bytes)
     cfg = model.config.to_hf_dict()
     cfg["torch_dtype"] = next(iter(tensors.values())).dtype.name
@@ -254,7 +222,7 @@ def save_orbax(model: Qwen25VL, directory: str, overwrite: bool = False) -> None
     import orbax.checkpoint as ocp
 
     directory = os.path.abspath(directory)
-    clear_weights(directory, overwrite)
+    safetensors_io.clear_weights(directory, overwrite)
     state = nnx.state(model, nnx.Param)
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(os.path.join(directory, "params"), state)

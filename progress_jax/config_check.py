@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from data_pipeline.parsing import MODES
+from progress_jax.models import families
 
 JOBS = ("sft", "grpo", "eval", "demo")
 DTYPES = ("float32", "bfloat16")
@@ -136,6 +137,7 @@ RULES = {
     "train.weight_decay": number(0),
     "train.clip_norm": number(0),
     "train.loss_chunk": integer(0),
+    "train.log_every": integer(0),
     "train.save_every": integer(1),
     "train.keep": integer(1),
     "train.init_params": text,
@@ -183,7 +185,7 @@ def _fail(key, problem, value):
     raise ConfigError(f"config key {key} {problem}, got {value!r}")
 
 
-def validate(config, prefix: str = "", runnable: bool = True) -> None:
+def check(config, prefix: str = "", runnable: bool = True) -> None:
     """Check every key of `config` (a job config, references resolved or not). runnable=False (--print_config)
     leaves out what only a run needs (a model.path for the paper recipes)."""
     values = {}
@@ -200,10 +202,9 @@ def validate(config, prefix: str = "", runnable: bool = True) -> None:
         raise ConfigError(f"config key {prefix}model.path is empty and {prefix}model.preset is \"\": this recipe "
                           f"needs a Qwen2.5-VL checkpoint, --config.{prefix}model.path=DIR")
     if not get("model.path") and get("model.preset"):
-        from progress_jax.models.qwen2_5_vl.config import PRESETS
-
-        if get("model.preset") not in PRESETS:
-            _fail(prefix + "model.preset", f"must be one of {sorted(PRESETS)} (or set model.path)", get("model.preset"))
+        if get("model.preset") not in families.preset_names():
+            _fail(prefix + "model.preset", f"must be one of {families.preset_names()} (or set model.path)",
+                  get("model.preset"))
     if get("data.max_pixels") < get("data.min_pixels"):
         _fail(prefix + "data.max_pixels", f"must be >= data.min_pixels ({get('data.min_pixels')})", get("data.max_pixels"))
     if get("lora.rank") and get("model.freeze_vision") is False:
@@ -236,4 +237,4 @@ def validate(config, prefix: str = "", runnable: bool = True) -> None:
         if get("sampling.temperature") <= 0:
             _fail(prefix + "sampling.temperature", "must be > 0 for GRPO rollouts", get("sampling.temperature"))
     if job == "demo":
-        validate(config.demo.sft, prefix + "demo.sft.", runnable)
+        check(config.demo.sft, prefix + "demo.sft.", runnable)
