@@ -20,7 +20,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from progress_jax import validate
+from progress_jax import errors, validate
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A job config, configs/X.py[:demo|:paper]; override keys with --config.a.b=value; "
@@ -43,11 +43,12 @@ assert set(JOBS) == set(validate.JOBS)
 
 
 def run(config) -> dict | None:
-    from progress_jax import runtime
+    from progress_jax import run_lock, runtime
 
     runtime.maybe_initialize_distributed()  # before anything asks JAX for its process count
     validate.validate(config)
-    return importlib.import_module(JOBS[config.job]).run(config)
+    with run_lock.hold(run_lock.job_directory(config)):  # one job per run directory
+        return importlib.import_module(JOBS[config.job]).run(config)
 
 
 def resolved(config) -> dict:
@@ -130,7 +131,7 @@ def _main(argv) -> None:
     if _DRY.value:
         dry(config, _JSON.value)
         return
-    run(config)
+    errors.one_line(run, config)
 
 
 def dry(config, as_json: bool = False) -> list[dict]:

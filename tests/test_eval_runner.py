@@ -200,7 +200,9 @@ def test_unwritable_out_dir_leaks_nothing(no_model, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     c.eval.out_dir = str(blocker / "out")
-    with pytest.raises(OSError):
+    from progress_jax.errors import UserError
+
+    with pytest.raises(UserError, match=f"cannot create the run directory {blocker / 'out'}: Not a directory"):
         main.run(c)
     assert os.listdir(tmp) == []
 

@@ -17,6 +17,7 @@ from data_pipeline.parsing import MODES
 from data_pipeline.pipeline import make_dataset
 from data_pipeline.records import check_images
 from progress_jax import handover, runtime, sampling
+from progress_jax.errors import UserError
 from progress_jax.eval.predictions import (done_keys, load_bench, pending_records, prediction_line, PredictionWriter,
                                            read_predictions, score, write_results)
 from progress_jax.runtime import progress_bar
@@ -136,7 +137,7 @@ def run(config) -> None:
     mesh = runtime.make_mesh(config)
     model = load_trained(config, mesh, trained, meta) if trained else runtime.load_model(config, mesh)
     tokenizer = runtime.load_tokenizer(config)
-    out_dir = config.eval.out_dir or os.path.join(config.workdir, config.data.mode)
+    out_dir = output_dir(config)
     if config.eval.run_name:
         name = config.eval.run_name
     elif trained:  # runs/grpo/final -> grpo
@@ -144,6 +145,13 @@ def run(config) -> None:
     else:
         name = os.path.basename(os.path.normpath(config.model.path)) if config.model.path else "tiny-random"
     evaluate(model, tokenizer, files, image_root, out_dir, config, mesh=mesh, run_name=name)
+
+
+def output_dir(config) -> str:
+    """eval.out_dir, else <workdir>/<data.mode>."""
+    if not config.eval.out_dir and not config.workdir:
+        raise UserError("config keys eval.out_dir and workdir are both empty: name the directory the job writes in")
+    return config.eval.out_dir or os.path.join(config.workdir, config.data.mode)
 
 
 def load_trained(config, mesh, directory: str, meta: dict | None = None):
