@@ -153,3 +153,47 @@ def test_random_corruption(tmp_path, kind):
             raise
         except Exception as e:  # noqa: BLE001 - the point of the test
             pytest.fail(f"mutation {n} of {kind} ({data[:300]!r}...): {type(e).__name__}: {e}")
+
+
+N_CHECKPOINT_MUTATIONS = 30
+
+
+def test_random_checkpoint_damage(tmp_path):
+    """Seeded random damage (bytes flipped, a file cut short or emptied) to any file of the newest
+    checkpoint: the restore gives that step bit-exactly, or names the damage and gives the previous
+    step bit-exactly; never other numbers or another data position, never another exception."""
+    import shutil
+
+    from progress_jax.train.checkpoint import Checkpointer, abstract_like
+    from tests.test_checkpoint import assert_bit_equal, big_state
+
+    states = {2: big_state(0), 4: big_state(1)}
+    base = tmp_path / "base"
+    with Checkpointer(str(base), save_every=1, keep=5, async_save=False) as ckpt:
+        for step, state in states.items():
+            ckpt.save(step, state, f"data {step}".encode())
+    rng = random.Random("mutation-checkpoint")
+    for n in range(N_CHECKPOINT_MUTATIONS):
+        run = tmp_path / f"run{n}"
+        shutil.copytree(base, run)
+        victim = rng.choice(sorted(p for p in (run / "4").rglob("*") if p.is_file()))
+        data = bytearray(victim.read_bytes())
+        kind = rng.choice(["flip", "flip", "flip", "truncate", "empty"])
+        if kind == "flip" and data:
+            at = rng.randrange(len(data))
+            for i in range(at, min(at + rng.randint(1, 64), len(data))):
+                data[i] ^= rng.randint(1, 255)
+        elif kind == "truncate":
+            data = data[:rng.randrange(len(data) + 1)]
+        else:
+            data = bytearray()
+        victim.write_bytes(bytes(data))
+        what = f"mutation {n}: {kind} {victim.relative_to(run)}"
+        try:
+            with Checkpointer(str(run), save_every=1, keep=5) as ckpt:
+                step, state, data_state, _ = ckpt.restore_latest(abstract_like(states[2]))
+        except Exception as e:  # noqa: BLE001 - the point of the test
+            pytest.fail(f"{what}: {type(e).__name__}: {e}")
+        assert step in states, what
+        assert data_state == f"data {step}".encode(), what
+        assert_bit_equal(state, states[step])
