@@ -165,6 +165,7 @@ RULES = {
     "eval.out_dir": text,
     "eval.run_name": text,
     "eval.trained": text,
+    "eval.overwrite": boolean,
     "demo.warm_start": boolean,
     "demo.evaluate": boolean,
 }

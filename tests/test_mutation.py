@@ -197,3 +197,40 @@ def test_random_checkpoint_damage(tmp_path):
         assert step in states, what
         assert data_state == f"data {step}".encode(), what
         assert_bit_equal(state, states[step])
+
+
+def test_random_corruption_of_prediction_provenance(tmp_path):
+    """Seeded random corruption of a predictions file whose lines record what made them: a resume
+    by the same model and settings either accepts it, every line then carrying its made_by, or is
+    refused with the one-line PredictionsMismatch (or the file's PredictionError); never another
+    exception, never a resume over lines of another or unknown origin."""
+    from configs import eval as eval_config
+    from progress_jax.eval import provenance
+
+    config = eval_config.get_config().copy_and_resolve_references()
+    description = provenance.describe(config, {"model": provenance.model_identity(config), "trained": None})
+    made_by = provenance.digest(description)
+    lines = [dict(PRED, made_by=made_by), dict(PRED_TEXT, made_by=made_by), dict(PRED, stage="o2.jpg", made_by=made_by)]
+    rng = random.Random("mutation-provenance")
+    outcomes = set()
+    for n in range(N_MUTATIONS):
+        data = mutate(rng, lines)
+        path = tmp_path / f"predictions_{n}.jsonl"
+        path.write_bytes(data)
+        try:
+            objs = [obj for _, obj in read_predictions(path).lines]
+            provenance.check_resume(str(tmp_path), objs, description, overwrite=False)
+        except PredictionError as e:
+            check_error(e, path, data)
+            outcomes.add("bad line")
+            continue
+        except provenance.PredictionsMismatch as e:
+            assert any(obj.get("made_by") != made_by for obj in objs), (n, data)
+            assert "--config.eval.overwrite" in str(e)
+            outcomes.add("refused")
+            continue
+        except Exception as e:  # noqa: BLE001 - the point of the test
+            pytest.fail(f"mutation {n} ({data[:300]!r}...): {type(e).__name__}: {e}")
+        assert all(obj["made_by"] == made_by for obj in objs), (n, data)
+        outcomes.add("resumed")
+    assert outcomes == {"bad line", "refused", "resumed"}

@@ -3,6 +3,8 @@ API model...) or a result file of the official ProgressLM harnesses (nested meta
 
 python tools/score_predictions.py --bench DIR_OR_FILES... --pred FILE --out DIR [--mode think|direct]
 Writes metrics.json, table1/table2 (.md, .csv) and figures to DIR; prints the coverage report and tables.
+The coverage (samples matched, missing a prediction; predictions matching none) is in metrics.json
+("coverage") and table1; predictions that match no sample at all are refused.
 Layouts and matching rules: docs/formats.md.
 """
 from __future__ import annotations
@@ -40,6 +42,11 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     result = score(bench, (obj for _, obj in pred_file.lines), mode=args.mode)
+    if result.report.matched == 0:
+        n = len(pred_file.lines) + len(pred_file.unmatched)
+        print(f"error: {args.pred}: none of its {n} prediction(s) matches one of the {result.report.n_bench} samples "
+              f"of {' '.join(args.bench)} (another benchmark's predictions?); nothing written", file=sys.stderr)
+        return 2
     if pred_file.truncated_line is not None:
         print(f"{args.pred}:{pred_file.truncated_line}: truncated last line ignored")
     if pred_file.format == "results":

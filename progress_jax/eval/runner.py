@@ -18,6 +18,7 @@ from data_pipeline.pipeline import make_dataset
 from data_pipeline.records import check_images
 from progress_jax import handover, runtime, sampling
 from progress_jax.errors import UserError
+from progress_jax.eval import provenance
 from progress_jax.eval.predictions import (done_keys, load_bench, pending_records, prediction_line, PredictionWriter,
                                            read_predictions, score, write_results)
 from progress_jax.runtime import progress_bar
@@ -56,10 +57,13 @@ def find_bench(files, bench_dir: str, image_root: str, root_key: str = "data.ima
 
 
 def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, mesh=None,
-             run_name: str = "model", verbose: bool = True, bench: dict | None = None) -> dict:
+             run_name: str = "model", verbose: bool = True, bench: dict | None = None,
+             weights: dict | None = None) -> dict:
     """Predict the samples of `files` not yet in <out_dir>/predictions.jsonl, then score all of them.
     bench: the records to evaluate by file stem, instead of all of `files` (load_bench(files), or a
-    subset of it: validation during training).
+    subset of it: validation during training). weights: the model's identity for the predictions'
+    provenance (eval/provenance.py; default: an in-memory model named `run_name`); predictions of
+    another provenance in the file are refused, or replaced with config eval.overwrite.
 
     config: an eval-style config (resolved: no None fields): data.mode, data buckets/pixels,
     data.worker_count, sampling.*, seed. Writes predictions.jsonl, metrics.json, table1/2 and the
@@ -72,12 +76,19 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
     pred_path = os.path.join(out_dir, "predictions.jsonl")
     if bench is None:
         bench = load_bench(files)  # refuses empty benchmark files before anything is written
+    description = provenance.describe(config, weights or {"in_memory": run_name})
+    lines = [obj for _, obj in read_predictions(pred_path).lines] if os.path.exists(pred_path) else []
+    resume = provenance.check_resume(out_dir, lines, description, bool((config.get("eval") or {}).get("overwrite")))
     # The samples still to predict, fed to the pipeline as records (no copy of the file): every error
     # names the user's file and line. Their images are checked here, before any generation.
-    todo = pending_records(bench, done_keys(pred_path))  # by file stem, in file order
+    todo = pending_records(bench, done_keys(pred_path) if resume else set())  # by file stem, in file order
     for records in todo.values():
         for record in records:
             check_images(record, image_root)
+    if main:
+        if not resume:
+            os.remove(pred_path)
+        provenance.write(out_dir, description)
     total = sum(map(len, todo.values()))
     if verbose and main:
         print(f"{run_name}: {total} of {sum(map(len, bench.values()))} samples to predict ({mode} mode) -> {pred_path}")
@@ -103,7 +114,7 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
                 rows = [(r, t) for r, t in zip(batch["records"], gen.texts) if r is not None]
                 if writer is not None:
                     for record, text in rows:
-                        writer.write(prediction_line(record, text, mode))
+                        writer.write({**prediction_line(record, text, mode), "made_by": provenance.digest(description)})
                 bar.update(len(rows))
     finally:
         bar.close()
@@ -144,7 +155,9 @@ def run(config) -> None:
         name = os.path.basename(os.path.dirname(os.path.abspath(trained)))
     else:
         name = os.path.basename(os.path.normpath(config.model.path)) if config.model.path else "tiny-random"
-    evaluate(model, tokenizer, files, image_root, out_dir, config, mesh=mesh, run_name=name)
+    weights = {"model": provenance.model_identity(config),
+               "trained": provenance.trained_identity(trained) if trained else None}
+    evaluate(model, tokenizer, files, image_root, out_dir, config, mesh=mesh, run_name=name, weights=weights)
 
 
 def output_dir(config) -> str:
