@@ -74,7 +74,13 @@ def read_meta(directory: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no {TRAINABLE_META} in {directory} (expected the final/ of an SFT or GRPO run)")
     with open(path) as f:
-        return json.load(f)
+        try:
+            meta = json.load(f)
+        except ValueError as e:
+            raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 def assign(model, params: dict) -> None:

@@ -271,3 +271,13 @@ def test_a_damaged_trainable_file_is_refused(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(handover.TrainableDamaged, match=re.escape(f"{path} is damaged: its sha256")):
         handover.load_trainable(str(tmp_path))
+
+
+@pytest.mark.parametrize("text", ['{"lora": ', "[1, 2]"])
+def test_a_malformed_trainable_json_names_the_file(tmp_path, text):
+    from progress_jax import handover
+    from progress_jax.errors import UserError
+
+    (tmp_path / handover.TRAINABLE_META).write_text(text)
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / handover.TRAINABLE_META}: ")):
+        handover.read_meta(str(tmp_path))

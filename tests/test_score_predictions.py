@@ -369,3 +369,14 @@ def test_cli_refuses_an_empty_benchmark_file_before_writing(tmp_path):
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2 and "visual_cross_view.jsonl: no benchmark samples" in proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_cli_refuses_an_out_that_is_a_file(bench_and_preds, tmp_path):
+    bench_dir, pred = bench_and_preds
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    proc = subprocess.run([sys.executable, "-m", "tools.score_predictions", "--bench", str(bench_dir),
+                           "--pred", str(pred), "--out", str(out)], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"--out {out} is a file; it names the directory" in proc.stderr and out.read_text() == "mine"

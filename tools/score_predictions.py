@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", choices=MODES, default="think", help="how to parse 'response' (default think)")
     parser.add_argument("--name", default=None, help="run name in the tables (default: the predictions file stem)")
     args = parser.parse_args(argv)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out} is a file; it names the directory to write metrics.json, tables and figures in")
     written = ("metrics.json", "table1.md", "table1.csv", "table2.md", "table2.csv", "score_histograms.png",
                "error_distributions.png", "coupling.png")  # by write_results
     check_outputs({"--out": [os.path.join(args.out, n) for n in written]}, {"--bench": args.bench, "--pred": args.pred})
