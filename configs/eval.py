@@ -12,7 +12,8 @@ docs/recipes.md): temperature 0.6, top-p 0.9, top-k 50, up to 40000 new tokens, 
 1003520..4014080 pixels, the official prompt layout. Set model.path and data.bench_dir.
 
 Outputs in `eval.out_dir` (default <workdir>/<mode>): predictions.jsonl (resumable: a rerun only
-generates the samples not yet there), metrics.json, table1/table2 .md/.csv, figures.
+generates the samples not yet there; predictions of another model or other settings are refused,
+or replaced with --config.eval.overwrite=True), metrics.json, table1/table2 .md/.csv, figures.
 """
 import ml_collections
 
@@ -34,6 +35,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.eval.trained = ""
     # Ablation: every observation image replaced by flat grey of its size (docs/learning.md).
     c.eval.blank_observation = False
+    c.eval.overwrite = False  # replace predictions made by another model or settings instead of refusing
 
     if name == "demo":
         demo_data(c)

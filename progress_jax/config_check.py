@@ -168,6 +168,7 @@ RULES = {
     "eval.run_name": text,
     "eval.trained": text,
     "eval.blank_observation": boolean,
+    "eval.overwrite": boolean,
     "demo.warm_start": boolean,
     "demo.evaluate": boolean,
 }

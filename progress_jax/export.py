@@ -7,7 +7,7 @@ the run built it (loading.load_policy), so a run of the built-in tiny model (ran
 its seed) exports too.
 
 - `export_hf` (a run's final/) and `write_hf` (a model in memory): LoRA folded in (lora.merge),
-  config.json + safetensors (sharded with an index above `max_shard_bytes`) + the base
+  config.json (the base's own, rope settings in transformers 4 and 5 spellings) + safetensors (sharded with an index above `max_shard_bytes`) + the base
   checkpoint's tokenizer, processor, chat-template and generation_config files: a directory
   transformers and vLLM load as they are.
 - `export_peft`: adapter_config.json + adapter_model.safetensors under PEFT's key names
@@ -23,8 +23,12 @@ import os
 import re
 import shutil
 
+import jax
 import ml_collections
 import numpy as np
+from flax import nnx
+
+from data_pipeline.paths import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -81,25 +85,33 @@ def load_run(final_dir: str, base: str | None = None, dtype: str | None = None):
     return model, meta, cfg
 
 
-def check_out(out: str, overwrite: bool, inputs: dict | None = None) -> None:
+def check_out(out: str, overwrite: bool, inputs: dict | None = None, writes: list[str] = ()) -> None:
     """Refuse to write into one of the inputs ({name: directory}: the run's final/, the base
-    checkpoint), and into a directory that already holds weights unless `overwrite`."""
+    checkpoint), and, unless `overwrite`, into a directory that already holds weights or any of
+    the files `writes` names."""
     from progress_jax.models.safetensors_io import refuse_existing_weights
 
     for name, path in (inputs or {}).items():
         if path and os.path.realpath(path) == os.path.realpath(out):
             raise ValueError(f"output directory {out} is the {name} ({path}): choose another directory")
     refuse_existing_weights(out, overwrite)
+    present = [n for n in writes if os.path.lexists(os.path.join(out, n))]
+    if present and not overwrite:
+        raise FileExistsError(f"{out} already holds {', '.join(present)}, which the export would replace: "
+                              "choose another directory, or pass --overwrite")
+
+
+def side_files(base_path: str) -> list[str]:
+    """The names of the side files an export copies from `base_path`."""
+    return sorted({os.path.basename(p) for pattern in SIDE_FILES for p in glob.glob(os.path.join(base_path, pattern))})
 
 
 def copy_side_files(src: str, dst: str) -> list[str]:
     """Copy the tokenizer / processor / chat template / generation config files of `src`."""
-    copied = []
-    for pattern in SIDE_FILES:
-        for path in sorted(glob.glob(os.path.join(src, pattern))):
-            shutil.copy2(path, dst)
-            copied.append(os.path.basename(path))
-    return copied
+    names = side_files(src)
+    for name in names:
+        shutil.copy2(os.path.join(src, name), dst)
+    return names
 
 
 def export_hf(final_dir: str, out: str, *, base: str | None = None, dtype: str | None = None,
@@ -108,7 +120,8 @@ def export_hf(final_dir: str, out: str, *, base: str | None = None, dtype: str |
     from progress_jax import handover
 
     base_path = base if base is not None else handover.read_meta(final_dir).get("model_path", "")
-    check_out(out, overwrite, {"run's final directory": final_dir, "base checkpoint": base_path})
+    check_out(out, overwrite, {"run's final directory": final_dir, "base checkpoint": base_path},
+              ["config.json", *(side_files(base_path) if base_path else ["tokenizer.json"])])
     model, _, cfg = load_run(final_dir, base, dtype)
     return write_hf(model, out, cfg.model.path, max_shard_bytes=max_shard_bytes, overwrite=True)
 
@@ -123,6 +136,9 @@ def write_hf(model, out: str, base_path: str = "", *, max_shard_bytes: int = 5 *
 
     lora.merge(model)
     families.for_model(model.config).save_pretrained(model, out, max_shard_bytes=max_shard_bytes, overwrite=overwrite)
+    dtype = jax.tree.leaves(nnx.state(model, nnx.Param))[0].dtype.name
+    with atomic_output(os.path.join(out, "config.json")) as f:
+        json.dump(hub_config(model.config, base_path, dtype), f, indent=2)
     if base_path:
         side = copy_side_files(base_path, out)
     else:  # the built-in tiny model: its tokenizer is the only side file there is
@@ -133,6 +149,27 @@ def write_hf(model, out: str, base_path: str = "", *, max_shard_bytes: int = 5 *
     if not any(s.startswith("tokenizer") for s in side):
         log.warning("%s: no tokenizer files copied from the base model %s", out, base_path)
     return {"out": out, "files": sorted(os.listdir(out)), "side_files": side}
+
+
+def hub_config(model_config, base_path: str, dtype: str) -> dict:
+    """config.json of an export: the base checkpoint's own when there is one (fields this project
+    does not model, e.g. vision_config.tokens_per_second, kept), else ours; the weights' dtype; the
+    text rope settings in both spellings the Hub's Qwen2.5-VL configs carry: transformers 5 reads
+    `rope_parameters`, 4.x `rope_scaling` + `rope_theta` (top level, or text_config where nested)."""
+    path = os.path.join(base_path, "config.json") if base_path else ""
+    if path and os.path.isfile(path):
+        with open(path) as f:
+            cfg = json.load(f)
+    else:
+        cfg = model_config.to_hf_dict()
+    t = model_config.text
+    scaling = {"type": "mrope", "mrope_section": list(t.mrope_section), "rope_type": "default"}
+    nested = isinstance(cfg.get("text_config"), dict)
+    for d in (cfg, cfg["text_config"]) if nested else (cfg,):
+        d.update(rope_scaling=dict(scaling), rope_theta=t.rope_theta)
+    (cfg["text_config"] if nested else cfg)["rope_parameters"] = {**scaling, "rope_theta": t.rope_theta}
+    cfg["torch_dtype"] = cfg["dtype"] = dtype
+    return cfg
 
 
 def peft_name(path: str) -> str:
@@ -181,6 +218,13 @@ def peft_adapter(params: dict, meta: dict) -> tuple[dict, dict]:
     rank = int(lora_cfg.get("rank", 0))
     if rank <= 0:
         raise ValueError("a full-parameter run (lora.rank = 0) has no adapter: export it with --to hf")
+    # The tensors decide: a rank in trainable.json that they do not have would make an adapter PEFT cannot load.
+    ranks = {v.shape[-1] for k, v in params.items() if k.endswith("lora_a")}
+    ranks |= {v.shape[-2] for k, v in params.items() if k.endswith("lora_b")}
+    if ranks != {rank}:
+        raise ValueError(f"trainable.json says lora.rank {rank}, but the LoRA factors in "
+                         f"trainable.safetensors have rank {', '.join(map(str, sorted(ranks))) or 'none'}: "
+                         "the two files do not belong together")
     # Layers the targets did not select carry masked-off factors in the stacked tensors: left out.
     selected = re.compile(lora_cfg.get("targets") or ".")
     tensors = {peft_name(k): np.ascontiguousarray(np.asarray(v, np.float32).T) for k, v in per_layer(params).items()
@@ -207,11 +251,10 @@ def peft_adapter(params: dict, meta: dict) -> tuple[dict, dict]:
 
 def export_peft(final_dir: str, out: str, *, overwrite: bool = False) -> dict:
     """PEFT adapter of a LoRA run in `out` (the base model is not needed). Returns {"out", "files"}."""
-    from data_pipeline.paths import atomic_output
     from progress_jax.models import safetensors_io
     from progress_jax import handover
 
-    check_out(out, overwrite, {"run's final directory": final_dir})
+    check_out(out, overwrite, {"run's final directory": final_dir})  # the adapter's files count as weights
     params, meta = handover.load_trainable(final_dir)
     config, tensors = peft_adapter(params, meta)
     safetensors_io.clear_weights(out, overwrite)

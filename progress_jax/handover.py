@@ -6,6 +6,7 @@ side imports the other.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from data_pipeline.paths import atomic_output
+from progress_jax.errors import UserError
 from progress_jax.models import safetensors_io
 from progress_jax.sharding import path_str
 
@@ -23,11 +25,21 @@ TRAINABLE_FILE = "trainable.safetensors"
 TRAINABLE_META = "trainable.json"
 
 
+class TrainableDamaged(UserError, ValueError):
+    """trainable.safetensors is not the file its trainable.json was written with."""
+
+
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def save_trainable(directory: str, params: dict, meta: dict) -> str:
     """`<directory>/trainable.safetensors`: one tensor per trained parameter, named by its
     '/'-joined path (LoRA factors, or all trained weights when lora.rank = 0; stacked decoder
     layers as one tensor [layers, ...], e.g. `layers/self_attn/q_proj/lora_a`), plus
-    `trainable.json` (the lora config and the base model). Written on process 0, atomically."""
+    `trainable.json` (the lora config, the base model and the tensors file's sha256, checked by
+    load_trainable). Written on process 0, atomically, the tensors first."""
     if jax.process_count() > 1:  # every process joins the gather of the arrays spread over them
         from jax.experimental import multihost_utils
 
@@ -36,18 +48,24 @@ def save_trainable(directory: str, params: dict, meta: dict) -> str:
         return directory
     os.makedirs(directory, exist_ok=True)
     arrays = {k: np.asarray(jax.device_get(v)) for k, v in params.items()}
-    safetensors_io.save_file(arrays, os.path.join(directory, TRAINABLE_FILE))  # atomic itself
+    path = os.path.join(directory, TRAINABLE_FILE)
+    safetensors_io.save_file(arrays, path)  # atomic itself
     with atomic_output(os.path.join(directory, TRAINABLE_META)) as f:
-        json.dump(meta, f, indent=2)
+        json.dump({**meta, "sha256": file_sha256(path)}, f, indent=2)
     return directory
 
 
 def load_trainable(directory: str) -> tuple[dict, dict]:
-    """(params, meta) written by `save_trainable`."""
+    """(params, meta) written by `save_trainable`; a tensors file whose sha256 is not the one
+    recorded with it is refused (files written before checksums were recorded are not checked)."""
     path = os.path.join(directory, TRAINABLE_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no {TRAINABLE_FILE} in {directory} (expected the final/ of an SFT or GRPO run)")
-    return {k: np.asarray(v) for k, v in safetensors_io.open_tensors(path).items()}, read_meta(directory)
+    meta = read_meta(directory)
+    if "sha256" in meta and file_sha256(path) != meta["sha256"]:
+        raise TrainableDamaged(f"{path} is damaged: its sha256 is not the one recorded in {TRAINABLE_META} when it "
+                               "was written (retrain, or restore the file from a copy)")
+    return {k: np.asarray(v) for k, v in safetensors_io.open_tensors(path).items()}, meta
 
 
 def read_meta(directory: str) -> dict:
@@ -56,7 +74,13 @@ def read_meta(directory: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no {TRAINABLE_META} in {directory} (expected the final/ of an SFT or GRPO run)")
     with open(path) as f:
-        return json.load(f)
+        try:
+            meta = json.load(f)
+        except ValueError as e:
+            raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 def assign(model, params: dict) -> None:

@@ -20,7 +20,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from progress_jax import config_check, console
+from progress_jax import config_check, console, errors
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A job config, configs/X.py[:demo|:paper]; override keys with --config.a.b=value; "
@@ -45,11 +45,12 @@ assert set(JOBS) == set(config_check.JOBS)
 
 
 def run(config) -> dict | None:
-    from progress_jax import distributed
+    from progress_jax import distributed, run_lock
 
     distributed.maybe_initialize_distributed()  # before anything asks JAX for its process count
     config_check.check(config)
-    return importlib.import_module(JOBS[config.job]).run(config)
+    with run_lock.hold(run_lock.job_directory(config)):  # one job per run directory
+        return importlib.import_module(JOBS[config.job]).run(config)
 
 
 def resolved(config) -> dict:
@@ -132,7 +133,7 @@ def _main(argv) -> None:
     if _DRY.value:
         dry(config, _JSON.value)
         return
-    run(config)
+    errors.one_line(run, config)
 
 
 def dry(config, as_json: bool = False) -> list[dict]:

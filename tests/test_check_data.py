@@ -128,3 +128,12 @@ def test_library_call(tmp_path):
     args = check_data.argparse.Namespace(image_root=None, length_buckets=None, patch_buckets=None, mode="think")
     summary = check_data.check_file(write(tmp_path / "b.jsonl", [VIS, TXT]), args)
     assert (summary["lines"], summary["ok"], summary["skipped"], summary["errors"]) == (2, 2, [], [])
+
+
+def test_an_empty_file_and_a_directory_are_errors_named_as_such(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    rc, files = run_json(empty, tmp_path)
+    assert rc == 1
+    assert files[0]["errors"] == [{"line": 0, "field": None, "reason": "empty file: no records"}]
+    assert files[1]["errors"] == [{"line": 0, "field": None, "reason": "a directory, not a JSONL file"}]

@@ -137,7 +137,7 @@ def _array_data_file(step_dir):
     return max((p for p in step_dir.glob("state/**/d/*") if p.is_file()), key=lambda p: p.stat().st_size)
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated"])
+@pytest.mark.parametrize("damage", ["missing", "truncated", "flipped"])
 def test_damaged_latest_checkpoint_is_named_moved_aside_and_the_previous_one_used(tmp_path, damage, caplog):
     old, new = big_state(0), big_state(1)
     with Checkpointer(str(tmp_path), save_every=1, keep=5, async_save=False) as ckpt:
@@ -147,15 +147,21 @@ def test_damaged_latest_checkpoint_is_named_moved_aside_and_the_previous_one_use
     assert victim.stat().st_size > 60000
     if damage == "missing":
         victim.unlink()
-    else:
+    elif damage == "truncated":
         with open(victim, "r+b") as f:
             f.truncate(victim.stat().st_size // 2)
+    else:  # 64 bytes flipped inside the array data, the size unchanged: no read error, other numbers
+        with open(victim, "r+b") as f:
+            f.seek(victim.stat().st_size // 2)
+            chunk = f.read(64)
+            f.seek(-64, os.SEEK_CUR)
+            f.write(bytes(b ^ 0xFF for b in chunk))
     with Checkpointer(str(tmp_path), save_every=1, keep=5) as ckpt:
         # TensorStore names the data file, or the array it could not read from the step's database.
         named = f"checkpoint step 4 is damaged: {tmp_path / '4' / 'state'}/"
         with pytest.raises(CheckpointDamaged, match=re.escape(named)) as e:
             ckpt.restore(4, abstract_like(old))  # an explicit step: named, not moved
-        assert victim.name in str(e.value) or "(array big/" in str(e.value)
+        assert victim.name in str(e.value) or "(array big" in str(e.value)
         assert (tmp_path / "4").exists()
         with caplog.at_level("WARNING"):
             step, restored, data, _ = ckpt.restore_latest(abstract_like(old))
@@ -249,3 +255,29 @@ def test_restore_or_keep_resumes_from_the_newest_intact_checkpoint(tmp_path):
         restored, start = restore_or_keep(ckpt, new, it)
     assert start == 2 and it.state == b"two"
     assert_bit_equal(restored, old)
+
+
+def test_a_damaged_trainable_file_is_refused(tmp_path):
+    """final/trainable.safetensors with bytes flipped (size unchanged) is not loaded as trained weights."""
+    from progress_jax import handover
+
+    params = {"layers/q/lora_a": np.random.default_rng(0).normal(size=(2, 64, 4)).astype(np.float32)}
+    handover.save_trainable(str(tmp_path), params, {"lora": {"rank": 4}})
+    loaded, meta = handover.load_trainable(str(tmp_path))
+    np.testing.assert_array_equal(loaded["layers/q/lora_a"], params["layers/q/lora_a"])
+    path = tmp_path / handover.TRAINABLE_FILE
+    data = bytearray(path.read_bytes())
+    data[-100:-36] = bytes(b ^ 0xFF for b in data[-100:-36])
+    path.write_bytes(bytes(data))
+    with pytest.raises(handover.TrainableDamaged, match=re.escape(f"{path} is damaged: its sha256")):
+        handover.load_trainable(str(tmp_path))
+
+
+@pytest.mark.parametrize("text", ['{"lora": ', "[1, 2]"])
+def test_a_malformed_trainable_json_names_the_file(tmp_path, text):
+    from progress_jax import handover
+    from progress_jax.errors import UserError
+
+    (tmp_path / handover.TRAINABLE_META).write_text(text)
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / handover.TRAINABLE_META}: ")):
+        handover.read_meta(str(tmp_path))

@@ -84,7 +84,9 @@ def test_eval_job_predicts_resumes_and_scores(config, capsys, caplog):
     assert sorted(o["line"] for o in lines if o["setting"] == "visual_same_view") == [1, 2, 3]
 
     metrics = json.load(open(os.path.join(c.workdir, "think", "metrics.json")))
-    assert set(metrics) == {"visual_same_view", "visual-unanswerable", "text-normal", "vision", "text", "micro", "macro"}
+    assert set(metrics) == {"visual_same_view", "visual-unanswerable", "text-normal", "vision", "text", "micro", "macro",
+                            "coverage"}
+    assert metrics["coverage"]["matched"] == 5 and metrics["coverage"]["missing"] == metrics["coverage"]["extra"] == 0
     assert metrics["visual_same_view"]["n"] == 3 and metrics["vision"]["n_answerable"] == 3
     assert {"nse", "prc", "afrr", "uda"} <= set(metrics["macro"])
 
@@ -187,8 +189,13 @@ def test_resumed_eval_names_the_users_file_and_line_for_a_missing_image(no_model
     bench = c.data.bench_dir
     out = os.path.join(c.workdir, "think")
     os.makedirs(out)
+    from progress_jax.eval import provenance
+
+    r = c.copy_and_resolve_references()
+    made_by = provenance.digest(provenance.describe(r, {"model": provenance.model_identity(r), "trained": None}))
     with open(os.path.join(out, "predictions.jsonl"), "w") as f:  # line 1 of visual_same_view already done
-        f.write(json.dumps({"setting": "visual_same_view", "id": "t1", "stage": "o1.jpg", "line": 1, "score": 0.3}) + "\n")
+        f.write(json.dumps({"setting": "visual_same_view", "id": "t1", "stage": "o1.jpg", "line": 1, "score": 0.3,
+                            "made_by": made_by}) + "\n")
     os.remove(os.path.join(bench, "images", "t1", "o2.jpg"))  # the image of line 2
     with pytest.raises(RecordError) as info:
         main.run(c)
@@ -198,12 +205,51 @@ def test_resumed_eval_names_the_users_file_and_line_for_a_missing_image(no_model
     assert os.listdir(tmp) == []
 
 
+def test_predictions_of_another_model_or_settings_are_refused_or_replaced(config, caplog):
+    """Every line records what made it (made_by); a resume with another model seed, sampling setting
+    or an unrecorded origin is refused in one line, nothing changed; eval.overwrite starts anew."""
+    from progress_jax.eval.provenance import PredictionsMismatch
+
+    c, keys = config
+    c.eval.out_dir = out = os.path.join(c.workdir, "out")
+    main.run(c)
+    pred_path = os.path.join(out, "predictions.jsonl")
+    first = open(pred_path).read()
+    made_by = {o["made_by"] for o in read_lines(pred_path)}
+    assert len(made_by) == 1 and json.load(open(os.path.join(out, "provenance.json")))["made_by"] in made_by
+
+    c.sampling.temperature = 0.7
+    with pytest.raises(PredictionsMismatch, match=r"predictions.jsonl holds 5 predictions made with other weights or "
+                                                  r"settings \(sampling: .*\"temperature\": 0.0.* then, .*0.7.* now\)"):
+        main.run(c)
+    c.sampling.temperature = 0.0
+    c.seed = 1  # another random model
+    with pytest.raises(PredictionsMismatch, match=r"weights: .*\"seed\": 0.* then"):
+        main.run(c)
+    c.seed = 0
+    with open(pred_path, "w") as f:  # copied from elsewhere: no record of what made them
+        f.writelines(json.dumps({k: v for k, v in o.items() if k != "made_by"}) + "\n" for o in json.loads(
+            "[" + ",".join(first.splitlines()) + "]"))
+    with pytest.raises(PredictionsMismatch, match="made by a model and settings it does not record"):
+        main.run(c)
+    assert "made_by" not in open(pred_path).read()  # refused: left as it was
+
+    c.eval.overwrite = True
+    caplog.set_level(logging.INFO, logger="progress_jax")
+    caplog.clear()
+    main.run(c)
+    assert "5 of 5 samples to predict" in caplog.text
+    assert open(pred_path).read() == first  # the same model and settings again: the same answers
+
+
 def test_unwritable_out_dir_leaks_nothing(no_model, tmp_path):
     c, tmp = no_model
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     c.eval.out_dir = str(blocker / "out")
-    with pytest.raises(OSError):
+    from progress_jax.errors import UserError
+
+    with pytest.raises(UserError, match=f"cannot create the run directory {blocker / 'out'}: Not a directory"):
         main.run(c)
     assert os.listdir(tmp) == []
 

@@ -40,6 +40,11 @@ def lora_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     base = str(root / "base")
     ref.hf_model(tied=False, seed=3).save_pretrained(base)
+    with open(os.path.join(base, "config.json")) as f:
+        config = json.load(f)
+    config["vision_config"]["tokens_per_second"] = 2  # the released models' value (default 4), not modelled here
+    with open(os.path.join(base, "config.json"), "w") as f:
+        json.dump(config, f)
     for name, text in (("tokenizer_config.json", '{"model_max_length": 64}'), ("chat_template.jinja", "{{ x }}"),
                        ("preprocessor_config.json", "{}"), ("vocab.json", "{}")):
         with open(os.path.join(base, name), "w") as f:
@@ -69,6 +74,13 @@ def test_hf_export_of_a_lora_run_loads_in_transformers_sharded(lora_run):
             "preprocessor_config.json", "vocab.json", "generation_config.json"} <= files
     assert sum(f.endswith(".safetensors") for f in files) > 1 and "model.safetensors" not in files
     assert "tokenizer_config.json" in result["side_files"]
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["vision_config"]["tokens_per_second"] == 2  # the base's own config, not a rebuilt one
+    section = config["text_config"]["rope_parameters"]["mrope_section"]
+    for where in (config, config["text_config"]):  # transformers 4.x's spelling too
+        assert where["rope_scaling"] == {"type": "mrope", "mrope_section": section, "rope_type": "default"}
+        assert where["rope_theta"] == config["text_config"]["rope_parameters"]["rope_theta"]
+    assert config["torch_dtype"] == config["dtype"] == "float32"
     hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
     expected, real = _hf_logits_of(hf)
     assert np.abs(expected[real] - lora_run["ours"][real]).max() <= TOL
@@ -109,6 +121,35 @@ def test_refuses_to_overwrite_weights_unless_asked(lora_run):
         export.export_hf(lora_run["final"], lora_run["base"] + "/", overwrite=True)
     assert os.path.isfile(os.path.join(lora_run["final"], handover.TRAINABLE_FILE))
     assert "adapter_model.safetensors" not in os.listdir(out) and "model.safetensors" in os.listdir(out)
+
+
+def test_refuses_to_replace_the_users_files_unless_asked(lora_run, tmp_path):
+    """Not only weights: any file the export would write (config, tokenizer and processor files)."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    mine = {"config.json": '{"mine": 1}', "vocab.json": '{"mine": 2}', "notes.txt": "my notes"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    with pytest.raises(FileExistsError, match=f"{out} already holds config.json, vocab.json, which the export would "
+                                              "replace: choose another directory, or pass --overwrite"):
+        export.export_hf(lora_run["final"], str(out))
+    assert {n: (out / n).read_text() for n in mine} == mine and sorted(os.listdir(out)) == sorted(mine)
+    export.export_hf(lora_run["final"], str(out), overwrite=True)
+    assert (out / "notes.txt").read_text() == "my notes" and "mine" not in (out / "config.json").read_text()
+
+
+def test_the_tensors_decide_the_lora_rank(lora_run, tmp_path):
+    import shutil
+
+    final = tmp_path / "final"
+    shutil.copytree(lora_run["final"], final)
+    meta = json.loads((final / handover.TRAINABLE_META).read_text())
+    meta["lora"]["rank"] = 8  # edited over rank-4 factors
+    (final / handover.TRAINABLE_META).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="trainable.json says lora.rank 8, but the LoRA factors in "
+                                         "trainable.safetensors have rank 4"):
+        export.export_peft(str(final), str(tmp_path / "adapter"))
+    assert not (tmp_path / "adapter").exists()
 
 
 def test_tiny_full_parameter_run_exports_with_its_preset(tmp_path):

@@ -153,3 +153,84 @@ def test_random_corruption(tmp_path, kind):
             raise
         except Exception as e:  # noqa: BLE001 - the point of the test
             pytest.fail(f"mutation {n} of {kind} ({data[:300]!r}...): {type(e).__name__}: {e}")
+
+
+N_CHECKPOINT_MUTATIONS = 30
+
+
+def test_random_checkpoint_damage(tmp_path):
+    """Seeded random damage (bytes flipped, a file cut short or emptied) to any file of the newest
+    checkpoint: the restore gives that step bit-exactly, or names the damage and gives the previous
+    step bit-exactly; never other numbers or another data position, never another exception."""
+    import shutil
+
+    from progress_jax.train.checkpoint import Checkpointer, abstract_like
+    from tests.test_checkpoint import assert_bit_equal, big_state
+
+    states = {2: big_state(0), 4: big_state(1)}
+    base = tmp_path / "base"
+    with Checkpointer(str(base), save_every=1, keep=5, async_save=False) as ckpt:
+        for step, state in states.items():
+            ckpt.save(step, state, f"data {step}".encode())
+    rng = random.Random("mutation-checkpoint")
+    for n in range(N_CHECKPOINT_MUTATIONS):
+        run = tmp_path / f"run{n}"
+        shutil.copytree(base, run)
+        victim = rng.choice(sorted(p for p in (run / "4").rglob("*") if p.is_file()))
+        data = bytearray(victim.read_bytes())
+        kind = rng.choice(["flip", "flip", "flip", "truncate", "empty"])
+        if kind == "flip" and data:
+            at = rng.randrange(len(data))
+            for i in range(at, min(at + rng.randint(1, 64), len(data))):
+                data[i] ^= rng.randint(1, 255)
+        elif kind == "truncate":
+            data = data[:rng.randrange(len(data) + 1)]
+        else:
+            data = bytearray()
+        victim.write_bytes(bytes(data))
+        what = f"mutation {n}: {kind} {victim.relative_to(run)}"
+        try:
+            with Checkpointer(str(run), save_every=1, keep=5) as ckpt:
+                step, state, data_state, _ = ckpt.restore_latest(abstract_like(states[2]))
+        except Exception as e:  # noqa: BLE001 - the point of the test
+            pytest.fail(f"{what}: {type(e).__name__}: {e}")
+        assert step in states, what
+        assert data_state == f"data {step}".encode(), what
+        assert_bit_equal(state, states[step])
+
+
+def test_random_corruption_of_prediction_provenance(tmp_path):
+    """Seeded random corruption of a predictions file whose lines record what made them: a resume
+    by the same model and settings either accepts it, every line then carrying its made_by, or is
+    refused with the one-line PredictionsMismatch (or the file's PredictionError); never another
+    exception, never a resume over lines of another or unknown origin."""
+    from configs import eval as eval_config
+    from progress_jax.eval import provenance
+
+    config = eval_config.get_config().copy_and_resolve_references()
+    description = provenance.describe(config, {"model": provenance.model_identity(config), "trained": None})
+    made_by = provenance.digest(description)
+    lines = [dict(PRED, made_by=made_by), dict(PRED_TEXT, made_by=made_by), dict(PRED, stage="o2.jpg", made_by=made_by)]
+    rng = random.Random("mutation-provenance")
+    outcomes = set()
+    for n in range(N_MUTATIONS):
+        data = mutate(rng, lines)
+        path = tmp_path / f"predictions_{n}.jsonl"
+        path.write_bytes(data)
+        try:
+            objs = [obj for _, obj in read_predictions(path).lines]
+            provenance.check_resume(str(tmp_path), objs, description, overwrite=False)
+        except PredictionError as e:
+            check_error(e, path, data)
+            outcomes.add("bad line")
+            continue
+        except provenance.PredictionsMismatch as e:
+            assert any(obj.get("made_by") != made_by for obj in objs), (n, data)
+            assert "--config.eval.overwrite" in str(e)
+            outcomes.add("refused")
+            continue
+        except Exception as e:  # noqa: BLE001 - the point of the test
+            pytest.fail(f"mutation {n} ({data[:300]!r}...): {type(e).__name__}: {e}")
+        assert all(obj["made_by"] == made_by for obj in objs), (n, data)
+        outcomes.add("resumed")
+    assert outcomes == {"bad line", "refused", "resumed"}

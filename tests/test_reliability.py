@@ -135,7 +135,8 @@ def test_sft_resume_refuses_a_changed_config_and_falls_back_past_a_damaged_check
                           ("--config.model.param_dtype=bfloat16",
                            "model.param_dtype: 'float32' in the checkpoint, 'bfloat16' now")):
         done = subprocess.run(cmd(6, flag), cwd=ROOT, env=ENV, capture_output=True, text=True)
-        assert done.returncode != 0 and message in done.stderr, done.stderr[-3000:]
+        assert done.returncode == 1 and message in done.stderr, done.stderr[-3000:]
+        assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith("error: ")
         assert "new workdir" in done.stderr and sorted(os.listdir(ckpt)) == ["2", "4"]
     done = run_to_end(cmd(6))
     assert "checkpoint step 4 is damaged" in done.stderr and "resuming from step 2" in done.stderr

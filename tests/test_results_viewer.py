@@ -137,3 +137,18 @@ def test_viewer_in_headless_chromium(tmp_path):
         finally:
             browser.close()
             demo.close()
+
+
+def test_a_missing_or_bad_predictions_file_is_one_line(tmp_path, capsys):
+    from tools import results_viewer
+
+    pred, bench, _ = make_run(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        results_viewer.main(["--pred", str(tmp_path / "absent.jsonl"), "--bench", bench])
+    assert e.value.code == 2 and f"--pred: no such file: {tmp_path / 'absent.jsonl'}" in capsys.readouterr().err
+    with open(pred, "a") as f:
+        f.write('{"setting": 3}\n{"setting": "x", "id": "y", "stage": "z", "score": 0.5}\n')
+    with pytest.raises(SystemExit) as e:
+        results_viewer.main(["--pred", pred, "--bench", bench])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: {pred}:6: key 'id'") and "Traceback" not in err

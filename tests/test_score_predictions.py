@@ -187,6 +187,26 @@ def test_cli_writes_everything(bench_and_preds, tmp_path):
                      "table1.csv", "table1.md"]  # no same/cross-view pair -> no table 2
     row = (out / "table1.csv").read_text().splitlines()[1].split(",")
     assert row[0] == "model_x" and row[1] == f"{100 * V_NSE:.1f}"
+    assert row[-3:] == ["7", "1", "1"]  # matched, missing, extra
+    assert json.loads((out / "metrics.json").read_text())["coverage"] == {
+        "samples": 8, "predictions": 9, "matched": 7, "missing": 1, "extra": 1, "duplicates": 1}
+
+
+@pytest.mark.parametrize("preds", ["empty", "another bench"])
+def test_cli_refuses_predictions_that_match_no_sample(bench_and_preds, tmp_path, preds):
+    bench_dir, _ = bench_and_preds
+    pred = tmp_path / "p.jsonl"
+    pred.write_text("" if preds == "empty" else json.dumps(
+        {"setting": "visual_cross_view", "id": "q1", "stage": "a.jpg", "response": think(1, "10%")}) + "\n")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "tools.score_predictions", "--bench", str(bench_dir),
+                           "--pred", str(pred), "--out", str(out)], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    n = 0 if preds == "empty" else 1
+    assert proc.stderr.strip() == (f"error: {pred}: none of its {n} prediction(s) matches one of the 8 samples of "
+                                   f"{bench_dir} (another benchmark's predictions?); nothing written")
+    assert not out.exists()
 
 
 def test_cli_bad_bench_line_names_file_and_line(tmp_path):
@@ -349,3 +369,14 @@ def test_cli_refuses_an_empty_benchmark_file_before_writing(tmp_path):
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2 and "visual_cross_view.jsonl: no benchmark samples" in proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_cli_refuses_an_out_that_is_a_file(bench_and_preds, tmp_path):
+    bench_dir, pred = bench_and_preds
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    proc = subprocess.run([sys.executable, "-m", "tools.score_predictions", "--bench", str(bench_dir),
+                           "--pred", str(pred), "--out", str(out)], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"--out {out} is a file; it names the directory" in proc.stderr and out.read_text() == "mine"

@@ -81,6 +81,10 @@ def test_bad_lines(bench, capsys):
     assert rc == 2 and f"{bench}:2: no record on this line" in err
     rc, _, err = call(capsys, "--bench", bench, "--line", "3", "--stage", "rl", "--mode", "direct")
     assert rc == 2 and "data.mode='think'" in err
+    for n in ("0", "-1"):
+        with pytest.raises(SystemExit) as e:
+            call(capsys, "--bench", bench, "--line", n)
+        assert e.value.code == 2 and f"--line: line numbers start at 1, got {n}" in capsys.readouterr().err
 
 
 def test_chat_file_line_as_it_stands(tmp_path, capsys):

@@ -15,23 +15,27 @@ from progress_jax.eval.metrics import Sample
 def metrics(v_nse, t_nse, same_prc=None, cross_prc=None):
     entry = lambda nse, prc=50.0: {"nse": nse, "prc": prc, "afrr": 1.25, "uda": 40.0}  # noqa: E731
     return {"visual_same_view": entry(10.0, same_prc), "visual_cross_view": entry(20.04, cross_prc),
-            "vision": entry(v_nse), "text": entry(t_nse), "micro": entry(None), "macro": entry(12.35)}
+            "vision": entry(v_nse), "text": entry(t_nse), "micro": entry(None), "macro": entry(12.35),
+            "coverage": {"samples": 60, "predictions": 58, "matched": 58, "missing": 2, "extra": 0, "duplicates": 0}}
 
 
 def test_table1_rows_markdown_csv():
     runs = {"sft": metrics(24.04, 30.0), "rl": metrics(17.46, None)}
     header, rows = tables.table1(runs)
     assert header[:4] == ["run", "vision NSE", "vision PRC", "vision AFRR"]
-    assert header[-3:] == ["vision UDA", "text UDA", "macro UDA"] and len(header) == 1 + 12 + 3
+    assert header[-6:] == ["vision UDA", "text UDA", "macro UDA", "matched", "missing", "extra"]
+    assert len(header) == 1 + 12 + 3 + 3
     assert [r[0] for r in rows] == ["sft", "rl"]
     md = tables.to_markdown(header, rows)
     lines = md.strip().splitlines()
     assert len(lines) == 4 and lines[0].startswith("| run | vision NSE")
     assert lines[2].startswith("| sft | 24.0 | 50.0 | 1.2 | 30.0 |")  # one decimal (1.25 -> 1.2, round-half-even)
     assert "| rl | 17.5 |" in lines[3] and "| - |" in lines[3]  # undefined text NSE
+    assert lines[2].endswith("| 58 | 2 | 0 |")  # the coverage, counted
     parsed = list(csv.reader(io.StringIO(tables.to_csv(header, rows))))
     assert parsed[0] == header and parsed[2][0] == "rl"
     assert parsed[2][header.index("text NSE")] == "" and parsed[2][header.index("macro NSE")] == "12.3"
+    assert parsed[2][-3:] == ["58", "2", "0"]
 
 
 def test_table2_same_cross_delta():

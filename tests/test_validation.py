@@ -97,9 +97,16 @@ ANSWERS = {("visual_same_view", 1): (2, 0.4), ("visual_same_view", 2): (3, 0.7),
            ("text-normal", 1): (1, 0.9), ("visual-unanswerable", 1): (1, 0.5)}
 
 
-def seed_answers(workdir, bench):
+def seed_answers(config, bench):
+    """Step 0's validation predictions, as a killed validation of this run left them (made_by: the
+    provenance validation records, greedy with train.val_max_new_tokens)."""
+    from progress_jax.eval import provenance
     from progress_jax.eval.metrics import Sample, compute_metrics
     from progress_jax.eval.predictions import prediction_line
+
+    r = config.copy_and_resolve_references()
+    r.sampling.temperature, r.sampling.max_new_tokens = 0.0, r.train.val_max_new_tokens
+    made_by = provenance.digest(provenance.describe(r, {"in_memory": "step 0"}))
 
     samples, lines = [], []
     for records in bench.values():
@@ -107,9 +114,9 @@ def seed_answers(workdir, bench):
             ref, score = ANSWERS[(r.source, r.line)]
             text = (f"<ref_think>a</ref_think><ref>{ref}</ref><score_think>b</score_think>"
                     f"<score>{round(score * 100)}%</score>")
-            lines.append(prediction_line(r, text))
+            lines.append({**prediction_line(r, text), "made_by": made_by})
             samples.append(Sample(r, score, ref))
-    out = os.path.join(workdir, "val", "step_000000")
+    out = os.path.join(config.workdir, "val", "step_000000")
     os.makedirs(out)
     with open(os.path.join(out, "predictions.jsonl"), "w") as f:
         f.writelines(json.dumps(line) + "\n" for line in lines)
@@ -128,7 +135,7 @@ def assert_logged(got, expected):
 
 def test_sft_validation_equals_the_eval_job_and_leaves_the_losses_alone(data):
     ran = sft_job(data, data / "val")
-    step0 = seed_answers(ran.workdir, load_bench([data / "bench"]))
+    step0 = seed_answers(ran, load_bench([data / "bench"]))
     assert None not in (step0["macro"]["nse"], step0["vision"]["prc"], step0["macro"]["uda"])
     main.run(ran)
     history = read_metrics(ran.workdir)

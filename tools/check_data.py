@@ -133,6 +133,8 @@ def check_file(path: str, args, tokenizer=None, sizer=None) -> dict:
                 error(problem)
                 ok -= 1
     summary["ok"] = ok
+    if not scan.lines:  # nothing a job could read
+        summary["errors"].append({"line": 0, "field": None, "reason": "empty file: no records"})
     summary["errors"].sort(key=lambda e: e["line"])
     return summary
 
@@ -177,8 +179,9 @@ def main(argv=None) -> int:
     summaries = []
     for path in args.files:
         if not os.path.isfile(path):
+            reason = "a directory, not a JSONL file" if os.path.isdir(path) else "no such file"
             summaries.append({"file": path, "format": "unknown", "lines": 0, "ok": 0, "skipped": [],
-                              "errors": [{"line": 0, "field": None, "reason": "no such file"}]})
+                              "errors": [{"line": 0, "field": None, "reason": reason}]})
             continue
         summaries.append(check_file(path, args, tokenizer, sizer))
     if args.json:

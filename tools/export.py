@@ -22,6 +22,7 @@ import os
 import sys
 
 from progress_jax import export  # noqa: E402
+from progress_jax.errors import UserError  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -62,7 +63,7 @@ def main(argv=None) -> None:
             if a.base or a.dtype:
                 parser().error("--base and --dtype apply to --to hf only (an adapter holds the trained factors alone)")
             result = export.export_peft(a.final_dir, out, overwrite=a.overwrite)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:  # bad input: its message, no traceback
+    except (FileExistsError, FileNotFoundError, ValueError, UserError) as e:  # bad input: its message, no traceback
         sys.exit(f"tools/export.py: error: {e}")
     print(f"wrote {out}: {', '.join(result['files'])}")
     if a.push_to_hub:

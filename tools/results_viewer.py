@@ -18,6 +18,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_pipeline.parsing import MODES  # noqa: E402
+from data_pipeline.records import RecordError  # noqa: E402
+from progress_jax.eval.predictions import PredictionError  # noqa: E402
 from progress_jax.eval import viewer  # noqa: E402
 
 
@@ -87,7 +89,12 @@ def main(argv=None) -> None:
     image_root = args.image_root
     if image_root is None and len(args.bench) == 1 and os.path.isdir(os.path.join(args.bench[0], "images")):
         image_root = os.path.join(args.bench[0], "images")
-    rows = viewer.load(args.pred, args.bench, args.mode)
+    if not os.path.isfile(args.pred):
+        ap.error(f"--pred: no such file: {args.pred}")
+    try:
+        rows = viewer.load(args.pred, args.bench, args.mode)
+    except (RecordError, PredictionError, ValueError, OSError) as e:  # bad input: its message, no traceback
+        ap.exit(2, f"error: {e}\n")
     print(f"{len(rows)} samples; " + ", ".join(f"{k}: {v}" for k, v in viewer.counts(rows, args.threshold).items()))
     build_app(rows, image_root, args.threshold).launch(server_name=args.host, server_port=args.port)
 

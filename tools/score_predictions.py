@@ -3,6 +3,8 @@ API model...) or a result file of the official ProgressLM harnesses (nested meta
 
 python tools/score_predictions.py --bench DIR_OR_FILES... --pred FILE --out DIR [--mode think|direct]
 Writes metrics.json, table1/table2 (.md, .csv) and figures to DIR; prints the coverage report and tables.
+The coverage (samples matched, missing a prediction; predictions matching none) is in metrics.json
+("coverage") and table1; predictions that match no sample at all are refused.
 Layouts and matching rules: docs/formats.md.
 """
 from __future__ import annotations
@@ -29,6 +31,8 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", choices=MODES, default="think", help="how to parse 'response' (default think)")
     parser.add_argument("--name", default=None, help="run name in the tables (default: the predictions file stem)")
     args = parser.parse_args(argv)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out} is a file; it names the directory to write metrics.json, tables and figures in")
     written = ("metrics.json", "table1.md", "table1.csv", "table2.md", "table2.csv", "score_histograms.png",
                "error_distributions.png", "coupling.png")  # by write_results
     check_outputs({"--out": [os.path.join(args.out, n) for n in written]}, {"--bench": args.bench, "--pred": args.pred})
@@ -40,6 +44,11 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     result = score(bench, (obj for _, obj in pred_file.lines), mode=args.mode)
+    if result.report.matched == 0:
+        n = len(pred_file.lines) + len(pred_file.unmatched)
+        print(f"error: {args.pred}: none of its {n} prediction(s) matches one of the {result.report.n_bench} samples "
+              f"of {' '.join(args.bench)} (another benchmark's predictions?); nothing written", file=sys.stderr)
+        return 2
     if pred_file.truncated_line is not None:
         print(f"{args.pred}:{pred_file.truncated_line}: truncated last line ignored")
     if pred_file.format == "results":

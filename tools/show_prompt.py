@@ -59,6 +59,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     path = args.bench
+    if any(n < 1 for n in args.line):
+        parser.error(f"--line: line numbers start at 1, got {min(args.line)}")
     if not os.path.isfile(path):
         parser.error(f"--bench: no such file: {path}")
     read = read_chat_records if file_format(path) == "chat" else read_records

@@ -275,6 +275,11 @@ class ScoreReport:
     duplicate_bench_keys: list[tuple] = field(default_factory=list)  # (setting, id, stage, line) sharing a key
     shared: int = 0  # samples with a duplicated (id, stage) scored by one prediction keyed without a line
 
+    def coverage(self) -> dict:
+        """How the predictions cover the benchmark, as metrics.json and table1 record it."""
+        return {"samples": self.n_bench, "predictions": self.n_predictions, "matched": self.matched,
+                "missing": len(self.missing), "extra": len(self.unknown), "duplicates": len(self.duplicates)}
+
     def lines(self) -> list[str]:
         out = [f"benchmark samples: {self.n_bench}; predictions: {self.n_predictions}; matched: {self.matched}"]
         for name, keys, note in [("missing predictions", self.missing, "counted as N/A"),
@@ -299,6 +304,8 @@ class ScoreResult:
 
 def score(bench: Mapping[str, Sequence[Record]], predictions: Iterable[Mapping], mode: str = "think") -> ScoreResult:
     """Match predictions to benchmark records and compute metrics.json; a missing prediction is an N/A answer.
+    The metrics' "coverage" entry counts the samples, the predictions matched, the samples missing one
+    and the predictions matching none ("extra").
 
     bench maps a file stem to its records. A prediction names its sample by (setting, id, stage) and,
     optionally, line. The line only matters where a benchmark file repeats (id, stage) with different
@@ -341,7 +348,7 @@ def score(bench: Mapping[str, Sequence[Record]], predictions: Iterable[Mapping],
             samples.append(Sample(record, pred_score, pred_ref))
     report.unknown = [(*key, line) for key, answers in by_key.items() for line in answers
                       if (*key, line) not in used and (*key, line) not in report.duplicates]
-    return ScoreResult(compute_metrics(samples), samples, report)
+    return ScoreResult({**compute_metrics(samples), "coverage": report.coverage()}, samples, report)
 
 
 def load_bench(paths: Iterable) -> dict[str, list[Record]]:

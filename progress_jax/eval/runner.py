@@ -18,6 +18,8 @@ from data_pipeline.parsing import MODES
 from data_pipeline.pipeline import make_dataset
 from data_pipeline.records import check_images
 from progress_jax import data_files, distributed, handover, loading, sampling
+from progress_jax.errors import UserError
+from progress_jax.eval import provenance
 from progress_jax.eval.predictions import (done_keys, load_bench, pending_records, prediction_line, PredictionWriter,
                                            read_predictions, score, write_results)
 from progress_jax.console import progress_bar
@@ -59,11 +61,13 @@ def find_bench(files, bench_dir: str, image_root: str, root_key: str = "data.ima
 
 def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, mesh=None,
              run_name: str = "model", verbose: bool = True, bench: dict | None = None,
-             blank_observation: bool = False) -> dict:
+             weights: dict | None = None, blank_observation: bool = False) -> dict:
     """Predict the samples of `files` not yet in <out_dir>/predictions.jsonl, then score all of them.
     bench: the records to evaluate by file stem, instead of all of `files` (load_bench(files), or a
-    subset of it: validation during training). blank_observation: the ablation of
-    eval.blank_observation (every observation image flat grey).
+    subset of it: validation during training). weights: the model's identity for the predictions'
+    provenance (eval/provenance.py; default: an in-memory model named `run_name`); predictions of
+    another provenance in the file are refused, or replaced with config eval.overwrite.
+    blank_observation: the ablation of eval.blank_observation (every observation image flat grey).
 
     config: an eval-style config (resolved: no None fields): data.mode, data buckets/pixels,
     data.worker_count, sampling.*, seed. Writes predictions.jsonl, metrics.json, table1/2 and the
@@ -76,12 +80,19 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
     pred_path = os.path.join(out_dir, "predictions.jsonl")
     if bench is None:
         bench = load_bench(files)  # refuses empty benchmark files before anything is written
+    description = provenance.describe(config, weights or {"in_memory": run_name}, blank_observation)
+    lines = [obj for _, obj in read_predictions(pred_path).lines] if os.path.exists(pred_path) else []
+    resume = provenance.check_resume(out_dir, lines, description, bool((config.get("eval") or {}).get("overwrite")))
     # The samples still to predict, fed to the pipeline as records (no copy of the file): every error
     # names the user's file and line. Their images are checked here, before any generation.
-    todo = pending_records(bench, done_keys(pred_path))  # by file stem, in file order
+    todo = pending_records(bench, done_keys(pred_path) if resume else set())  # by file stem, in file order
     for records in todo.values():
         for record in records:
             check_images(record, image_root)
+    if main:
+        if not resume:
+            os.remove(pred_path)
+        provenance.write(out_dir, description)
     total = sum(map(len, todo.values()))
     if verbose and main:
         log.info("%s: %d of %d samples to predict (%s mode) -> %s", run_name, total, sum(map(len, bench.values())),
@@ -109,7 +120,7 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
                 rows = [(r, t) for r, t in zip(batch["records"], gen.texts) if r is not None]
                 if writer is not None:
                     for record, text in rows:
-                        writer.write(prediction_line(record, text, mode))
+                        writer.write({**prediction_line(record, text, mode), "made_by": provenance.digest(description)})
                 bar.update(len(rows))
     finally:
         bar.close()
@@ -143,15 +154,24 @@ def run(config) -> None:
     mesh = distributed.make_mesh(config)
     model = load_trained(config, mesh, trained, meta) if trained else loading.load_model(config, mesh)
     tokenizer = loading.load_tokenizer(config)
-    out_dir = config.eval.out_dir or os.path.join(config.workdir, config.data.mode)
+    out_dir = output_dir(config)
     if config.eval.run_name:
         name = config.eval.run_name
     elif trained:  # runs/grpo/final -> grpo
         name = os.path.basename(os.path.dirname(os.path.abspath(trained)))
     else:
         name = os.path.basename(os.path.normpath(config.model.path)) if config.model.path else "tiny-random"
-    evaluate(model, tokenizer, files, image_root, out_dir, config, mesh=mesh, run_name=name,
+    weights = {"model": provenance.model_identity(config),
+               "trained": provenance.trained_identity(trained) if trained else None}
+    evaluate(model, tokenizer, files, image_root, out_dir, config, mesh=mesh, run_name=name, weights=weights,
              blank_observation=config.eval.blank_observation)
+
+
+def output_dir(config) -> str:
+    """eval.out_dir, else <workdir>/<data.mode>."""
+    if not config.eval.out_dir and not config.workdir:
+        raise UserError("config keys eval.out_dir and workdir are both empty: name the directory the job writes in")
+    return config.eval.out_dir or os.path.join(config.workdir, config.data.mode)
 
 
 def load_trained(config, mesh, directory: str, meta: dict | None = None):

@@ -1,6 +1,7 @@
 """The paper's tables from metrics.json dicts, several runs side by side as rows, Markdown and CSV.
 
-Table 1: vision / text / micro / macro x NSE, PRC, AFRR, plus UDA (vision, text, macro).
+Table 1: vision / text / micro / macro x NSE, PRC, AFRR, plus UDA (vision, text, macro) and the
+predictions' coverage of the benchmark (samples matched, missing a prediction; extra predictions).
 Table 2: same-view / cross-view / delta (cross - same) x NSE, PRC, AFRR.
 """
 from __future__ import annotations
@@ -10,17 +11,19 @@ import io
 from collections.abc import Iterable, Mapping
 
 METRICS = ("nse", "prc", "afrr")
+COVERAGE = ("matched", "missing", "extra")  # counts from metrics.json's "coverage"
 MISSING = "-"
 
 
 def table1(runs: Mapping[str, Mapping]) -> tuple[list[str], list[list]]:
     """(header, rows) with one row per run (name -> metrics dict); cells are floats or None."""
     header = ["run"] + [f"{s} {m.upper()}" for s in ("vision", "text", "micro", "macro") for m in METRICS]
-    header += ["vision UDA", "text UDA", "macro UDA"]
+    header += ["vision UDA", "text UDA", "macro UDA"] + list(COVERAGE)
     rows = []
     for name, metrics in runs.items():
         row = [name] + [metrics.get(s, {}).get(m) for s in ("vision", "text", "micro", "macro") for m in METRICS]
         row += [metrics.get(s, {}).get("uda") for s in ("vision", "text", "macro")]
+        row += [metrics.get("coverage", {}).get(c) for c in COVERAGE]
         rows.append(row)
     return header, rows
 
@@ -48,8 +51,8 @@ def table2(runs: Mapping[str, Mapping], same: str = "visual_same_view",
 def _cell(value, signed: bool = False) -> str:
     if value is None:
         return MISSING
-    if isinstance(value, str):
-        return value
+    if isinstance(value, (str, int)):
+        return str(value)
     return f"{value:+.1f}" if signed else f"{value:.1f}"
 
 
@@ -66,5 +69,5 @@ def to_csv(header: list[str], rows: list[list]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     for row in rows:
-        writer.writerow(["" if v is None else v if isinstance(v, str) else f"{v:.1f}" for v in row])
+        writer.writerow(["" if v is None else v if isinstance(v, (str, int)) else f"{v:.1f}" for v in row])
     return buf.getvalue()

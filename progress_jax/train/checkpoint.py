@@ -7,13 +7,16 @@ it when complete, so a crash mid-write leaves no step directory and the previous
 
 Resuming (see docs/reliability.md): a checkpoint written under another defining config (`run_config`:
 model, dtypes, LoRA, batch geometry), or whose arrays do not match the state being restored
-(another param dtype, LoRA rank, trainable set), is refused naming the keys or arrays. A damaged
-checkpoint (a data file missing or truncated) is named by step and file; `restore_latest` moves it
-aside to `<step>.damaged` and uses the newest intact one.
+(another param dtype, LoRA rank, trainable set), is refused naming the keys or arrays. Every
+checkpoint stores a checksum of each array's values (`extra`), compared with the arrays read back. A
+damaged checkpoint (a data file missing or truncated, or an array whose checksum differs) is named by
+step and file or array; `restore_latest` moves it aside to `<step>.damaged` and uses the newest
+intact one.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -22,7 +25,11 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from jax import lax
+
+from progress_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +79,11 @@ def run_config(config) -> dict:
     return json.loads(json.dumps(out))  # tuples as lists: as read back from JSON
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(UserError, ValueError):
     """The checkpoints were written by a run with another defining config or state layout."""
 
 
-class CheckpointDamaged(RuntimeError):
+class CheckpointDamaged(UserError, RuntimeError):
     """A checkpoint step cannot be read back (a file missing, truncated or corrupt)."""
 
     def __init__(self, step: int, file: str, reason: str, message: str | None = None):
@@ -120,6 +127,12 @@ def _damage(step: int, step_dir: str, error: Exception) -> CheckpointDamaged:
     return CheckpointDamaged(step, file, reason)
 
 
+def _extra_digest(extra: dict) -> str:
+    """sha256 of the JSON item's content (the data position, metadata, run config, array checksums)."""
+    return hashlib.sha256(json.dumps({k: v for k, v in extra.items() if k != "sha256"}, sort_keys=True).encode()
+                          ).hexdigest()
+
+
 def _quiet_aborted_reads() -> None:
     """When one read of a restore fails, Orbax's event loop closes while the other reads are in
     flight; each of them reports "Event loop is closed" through sys.unraisablehook when it finishes
@@ -142,6 +155,45 @@ def _path_key(path) -> tuple:
 
 def _describe(x) -> str:
     return f"{jnp.dtype(x.dtype).name}{list(x.shape)}"
+
+
+_UNSIGNED = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
+
+
+def _mix(i, seed: int):
+    """A murmur3-style finaliser of uint32 indices: a pseudo-random weight per element."""
+    h = i ^ jnp.uint32(seed)
+    h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
+    h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _leaf_checksum(x):
+    """Two weighted sums of the array's bit patterns, mod 2^32: exact integer arithmetic, so the
+    same on any sharding or process count; every weight is odd, so any changed element changes both."""
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        u = x.astype(jnp.uint32)
+    else:  # 8-byte types become [..., 2] uint32
+        u = lax.bitcast_convert_type(x, _UNSIGNED.get(x.dtype.itemsize, jnp.uint32)).astype(jnp.uint32)
+    u = u.reshape((1,)) if u.ndim == 0 else u
+    index, stride = jnp.zeros(u.shape, jnp.uint32), 1
+    for d in reversed(range(u.ndim)):  # the flat index without a reshape (which could reshard)
+        index = index + lax.broadcasted_iota(jnp.uint32, u.shape, d) * jnp.uint32(stride % 2**32)
+        stride *= u.shape[d]
+    return jnp.stack([jnp.sum(u * (_mix(index, seed) | jnp.uint32(1)), dtype=jnp.uint32)
+                      for seed in (0x9E3779B9, 0x7F4A7C15)])
+
+
+_checksums_jit = jax.jit(lambda state: jax.tree.map(_leaf_checksum, state))
+
+
+def checksums(state) -> dict[str, str]:
+    """{'/'-joined array path: 16 hex digits} of a state pytree's values."""
+    sums = jax.device_get(_checksums_jit(state))
+    return {"/".join(_path_key(p)): "".join(f"{int(v):08x}" for v in np.asarray(c))
+            for p, c in jax.tree_util.tree_flatten_with_path(sums)[0]}
 
 
 def abstract_like(state):
@@ -183,7 +235,9 @@ class Checkpointer:
             return False
         if step in self._manager.all_steps():
             return False
-        extra = _encode({"data": data_state, "metadata": metadata or {}, "run_config": self.run_config})
+        extra = _encode({"data": data_state, "metadata": metadata or {}, "run_config": self.run_config,
+                         "checksums": checksums(state)})
+        extra["sha256"] = _extra_digest(extra)
         return self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)), force=True)
 
@@ -227,10 +281,15 @@ class Checkpointer:
         step_dir = os.path.join(self.directory, str(step))
         _quiet_aborted_reads()
         try:
-            extra = _decode(self._manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore())).extra)
+            extra = self._manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore())).extra
+            if "sha256" in extra and extra["sha256"] != _extra_digest(extra):
+                raise CheckpointDamaged(step, f"{step_dir}/extra/metadata", "its content does not match its checksum")
+            extra = _decode(extra)
             saved = self._manager.item_metadata(step)["state"]
             if saved is None:
                 raise FileNotFoundError(f'local file "{step_dir}/state/_METADATA" is unreadable')
+        except CheckpointDamaged:
+            raise
         except Exception as e:  # noqa: BLE001 -- any failure to read these small files is damage
             raise _damage(step, step_dir, e) from e
         self._check_run_config(step, extra.get("run_config"))
@@ -238,10 +297,24 @@ class Checkpointer:
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
         except Exception as e:
-            if step_dir not in str(e) and not isinstance(e, OSError):
+            if step_dir not in str(e) and not isinstance(e, (OSError, json.JSONDecodeError, UnicodeDecodeError)):
                 raise  # not a file of this checkpoint (e.g. out of memory): not damage
             raise _damage(step, step_dir, e) from e
+        self._check_sums(step, step_dir, extra.get("checksums"), out.state)
         return out.state, extra["data"], extra["metadata"]
+
+    def _check_sums(self, step: int, step_dir: str, saved: dict | None, state) -> None:
+        """The restored arrays against the checksums written with them (bytes flipped in a data file
+        can decode to other numbers without any read error)."""
+        if saved is None:
+            log.warning("%s: checkpoint step %d records no checksums (written by an older version): not verified",
+                        self.directory, step)
+            return
+        bad = [k for k, v in checksums(state).items() if saved.get(k) != v]
+        if bad:
+            raise CheckpointDamaged(step, f"{step_dir}/state/ (array {bad[0]}"
+                                    + (f" and {len(bad) - 1} more)" if len(bad) > 1 else ")"),
+                                    "array data does not match its checksum")
 
     def _check_run_config(self, step: int, saved: dict | None) -> None:
         if self.run_config is None:
