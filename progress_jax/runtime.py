@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from progress_jax import handover, sharding
+from progress_jax.errors import BadInput, InputNotFound
 from progress_jax.models import families
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def load_model(cfg, mesh=None):
     model of preset model.preset (seed cfg.seed), sharded on mesh."""
     param, compute = DTYPES[cfg.model.param_dtype], DTYPES[cfg.model.compute_dtype]
     if cfg.model.path and not os.path.isdir(cfg.model.path):
-        raise FileNotFoundError(f"config key model.path: no directory {cfg.model.path}")
+        raise InputNotFound(f"config key model.path: no directory {cfg.model.path}")
     family = families.for_config(cfg)
     if cfg.model.path:
         return set_attention_chunk(family.load(cfg.model.path, param, compute, mesh), cfg.model.attention_chunk)
@@ -169,7 +170,7 @@ def check_train_files(files, image_root: str | None, key: str = "data.train_file
     n = 0
     for f in files:
         if not os.path.isfile(f):
-            raise FileNotFoundError(f"config key {key}: no file {f}")
+            raise InputNotFound(f"config key {key}: no file {f}")
         if f.endswith(".array_record"):
             import grain
 
@@ -178,15 +179,14 @@ def check_train_files(files, image_root: str | None, key: str = "data.train_file
             load = load_chat_records if _is_chat(f) else load_records
             count = len(load(f, image_root))
         if count == 0:
-            raise ValueError(f"config key {key}: {f} holds no records")
+            raise BadInput(f"config key {key}: {f} holds no records")
         n += count
     return n
 
 
 def check_init_params(directory: str, key: str) -> None:
     if directory and not os.path.isfile(os.path.join(directory, handover.TRAINABLE_FILE)):
-        raise FileNotFoundError(f"config key {key}: no {handover.TRAINABLE_FILE} in {directory} "
-                                "(expected the final/ of an SFT or GRPO run)")
+        raise handover.not_a_final_dir(directory, handover.TRAINABLE_FILE, key)
 
 
 def progress_bar(total: int, initial: int = 0, desc: str = "train", enabled: bool = True):
