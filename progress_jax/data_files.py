@@ -12,6 +12,7 @@ from jax._src import distributed as jax_distributed
 from data_pipeline import sim
 from data_pipeline.records import file_format, load_chat_records, load_records
 from progress_jax import handover
+from progress_jax.errors import BadInput, InputNotFound
 
 
 def sim_paths(cfg) -> dict:
@@ -50,19 +51,18 @@ def check_train_files(files, image_root: str | None, key: str = "data.train_file
     n = 0
     for f in files:
         if not os.path.isfile(f):
-            raise FileNotFoundError(f"config key {key}: no file {f}")
+            raise InputNotFound(f"config key {key}: no file {f}")
         if f.endswith(".array_record"):
             count = len(grain.sources.ArrayRecordDataSource([f]))
         else:
             load = load_chat_records if file_format(f) == "chat" else load_records
             count = len(load(f, image_root))
         if count == 0:
-            raise ValueError(f"config key {key}: {f} holds no records")
+            raise BadInput(f"config key {key}: {f} holds no records")
         n += count
     return n
 
 
 def check_init_params(directory: str, key: str) -> None:
     if directory and not os.path.isfile(os.path.join(directory, handover.TRAINABLE_FILE)):
-        raise FileNotFoundError(f"config key {key}: no {handover.TRAINABLE_FILE} in {directory} "
-                                "(expected the final/ of an SFT or GRPO run)")
+        raise handover.not_a_final_dir(directory, handover.TRAINABLE_FILE, key)

@@ -10,6 +10,14 @@ class UserError(Exception):
     """A mistake or condition the user can act on; the message says what and where."""
 
 
+class InputNotFound(UserError, FileNotFoundError):
+    """A file or directory that a config key or flag names is not there."""
+
+
+class BadInput(UserError, ValueError):
+    """An input that is there but cannot be used (empty, of the wrong kind)."""
+
+
 def one_line(fn, *args, verbose: bool = False, **kwargs):
     """fn(*args, **kwargs); a UserError becomes `error: <message>` on stderr and exit status 1
     (with its traceback when `verbose`)."""

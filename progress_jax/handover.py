@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from data_pipeline.paths import atomic_output
-from progress_jax.errors import UserError
+from progress_jax.errors import InputNotFound, UserError
 from progress_jax.models import safetensors_io
 from progress_jax.sharding import path_str
 
@@ -55,12 +55,19 @@ def save_trainable(directory: str, params: dict, meta: dict) -> str:
     return directory
 
 
+def not_a_final_dir(directory: str, name: str, key: str = "") -> InputNotFound:
+    """The error for a directory without `name`, pointing at its final/ when it is a run directory."""
+    hint = (f"; give {os.path.join(directory, 'final')}, the run's final/" if
+            os.path.isfile(os.path.join(directory, "final", name)) else " (expected the final/ of an SFT or GRPO run)")
+    return InputNotFound(f"{f'config key {key}: ' if key else ''}no {name} in {directory}{hint}")
+
+
 def load_trainable(directory: str) -> tuple[dict, dict]:
     """(params, meta) written by `save_trainable`; a tensors file whose sha256 is not the one
     recorded with it is refused (files written before checksums were recorded are not checked)."""
     path = os.path.join(directory, TRAINABLE_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no {TRAINABLE_FILE} in {directory} (expected the final/ of an SFT or GRPO run)")
+        raise not_a_final_dir(directory, TRAINABLE_FILE)
     meta = read_meta(directory)
     if "sha256" in meta and file_sha256(path) != meta["sha256"]:
         raise TrainableDamaged(f"{path} is damaged: its sha256 is not the one recorded in {TRAINABLE_META} when it "
@@ -72,7 +79,7 @@ def read_meta(directory: str) -> dict:
     """`trainable.json` of a save_trainable directory: the lora config and the base model."""
     path = os.path.join(directory, TRAINABLE_META)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no {TRAINABLE_META} in {directory} (expected the final/ of an SFT or GRPO run)")
+        raise not_a_final_dir(directory, TRAINABLE_META)
     with open(path) as f:
         try:
             meta = json.load(f)

@@ -12,6 +12,7 @@ from flax import nnx
 
 from data_pipeline.tokenizer import load_tokenizer as _load_tokenizer
 from progress_jax import handover, lora, sharding
+from progress_jax.errors import InputNotFound
 from progress_jax.models import families
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -22,7 +23,7 @@ def load_model(cfg, mesh=None):
     model of preset model.preset (seed cfg.seed), sharded on mesh."""
     param, compute = DTYPES[cfg.model.param_dtype], DTYPES[cfg.model.compute_dtype]
     if cfg.model.path and not os.path.isdir(cfg.model.path):
-        raise FileNotFoundError(f"config key model.path: no directory {cfg.model.path}")
+        raise InputNotFound(f"config key model.path: no directory {cfg.model.path}")
     family = families.for_config(cfg)
     if cfg.model.path:
         return set_attention_chunk(family.load(cfg.model.path, param, compute, mesh), cfg.model.attention_chunk)

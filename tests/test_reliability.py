@@ -143,3 +143,44 @@ def test_sft_resume_refuses_a_changed_config_and_falls_back_past_a_damaged_check
     assert "Event loop is closed" not in done.stderr
     assert {"4.damaged", "6"} <= set(os.listdir(ckpt))
     assert max(metrics(tmp_path / "run")) == 6
+
+
+def _job_error(cmd):
+    import subprocess
+
+    from tests.killable import ENV, ROOT
+
+    done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    return done.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("case", ["missing", "empty"])
+def test_a_missing_or_empty_training_file_is_one_line(tmp_path, case):
+    from tests.killable import write_records
+    from tests.test_sft_resume import command
+
+    write_records(tmp_path)
+    bad = tmp_path / "train.jsonl"
+    if case == "empty":
+        bad.write_text("\n")
+    last = _job_error(command(tmp_path, tmp_path / "run") + [f"--config.data.train_files=('{bad}',)"])
+    assert last == (f"error: config key data.train_files: no file {bad}" if case == "missing" else
+                    f"error: config key data.train_files: {bad} holds no records")
+
+
+def test_eval_trained_given_a_run_directory_names_its_final(tmp_path):
+    import sys
+
+    from progress_jax import handover
+    from tests.killable import ROOT, write_records
+
+    write_records(tmp_path)
+    run = tmp_path / "runs" / "grpo"
+    os.makedirs(run / "final")
+    (run / "final" / handover.TRAINABLE_META).write_text("{}")
+    last = _job_error([sys.executable, "-m", "progress_jax.main", "--config", os.path.join(ROOT, "configs/eval.py"),
+                       f"--config.eval.out_dir={tmp_path / 'out'}", f"--config.eval.trained={run}",
+                       f"--config.eval.bench_files=('{tmp_path / 'sft.jsonl'}',)",
+                       f"--config.data.image_root={tmp_path / 'images'}"])
+    assert last == f"error: no {handover.TRAINABLE_META} in {run}; give {run / 'final'}, the run's final/"

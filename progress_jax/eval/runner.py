@@ -18,7 +18,7 @@ from data_pipeline.parsing import MODES
 from data_pipeline.pipeline import make_dataset
 from data_pipeline.records import check_images
 from progress_jax import data_files, distributed, handover, loading, sampling
-from progress_jax.errors import UserError
+from progress_jax.errors import InputNotFound, UserError
 from progress_jax.eval import provenance
 from progress_jax.eval.predictions import (done_keys, load_bench, pending_records, prediction_line, PredictionWriter,
                                            read_predictions, score, write_results)
@@ -49,13 +49,13 @@ def find_bench(files, bench_dir: str, image_root: str, root_key: str = "data.ima
     files = [os.fspath(f) for f in files]
     if not files:
         if not os.path.isdir(bench_dir):
-            raise FileNotFoundError(f"config key data.bench_dir: no directory {bench_dir}")
+            raise InputNotFound(f"config key data.bench_dir: no directory {bench_dir}")
         files = sorted(os.path.join(bench_dir, n) for n in os.listdir(bench_dir) if n.endswith(".jsonl"))
         if not files:
-            raise FileNotFoundError(f"config key data.bench_dir: no .jsonl benchmark files in {bench_dir}")
+            raise InputNotFound(f"config key data.bench_dir: no .jsonl benchmark files in {bench_dir}")
     image_root = image_root or os.path.join(bench_dir or os.path.dirname(files[0]), "images")
     if not os.path.isdir(image_root):
-        raise FileNotFoundError(f"config key {root_key}: no image directory {image_root}")
+        raise InputNotFound(f"config key {root_key}: no image directory {image_root}")
     return files, image_root
 
 
