@@ -194,8 +194,9 @@ def sft_step(model, a, clock: CompileClock) -> tuple[float, float]:
     return compile_s, total - compile_s
 
 
-def grpo_step(model, a, clock: CompileClock) -> tuple[float, float, dict]:
-    """(compile s, step s, the step's metrics) of one GRPO step, as tools/bench_grpo.py sets it up."""
+def grpo_setup(model, a, loss_chunk: int = 0) -> tuple[grpo.Trainer, dict]:
+    """The GRPO trainer on one device, as tools/bench_grpo.py sets it up (a random reward), and its
+    batch of --prompts prompts of --prompt-length tokens, each with one --image-side px image."""
     from configs import grpo as grpo_config
     from data_pipeline.tokenizer import load_tokenizer
 
@@ -204,7 +205,8 @@ def grpo_step(model, a, clock: CompileClock) -> tuple[float, float, dict]:
     c.model.remat = a.remat
     c.lora.rank = a.lora_rank
     c.grpo.n, c.grpo.rollout_batch_size = a.rollouts, a.prompts
-    c.train.update(dict(lr=1e-6, batch_size=a.prompts, micro_batch_size=a.micro_batch, steps=1, epochs=1.0))
+    c.train.update(dict(lr=1e-6, batch_size=a.prompts, micro_batch_size=a.micro_batch, steps=1, epochs=1.0,
+                        loss_chunk=loss_chunk))
     c.sampling.max_new_tokens, c.sampling.temperature = a.new_tokens, 0.6
     c.data.length_buckets = (a.prompt_length,)
     c.data.patch_buckets = (a.micro_batch * (a.image_side // 14) ** 2,)
@@ -212,7 +214,12 @@ def grpo_step(model, a, clock: CompileClock) -> tuple[float, float, dict]:
     rng = np.random.default_rng(0)
     trainer = grpo.Trainer(c, model, load_tokenizer(None), mesh,
                            reward_fn=lambda gen, recs: [{"overall": float(rng.random())} for _ in recs])
-    batch = prompts(cfg, a.prompts, 1, a.image_side, _text_tokens(cfg, a.prompt_length, a.image_side))
+    return trainer, prompts(cfg, a.prompts, 1, a.image_side, _text_tokens(cfg, a.prompt_length, a.image_side))
+
+
+def grpo_step(model, a, clock: CompileClock) -> tuple[float, float, dict]:
+    """(compile s, step s, the step's metrics) of one GRPO step (grpo_setup)."""
+    trainer, batch = grpo_setup(model, a)
     before = clock.total
     m = trainer.step(batch, jax.random.key(0))
     compile_s = clock.total - before

@@ -16,6 +16,7 @@ import platform
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from progress_jax import lora, sharding  # noqa: E402
@@ -46,24 +47,33 @@ def make_batch(cfg, batch: int, length: int, images: int, seed: int = 0) -> dict
             "image_grid_thw": np.tile(np.array([[1, 8, 8]], np.int32), (n, 1))}
 
 
-def bench_jax(cfg, host: dict, steps: int, remat: str) -> float:
-    model = qwen2_5_vl.init(cfg, seed=0)
-    lora.inject(model, 8, 16.0, 0.05)
+def sft_runner(model, host: dict, remat: str = "none", loss_chunk: int = 0):
+    """A callable that runs one LoRA SFT step on `host` (make_batch's arrays) and waits for it, set
+    up as the SFT trainer does (loop.setup_state, sft.make_step, loop.jit_step) on one device for a
+    model with LoRA injected. The step donates its state: it gets a copy, so the model keeps its
+    own LoRA arrays."""
+    cfg = model.config
     tx = schedule.make_optimizer(1e-4, 0.0, 0.1, 1000, 1.0)
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     setup = loop.setup_state(model, mesh, tx, rank=8)
     batch = qwen.stack_micro([host], cfg)
     batch_sh = loop.batch_shardings(batch, mesh, qwen)
-    step = loop.jit_step(sft.make_step(setup.parts, tx, mesh, remat=remat), mesh, setup.state_sh, setup.frozen_sh,
-                         batch_sh)
-    box = {"state": setup.state}
+    step = loop.jit_step(sft.make_step(setup.parts, tx, mesh, remat=remat, loss_chunk=loss_chunk), mesh,
+                         setup.state_sh, setup.frozen_sh, batch_sh)
+    box = {"state": jax.tree.map(jnp.copy, setup.state)}
     frozen, dev = jax.device_put(setup.parts.frozen, setup.frozen_sh), loop.to_device(batch, batch_sh, qwen)
 
     def run():
         box["state"], m = step(box["state"], frozen, dev)
         jax.block_until_ready(m)
 
-    return median_time(run, steps, warmup=2)
+    return run
+
+
+def bench_jax(cfg, host: dict, steps: int, remat: str) -> float:
+    model = qwen2_5_vl.init(cfg, seed=0)
+    lora.inject(model, 8, 16.0, 0.05)
+    return median_time(sft_runner(model, host, remat), steps, warmup=2)
 
 
 def bench_torch(cfg, host: dict, steps: int) -> float:
