@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from progress_jax import lora, runtime, sampling  # noqa: E402
+from progress_jax import loading, lora, sampling  # noqa: E402
 from progress_jax.models import qwen2_5_vl  # noqa: E402
 from progress_jax.models.qwen2_5_vl import family as qwen  # noqa: E402
 from progress_jax.models.qwen2_5_vl.layers import causal_attention  # noqa: E402
@@ -122,7 +122,7 @@ def _child(call: str, timeout: float) -> None:
 
 def export_random(preset: str, dtype: str, directory: str, seed: int = 0) -> None:
     """A random model of `preset` written in the Hub layout (config.json + safetensors)."""
-    d = runtime.DTYPES[dtype]
+    d = loading.DTYPES[dtype]
     qwen2_5_vl.save_pretrained(qwen2_5_vl.init(qwen2_5_vl.preset(preset), seed, d, d), directory)
 
 
@@ -250,7 +250,7 @@ def attention_inputs(text_config, length: int, dtype: str, seed: int = 0):
     rng = np.random.default_rng(seed)
     c = text_config
     shape = lambda heads: (2, length, heads, c.head_dim)  # noqa: E731
-    q, k, v = (jnp.asarray(rng.standard_normal(shape(h)), runtime.DTYPES[dtype])
+    q, k, v = (jnp.asarray(rng.standard_normal(shape(h)), loading.DTYPES[dtype])
                for h in (c.num_attention_heads, c.num_key_value_heads, c.num_key_value_heads))
     mask = np.ones((2, length), np.int32)
     mask[1, length - length // 8:] = 0
@@ -397,8 +397,8 @@ def main(argv=None) -> list[Row]:
         else:  # in a child, so that no JAX process holds GPU memory while vLLM starts
             _child(f"export_random({s.preset!r}, {s.dtype!r}, {ckpt!r})", timeout=300)
             vllm = guarded("rollout, vLLM", lambda: vllm_row(ckpt, ids, s, tmp, a.vllm_gpu_memory))
-        host, peak, d = Peak(), peak_flops(a.peak_tflops), runtime.DTYPES[s.dtype]  # JAX's backend starts here
-        model = runtime.set_attention_chunk(qwen2_5_vl.from_pretrained(ckpt, d, d), s.attention_chunk)
+        host, peak, d = Peak(), peak_flops(a.peak_tflops), loading.DTYPES[s.dtype]  # JAX's backend starts here
+        model = loading.set_attention_chunk(qwen2_5_vl.from_pretrained(ckpt, d, d), s.attention_chunk)
         lora_model = nnx.clone(model)  # shares the base weights; the plain model is what vLLM serves
         lora.inject(lora_model, 8, 16.0, 0.05)
         for length in s.sft_lengths:  # first: the device's peak memory counts from the start
