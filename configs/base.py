@@ -3,7 +3,8 @@ images and buckets of the built-in demo, in one place.
 
 Each config file's `get_config(arg)` takes the text after ':' in `--config configs/X.py:arg`
 (ml_collections' config_flags): `demo` (the default, no argument), `paper` (the published recipe,
-see docs/recipes.md) or a file's own (configs/sft.py: `nano`). Every value is concrete: nothing is chosen later by a job.
+see docs/recipes.md) or a file's own (configs/sft.py: `nano`). Every value is concrete: nothing is
+chosen later by a job.
 """
 
 import ml_collections
