@@ -173,6 +173,28 @@ def test_damaged_latest_checkpoint_is_named_moved_aside_and_the_previous_one_use
     assert sorted(os.listdir(tmp_path)) == ["2", "4.damaged"]
 
 
+def test_late_reports_of_the_aborted_reads_are_dropped_and_others_kept(tmp_path):
+    """After a damaged read, the reads left in flight report later (asyncio's "Task exception was never
+    retrieved", collected at any time, even after the job's one-line error): those that name the damaged
+    step are dropped; the same report about another path is kept."""
+    import logging
+
+    with Checkpointer(str(tmp_path), save_every=1, keep=5, async_save=False) as ckpt:
+        ckpt.save(4, big_state(1), b"four")
+    _array_data_file(tmp_path / "4").unlink()
+    with Checkpointer(str(tmp_path), save_every=1, keep=5) as ckpt, pytest.raises(CheckpointDamaged):
+        ckpt.restore(4, abstract_like(big_state(1)))
+
+    def report(path):
+        error = ValueError(f'NOT_FOUND: Error reading "x" in OCDBT database at local file "{path}/d/1"')
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "Task exception was never retrieved\n"
+                                 f"future: <Task finished coro=<read()> exception={error!r}>", None, None)
+
+    asyncio_filters = logging.getLogger("asyncio").filters
+    assert not all(f.filter(report(tmp_path / "4" / "state")) for f in asyncio_filters)
+    assert all(f.filter(report(tmp_path / "elsewhere")) for f in asyncio_filters)
+
+
 def test_no_intact_checkpoint_stops_and_moves_nothing(tmp_path):
     state = big_state(0)
     with Checkpointer(str(tmp_path), save_every=1, keep=5, async_save=False) as ckpt:

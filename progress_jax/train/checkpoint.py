@@ -112,6 +112,7 @@ def _damage(step: int, step_dir: str, error: Exception) -> CheckpointDamaged:
     """The file a read error names (the innermost one inside the step directory; else the array
     being read in its OCDBT database) and why it failed."""
     text = _messages(error)
+    _DAMAGED_DIRS.add(step_dir)
     files = [f for f in re.findall(r'local file "([^"]+)"', text) if f.startswith(step_dir) and not f.endswith("/")]
     arrays = re.findall(r'Error reading "([^"]+)" in OCDBT database at local file "([^"]+)"', text)
     if files:
@@ -133,20 +134,43 @@ def _extra_digest(extra: dict) -> str:
                           ).hexdigest()
 
 
+# Step directories found damaged in this process: the reads still in flight there fail later.
+_DAMAGED_DIRS: set[str] = set()
+
+
+def _about_damage(text: str) -> bool:
+    return any(d in text for d in _DAMAGED_DIRS)
+
+
+class _DropAbortedReads(logging.Filter):
+    """asyncio's "Task exception was never retrieved" for a read of a damaged checkpoint (logged
+    whenever the task is collected, possibly after the job has printed its one-line error)."""
+
+    def filter(self, record):
+        return not (_DAMAGED_DIRS and "exception was never retrieved" in record.getMessage()
+                    and _about_damage(record.getMessage() + "".join(map(str, record.exc_info or ()))))
+
+
 def _quiet_aborted_reads() -> None:
     """When one read of a restore fails, Orbax's event loop closes while the other reads are in
-    flight; each of them reports "Event loop is closed" through sys.unraisablehook when it finishes
-    (dozens of tracebacks, the damage already named). Those reports are dropped; any other is shown."""
+    flight; each of them reports through sys.unraisablehook ("Event loop is closed", or its own
+    error) or asyncio's logger when it finishes: dozens of tracebacks, the damage already named.
+    Those reports are dropped; any other is shown."""
     previous = sys.unraisablehook
     if getattr(previous, "drops_closed_loop", False):
         return
 
     def hook(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
-            previous(unraisable)
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        if error is not None and _DAMAGED_DIRS and _about_damage(_messages(error)):
+            return
+        previous(unraisable)
 
     hook.drops_closed_loop = True
     sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_DropAbortedReads())
 
 
 def _path_key(path) -> tuple:
