@@ -8,7 +8,7 @@ import pytest
 
 from data_pipeline.records import Record
 from progress_jax.eval import plots, tables
-from progress_jax.eval.plots import plt
+from progress_jax.eval.plots import _pyplot
 from progress_jax.eval.metrics import Sample
 
 
@@ -132,4 +132,4 @@ def test_figure_written_whole_or_not_at_all(tmp_path):
         plots._save(fig, str(tmp_path / "bad.nosuchformat"))  # savefig fails: nothing is written
     assert not (tmp_path / "bad.nosuchformat").exists()
     assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths)
-    assert fig.number not in plt.get_fignums()  # the figure is closed either way
+    assert fig.number not in _pyplot().get_fignums()  # the figure is closed either way

@@ -20,7 +20,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from data_pipeline.records import Record
 
@@ -67,6 +66,8 @@ def prc(groups: Sequence, gts: Sequence[float], preds: Sequence[float | None]) -
     for g_gts, g_preds in by_group.values():
         if len(g_gts) < 2 or len(set(g_preds)) == 1 or len(set(g_gts)) == 1:
             continue
+        from scipy.stats import spearmanr  # here: scipy.stats costs a second of every job's start-up
+
         rho = spearmanr(g_gts, g_preds).statistic
         if not math.isnan(rho):
             rhos.append(float(rho))

@@ -6,14 +6,21 @@ import os
 from collections import defaultdict
 from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from data_pipeline.paths import atomic_output
+from progress_jax.eval.metrics import SETTINGS, Sample, normalized_error
 
-from data_pipeline.paths import atomic_output  # noqa: E402
-from progress_jax.eval.metrics import SETTINGS, Sample, normalized_error  # noqa: E402
+
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, imported when a figure is drawn (not by every job that
+    imports the evaluation code: it costs a second of start-up)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def demo_progress(record) -> list[float]:
@@ -57,7 +64,7 @@ def _grid(n: int, width: float = 4.5, height: float = 3.2):
     n = max(n, 1)  # an empty panel rather than a division by zero
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
     return fig, list(axes.flat)
@@ -69,7 +76,7 @@ def _save(fig, path: str) -> str:
         with atomic_output(path, "wb") as f:  # a file object: the format comes from path's extension
             fig.savefig(f, format=os.path.splitext(path)[1][1:], dpi=100)
     finally:
-        plt.close(fig)
+        _pyplot().close(fig)
     return path
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 import os
 
-from tensorboardX import SummaryWriter
-
 from data_pipeline.jsonl import JsonlAppender, read_appended
 
 WANDB_ID_FILE = "wandb_run_id.txt"
@@ -47,7 +45,10 @@ class MetricsWriter:
         if enabled:
             os.makedirs(log_dir, exist_ok=True)
             self._jsonl = JsonlAppender(os.path.join(log_dir, "metrics.jsonl"))
-            self._tb = SummaryWriter(log_dir) if tensorboard else None
+            if tensorboard:
+                from tensorboardX import SummaryWriter  # here: it imports torch when installed (2 s)
+
+                self._tb = SummaryWriter(log_dir)
             if wandb_project:
                 self._wandb = start_wandb(wandb_project, log_dir, wandb_config)
 
