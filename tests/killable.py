@@ -91,3 +91,21 @@ def run_to_end(command):
     done = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def start(command, env=None):
+    """`command` started in the background (stderr kept), so that a test runs an independent
+    reference run beside the runs it kills and resumes: a compile leaves a core idle on 2 cores."""
+    return subprocess.Popen(command, cwd=ROOT, env=env or ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def finish(proc, code=0, timeout=600):
+    """Waits for a `start`ed process; asserts its exit code. Returns its stderr."""
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == code, err[-3000:]
+    return err

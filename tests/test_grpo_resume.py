@@ -9,7 +9,7 @@ import signal
 import sys
 
 from progress_jax import handover
-from tests.killable import ROOT, metrics, run_to_end, saved_steps, start_and_signal, write_records
+from tests.killable import ROOT, finish, metrics, run_to_end, saved_steps, start, start_and_signal, write_records
 
 STEPS = 6
 
@@ -36,10 +36,7 @@ KEYS = ("reward/overall", "loss", "grad_norm", "kl", "entropy", "probe/overall")
 
 def test_killed_grpo_run_resumes_to_the_same_steps(tmp_path):
     write_records(tmp_path, answers=False)
-    run_to_end(command(tmp_path, tmp_path / "ref"))
-    expected = metrics(tmp_path / "ref")
-    assert sorted(expected) == list(range(0, STEPS + 1))  # step 0: the probe before training
-    assert len({round(expected[s]["probe/overall"], 6) for s in (0, 2, 4, 6)}) > 1, "the policy never moved"
+    reference = start(command(tmp_path, tmp_path / "ref"))  # uninterrupted, beside the killed run
 
     run = tmp_path / "run"
     assert start_and_signal(command(tmp_path, run), run, signal.SIGKILL, after_step=2)[0] == -signal.SIGKILL
@@ -52,6 +49,10 @@ def test_killed_grpo_run_resumes_to_the_same_steps(tmp_path):
     assert not (run / "final").exists()
 
     run_to_end(command(tmp_path, run))
+    finish(reference)
+    expected = metrics(tmp_path / "ref")
+    assert sorted(expected) == list(range(0, STEPS + 1))  # step 0: the probe before training
+    assert len({round(expected[s]["probe/overall"], 6) for s in (0, 2, 4, 6)}) > 1, "the policy never moved"
     got = metrics(run)
     assert sorted(got) == list(range(0, STEPS + 1))
     for step in range(STEPS + 1):

@@ -1,8 +1,8 @@
 """Many processes, the same result (docs/multihost.md): SFT, GRPO and evaluation started the
 README's way as 2 processes x 4 CPU devices on localhost (JAX_COORDINATOR_ADDRESS /
 JAX_NUM_PROCESSES / JAX_PROCESS_ID, gloo collectives) log the same per-step losses (and GRPO
-rewards) as 1 process x 8 devices, and write the same predictions; a run checkpointed by one
-processes resumes on one. The only test of this path: every job runs as real subprocesses."""
+rewards) as 1 process x 8 devices, and the eval job's predictions are the 1-process validation's
+answers; a run checkpointed by two processes resumes on one. The only test of this path: every job runs as real subprocesses."""
 
 import json
 import os
@@ -32,16 +32,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args, processes: int):
-    """`python -m progress_jax.main ARGS` as `processes` processes with 8 / processes CPU devices
-    each; fails with the stderr of any process that does not exit 0."""
+def start(args, processes: int) -> list[subprocess.Popen]:
+    """`python -m progress_jax.main ARGS` started as `processes` processes with 8 / processes CPU
+    devices each."""
     command = [sys.executable, "-m", "progress_jax.main", *args]
     env = {**ENV, "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}"}
     if processes > 1:
         env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}", JAX_NUM_PROCESSES=str(processes))
-    procs = [subprocess.Popen(command, cwd=ROOT, env={**env, "JAX_PROCESS_ID": str(i)} if processes > 1 else env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for i in range(processes)]
+    return [subprocess.Popen(command, cwd=ROOT, env={**env, "JAX_PROCESS_ID": str(i)} if processes > 1 else env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for i in range(processes)]
+
+
+def wait(*launches):
+    """Waits for every process of the `start`ed launches; fails with the stderr of any that does
+    not exit 0. Independent launches run side by side: a compile leaves a core idle on 2 cores."""
+    procs = [p for launch in launches for p in launch]
     errors = []
     for i, p in enumerate(procs):
         try:
@@ -85,9 +91,10 @@ def grpo_args(d, workdir):
 
 
 def eval_args(d, out_dir, trained):
+    """Greedy, with validation's answer length: the answers validation gave at the same weights."""
     return ["--config", os.path.join(ROOT, "configs/eval.py"), f"--config.eval.out_dir={out_dir}",
             f"--config.eval.bench_files=('{d / 'rl.jsonl'}',)", f"--config.data.image_root={d / 'images'}",
-            f"--config.eval.trained={trained}", "--config.sampling.batch_size=8",
+            f"--config.eval.trained={trained}", "--config.sampling.batch_size=8", "--config.sampling.temperature=0.0",
             "--config.sampling.max_new_tokens=8", *COMMON]
 
 
@@ -98,11 +105,13 @@ def test_two_processes_match_one(tmp_path):
     write_records(sft_dir, n=12)  # 8 a step (the last 4 wait for the next epoch)
     write_records(rl_dir, n=8, answers=False)
 
+    # The 1-process references: SFT (validating at its last step) and GRPO, side by side.
+    wait(start(sft_args(sft_dir, tmp_path / "sft1") + val_args(rl_dir), 1), start(grpo_args(rl_dir, tmp_path / "grpo1"), 1))
+
     # SFT: 1 x 8 devices, then 2 x 4 devices: the same losses step by step, and the same validation.
-    launch(sft_args(sft_dir, tmp_path / "sft1") + val_args(rl_dir), 1)
     one = metrics(tmp_path / "sft1")
     assert sorted(one) == list(range(1, STEPS + 1))
-    launch(sft_args(sft_dir, tmp_path / "sft2") + val_args(rl_dir), 2)
+    wait(start(sft_args(sft_dir, tmp_path / "sft2") + val_args(rl_dir), 2))
     assert_same(metrics(tmp_path / "sft2"), one, ("loss", "grad_norm"), range(1, STEPS + 1))
     assert_same(metrics(tmp_path / "sft2"), one, ("val/afrr", "val/vision/afrr"), (STEPS,))
     samples = [(tmp_path / d / "val_samples.jsonl").read_text().splitlines() for d in ("sft1", "sft2")]
@@ -110,30 +119,26 @@ def test_two_processes_match_one(tmp_path):
 
     # The 2-process run's step-1 checkpoint resumed by 1 process gives step 2 again (the data
     # iterator's state counts global batches); its programs come from the compilation cache.
+    # Beside it, the eval job as 2 processes on the 1-process run's final weights.
     resumed = tmp_path / "resumed"
     shutil.copytree(tmp_path / "sft2" / "checkpoints" / "1", resumed / "checkpoints" / "1")
-    launch(sft_args(sft_dir, resumed), 1)
+    wait(start(sft_args(sft_dir, resumed), 1), start(eval_args(rl_dir, tmp_path / "eval2", tmp_path / "sft1" / "final"), 2))
     got = metrics(resumed)
     assert sorted(got) == [2]
     assert_same(got, one, ("loss", "grad_norm"), (2,))
 
+    # Evaluation: the answers the 1-process validation gave at the same (final) weights, written once.
+    def answers(path):
+        return sorted((p["line"], p["response"]) for p in map(json.loads, open(path)))
+
+    two = answers(tmp_path / "eval2" / "predictions.jsonl")
+    assert len(two) == 8 and two == answers(tmp_path / "sft1" / "val" / f"step_{STEPS:06d}" / "predictions.jsonl")
+
     # GRPO: the same rewards and losses.
-    launch(grpo_args(rl_dir, tmp_path / "grpo1"), 1)
-    launch(grpo_args(rl_dir, tmp_path / "grpo2"), 2)
+    wait(start(grpo_args(rl_dir, tmp_path / "grpo2"), 2))
     one, two = metrics(tmp_path / "grpo1"), metrics(tmp_path / "grpo2")
     assert sorted(one) == sorted(two) == [1, 2]
     assert_same(two, one, ("reward/overall", "loss", "grad_norm", "kl"), (1, 2))
-
-    # Evaluation of the SFT run: the same predictions, written once.
-    launch(eval_args(rl_dir, tmp_path / "eval1", tmp_path / "sft1" / "final"), 1)
-    launch(eval_args(rl_dir, tmp_path / "eval2", tmp_path / "sft1" / "final"), 2)
-
-    def predictions(d):
-        lines = (d / "predictions.jsonl").read_text().splitlines()
-        return sorted(lines, key=lambda line: json.loads(line)["id"] if "id" in json.loads(line) else line)
-
-    one, two = predictions(tmp_path / "eval1"), predictions(tmp_path / "eval2")
-    assert len(one) == 8 and one == two
 
 
 @pytest.mark.parametrize("env, message", [

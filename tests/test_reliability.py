@@ -116,9 +116,7 @@ def test_sft_resume_refuses_a_changed_config_and_falls_back_past_a_damaged_check
     """The SFT job as a subprocess: 4 steps (checkpoints 2 and 4); the data of step 4 lost; a rerun
     with another LoRA rank or param dtype is refused naming the key (nothing moved); the same
     config resumes from step 2, with step 4 moved aside."""
-    import subprocess
-
-    from tests.killable import ENV, ROOT, metrics, run_to_end, write_records
+    from tests.killable import finish, metrics, run_to_end, start, write_records
     from tests.test_sft_resume import command
 
     def cmd(steps, *extra):
@@ -134,10 +132,11 @@ def test_sft_resume_refuses_a_changed_config_and_falls_back_past_a_damaged_check
     for flag, message in (("--config.lora.rank=16", "lora.rank: 8 in the checkpoint, 16 now"),
                           ("--config.model.param_dtype=bfloat16",
                            "model.param_dtype: 'float32' in the checkpoint, 'bfloat16' now")):
-        done = subprocess.run(cmd(6, flag), cwd=ROOT, env=ENV, capture_output=True, text=True)
-        assert done.returncode == 1 and message in done.stderr, done.stderr[-3000:]
-        assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith("error: ")
-        assert "new workdir" in done.stderr and sorted(os.listdir(ckpt)) == ["2", "4"]
+        stderr = finish(start(cmd(6, flag)), code=1)  # one after the other: the run directory's lock
+        assert message in stderr, stderr[-3000:]
+        assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("error: "), stderr[-3000:]
+        assert "new workdir" in stderr
+    assert sorted(os.listdir(ckpt)) == ["2", "4"]
     done = run_to_end(cmd(6))
     assert "checkpoint step 4 is damaged" in done.stderr and "resuming from step 2" in done.stderr
     assert "Event loop is closed" not in done.stderr

@@ -10,7 +10,7 @@ import pytest
 
 from progress_jax import handover
 from progress_jax.train import checkpoint, guards, loop
-from tests.killable import ROOT, metrics, run_to_end, saved_steps, start_and_signal, write_records
+from tests.killable import ROOT, finish, metrics, run_to_end, saved_steps, start, start_and_signal, write_records
 
 STEPS = 8
 
@@ -31,9 +31,7 @@ def losses(workdir):
 
 def test_killed_run_resumes_to_the_same_losses(tmp_path):
     write_records(tmp_path)
-    run_to_end(command(tmp_path, tmp_path / "ref"))
-    expected = losses(tmp_path / "ref")
-    assert sorted(expected) == list(range(1, STEPS + 1))
+    reference = start(command(tmp_path, tmp_path / "ref"))  # uninterrupted, beside the killed run
 
     run = tmp_path / "run"
     assert start_and_signal(command(tmp_path, run), run, signal.SIGKILL, after_step=3)[0] == -signal.SIGKILL
@@ -48,6 +46,9 @@ def test_killed_run_resumes_to_the_same_losses(tmp_path):
 
     # Resumed to the end.
     run_to_end(command(tmp_path, run))
+    finish(reference)
+    expected = losses(tmp_path / "ref")
+    assert sorted(expected) == list(range(1, STEPS + 1))
     got = losses(run)
     assert sorted(got) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
