@@ -18,8 +18,6 @@ import numpy as np
 from PIL import Image
 
 from data_pipeline.jsonl import write_jsonl
-from data_pipeline.pipeline import make_dataset
-from data_pipeline.tokenizer import load_tokenizer
 
 
 def synthetic_set(root: str, trajectories: int = 16, steps: int = 4, observations: int = 4,
@@ -54,6 +52,9 @@ def synthetic_set(root: str, trajectories: int = 16, steps: int = 4, observation
 
 
 def measure(files, image_root, workers: int, batches: int, batch_size: int, max_pixels: int) -> tuple[float, float]:
+    from data_pipeline.pipeline import make_dataset  # heavy (grain): imported after --help
+    from data_pipeline.tokenizer import load_tokenizer
+
     ds = make_dataset(files, image_root, load_tokenizer(None), mode="think", batch_size=batch_size,
                       length_buckets=(2048, 4096, 8192), patch_buckets=(16384, 32768, 65536, 131072),
                       image_buckets=(64, 128, 256), max_pixels=max_pixels, num_epochs=None,

@@ -19,13 +19,7 @@ import os
 import statistics
 import sys
 
-import jax
 import numpy as np
-
-from configs import grpo as grpo_config  # noqa: E402
-from data_pipeline.tokenizer import load_tokenizer  # noqa: E402
-from progress_jax import distributed, loading  # noqa: E402
-from progress_jax.train import grpo  # noqa: E402
 
 
 def prompts(cfg, n: int, images: int, side: int, text: int, seed: int = 0) -> dict:
@@ -63,6 +57,12 @@ def main():
     p.add_argument("--steps", type=int, default=3,
                    help="GRPO steps run; the first (compilation) is not timed (default 3)")
     a = p.parse_args()
+    import jax  # heavy: imported after --help
+
+    from configs import grpo as grpo_config
+    from data_pipeline.tokenizer import load_tokenizer
+    from progress_jax import distributed, loading, lora
+    from progress_jax.train import grpo
 
     c = grpo_config.get_config()
     c.model.preset = "qwen2_5_vl_3b" if a.preset == "3b" else "tiny"
@@ -77,8 +77,6 @@ def main():
     c.data.patch_buckets = (1 << (a.micro_batch * a.images * (a.side // 14) ** 2 - 1).bit_length(),)
     mesh = distributed.make_mesh(c)
     model = loading.load_model(c, mesh)
-    from progress_jax import lora
-
     lora.from_config(model, c.lora, seed=0, mesh=mesh)
     rng = np.random.default_rng(0)
     trainer = grpo.Trainer(c, model, load_tokenizer(None), mesh,

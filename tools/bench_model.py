@@ -21,12 +21,8 @@ import os
 import sys
 import tempfile
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from progress_jax.models import qwen2_5_vl  # noqa: E402
 from tools.bench_common import IMAGE, VEND, VSTART, hf_config, median_time  # noqa: E402
 
 def make_batch(tokens: int, images_per_sample: int = 2, side: int = 224, seed: int = 0):
@@ -47,6 +43,10 @@ def make_batch(tokens: int, images_per_sample: int = 2, side: int = 224, seed: i
 
 
 def bench_jax(model, ids, mask, pv, grid, repeats):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
     prep = jax.tree.map(jnp.asarray, model.prepare(ids, mask, pv, grid))
     graphdef, state = nnx.split(model)
 
@@ -93,6 +93,8 @@ def compare(a):
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    from progress_jax.models import qwen2_5_vl
+
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
     hf = Qwen2_5_VLForConditionalGeneration(hf_config(a.hidden, a.layers)).eval()
@@ -126,6 +128,10 @@ def vision_flops(cfg, patches: int) -> float:
 
 
 def gpu_3b(a):
+    import jax.numpy as jnp
+
+    from progress_jax.models import qwen2_5_vl
+
     cfg = qwen2_5_vl.qwen2_5_vl_3b()
     model = qwen2_5_vl.init(cfg, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
     tokens, side = 4096, 448
@@ -156,6 +162,8 @@ def main():
     p.add_argument("--repeats", type=int, default=5,
                    help="timed runs after the warm-up; the median is reported (default 5)")
     a = p.parse_args()
+    import jax  # heavy: imported after --help
+
     jax.config.update("jax_default_matmul_precision", "highest" if a.preset == "small" else "default")
     compare(a) if a.preset == "small" else gpu_3b(a)
 

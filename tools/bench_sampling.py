@@ -22,12 +22,8 @@ import sys
 import tempfile
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from progress_jax import sampling  # noqa: E402
-from progress_jax.models import qwen2_5_vl  # noqa: E402
 from tools.bench_common import IMAGE, VEND, VSTART, hf_config  # noqa: E402
 
 def make_batch(batch: int, image_token: int, vstart: int, vend: int, vocab: int, side: int = 224, seed: int = 0):
@@ -64,6 +60,10 @@ def best_times(runs: dict, repeats: int) -> dict:
 
 
 def jax_run(model, batch, new_tokens):
+    import jax
+
+    from progress_jax import sampling
+
     params = sampling.SamplingParams(max_new_tokens=new_tokens, temperature=0.0, ignore_eos=True)
     return lambda: sampling.generate(model, batch, params, jax.random.key(0))
 
@@ -86,6 +86,8 @@ def torch_run(hf, batch, new_tokens):
 def compare(a):
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from progress_jax.models import qwen2_5_vl
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -112,6 +114,10 @@ def compare(a):
 
 
 def gpu_3b(a):
+    import jax.numpy as jnp
+
+    from progress_jax.models import qwen2_5_vl
+
     cfg = qwen2_5_vl.qwen2_5_vl_3b()
     model = qwen2_5_vl.init(cfg, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
     batch = make_batch(64, cfg.image_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id,
@@ -134,6 +140,8 @@ def main():
     p.add_argument("--repeats", type=int, default=3,
                    help="timed runs after the warm-up; the best is reported (default 3)")
     a = p.parse_args()
+    import jax  # heavy: imported after --help
+
     jax.config.update("jax_default_matmul_precision", "highest" if a.preset == "small" else "default")
     compare(a) if a.preset == "small" else gpu_3b(a)
 

@@ -15,14 +15,8 @@ import os
 import platform
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from progress_jax import lora, sharding  # noqa: E402
-from progress_jax.models import qwen2_5_vl  # noqa: E402
-from progress_jax.models.qwen2_5_vl import family as qwen  # noqa: E402
-from progress_jax.train import loop, schedule, sft  # noqa: E402
 from tools.bench_common import median_time  # noqa: E402
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -52,6 +46,13 @@ def sft_runner(model, host: dict, remat: str = "none", loss_chunk: int = 0):
     up as the SFT trainer does (loop.setup_state, sft.make_step, loop.jit_step) on one device for a
     model with LoRA injected. The step donates its state: it gets a copy, so the model keeps its
     own LoRA arrays."""
+    import jax
+    import jax.numpy as jnp
+
+    from progress_jax import sharding
+    from progress_jax.models.qwen2_5_vl import family as qwen
+    from progress_jax.train import loop, schedule, sft
+
     cfg = model.config
     tx = schedule.make_optimizer(1e-4, 0.0, 0.1, 1000, 1.0)
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
@@ -71,6 +72,9 @@ def sft_runner(model, host: dict, remat: str = "none", loss_chunk: int = 0):
 
 
 def bench_jax(cfg, host: dict, steps: int, remat: str) -> float:
+    from progress_jax import lora
+    from progress_jax.models import qwen2_5_vl
+
     model = qwen2_5_vl.init(cfg, seed=0)
     lora.inject(model, 8, 16.0, 0.05)
     return median_time(sft_runner(model, host, remat), steps, warmup=2)
@@ -116,6 +120,10 @@ def main() -> None:
     ap.add_argument("--remat", default="none",
                     help="JAX side: decoder-layer rematerialisation, none | full | dots (default none)")
     args = ap.parse_args()
+    import jax  # heavy: imported after --help
+
+    from progress_jax.models import qwen2_5_vl
+
     cfg = qwen2_5_vl.preset(args.preset)
     host = make_batch(cfg, args.batch, args.length, args.images)
     tokens = args.batch * args.length

@@ -21,7 +21,6 @@ import argparse
 import os
 import sys
 
-from progress_jax import export  # noqa: E402
 from progress_jax.errors import UserError  # noqa: E402
 
 
@@ -50,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     a = parser().parse_args(argv)
+    from progress_jax import export  # heavy (JAX): imported after --help
+
     fmt, out = a.to
     if fmt not in ("hf", "peft"):
         parser().error(f"--to: FORMAT must be hf or peft, got {fmt!r}")

@@ -33,10 +33,38 @@ import sys
 import tempfile
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tools/gpu_check.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true",
+                   help="the same code at tiny sizes (the tiny preset, float32, short prompts, few tokens), for CPU")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="peak dense bf16 TFLOP/s of one device for the MFU (default: progress_jax.train.sft."
+                        "PEAK_FLOPS by device kind; none for CPUs)")
+    p.add_argument("--sft-lengths", type=int, nargs="+", default=None,
+                   help="SFT row lengths in tokens, one row per step (default 4096 16384; --smoke 128 256)")
+    p.add_argument("--new-tokens", type=int, default=None,
+                   help="rollout rows: tokens generated per sample (default 256; --smoke 8)")
+    p.add_argument("--rollout-batch", type=int, default=None,
+                   help="rollout row: rows per generation call of the JAX sampler, as sampling.batch_size "
+                        "(default 32; --smoke 4)")
+    p.add_argument("--grpo-new-tokens", type=int, default=None,
+                   help="GRPO row: most tokens generated per rollout (default 256; --smoke 8)")
+    p.add_argument("--no-vllm", action="store_true",
+                   help="skip the vLLM row even where vllm is installed (its start-up takes minutes)")
+    p.add_argument("--vllm-gpu-memory", type=float, default=0.85,
+                   help="vLLM's gpu_memory_utilization (default 0.85; no JAX process holds GPU memory then)")
+    return p
+
+
+if __name__ == "__main__":  # as a command: --help and usage errors before the imports below (JAX: seconds)
+    parser().parse_args()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
 
 from progress_jax import loading, lora, sampling  # noqa: E402
 from progress_jax.models import qwen2_5_vl  # noqa: E402
@@ -355,30 +383,6 @@ def table(rows: list[Row], s: Sizes, smoke: bool) -> str:
                      f"{'%' if r.mfu is not None else ''} | {num(r.peak_gb, '.2f')} | {num(r.seconds, '.3f')} | "
                      f"{r.detail} | {r.goal} |")
     return "\n".join(lines)
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tools/gpu_check.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true",
-                   help="the same code at tiny sizes (the tiny preset, float32, short prompts, few tokens), for CPU")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="peak dense bf16 TFLOP/s of one device for the MFU (default: progress_jax.train.sft."
-                        "PEAK_FLOPS by device kind; none for CPUs)")
-    p.add_argument("--sft-lengths", type=int, nargs="+", default=None,
-                   help="SFT row lengths in tokens, one row per step (default 4096 16384; --smoke 128 256)")
-    p.add_argument("--new-tokens", type=int, default=None,
-                   help="rollout rows: tokens generated per sample (default 256; --smoke 8)")
-    p.add_argument("--rollout-batch", type=int, default=None,
-                   help="rollout row: rows per generation call of the JAX sampler, as sampling.batch_size "
-                        "(default 32; --smoke 4)")
-    p.add_argument("--grpo-new-tokens", type=int, default=None,
-                   help="GRPO row: most tokens generated per rollout (default 256; --smoke 8)")
-    p.add_argument("--no-vllm", action="store_true",
-                   help="skip the vLLM row even where vllm is installed (its start-up takes minutes)")
-    p.add_argument("--vllm-gpu-memory", type=float, default=0.85,
-                   help="vLLM's gpu_memory_utilization (default 0.85; no JAX process holds GPU memory then)")
-    return p
 
 
 def main(argv=None) -> list[Row]:

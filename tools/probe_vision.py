@@ -23,6 +23,23 @@ import sys
 if __package__ in (None, ""):  # run as a script: import this checkout's packages, not an installed copy
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bench", action="append", required=True, help="benchmark JSONL file (repeatable)")
+    ap.add_argument("--bench-images", default=None, help="their IMAGE_ROOT (default: <first file's dir>/images)")
+    ap.add_argument("--train", required=True, help="training records (benchmark format) for the linear probe")
+    ap.add_argument("--train-images", default=None, help="their IMAGE_ROOT (default: <train file's dir>/images)")
+    ap.add_argument("--trained", default="", help="an SFT or GRPO run's final/ directory")
+    ap.add_argument("--model-path", default="", help="a Hub checkpoint directory (default: the built-in tiny model)")
+    ap.add_argument("--samples", type=int, default=240, help="answerable records per file (and x10 for --train)")
+    ap.add_argument("--max-pixels", type=int, default=112 * 112, help="largest image size in pixels, as data.max_pixels")
+    return ap
+
+
+if __name__ == "__main__":  # as a command: --help and usage errors before the imports below (JAX: seconds)
+    parser().parse_args()
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -86,16 +103,7 @@ def fit_linear(x: np.ndarray, y: np.ndarray):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bench", action="append", required=True, help="benchmark JSONL file (repeatable)")
-    ap.add_argument("--bench-images", default=None, help="their IMAGE_ROOT (default: <first file's dir>/images)")
-    ap.add_argument("--train", required=True, help="training records (benchmark format) for the linear probe")
-    ap.add_argument("--train-images", default=None, help="their IMAGE_ROOT (default: <train file's dir>/images)")
-    ap.add_argument("--trained", default="", help="an SFT or GRPO run's final/ directory")
-    ap.add_argument("--model-path", default="", help="a Hub checkpoint directory (default: the built-in tiny model)")
-    ap.add_argument("--samples", type=int, default=240, help="answerable records per file (and x10 for --train)")
-    ap.add_argument("--max-pixels", type=int, default=112 * 112, help="largest image size in pixels, as data.max_pixels")
-    args = ap.parse_args(argv)
+    args = parser().parse_args(argv)
 
     cfg = eval_config.get_config("demo")
     with cfg.unlocked():

@@ -18,7 +18,6 @@ import sys
 from data_pipeline.parsing import MODES
 from data_pipeline.paths import check_outputs
 from data_pipeline.records import RecordError
-from progress_jax.eval.predictions import PredictionError, load_bench, read_predictions, score, write_results
 
 
 def main(argv=None) -> int:
@@ -31,6 +30,9 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", choices=MODES, default="think", help="how to parse 'response' (default think)")
     parser.add_argument("--name", default=None, help="run name in the tables (default: the predictions file stem)")
     args = parser.parse_args(argv)
+    # heavy (matplotlib, scipy): imported after --help
+    from progress_jax.eval.predictions import PredictionError, load_bench, read_predictions, score, write_results
+
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         parser.error(f"--out {args.out} is a file; it names the directory to write metrics.json, tables and figures in")
     written = ("metrics.json", "table1.md", "table1.csv", "table2.md", "table2.csv", "score_histograms.png",
