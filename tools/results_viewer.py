@@ -19,16 +19,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_pipeline.parsing import MODES  # noqa: E402
 from data_pipeline.records import RecordError  # noqa: E402
-
-# progress_jax.eval.viewer.SCORE_ERROR, repeated here: that module imports scipy and matplotlib (seconds),
-# which --help does not need
-SCORE_ERROR = 0.2
+from progress_jax.eval import viewer  # noqa: E402
+from progress_jax.eval.predictions import PredictionError  # noqa: E402
+from progress_jax.eval.viewer import SCORE_ERROR  # noqa: E402
 
 
 def build_app(rows: list, image_root: str | None, threshold: float = SCORE_ERROR):
     import gradio as gr
-
-    from progress_jax.eval import viewer
 
     def show(setting: str, error: str, pos: int):
         picked = viewer.select(rows, setting, error, threshold)
@@ -90,8 +87,6 @@ def main(argv=None) -> None:
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     ap.add_argument("--port", type=int, default=7861, help="port to listen on (default 7861)")
     args = ap.parse_args(argv)
-    from progress_jax.eval import viewer  # heavy (scipy, matplotlib): imported after --help
-    from progress_jax.eval.predictions import PredictionError
 
     image_root = args.image_root
     if image_root is None and len(args.bench) == 1 and os.path.isdir(os.path.join(args.bench[0], "images")):
