@@ -1,4 +1,4 @@
-"""Progress-Bench evaluation: `python -m progress_jax.main --config configs/eval.py[:demo|:paper] [--config.a.b=value ...]`.
+"""Progress-Bench evaluation: `python -m progress_jax.main --config configs/eval.py[:demo|:nano|:paper] [--config.a.b=value ...]`.
 
     --config.model.path=DIR       a Qwen2.5-VL Hub checkpoint (config.json, safetensors, tokenizer)
     --config.data.bench_dir=DIR   benchmark JSONL files, images under DIR/images (or data.image_root)
@@ -7,6 +7,8 @@
 
 `demo` (the default): the built-in tiny random model on ProgressBench-Sim small, end to end in about
 a minute on two CPU cores (plus ~20 s to generate the sim the first time), 160 new tokens.
+`nano`: the test split of the learning experiment's sim (configs/sft.py:nano, docs/learning.md),
+greedy, 80 new tokens, as that run's validation answers.
 `paper`: the official evaluation scripts' settings (eval/qwen25vl/scripts/benchmarks/*, see
 docs/recipes.md): temperature 0.6, top-p 0.9, top-k 50, up to 40000 new tokens, images of
 1003520..4014080 pixels, the official prompt layout. Set model.path and data.bench_dir.
@@ -17,11 +19,11 @@ or replaced with --config.eval.overwrite=True), metrics.json, table1/table2 .md/
 """
 import ml_collections
 
-from configs.base import base, demo_data, variant
+from configs.base import VARIANTS, base, demo_data, nano_data, variant
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
-    name = variant(arg)
+    name = variant(arg, VARIANTS + ("nano",))
     c = base()
     c.job = "eval"
     c.workdir = "runs/eval"
@@ -40,6 +42,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     if name == "demo":
         demo_data(c)
         c.sampling.max_new_tokens = 160  # the sim's brief answers; a random model's metrics are poor anyway
+    elif name == "nano":  # the test split of configs/sft.py:nano's sim, answered as its validation does
+        nano_data(c)
+        c.workdir = "runs/eval_nano"
+        c.sampling.temperature = 0.0
+        c.sampling.max_new_tokens = 80
     else:  # eval/qwen25vl/scripts/benchmarks/*/think_3b.sh and friends
         c.model.preset = ""  # model.path required
         c.model.param_dtype = c.model.compute_dtype = "bfloat16"

@@ -20,8 +20,11 @@ def sim_paths(cfg) -> dict:
     d = cfg.data
 
     def generate():
-        return sim.generate(d.sim_dir, size=d.sim_size, seed=cfg.seed, image_size=d.sim_image_size,
-                            reasoning=d.sim_reasoning)
+        try:
+            return sim.generate(d.sim_dir, size=d.sim_size, seed=d.sim_seed, image_size=d.sim_image_size,
+                                reasoning=d.sim_reasoning)
+        except sim.OtherSimHere as e:
+            raise BadInput(f"config key data.sim_dir: {e}") from e
 
     if jax.process_count() == 1:
         return generate()

@@ -231,3 +231,30 @@ def test_brief_reasoning_keeps_the_labels(tmp_path):
             assert f"closer to {label}." in r.response
         else:
             assert parsed.na and "<ref>n/a</ref>" in r.response
+
+
+def test_a_directory_holding_another_seed_is_refused_not_replaced(tmp_path):
+    """Another job's sim (here: another seed) is never deleted to make room; the job names the
+    config key. The run's own `seed` does not choose the sim's."""
+    from configs import sft as sft_config
+    from data_pipeline.sim import OtherSimHere
+    from data_pipeline.sim.build import FORMAT_VERSION, MARKER
+    from progress_jax import data_files
+    from progress_jax.errors import BadInput
+
+    kept = tmp_path / "bench" / "kept.jsonl"
+    kept.parent.mkdir()
+    kept.write_text("{}\n")
+    (tmp_path / MARKER).write_text(json.dumps({"size": "small", "seed": 0, "image_size": SIZE,
+                                               "version": FORMAT_VERSION}))
+    with pytest.raises(OtherSimHere, match=r"seed 0 there, 1 asked.*--force"):
+        generate(str(tmp_path), size="small", seed=1, image_size=SIZE)
+    assert kept.exists()
+
+    c = sft_config.get_config()
+    c.data.sim_dir, c.data.sim_image_size, c.data.sim_reasoning, c.seed = str(tmp_path), SIZE, "full", 5
+    assert data_files.sim_paths(c)["bench_dir"] == str(tmp_path / "bench")  # sim_seed 0: the sim there
+    c.data.sim_seed = 2
+    with pytest.raises(BadInput, match=rf"config key data.sim_dir: {tmp_path} holds .*seed 0 there, 2 asked"):
+        data_files.sim_paths(c)
+    assert kept.exists()

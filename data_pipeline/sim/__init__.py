@@ -21,8 +21,9 @@ Output of `generate(out_dir, size="small"|"full", seed=0, image_size=224)` (also
 small: 40 / 16 / 20 / 20 / 16 benchmark samples, 300 SFT + 150 RL; full: 1400 / 546 / 503 / 503 / 360, 6000 + 3000.
 Train and test are disjoint: separate seed streams per split (ids "sim_bench_*" vs "sim_train_*") and no
 training episode has the goal text (objects, colors and target) of any benchmark episode.
-A marker file written last makes a repeated call with the same parameters a no-op.
+A marker file written last makes a repeated call with the same parameters a no-op; a directory holding
+another size, seed, image size or reasoning is refused (OtherSimHere) unless forced.
 """
-from data_pipeline.sim.build import generate
+from data_pipeline.sim.build import OtherSimHere, generate
 
-__all__ = ["generate"]
+__all__ = ["OtherSimHere", "generate"]

@@ -99,6 +99,10 @@ def paths_for(out_dir: str) -> dict:
     return paths
 
 
+class OtherSimHere(FileExistsError):
+    """The output directory holds a complete ProgressBench-Sim of other parameters (another job's data)."""
+
+
 def generate(out_dir: str, size: str = "small", seed: int = 0, image_size: int = 224, workers: int | None = None,
              force: bool = False, reasoning: str = "full") -> dict:
     """Writes OUT/bench/*.jsonl + images and OUT/train/{sft,rl}.jsonl + images; returns their paths.
@@ -106,6 +110,8 @@ def generate(out_dir: str, size: str = "small", seed: int = 0, image_size: int =
     entries and the arithmetic only; what the CPU demo trains on).
 
     Skips the work when OUT holds a complete output with the same parameters (a marker file written last).
+    One of another size, seed, image size or reasoning is refused (OtherSimHere) unless `force`: it may
+    be another run's data; one of an older format version is replaced.
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
@@ -120,8 +126,16 @@ def generate(out_dir: str, size: str = "small", seed: int = 0, image_size: int =
     marker = os.path.join(out_dir, MARKER)
     if not force and os.path.exists(marker):
         with open(marker) as f:
-            if json.load(f) == params:
-                return paths
+            held = json.load(f)
+        if held == params:
+            return paths
+        other = {k: (held.get(k), v) for k, v in params.items() if k != "version" and held.get(k) != v}
+        if other:
+            raise OtherSimHere(f"{out_dir} holds ProgressBench-Sim of other parameters (" + ", ".join(
+                f"{k} {old!r} there, {new!r} asked" for k, (old, new) in other.items()) + "): use another directory "
+                "for these parameters, or regenerate it (--force) if no run reads it")
+        logger.warning("%s holds ProgressBench-Sim format version %s; generating version %s", out_dir,
+                       held.get("version"), FORMAT_VERSION)
     for d in (paths["bench_dir"], paths["train_dir"]):
         shutil.rmtree(d, ignore_errors=True)
     if os.path.exists(marker):
