@@ -154,4 +154,4 @@ def test_unknown_variant_is_one_line():
     done = main("--config", "configs/eval.py:paperr", "--print_config")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == ("error: --config configs/eval.py:paperr: unknown config variant 'paperr'; "
-                                   "expected one of demo, paper (e.g. --config configs/grpo.py:paper)")
+                                   "expected one of demo, paper, nano (e.g. --config configs/grpo.py:paper)")
