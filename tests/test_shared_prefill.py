@@ -72,3 +72,29 @@ def test_decode_rows_per_call():
     np.testing.assert_array_equal(one["rows"], np.arange(6, 18))
     eight = sampling.prepare(batch, CFG, 0, data_shards=8, n=2)
     assert eight["input_ids"].shape[0] == 8 and len(eight["rows"]) == 8  # not 16: 2 x 4 rows padded to 8
+
+
+def test_grpo_rollout_is_the_repeated_rows_rollout():
+    """GRPO's rollout (Trainer.rollout: n samples of each real prompt row) gives the rollouts, texts
+    and records of the rollout before (every real row repeated n times, then generate), so the GRPO
+    numbers do not change."""
+    from data_pipeline.tokenizer import load_tokenizer
+    from progress_jax.train import grpo, rollouts
+    from tests import test_grpo, test_sft
+
+    cfg = test_grpo._config()  # n = 4, temperature 1, 8 new tokens
+    cfg.lora.rank, cfg.sampling.batch_size = 0, 12
+    model = qwen2_5_vl.init(test_sft.CFG, seed=0)
+    mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    trainer = grpo.Trainer(cfg, model, load_tokenizer(None), mesh, reward_fn=lambda gen, records: [])
+    prompts = test_sft.host_batch([(20, 1), (12, 2), (6, 0), (16, 1)], seed=5)
+    prompts["attention_mask"][2] = 0  # a padding row of an incomplete batch
+    prompts["records"] = ["p0", "p1", None, "p3"]
+    key = jax.random.key(4)
+    gen, records = trainer.rollout(prompts, key)
+    before = rollouts.repeat_rows(prompts, 4, qwen, model.config)
+    expected = sampling.generate(trainer.policy(), before, trainer.sampling, key, tokenizer=trainer.tokenizer,
+                                 mesh=mesh, batch_size=12)
+    assert records == before["records"] == ["p0"] * 4 + ["p1"] * 4 + ["p3"] * 4
+    assert_same(gen, expected)
+    assert gen.texts == expected.texts
