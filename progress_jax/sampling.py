@@ -65,10 +65,11 @@ class SamplingParams:
 
 @dataclasses.dataclass
 class Generation:
-    """Per row of the input batch. `tokens`/`logprobs` [B, max_new_tokens]: the generated ids
-    (the stop token included, pad_id after it) and their log-probs (0 after the stop);
-    `lengths` [B]: generated tokens counting the stop token; `stopped` [B]: ended on a stop id;
-    `texts`: decoded tokens before the stop token (special tokens skipped), when a tokenizer was given."""
+    """Per generated row (a row of the input batch; with n, row b's samples at b*n .. b*n+n-1).
+    `tokens`/`logprobs` [B, max_new_tokens]: the generated ids (the stop token included, pad_id
+    after it) and their log-probs (0 after the stop); `lengths` [B]: generated tokens counting the
+    stop token; `stopped` [B]: ended on a stop id; `texts`: decoded tokens before the stop token
+    (special tokens skipped), when a tokenizer was given."""
 
     tokens: np.ndarray
     logprobs: np.ndarray

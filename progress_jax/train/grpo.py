@@ -1,7 +1,8 @@
 """The GRPO job: rollouts on image+text prompts, a reward by name, group advantages, the clipped
 update (recipe and sources: docs/recipes.md).
 
-One step: a batch of prompts -> n rollouts each (the JAX sampler, images included) -> rewards
+One step: a batch of prompts -> n rollouts each (the JAX sampler, images included; each prompt
+encoded and prefilled once for its n rollouts) -> rewards
 (progress_jax.train.registry: a named reward or a user's module:function) -> group advantages
 (an estimator by name) -> old log-probs (the current policy, before any update) and reference
 log-probs (the same backbone with LoRA switched off; a frozen copy of the initial weights only
