@@ -4,7 +4,6 @@ rollout before), greedy and sampled, in sampling batches, on one device and on 8
 
 import jax
 import numpy as np
-import pytest
 from flax import nnx
 
 from progress_jax import sampling, sharding
@@ -45,14 +44,12 @@ def check(model, batch, n, batch_size, mesh=None):
     assert expected.stopped.any() and not expected.stopped.all()
 
 
-@pytest.mark.parametrize("n", [2, 3])
-def test_one_device(n):
+def test_one_device(n=3):
     # batch_size 2n: two prompts per call.
     check(qwen2_5_vl.init(CFG, seed=0), prompts(GRIDS[:4]), n, 2 * n)
 
 
-@pytest.mark.parametrize("n", [2, 3])
-def test_eight_devices(n):
+def test_eight_devices(n=2):
     """8 batch shards: 5 prompts pad to 8 rows, one per device, and decode on 8n rows (each row's
     copies on its device); in calls of 2 prompts (batch_size 2n) the 8 prompt rows hold 2 prompts
     and the 2n decode rows pad to 8, so a prompt's copies move to other devices."""
