@@ -12,6 +12,12 @@ power of two, so a run compiles a handful of programs. The patches are split ove
 with their rows (each device runs the vision tower on its own rows' images only).
 The decode loop is a `lax.while_loop` inside that program; it ends when every row has stopped.
 
+n samples per prompt (`generate(..., n=4)`, GRPO's rollouts): the program encodes each prompt's
+images and prefills the prompt once, then repeats the prompt's KV cache, last logits, decode
+positions and mask n times along the batch axis (prompt b's samples at rows b*n .. b*n+n-1) and
+decodes those rows; each samples with the key of its row in the repeated batch, so the tokens are
+those of a batch holding every prompt n times.
+
 Log-probs: `logprobs` holds log p(token) of each sampled token under the policy *at the
 sampling temperature*, log_softmax(logits / temperature), before top-k/top-p truncation. This
 is what EasyR1/verl use as old_log_prob for the GRPO ratio (their actor divides logits by the
@@ -59,10 +65,11 @@ class SamplingParams:
 
 @dataclasses.dataclass
 class Generation:
-    """Per row of the input batch. `tokens`/`logprobs` [B, max_new_tokens]: the generated ids
-    (the stop token included, pad_id after it) and their log-probs (0 after the stop);
-    `lengths` [B]: generated tokens counting the stop token; `stopped` [B]: ended on a stop id;
-    `texts`: decoded tokens before the stop token (special tokens skipped), when a tokenizer was given."""
+    """Per generated row (a row of the input batch; with n, row b's samples at b*n .. b*n+n-1).
+    `tokens`/`logprobs` [B, max_new_tokens]: the generated ids (the stop token included, pad_id
+    after it) and their log-probs (0 after the stop); `lengths` [B]: generated tokens counting the
+    stop token; `stopped` [B]: ended on a stop id; `texts`: decoded tokens before the stop token
+    (special tokens skipped), when a tokenizer was given."""
 
     tokens: np.ndarray
     logprobs: np.ndarray
@@ -114,12 +121,13 @@ def left_pad(input_ids, attention_mask, batch_size: int, length: int, pad_id: in
 
 
 def prepare(batch: dict, config, pad_id: int, data_shards: int = 1, length: int | None = None,
-            first_row: int = 0, family=None) -> dict:
+            first_row: int = 0, family=None, n: int = 1) -> dict:
     """Host batch (any padding side) -> left-padded, bucketed NumPy inputs of the generation program
     (the rest from family.generation_inputs: default the family of the model config `config`).
     data_shards: the mesh's batch shards (rows and image patches split into that many groups);
     length: the padded prompt length (default: the bucket of this batch's longest prompt);
-    first_row: the index of the batch's first row in the whole batch (its rows' sampling keys)."""
+    first_row: the index of the batch's first row in the whole batch (its rows' sampling keys);
+    n: samples per row (`rows`: the sampling keys of the n * B decode rows, prompt b's at b*n + j)."""
     family = family or families.for_model(config)
     input_ids, attention_mask = np.asarray(batch["input_ids"]), np.asarray(batch["attention_mask"])
     if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
@@ -130,8 +138,11 @@ def prepare(batch: dict, config, pad_id: int, data_shards: int = 1, length: int 
     ids, mask = left_pad(input_ids, attention_mask, B_pad, L_pad, pad_id)
     prompts = {**batch, "input_ids": ids, "attention_mask": mask}
     out = family.generation_inputs(prompts, config, data_shards, lambda n: _pow2(n, MIN_PATCHES))
-    out["rows"] = np.arange(first_row, first_row + B_pad, dtype=np.int32)
-    out["num_rows"] = B
+    # Decode rows: pow2(B) * n, a multiple of the data shards (fewer than B_pad * n where B_pad was
+    # rounded up for the mesh, so that the padding does not grow n times).
+    rows = -(-_pow2(B) * n // data_shards) * data_shards
+    out["rows"] = np.arange(first_row * n, first_row * n + rows, dtype=np.int32)
+    out["num_rows"] = B * n
     return out
 
 
@@ -180,21 +191,34 @@ def _pick(logits, key, t, knobs, rows):
     return tok, logp
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "mesh", "family"))
-def _generate(graphdef, state, inputs, key, knobs, *, max_new_tokens: int, mesh, family=None):
+def _repeat(x, n: int, rows: int, axis: int = 0):
+    """Each row of x (on `axis`) n times, copies contiguous; the first `rows` of them."""
+    return jax.lax.slice_in_dim(jnp.repeat(x, n, axis=axis), 0, rows, axis=axis)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "mesh", "family", "n"))
+def _generate(graphdef, state, inputs, key, knobs, *, max_new_tokens: int, mesh, family=None, n: int = 1):
     model = nnx.merge(graphdef, state)
     family = family or families.for_model(model.config)
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     B, L = ids.shape
     N = max_new_tokens
     pad_id, stop_arr = knobs["pad_id"], knobs["stop_ids"]
-    cache = model.init_cache(B, L + N, mesh=mesh)  # the model gives its cache its sharding
+    S = L + N if n == 1 else L  # n > 1: a cache of the prompts only, grown when repeated below
+    cache = model.init_cache(B, S, mesh=mesh)  # the model gives its cache its sharding
     kv_mask = jnp.concatenate([mask, jnp.ones((B, N), mask.dtype)], axis=1)
 
     x = family.prompt_embeddings(model, inputs)
-    hidden, cache = model.decode(x, inputs["position_ids"], kv_mask, cache, 0)
+    hidden, cache = model.decode(x, inputs["position_ids"], kv_mask[:, :S], cache, 0)
+    logits = model.logits(hidden[:, -1])
     rows = inputs["rows"]
-    tok, logp = _pick(model.logits(hidden[:, -1]), key, 0, knobs, rows)
+    B = rows.shape[0]  # the decode rows
+    if n > 1:  # each prompt's prefill shared by its n samples
+        cache = model.repeat_cache(cache, n, B, L + N, mesh=mesh)
+        logits, kv_mask = _repeat(logits, n, B), _repeat(kv_mask, n, B)
+        inputs = {k: _repeat(v, n, B, family.GENERATION_AXIS[k]) for k, v in inputs.items()
+                  if k in family.GENERATION_AXIS and k not in family.PATCH_KEYS}
+    tok, logp = _pick(logits, key, 0, knobs, rows)
     tokens = jnp.full((B, N), pad_id, jnp.int32).at[:, 0].set(tok)
     logprobs = jnp.zeros((B, N), jnp.float32).at[:, 0].set(logp)
     done = jnp.isin(tok, stop_arr)
@@ -241,9 +265,9 @@ def _to_device(inputs: dict, mesh, family) -> dict:
 
 
 def generate_arrays(model, inputs: dict, key, params: SamplingParams, *, stops=None, pad_id: int | None = None,
-                    mesh=None, family=None) -> dict:
-    """Lower level: `inputs` from `prepare` (NumPy). Returns NumPy tokens, logprobs, lengths, stopped
-    for the first `inputs['num_rows']` rows."""
+                    mesh=None, family=None, n: int = 1) -> dict:
+    """Lower level: `inputs` from `prepare` (NumPy, the same n). Returns NumPy tokens, logprobs,
+    lengths, stopped for the first `inputs['num_rows']` rows."""
     family = family or families.for_model(model.config)
     pad_id = model.config.pad_token_id if pad_id is None else pad_id
     stops = stop_ids(model.config, params) if stops is None else tuple(stops)
@@ -257,31 +281,35 @@ def generate_arrays(model, inputs: dict, key, params: SamplingParams, *, stops=N
              "pad_id": np.int32(pad_id), "stop_ids": stop_arr}
     graphdef, state = nnx.split(model)
     out = _generate(graphdef, state, _to_device(arrays, mesh, family), key, knobs,
-                    max_new_tokens=params.max_new_tokens, mesh=mesh, family=family)
+                    max_new_tokens=params.max_new_tokens, mesh=mesh, family=family, n=n)
     return {k: np.asarray(v)[:rows] for k, v in out.items()}
 
 
 def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None, mesh=None,
-             batch_size: int | None = None, family=None) -> Generation:
+             batch_size: int | None = None, family=None, n: int = 1) -> Generation:
     """Main API: a host batch from data_pipeline (input_ids, attention_mask, pixel_values,
-    image_grid_thw; right- or left-padded) -> one Generation row per batch row.
+    image_grid_thw; right- or left-padded) -> one Generation row per batch row, or with n > 1
+    n rows per batch row (row b's at b*n .. b*n+n-1), each prompt encoded and prefilled once:
+    the tokens of `batch` with every row repeated n times (rows of one prompt contiguous).
 
-    batch_size: rows per generation call (config key sampling.batch_size), so that the KV cache of
-    a large batch fits; every call pads its prompts to the whole batch's length bucket and each row
-    samples with its own key (its index in the whole batch), so the tokens do not depend on it.
+    batch_size: generated rows per call (config key sampling.batch_size), so that the KV cache of
+    a large batch fits; a call takes batch_size // n prompts (at least one). Every call pads its
+    prompts to the whole batch's length bucket and each row samples with its own key (its index in
+    the whole output), so the tokens do not depend on it.
     family: the model family (default: families.for_model(model.config))."""
     family = family or families.for_model(model.config)
     pad_id = tokenizer.pad_id if tokenizer is not None else model.config.pad_token_id
     data_shards = 1 if mesh is None else sharding.batch_shards(mesh)
     stops = stop_ids(model.config, params, tokenizer)
     B = np.asarray(batch["input_ids"]).shape[0]
-    step = B if not batch_size or batch_size >= B else batch_size
+    step = B if not batch_size else min(B, max(1, batch_size // n))  # prompts per call
     length = prompt_length(batch["attention_mask"])
     parts = []
     for start in range(0, B, step):
         chunk = batch if step == B else family.take_rows(batch, range(start, min(start + step, B)), model.config)
-        inputs = prepare(chunk, model.config, pad_id, data_shards, length=length, first_row=start, family=family)
-        parts.append(generate_arrays(model, inputs, key, params, stops=stops, pad_id=pad_id, mesh=mesh, family=family))
+        inputs = prepare(chunk, model.config, pad_id, data_shards, length=length, first_row=start, family=family, n=n)
+        parts.append(generate_arrays(model, inputs, key, params, stops=stops, pad_id=pad_id, mesh=mesh, family=family,
+                                     n=n))
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     gen = Generation(out["tokens"], out["logprobs"], out["lengths"], out["stopped"])
     if tokenizer is not None:

@@ -10,6 +10,14 @@ batch x (new_tokens - 1) / (difference), best of --repeats after a warm-up (comp
 
 On a GPU, --preset 3b times the JAX sampler alone on the 3B architecture with random weights in
 bfloat16 at batch 64 (one 448x448 image per prompt).
+
+--preset rollout times GRPO's rollout of --batch ProgressLM-shaped prompts (--images 224x224 key
+frames and an observation among about 600 text tokens, a short answer of --new-tokens) x --n
+samples on the same small model, JAX only: every prompt row repeated n times with its images (the
+rollout before shared prefill) against `sampling.generate(..., n=n)` (each prompt encoded and
+prefilled once), both sampled at temperature 0.6, top-p 0.9, eos ignored, best of --repeats.
+
+    python tools/bench_sampling.py --preset rollout [--batch 2 --n 4 --images 6 --new-tokens 32]
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ if __package__ in (None, ""):  # run as `python tools/X.py`: import this checkou
     import os, sys; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -128,22 +137,93 @@ def gpu_3b(a):
           f"{t1:.2f} s, total {tn:.2f} s, decode {64 * (a.new_tokens - 1) / (tn - t1):.0f} tokens/s")
 
 
+def progresslm_batch(batch: int, images: int, cfg, seed: int = 0) -> dict:
+    """Right-padded prompts shaped like ProgressLM's: an instruction, `images` 224x224 images each
+    followed by a few text tokens (the demonstration's key frames, then the observation), and a
+    closing question; about 600 text tokens, varying by row."""
+    rng = np.random.default_rng(seed)
+    text = lambda n: list(rng.integers(10, 7000, n))  # noqa: E731
+    rows = []
+    for b in range(batch):
+        seq = text(200 + 16 * b)
+        for _ in range(images):
+            seq += [cfg.vision_start_token_id] + [cfg.image_token_id] * 64 + [cfg.vision_end_token_id] + text(40)
+        rows.append(seq + text(150))
+    L = max(map(len, rows))
+    ids, mask = np.zeros((batch, L), np.int32), np.zeros((batch, L), np.int32)
+    for b, r in enumerate(rows):
+        ids[b, : len(r)], mask[b, : len(r)] = r, 1
+    grid = np.array([[1, 16, 16]] * (batch * images), np.int64)
+    pv = rng.standard_normal((int(grid.prod(-1).sum()), 1176)).astype(np.float32)
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pv, "image_grid_thw": grid}
+
+
+def rollout(a):
+    import jax
+
+    from progress_jax import sampling
+    from progress_jax.models import qwen2_5_vl
+    from progress_jax.models.qwen2_5_vl import config as qwen_config, family as qwen
+
+    t = qwen_config.TextConfig(vocab_size=8192, hidden_size=a.hidden, intermediate_size=a.hidden * 11 // 4,
+                               num_hidden_layers=a.layers, num_attention_heads=a.hidden // 64, num_key_value_heads=2,
+                               mrope_section=(8, 12, 12), max_position_embeddings=4096)
+    v = qwen_config.VisionConfig(depth=4, hidden_size=256, intermediate_size=640, num_heads=4, out_hidden_size=a.hidden,
+                                 fullatt_block_indexes=(1, 3))
+    cfg = qwen_config.Qwen25VLConfig(vision=v, text=t, image_token_id=IMAGE, video_token_id=8003,
+                                     vision_start_token_id=VSTART, vision_end_token_id=VEND, eos_token_id=8004,
+                                     pad_token_id=0)
+    model = qwen2_5_vl.init(cfg, seed=0)
+    batch = progresslm_batch(a.batch, a.images, cfg)
+    repeated = qwen.take_rows(batch, np.repeat(np.arange(a.batch), a.n), cfg)
+    key = jax.random.key(0)
+    runs, out = {}, {}
+    for new in (1, a.new_tokens):
+        params = sampling.SamplingParams(max_new_tokens=new, temperature=0.6, top_p=0.9, ignore_eos=True)
+
+        def run(name, b, n, new=new, params=params):
+            out[name, new] = sampling.generate(model, b, params, key, n=n)
+
+        runs["repeated rows", new] = functools.partial(run, "repeated rows", repeated, 1)
+        runs["shared prefill", new] = functools.partial(run, "shared prefill", batch, a.n)
+    best = best_times(runs, a.repeats)
+    for new in (1, a.new_tokens):  # the same tokens either way
+        np.testing.assert_array_equal(out["repeated rows", new].tokens, out["shared prefill", new].tokens)
+    L = batch["attention_mask"].sum(1)
+    print(f"config: LM hidden {a.hidden}, {a.layers} layers, vocab 8192; vision 4 blocks x 256; {a.batch} prompts x "
+          f"n = {a.n}, prompts {L.min()}-{L.max()} tokens with {a.images} 224x224 images each; {a.new_tokens} new "
+          f"tokens (temperature 0.6, top-p 0.9, eos ignored); float32; {os.cpu_count()} CPU cores; best of "
+          f"{a.repeats}; the same tokens both ways")
+    print(f"| rollout | images encoded | prompt rows prefilled | prefill + 1 token (s) | prefill + {a.new_tokens} "
+          f"tokens (s) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, rows in (("repeated rows", a.batch * a.n), ("shared prefill", a.batch)):
+        print(f"| {name} | {rows * a.images} | {rows} | {best[name, 1]:.2f} | {best[name, a.new_tokens]:.2f} |")
+    ratio = best["repeated rows", a.new_tokens] / best["shared prefill", a.new_tokens]
+    print(f"repeated rows / shared prefill wall time: {ratio:.2f}x")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=["small", "3b"], default="small",
+    p.add_argument("--preset", choices=["small", "3b", "rollout"], default="small",
                    help="small: JAX vs transformers generate (CPU); 3b: the JAX sampler alone on the 3B architecture "
-                        "(GPU)")
+                        "(GPU); rollout: GRPO's rollout, repeated rows vs shared prefill (CPU)")
     p.add_argument("--layers", type=int, default=4, help="small: language-model layers (default 4)")
     p.add_argument("--hidden", type=int, default=512, help="small: language-model hidden size (default 512)")
-    p.add_argument("--batch", type=int, default=8, help="prompts decoded together (default 8)")
-    p.add_argument("--new-tokens", type=int, default=128, help="tokens generated per prompt, eos ignored (default 128)")
+    p.add_argument("--batch", type=int, default=None, help="prompts decoded together (default 8; rollout: 2)")
+    p.add_argument("--new-tokens", type=int, default=None,
+                   help="tokens generated per prompt, eos ignored (default 128; rollout: 32)")
+    p.add_argument("--n", type=int, default=4, help="rollout: samples per prompt (default 4)")
+    p.add_argument("--images", type=int, default=6, help="rollout: images per prompt (default 6)")
     p.add_argument("--repeats", type=int, default=3,
                    help="timed runs after the warm-up; the best is reported (default 3)")
     a = p.parse_args()
+    a.batch = a.batch or (2 if a.preset == "rollout" else 8)
+    a.new_tokens = a.new_tokens or (32 if a.preset == "rollout" else 128)
     import jax  # heavy: imported after --help
 
-    jax.config.update("jax_default_matmul_precision", "highest" if a.preset == "small" else "default")
-    compare(a) if a.preset == "small" else gpu_3b(a)
+    jax.config.update("jax_default_matmul_precision", "default" if a.preset == "3b" else "highest")
+    {"small": compare, "3b": gpu_3b, "rollout": rollout}[a.preset](a)
 
 
 if __name__ == "__main__":

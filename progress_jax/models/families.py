@@ -16,7 +16,8 @@ class Family(Protocol):
     """What the jobs use of a model family. The model it builds carries a config with
     `model_type` (see `for_model`) and `partition_rules` (PARTITION_RULES), and has embed(token
     ids), decode(x, position_ids, kv_mask, cache, index), logits(hidden), init_cache(batch,
-    length, mesh): the trainers' and the sampler's forward pass."""
+    length, mesh), repeat_cache(cache, n, rows, length, mesh) (a prompt's cache for its n
+    samples): the trainers' and the sampler's forward pass."""
 
     MODEL_TYPE: str  # config.json's model_type
     PRESETS: tuple  # built-in architectures by name (model.preset)

@@ -1,7 +1,8 @@
 """The GRPO job: rollouts on image+text prompts, a reward by name, group advantages, the clipped
 update (recipe and sources: docs/recipes.md).
 
-One step: a batch of prompts -> n rollouts each (the JAX sampler, images included) -> rewards
+One step: a batch of prompts -> n rollouts each (the JAX sampler, images included; each prompt
+encoded and prefilled once for its n rollouts) -> rewards
 (progress_jax.train.registry: a named reward or a user's module:function) -> group advantages
 (an estimator by name) -> old log-probs (the current policy, before any update) and reference
 log-probs (the same backbone with LoRA switched off; a frozen copy of the initial weights only
@@ -128,28 +129,33 @@ class Trainer:
     def policy(self):
         return self.parts.model(self.state["params"])
 
+    def rollout(self, prompts: dict, key) -> tuple[sampling.Generation, list]:
+        """n rollouts of each prompt (rows of one prompt contiguous; padding rows dropped), each
+        prompt's images encoded and prompt prefilled once; and each rollout's record."""
+        n = self.config.grpo.n
+        real = rollouts.repeat_rows(prompts, 1, self.family, self.model.config)  # n = 1: drops padding rows
+        gen = sampling.generate(self.policy(), real, self.sampling, key, tokenizer=self.tokenizer, mesh=self.mesh,
+                                batch_size=self.config.sampling.batch_size, n=n)
+        return gen, [r for r in real["records"] for _ in range(n)]
+
     def probe(self, batches: list[dict], key) -> dict:
         """Mean reward components ("probe/...") of n rollouts per prompt of fixed prompt batches."""
         rewards = []
         for i, prompts in enumerate(batches):
-            batch = rollouts.repeat_rows(prompts, self.config.grpo.n, self.family, self.model.config)
-            gen = sampling.generate(self.policy(), batch, self.sampling, jax.random.fold_in(key, i),
-                                    tokenizer=self.tokenizer, mesh=self.mesh,
-                                    batch_size=self.config.sampling.batch_size)
-            rewards += self.reward_fn(gen, batch["records"])
+            rewards += self.reward_fn(*self.rollout(prompts, jax.random.fold_in(key, i)))
         return {f"probe/{k}": float(np.mean([r[k] for r in rewards])) for k in rewards[0]}
 
     def step(self, prompts: dict, key) -> dict:
         """One GRPO step on a host batch of prompts; returns the step's metrics."""
         g, t = self.config.grpo, self.config.train
         t0 = time.perf_counter()
-        batch = rollouts.repeat_rows(prompts, g.n, self.family, self.model.config)
-        gen = sampling.generate(self.policy(), batch, self.sampling, key, tokenizer=self.tokenizer, mesh=self.mesh,
-                                batch_size=self.config.sampling.batch_size)
+        gen, records = self.rollout(prompts, key)
         t_rollout = time.perf_counter() - t0
-        rewards = self.reward_fn(gen, batch["records"])
+        rewards = self.reward_fn(gen, records)
         overall = np.array([r["overall"] for r in rewards], np.float32)
         adv = np.asarray(self.advantages(overall, g.n))
+        # The training rows still hold each prompt n times, its images with it.
+        batch = rollouts.repeat_rows(prompts, g.n, self.family, self.model.config)
         rows = rollouts.rollout_sequences(batch, gen, self.family, self.model.config)
 
         t1 = time.perf_counter()
