@@ -32,8 +32,8 @@ def assert_same(got, expected):
     np.testing.assert_allclose(got.logprobs, expected.logprobs, atol=1e-5)
 
 
-def check(model, batch, n, batch_size, mesh=None):
-    for params in (GREEDY, SAMPLED):
+def check(model, batch, n, batch_size, mesh=None, modes=(GREEDY, SAMPLED)):
+    for params in modes:
         expected = sampling.generate(model, repeated(batch, n), params, jax.random.key(2), mesh=mesh)
         assert len(expected.tokens) == len(batch["input_ids"]) * n
         for size in (None, batch_size):
@@ -57,7 +57,7 @@ def test_eight_devices(n=2):
     model = qwen2_5_vl.init(CFG, seed=0)
     graphdef, state = nnx.split(model)
     sharded = nnx.merge(graphdef, jax.device_put(state, sharding.param_shardings(state, mesh, model.partition_rules)))
-    check(sharded, prompts(GRIDS), n, 2 * n, mesh)
+    check(sharded, prompts(GRIDS), n, 2 * n, mesh, modes=(SAMPLED,))  # greedy: the same rows, the argmax
 
 
 def test_decode_rows_per_call():
