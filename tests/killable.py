@@ -73,7 +73,7 @@ def start_and_signal(command, workdir, sig, after_step):
     Returns (exit code, which must be 0 or -SIGKILL; the last step this run logged)."""
     path = os.path.join(workdir, "metrics.jsonl")
     old_lines = len(read_lines(path))
-    proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = start(command)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         new = [json.loads(line)["step"] for line in read_lines(path)[old_lines:]]

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from tests import killable
 from tests.killable import ENV, ROOT, metrics, write_records
 
 TOL = 1e-5
@@ -39,8 +40,7 @@ def start(args, processes: int) -> list[subprocess.Popen]:
     env = {**ENV, "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}"}
     if processes > 1:
         env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}", JAX_NUM_PROCESSES=str(processes))
-    return [subprocess.Popen(command, cwd=ROOT, env={**env, "JAX_PROCESS_ID": str(i)} if processes > 1 else env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return [killable.start(command, {**env, "JAX_PROCESS_ID": str(i)} if processes > 1 else env)
             for i in range(processes)]
 
 

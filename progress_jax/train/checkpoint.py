@@ -147,8 +147,9 @@ class _DropAbortedReads(logging.Filter):
     whenever the task is collected, possibly after the job has printed its one-line error)."""
 
     def filter(self, record):
-        return not (_DAMAGED_DIRS and "exception was never retrieved" in record.getMessage()
-                    and _about_damage(record.getMessage() + "".join(map(str, record.exc_info or ()))))
+        message = record.getMessage()
+        return not (_DAMAGED_DIRS and "exception was never retrieved" in message
+                    and _about_damage(message + "".join(map(str, record.exc_info or ()))))
 
 
 def _quiet_aborted_reads() -> None:
@@ -170,7 +171,9 @@ def _quiet_aborted_reads() -> None:
 
     hook.drops_closed_loop = True
     sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(_DropAbortedReads())
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _DropAbortedReads) for f in asyncio_log.filters):  # the hook may be reset (pytest)
+        asyncio_log.addFilter(_DropAbortedReads())
 
 
 def _path_key(path) -> tuple:
