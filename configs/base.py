@@ -100,9 +100,12 @@ def demo_data(c: ml_collections.ConfigDict) -> None:
     c.data.sim_reasoning = "brief"
     c.data.min_pixels = 56 * 56
     c.data.max_pixels = 112 * 112
-    c.data.length_buckets = (512, 1024)
-    c.data.patch_buckets = (2048, 4096, 8192)
-    c.data.image_buckets = (32, 64, 128)
+    # A batch takes the smallest bucket that holds its longest row: prompts fit 512 tokens and SFT rows
+    # (prompt and answer) 576, so no batch pads to twice its length; one patch and image bucket hold
+    # any 8 rows, so a run compiles few shapes.
+    c.data.length_buckets = (512, 576)
+    c.data.patch_buckets = (4096, 8192)
+    c.data.image_buckets = (64, 128)
 
 
 def nano_data(c: ml_collections.ConfigDict) -> None:
@@ -112,7 +115,6 @@ def nano_data(c: ml_collections.ConfigDict) -> None:
     c.data.sim_dir = "cache/sim_nano"
     c.data.sim_size = "nano"
     c.data.sim_image_size = 112
-    c.data.length_buckets = (512, 640)
 
 
 def validation(c: ml_collections.ConfigDict) -> None:

@@ -120,3 +120,17 @@ def test_patch_bucket_is_chosen_per_batch_shard():
         _Collate(ROWS, (128,), (128,), (16,), 0, batch_shards=8)(samples([[(1, 16, 16)]] + [[]] * (ROWS - 1)))
     with pytest.raises(ValueError, match="batch_size 8 does not split into 3 batch shards"):
         _Collate(ROWS, (128,), (1024,), (16,), 0, batch_shards=3)
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_one_image_bucket_gives_one_shape(shards):
+    """Batches in one image bucket with 9 and 24 images stack to the same arrays' shapes (the
+    attention groups hold the bucket's images), so a run compiles one program per bucket."""
+    def shapes(images_per_row):
+        host = _Collate(ROWS, (384,), (2048,), (32,), CFG.pad_token_id, batch_shards=shards)(
+            samples([[(1, 4, 4)] * n for n in images_per_row]))
+        return jax.tree.map(np.shape, qwen.stack_micro([host], CFG, shards))
+
+    few, many = shapes([2, 1, 1, 1, 1, 1, 1, 1]), shapes([3] * ROWS)
+    assert few == many
+    assert few["vision"]["image_groups"][-2] >= 32 // shards

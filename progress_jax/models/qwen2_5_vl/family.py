@@ -77,22 +77,24 @@ def stack_micro(host_batches: list[dict], config, shards: int = 1) -> dict:
         inputs = positions.model_inputs({"input_ids": ids, "attention_mask": mask,
                                          "image_grid_thw": b["image_grid_thw"]}, config)
         inputs.pop("rope_deltas")
+        # Attention groups for at least the image bucket's images (per shard): one shape per bucket.
+        min_groups = -(-len(b["image_grid_thw"]) // shards)
         inputs["pixel_values"], inputs["vision"] = _shard_patches(b["pixel_values"], (start, end, grids), per_shard,
-                                                                  config)
+                                                                  config, min_groups)
         inputs["loss_mask"] = np.pad(b["loss_mask"], ((0, 0), (0, pad_l))).astype(np.int32)
         out.append(inputs)
     _stack_vision(out)
     return jax.tree.map(lambda *xs: np.stack(xs), *out)
 
 
-def _shard_patches(pixel_values, spans, per_shard: int, config):
+def _shard_patches(pixel_values, spans, per_shard: int, config, min_groups: int = 0):
     """Patches [shards, per_shard, 1176] (shard s: rows start[s]:end[s] of pixel_values, zero-padded)
     and each shard's vision indices (a list, stacked by _stack_vision)."""
     start, end, grids = spans
     pv = np.zeros((len(start), per_shard, pixel_values.shape[1]), np.float32)
     for s in range(len(start)):
         pv[s, :end[s] - start[s]] = pixel_values[start[s]:end[s]]
-    return pv, [positions.vision_inputs(g, per_shard, config) for g in grids]
+    return pv, [positions.vision_inputs(g, per_shard, config, min_groups) for g in grids]
 
 
 def _stack_vision(inputs: list[dict]) -> None:

@@ -75,7 +75,8 @@ def get_rope_index(
     return position_ids, deltas
 
 
-def vision_inputs(image_grid_thw, num_patches: int, config: Qwen25VLConfig) -> dict[str, np.ndarray]:
+def vision_inputs(image_grid_thw, num_patches: int, config: Qwen25VLConfig, min_groups: int = 0
+                  ) -> dict[str, np.ndarray]:
     """Index arrays for the vision tower on `num_patches` patch rows (real ones first, then padding).
 
     - window_index [U]: merged-unit order used inside the blocks (windows, row-major per image);
@@ -84,7 +85,8 @@ def vision_inputs(image_grid_thw, num_patches: int, config: Qwen25VLConfig) -> d
     - rope_hw [P, 2]: (h, w) patch coordinates in window order, for the 2-D RoPE.
     - window_groups [W, 64], image_groups [I, N]: the positions (in window order) of each window's
       and each image's patches, -1 padded; attention runs within each row. W, I and N are rounded
-      up to powers of two so that a run compiles few shapes; padding patches are in no group.
+      up to powers of two, W and I to at least min_groups (a batch's image bucket: every image has
+      a window), so that a run compiles few shapes; padding patches are in no group.
     """
     v = config.vision
     merge, unit = v.spatial_merge_size, v.spatial_merge_size**2
@@ -132,8 +134,8 @@ def vision_inputs(image_grid_thw, num_patches: int, config: Qwen25VLConfig) -> d
         "window_index": window_index,
         "reverse_index": np.argsort(window_index).astype(np.int32),
         "rope_hw": np.concatenate(hw).astype(np.int32),
-        "window_groups": _groups(windows, (win * merge) ** 2),
-        "image_groups": _groups(images, _pow2(max((len(g) for g in images), default=1))),
+        "window_groups": _groups(windows, (win * merge) ** 2, min_groups),
+        "image_groups": _groups(images, _pow2(max((len(g) for g in images), default=1)), min_groups),
     }
 
 
@@ -141,9 +143,9 @@ def _pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def _groups(members: list[np.ndarray], width: int) -> np.ndarray:
-    """Rows of member positions, -1 padded to [pow2(len(members)), width]."""
-    out = np.full((_pow2(max(len(members), 1)), width), -1, np.int32)
+def _groups(members: list[np.ndarray], width: int, min_rows: int = 1) -> np.ndarray:
+    """Rows of member positions, -1 padded to [pow2(max(len(members), min_rows)), width]."""
+    out = np.full((_pow2(max(len(members), min_rows, 1)), width), -1, np.int32)
     for i, m in enumerate(members):
         out[i, : len(m)] = m
     return out
@@ -174,5 +176,5 @@ def model_inputs(batch: dict, config: Qwen25VLConfig) -> dict:
     if batch.get("pixel_values") is not None:
         pv = np.asarray(batch["pixel_values"], np.float32)
         out["pixel_values"] = pv
-        out["vision"] = vision_inputs(grid, pv.shape[0], config)
+        out["vision"] = vision_inputs(grid, pv.shape[0], config, min_groups=len(grid))
     return out
