@@ -22,7 +22,7 @@ setup(
     name="progress_jax",
     version="0.1.0",
     description="ProgressLM in JAX/Flax: progress reasoning with Qwen2.5-VL, LoRA SFT and GRPO.",
-    packages=find_packages(include=["progress_jax*", "data_pipeline*"]),
+    packages=find_packages(include=["progress_jax*", "data_pipeline*", "data_construction*"]),
     package_data={"data_pipeline": ["assets/*.json"]},
     include_package_data=True,
     python_requires=">=3.10",

@@ -3,7 +3,7 @@
 Released checkpoints (ProgressLM-3B-SFT / -RL) were trained and evaluated on these strings, and the
 released SFT data were made with the construction prompts. How the project assembles them:
 docs/prompts.md (data_pipeline/prompts.py: eval, SFT and RL prompts) and docs/data_construction.md
-(data_pipeline/teacher.py and unanswerable.py: CoT generation, unanswerable samples).
+(data_construction/teacher.py and unanswerable.py: CoT generation, unanswerable samples).
 
 Source: the public repository ProgressLM/ProgressLM at commit 9945f00a72925776b5eb43450c38d2ec0bc44bc2.
 The comment at each text names the files that hold it, by their paths in that repository, with these

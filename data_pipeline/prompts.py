@@ -61,7 +61,7 @@ DIRECT_INSTRUCTIONS = (
 
 def progress_label(step: int, total_steps: int) -> int:
     """Progress in percent of demo entry `step` of `total_steps`, rounded half up (12.5 -> 13) as the
-    benchmark construction (data_pipeline.construct) rounds its labels."""
+    benchmark construction (data_construction.construct) rounds its labels."""
     return math.floor(100 * step / total_steps + 0.5)
 
 

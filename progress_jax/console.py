@@ -11,7 +11,7 @@ from absl import logging as absl_logging
 from tqdm.auto import tqdm
 
 # The packages whose loggers are the project's messages.
-PROJECT = ("progress_jax", "data_pipeline")
+PROJECT = ("progress_jax", "data_pipeline", "data_construction")
 
 
 class _Handler(logging.Handler):

@@ -9,7 +9,7 @@ import grain
 import jax
 from jax._src import distributed as jax_distributed
 
-from data_pipeline import sim
+from data_construction import sim
 from data_pipeline.records import file_format, load_chat_records, load_records
 from progress_jax import handover
 from progress_jax.errors import BadInput, InputNotFound

@@ -45,7 +45,7 @@ def test_other_libraries_info_records_only_with_verbose():
         for verbose in (False, True):
             console.setup(verbose)
             assert logging.getLogger("progress_jax.train.loop").isEnabledFor(logging.INFO)
-            assert logging.getLogger("data_pipeline.sim").isEnabledFor(logging.INFO)
+            assert logging.getLogger("data_construction.sim").isEnabledFor(logging.INFO)
             for other in ("absl", "jax._src.xla_bridge", "orbax.checkpoint"):
                 assert logging.getLogger(other).isEnabledFor(logging.INFO) == verbose, (other, verbose)
                 assert logging.getLogger(other).isEnabledFor(logging.WARNING)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipeline import construct
+from data_construction import construct
 from data_pipeline.records import load_records
 
 KEY_FRAMES = [0, 10, 30, 45, 65]

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_construction.teacher import VllmTeacher, check_cot, cot_prompt, run_guided_completion
 from data_pipeline.image_processor import preprocess
 from data_pipeline.prompts import render_text, tokenize_chat, tokenize_record
 from data_pipeline.records import load_chat_records, load_records
-from data_pipeline.teacher import VllmTeacher, check_cot, cot_prompt, run_guided_completion
 from data_pipeline.tokenizer import load_tokenizer
 
 GOAL = "put the red cube on the blue plate"
@@ -392,7 +392,7 @@ def test_original_steps_read_with_the_record_loader_rules(tmp_path):
     """raw_text_demo[rank] is found on the line the record loader numbered, also after a byte-order mark
     and blank lines (the loader skips both)."""
     from data_pipeline.records import load_records
-    from data_pipeline.teacher import sample_key
+    from data_construction.teacher import sample_key
     from tools.generate_cot import original_steps
 
     line = {"id": "traj_n", "task_goal": "put the banana on the plate", "text_demo": ["grasp the banana", "place it"],
@@ -408,7 +408,7 @@ def test_original_steps_read_with_the_record_loader_rules(tmp_path):
 
 
 def test_settled_keys_leave_a_half_written_line_out(tmp_path):
-    from data_pipeline.teacher import done_keys
+    from data_construction.teacher import done_keys
 
     out, rejects = tmp_path / "o.jsonl", tmp_path / "o.rejected.jsonl"
     assert done_keys(str(out), str(rejects), lambda obj: obj["k"]) == set()  # nothing written yet

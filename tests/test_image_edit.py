@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipeline.construct import Observation, Sample, to_record, write_images
-from data_pipeline.image_edit import EditError, SimEditor, sample_seed
+from data_construction.construct import Observation, Sample, to_record, write_images
+from data_construction.image_edit import EditError, SimEditor, sample_seed
+from data_construction.sim.build import make_episode
+from data_construction.sim.scene import COLORS
+from data_construction.unanswerable import EditProposal
 from data_pipeline.records import load_records
-from data_pipeline.sim.build import make_episode
-from data_pipeline.sim.scene import COLORS
-from data_pipeline.unanswerable import EditProposal
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_diffusers_editor_on_a_tiny_random_pipeline(tmp_path, sim_sample):
     pytest.importorskip("diffusers", reason="diffusers is in the test/tools extras")
     import torch
 
-    from data_pipeline.image_edit import DiffusersEditor
+    from data_construction.image_edit import DiffusersEditor
 
     tiny_pix2pix(str(tmp_path / "tok")).save_pretrained(str(tmp_path / "pipe"))
     editor = DiffusersEditor.load(str(tmp_path / "pipe"), dtype="float32", device="cpu", num_inference_steps=2,

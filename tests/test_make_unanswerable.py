@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_construction.unanswerable import (EditProposal, Rejected, load_queue, official_edit_prompt, official_swap_prompt,
+                                            parse_edit_strategy, parse_official_edit, parse_official_swap, parse_text_swap,
+                                            run_image_edits, run_text_swaps, validate_text_swap)
 from data_pipeline.records import load_records
-from data_pipeline.unanswerable import (EditProposal, Rejected, load_queue, official_edit_prompt, official_swap_prompt,
-                                        parse_edit_strategy, parse_official_edit, parse_official_swap, parse_text_swap,
-                                        run_image_edits, run_text_swaps, validate_text_swap)
 from tests.test_generate_cot import make_bench
 
 GOAL = "stack the green cube on the purple cube"
@@ -161,7 +161,7 @@ def test_cli_text_and_image_with_fake_teacher(tmp_path, monkeypatch):
 
 def invert_editor(record, image, proposal, key):
     if "fail" in proposal.instruction:
-        from data_pipeline.image_edit import EditError
+        from data_construction.image_edit import EditError
         raise EditError("not visible")
     return Image.fromarray(255 - np.asarray(image))
 

@@ -87,7 +87,7 @@ def test_score_predictions_refuses_an_output_file_that_is_the_predictions(tmp_pa
 
 @pytest.mark.parametrize("line", ["5", "null", '"keep"', "[1, 2]"])
 def test_a_decision_line_that_is_not_an_object_names_file_and_line(tmp_path, line):
-    from data_pipeline.unanswerable import load_decisions
+    from data_construction.unanswerable import load_decisions
 
     queue, lines = make_queue(tmp_path)
     path = tmp_path / "decisions.jsonl"

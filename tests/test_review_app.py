@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipeline.unanswerable import apply_decisions, first_undecided, load_decisions, load_queue
+from data_construction.unanswerable import apply_decisions, first_undecided, load_decisions, load_queue
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
                  if p and os.path.exists(p)), None)

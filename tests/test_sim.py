@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_construction.sim import generate
+from data_construction.sim.build import SIZES, make_episode
+from data_construction.sim.render import Camera, Solid, render
+from data_construction.sim.tasks import FAMILIES
 from data_pipeline.records import load_records
-from data_pipeline.sim import generate
-from data_pipeline.sim.build import SIZES, make_episode
-from data_pipeline.sim.render import Camera, Solid, render
-from data_pipeline.sim.tasks import FAMILIES
 
 SIZE = 96  # small images keep the test fast; layout and labels do not depend on the size
 BENCH = ("visual_same_view", "visual_cross_view", "text-normal", "text-unanswerable", "visual-unanswerable")
@@ -237,8 +237,8 @@ def test_a_directory_holding_another_seed_is_refused_not_replaced(tmp_path):
     """Another job's sim (here: another seed) is never deleted to make room; the job names the
     config key. The run's own `seed` does not choose the sim's."""
     from configs import sft as sft_config
-    from data_pipeline.sim import OtherSimHere
-    from data_pipeline.sim.build import FORMAT_VERSION, MARKER
+    from data_construction.sim import OtherSimHere
+    from data_construction.sim.build import FORMAT_VERSION, MARKER
     from progress_jax import data_files
     from progress_jax.errors import BadInput
 

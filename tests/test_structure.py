@@ -1,11 +1,16 @@
-"""The package structure: no import cycles (imports inside functions included), the model layer
-never imports the trainers, and only progress_jax/models/ knows the Qwen2.5-VL code."""
+"""The package structure (docs/layout.md): no import cycles in any of the project's packages
+(imports inside functions included); the runtime input path (data_pipeline) imports neither the
+offline data construction nor progress_jax; data construction never imports progress_jax (the
+teacher's device call is injected); evaluation never imports training; the model layer never
+imports the trainers; only progress_jax/models/ knows the Qwen2.5-VL code."""
 
 import ast
+import functools
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("progress_jax", "data_pipeline")
+LIBRARY = ("progress_jax", "data_pipeline", "data_construction")
+PACKAGES = LIBRARY + ("tools", "configs", "tests")
 
 
 def modules() -> dict[str, str]:
@@ -53,6 +58,7 @@ def imports(name: str, path: str, known) -> set[str]:
     return found
 
 
+@functools.cache
 def graph() -> dict[str, set[str]]:
     mods = modules()
     return {name: imports(name, path, mods) for name, path in mods.items()}
@@ -94,13 +100,48 @@ def test_the_cycle_finder_finds_a_cycle():
     assert cycle({"a": {"b"}, "b": set()}) is None
 
 
+def imported(importers: str, targets: tuple[str, ...]) -> dict[str, list[str]]:
+    """{module under `importers`: the modules under `targets` it imports}, for those that import any."""
+    out = {}
+    for m, found in graph().items():
+        if m == importers or m.startswith(importers + "."):
+            bad = sorted(t for t in found if any(t == p or t.startswith(p + ".") for p in targets))
+            if bad:
+                out[m] = bad
+    return out
+
+
+def test_the_runtime_input_path_never_imports_construction_or_the_trainers():
+    assert imported("data_pipeline", ("data_construction", "progress_jax")) == {}
+
+
+def test_data_construction_never_imports_progress_jax():
+    assert imported("data_construction", ("progress_jax",)) == {}
+
+
+def test_evaluation_never_imports_training():
+    assert imported("progress_jax.eval", ("progress_jax.train",)) == {}
+
+
 def test_the_model_layer_never_imports_the_trainers():
-    bad = {m: sorted(t for t in targets if t.startswith("progress_jax.train"))
-           for m, targets in graph().items() if m.startswith("progress_jax.models")}
-    assert not any(bad.values()), {m: t for m, t in bad.items() if t}
+    assert imported("progress_jax.models", ("progress_jax.train",)) == {}
 
 
 def test_only_the_model_layer_imports_qwen2_5_vl():
-    bad = {m: sorted(t for t in targets if t.startswith("progress_jax.models.qwen2_5_vl"))
-           for m, targets in graph().items() if not m.startswith("progress_jax.models")}
-    assert not any(bad.values()), {m: t for m, t in bad.items() if t}
+    # The library only: tools/ (checkpoint conversion, benchmarks) and tests/ work on the model itself.
+    bad = {}
+    for package in LIBRARY:
+        bad |= imported(package, ("progress_jax.models.qwen2_5_vl",))
+    assert {m: t for m, t in bad.items() if not m.startswith("progress_jax.models")} == {}
+
+
+def test_the_walk_sees_imports_inside_functions_and_relative_ones(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "a.py").write_text("def f():\n    from pkg import b\n")
+    (tmp_path / "pkg" / "b.py").write_text("from . import c\n")
+    (tmp_path / "pkg" / "c.py").write_text("import pkg.a\n")
+    known = {"pkg": "", "pkg.a": "", "pkg.b": "", "pkg.c": ""}
+    g = {m: imports(m, str(tmp_path / "pkg" / f"{m.split('.')[-1]}.py"), known) for m in ("pkg.a", "pkg.b", "pkg.c")}
+    assert g == {"pkg.a": {"pkg.b"}, "pkg.b": {"pkg.c"}, "pkg.c": {"pkg.a"}}
+    assert cycle(g) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]

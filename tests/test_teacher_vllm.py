@@ -1,4 +1,4 @@
-"""The real vLLM path of the teacher (data_pipeline/teacher.py VllmTeacher): a tiny random Qwen2.5-VL
+"""The real vLLM path of the teacher (data_construction/teacher.py VllmTeacher): a tiny random Qwen2.5-VL
 built with transformers and saved locally (the project's tiny tokenizer, a Qwen2-VL image processor),
 served by vllm.LLM, greedy, against transformers' greedy generate on the same prompts and images
 (tokenized and preprocessed by this project, as the jax teacher does; vLLM uses its own processor).
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_construction.teacher import JaxTeacher, TeacherSampling, VllmTeacher
 from data_pipeline.prompts import render_text
-from data_pipeline.teacher import JaxTeacher, TeacherSampling, VllmTeacher
 from data_pipeline.tokenizer import TINY_PATH, load_tokenizer
 
 MIN_PIXELS, MAX_PIXELS = 56 * 56, 112 * 112

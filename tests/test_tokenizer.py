@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from data_pipeline.tokenizer import SPECIAL_TOKENS, TINY_PATH, build_tiny_tokenizer_json, load_tokenizer
+from data_construction.tiny_tokenizer import build_tiny_tokenizer_json
+from data_pipeline.tokenizer import SPECIAL_TOKENS, TINY_PATH, load_tokenizer
 
 TEXTS = [
     "Task goal: put the red cup on the plate\n\nStep 1: reach (33%)\n",
@@ -56,7 +57,7 @@ def test_rebuild_is_deterministic():
     assert json.loads(fresh)["model"]["vocab"]["<|image_pad|>"] == 6
     # a second process (different hash seeds) builds the same file
     env = dict(os.environ, PYTHONHASHSEED="12345")
-    code = "import sys; from data_pipeline.tokenizer import build_tiny_tokenizer_json as b; sys.stdout.write(b())"
+    code = "import sys; from data_construction.tiny_tokenizer import build_tiny_tokenizer_json as b; sys.stdout.write(b())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert out == fresh
 

@@ -25,10 +25,10 @@ import argparse
 import json
 import logging
 
+from data_construction.teacher import (ACCEPT_RULES, JaxTeacher, TeacherSampling, VllmTeacher, rejects_path_for,
+                                       run_guided_completion, sample_key)
 from data_pipeline.paths import check_outputs
 from data_pipeline.records import load_records
-from data_pipeline.teacher import (ACCEPT_RULES, JaxTeacher, TeacherSampling, VllmTeacher, rejects_path_for,
-                                   run_guided_completion, sample_key)
 
 
 def add_teacher_args(ap: argparse.ArgumentParser) -> None:

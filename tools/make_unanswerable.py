@@ -11,7 +11,7 @@
 
 The teacher prompts and acceptance rules are the official ones by default (--protocol official);
 the project's earlier, stricter protocols stay available. Rules, layouts and sources:
-docs/data_construction.md and data_pipeline/unanswerable.py. Edited images go to
+docs/data_construction.md and data_construction/unanswerable.py. Edited images go to
 IMAGE_ROOT/{id}/{stem}_edit.jpg; the review app (tools/review_app.py) turns the queue into the
 final visual-unanswerable file. Both commands resume: settled samples are skipped.
 """
@@ -23,11 +23,11 @@ import argparse
 import json
 import logging
 
-from data_pipeline.image_edit import DEFAULT_MODEL, DTYPES, OFFICIAL_SEED, DiffusersEditor, SimEditor
+from data_construction.image_edit import DEFAULT_MODEL, DTYPES, OFFICIAL_SEED, DiffusersEditor, SimEditor
+from data_construction.teacher import rejects_path_for
+from data_construction.unanswerable import PROTOCOLS, run_image_edits, run_text_swaps
 from data_pipeline.paths import check_outputs
 from data_pipeline.records import load_records, record_image_path
-from data_pipeline.teacher import rejects_path_for
-from data_pipeline.unanswerable import PROTOCOLS, run_image_edits, run_text_swaps
 from tools.generate_cot import add_teacher_args, make_teacher
 
 

@@ -21,9 +21,9 @@ import threading
 
 from PIL import Image
 
+from data_construction.unanswerable import apply_decisions, decision_line, first_undecided, load_decisions, load_queue
 from data_pipeline.jsonl import JsonlAppender
 from data_pipeline.paths import check_outputs
-from data_pipeline.unanswerable import apply_decisions, decision_line, first_undecided, load_decisions, load_queue
 
 
 class Review:

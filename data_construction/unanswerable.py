@@ -52,7 +52,7 @@ import time
 from dataclasses import dataclass
 
 from data_pipeline import prompt_texts as texts
-from data_pipeline.image_edit import EditError, EditProposal
+from data_construction.image_edit import EditError, EditProposal
 from data_pipeline.jsonl import JsonlAppender, read_appended, write_jsonl
 from data_pipeline.paths import atomic_output
 from data_pipeline.prompts import progress_label
@@ -405,7 +405,7 @@ def run_text_swaps(records: list[Record], teacher, out_path: str, batch_size: in
     if protocol == "object_tags":
         return _run_object_tag_swaps(records, teacher, out_path, batch_size, rejects_path, allowed_objects,
                                      progress, image_root)
-    from data_pipeline.teacher import TeacherRun, rejected_keys, rejects_path_for, sample_key
+    from data_construction.teacher import TeacherRun, rejected_keys, rejects_path_for, sample_key
 
     rejects_path = rejects_path or rejects_path_for(out_path)
     written = {(obj["id"], obj["stage_to_estimate"]) for _, obj in read_appended(out_path, missing_ok=True)}
@@ -450,7 +450,7 @@ def _run_object_tag_swaps(records: list[Record], teacher, out_path: str, batch_s
     same swap for all its records. Appends official text-unanswerable lines to out_path and rejected
     answers to rejects_path. A trajectory partly written by an interrupted run is completed with the
     swap already in the output. Counts: trajectories kept / per reason, records written, skipped."""
-    from data_pipeline.teacher import TeacherRun, rejected_keys, rejects_path_for
+    from data_construction.teacher import TeacherRun, rejected_keys, rejects_path_for
 
     rejects_path = rejects_path or rejects_path_for(out_path)
     groups: dict[str, list[Record]] = {}
@@ -520,7 +520,7 @@ def run_image_edits(records: list[Record], image_root: str, teacher, editor, que
                                                                                        parse_edit_strategy)
     from PIL import Image
 
-    from data_pipeline.teacher import TeacherRun, done_keys, rejects_path_for, sample_key
+    from data_construction.teacher import TeacherRun, done_keys, rejects_path_for, sample_key
 
     rejects_path = rejects_path or rejects_path_for(queue_path)
     steps_by_id = steps_by_id or {}

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipeline.construct import Sample, round_half_up
-from data_pipeline.sim.scene import OPEN_WIDTH, drawer_handle
+from data_construction.construct import Sample, round_half_up
+from data_construction.sim.scene import OPEN_WIDTH, drawer_handle
 
 TABLE_EPS, NEAR = 0.006, 0.04
 

@@ -8,13 +8,13 @@ painter's-algorithm polygons, Lambert shading and vertical drop shadows (render.
 camera_front, camera_top and camera_left. "[left]" is the arm at negative x (the left of the front view).
 
 Episodes (episode.py) interpolate the state linearly between scripted waypoints (10-18 frames per action);
-key frames end the key steps. data_pipeline.construct samples observations and writes the official records;
+key frames end the key steps. data_construction.construct samples observations and writes the official records;
 visual-unanswerable observations re-render the state with the manipulated object recolored, swapped for
 another shape or removed, or cover it with a gray patch. Training samples get a rule-based four-block answer
 (reasoning.py) written from the scene state.
 
 Output of `generate(out_dir, size="small"|"full", seed=0, image_size=224)` (also
-`python -m data_pipeline.sim --out DIR --size small --seed 0 [--image-size N]`):
+`python -m data_construction.sim --out DIR --size small --seed 0 [--image-size N]`):
     OUT/bench/{visual_same_view, visual_cross_view, text-normal, text-unanswerable, visual-unanswerable}.jsonl
     OUT/bench/images/{id}/{camera}_{frame:04d}[_edit].jpg
     OUT/train/{sft.jsonl (with a "response" field), rl.jsonl}, OUT/train/images/{id}/...
@@ -24,6 +24,6 @@ training episode has the goal text (objects, colors and target) of any benchmark
 A marker file written last makes a repeated call with the same parameters a no-op; a directory holding
 another size, seed, image size or reasoning is refused (OtherSimHere) unless forced.
 """
-from data_pipeline.sim.build import OtherSimHere, generate
+from data_construction.sim.build import OtherSimHere, generate
 
 __all__ = ["OtherSimHere", "generate"]

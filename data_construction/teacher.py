@@ -4,7 +4,7 @@ A teacher is any callable `teacher(prompts) -> texts`: one prompt is a list of c
 the Hugging Face multimodal layout (content a string or a list of {"type": "text"} /
 {"type": "image", "image": path or PIL image} parts), one text comes back per prompt. Two
 backends: `VllmTeacher` (offline vllm.LLM) and `JaxTeacher` (host batches for this project's
-sampler; the device call is injected so that data_pipeline never imports JAX).
+sampler; the device call is injected so that data_construction never imports JAX).
 
 Guided completion (docs/data_construction.md): the teacher gets the official CoT-generation prompt
 (eval/qwen25vl/codes/prompts/{visual,text}_demo_prompt_cot_gen.py, laid out as the 72B runner

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from data_pipeline.sim.render import project_bbox, render
-from data_pipeline.sim.scene import CAMERA_NAMES, COLORS, item_solids, lerp_state, scene_solids
-from data_pipeline.sim.tasks import Plan
+from data_construction.sim.render import project_bbox, render
+from data_construction.sim.scene import CAMERA_NAMES, COLORS, item_solids, lerp_state, scene_solids
+from data_construction.sim.tasks import Plan
 
 EDIT_KINDS = ("color", "replace", "remove", "occlude")
 MIN_CHANGED = 0.002  # fraction of pixels an object edit must visibly change, else the frame is occluded instead
@@ -17,7 +17,7 @@ MIN_CHANGED = 0.002  # fraction of pixels an object edit must visibly change, el
 
 @dataclass
 class SimEpisode:
-    """Implements the Episode interface of data_pipeline.construct (frames, key frames, step texts, edits)."""
+    """Implements the Episode interface of data_construction.construct (frames, key frames, step texts, edits)."""
 
     id: str
     plan: Plan

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_pipeline.sim.scene import (COLORS, OPEN_WIDTH, TABLES, BACKGROUNDS, Arm, Item, Layout, Scene,
+from data_construction.sim.scene import (COLORS, OPEN_WIDTH, TABLES, BACKGROUNDS, Arm, Item, Layout, Scene,
                                      drawer_handle, make_cameras)
 
 FAMILIES = ("pick_place", "stack", "push", "drawer", "lid", "sort")

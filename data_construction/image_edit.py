@@ -36,7 +36,7 @@ MAX_REPRODUCTION_ERROR = 12.0  # mean |difference| (0-255) between a re-render a
 
 @dataclass(frozen=True)
 class EditProposal:
-    """Stage 1's output (data_pipeline.unanswerable parses it from the model's answer)."""
+    """Stage 1's output (data_construction.unanswerable parses it from the model's answer)."""
     strategy: str  # one of unanswerable.STRATEGIES
     instruction: str
 
@@ -106,7 +106,7 @@ class SimEditor:
         self._episodes = {}
 
     def episode(self, record: Record, image_size: int):
-        from data_pipeline.sim.build import STREAMS, make_episode
+        from data_construction.sim.build import STREAMS, make_episode
 
         m = _SIM_ID.match(record.id)
         if m is None or m["stream"] not in STREAMS:
@@ -124,9 +124,9 @@ class SimEditor:
         return list(self.episode(record, image_size).steps)
 
     def __call__(self, record: Record, image: Image.Image, proposal: EditProposal, key: str = "") -> Image.Image:
-        from data_pipeline.sim.episode import MIN_CHANGED
-        from data_pipeline.sim.render import render
-        from data_pipeline.sim.scene import scene_solids
+        from data_construction.sim.episode import MIN_CHANGED
+        from data_construction.sim.render import render
+        from data_construction.sim.scene import scene_solids
 
         if image.size[0] != image.size[1]:
             raise EditError(f"{record.observation}: sim images are square, got {image.size}")
@@ -155,7 +155,7 @@ class SimEditor:
 
     @staticmethod
     def _edited_scene(scene, item, proposal: EditProposal):
-        from data_pipeline.sim.scene import COLORS
+        from data_construction.sim.scene import COLORS
 
         if proposal.strategy == "color_change":
             named = [w for w in re.findall(r"[a-z]+", proposal.instruction.lower()) if w in COLORS and w != item.color]
@@ -169,8 +169,8 @@ class SimEditor:
         return scene.without_item(item.key)
 
     def _occlude(self, img: Image.Image, ep, camera: str, t: int, item, state) -> Image.Image:
-        from data_pipeline.sim.render import project_bbox
-        from data_pipeline.sim.scene import item_solids
+        from data_construction.sim.render import project_bbox
+        from data_construction.sim.scene import item_solids
 
         size = ep.image_size
         x0, y0, x1, y1 = project_bbox(item_solids(item, np.asarray(state[f"pos:{item.key}"])),

@@ -11,11 +11,11 @@ import time
 
 import numpy as np
 
-from data_pipeline.construct import Sample, make_text_unanswerable, plan_samples, to_record, write_images
+from data_construction.construct import Sample, make_text_unanswerable, plan_samples, to_record, write_images
 from data_pipeline.jsonl import write_jsonl, write_text
-from data_pipeline.sim.episode import SimEpisode
-from data_pipeline.sim.reasoning import response
-from data_pipeline.sim.tasks import FAMILIES, make_plan
+from data_construction.sim.episode import SimEpisode
+from data_construction.sim.reasoning import response
+from data_construction.sim.tasks import FAMILIES, make_plan
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from data_pipeline.sim.render import Camera, Solid, segment_axes, yaw_axes
+from data_construction.sim.render import Camera, Solid, segment_axes, yaw_axes
 
 COLORS = {
     "red": (205, 35, 35), "green": (30, 150, 55), "blue": (35, 75, 210), "yellow": (235, 200, 30),

@@ -1,8 +1,8 @@
-"""CLI: python -m data_pipeline.sim --out DIR --size small|full --seed 0 [--image-size 224] [--workers N]."""
+"""CLI: python -m data_construction.sim --out DIR --size small|full --seed 0 [--image-size 224] [--workers N]."""
 import argparse
 import logging
 
-from data_pipeline.sim.build import SIZES, generate
+from data_construction.sim.build import SIZES, generate
 
 
 def main(argv=None):
