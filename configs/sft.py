@@ -62,7 +62,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         c.lora.rank = 0
         c.model.freeze_vision = False  # a frozen random tower leaves the answers blind to the observation
         t.steps = 1800
-        t.warmup_ratio = 0.05
+        # Constant after the warmup: a decaying rate can stop the slow transition in which the
+        # answers start to depend on the observation (docs/learning.md).
+        t.schedule = "constant"
+        t.warmup_ratio = 0.02
         t.save_every = 300
         t.demo_samples = 0
         t.val_every = 300  # held-out curve: greedy answers to 120 test samples (whole trajectories)
