@@ -133,7 +133,7 @@ def _main(argv) -> None:
     if _DRY.value:
         dry(config, _JSON.value)
         return
-    errors.one_line(run, config)
+    errors.one_line(run, config, verbose=_VERBOSE.value)
 
 
 def dry(config, as_json: bool = False) -> list[dict]:
