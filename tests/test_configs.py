@@ -155,3 +155,24 @@ def test_unknown_variant_is_one_line():
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == ("error: --config configs/eval.py:paperr: unknown config variant 'paperr'; "
                                    "expected one of demo, paper, nano (e.g. --config configs/grpo.py:paper)")
+
+
+def test_paper_variants_have_their_own_workdirs():
+    for module, demo in ((sft_config, "runs/sft"), (grpo_config, "runs/grpo"), (eval_config, "runs/eval")):
+        assert module.get_config("demo").workdir == demo and module.get_config("paper").workdir == demo + "-paper"
+
+
+def test_list_valued_keys_take_comma_separated_values():
+    """Before, `--config.data.train_files=a.jsonl,b.jsonl` became the one file "a.jsonl,b.jsonl"."""
+    from progress_jax.main import check_overrides
+
+    argv = ["main", "--config", "configs/sft.py", "--config.data.train_files=a.jsonl, b.jsonl",
+            "--config.data.length_buckets=256,512", "--config.data.patch_buckets=(128,)", "--config.train.steps=3"]
+    problem, out = check_overrides(argv)
+    assert problem is None and out[:2] == argv[:2] and out[-1] == argv[-1]
+    assert out[3:6] == ["--config.data.train_files=('a.jsonl', 'b.jsonl')", "--config.data.length_buckets=(256, 512)",
+                        "--config.data.patch_buckets=(128,)"]
+    problem, _ = check_overrides(argv[:3] + ["--config.data.length_buckets=256,abc"])
+    assert problem == "--config.data.length_buckets=256,abc: expected comma-separated int values"
+    done = main("--config", "configs/sft.py", "--config.data.train_files=a.jsonl,b.jsonl", "--print_config")
+    assert json.loads(done.stdout)["data"]["train_files"] == ["a.jsonl", "b.jsonl"], done.stderr
