@@ -130,4 +130,11 @@ def maybe_initialize_distributed() -> None:
 
 
 def make_mesh(cfg) -> jax.sharding.Mesh:
-    return sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    """The job's mesh; sizes that do not fit the devices are one line naming the config keys."""
+    m = cfg.mesh
+    try:
+        return sharding.make_mesh(m.data, m.fsdp, m.tensor)
+    except ValueError as e:
+        raise BadInput(f"config keys mesh.data={m.data}, mesh.fsdp={m.fsdp}, mesh.tensor={m.tensor} do not fit the "
+                       f"{jax.device_count()} devices ({str(e).removeprefix('mesh: ')}): their product must be the "
+                       "device count, or one of them -1 to take the devices left") from None

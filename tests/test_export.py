@@ -320,3 +320,21 @@ def test_cli(lora_run, capsys):
     assert "already holds weights" in str(e.value.code)
     tool.main([lora_run["final"], "--to", "peft", out, "--overwrite"])
     assert "wrote" in capsys.readouterr().out
+
+
+def test_a_full_disk_is_one_line_naming_the_file(lora_run, tmp_path, monkeypatch):
+    """Before: a traceback ending in OSError, no file named."""
+    import errno
+
+    from progress_jax.models import safetensors_io
+    from tools import export as tool
+
+    def full(tensors, path, metadata=None):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(safetensors_io, "save_file", full)
+    out = str(tmp_path / "adapter")
+    with pytest.raises(SystemExit) as e:
+        tool.main([lora_run["final"], "--to", "peft", out])
+    assert e.value.code == (f"tools/export.py: error: {out}/adapter_model.safetensors: No space left on device "
+                            f"(the export in {out} is incomplete)")
