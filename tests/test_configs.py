@@ -176,3 +176,36 @@ def test_list_valued_keys_take_comma_separated_values():
     assert problem == "--config.data.length_buckets=256,abc: expected comma-separated int values"
     done = main("--config", "configs/sft.py", "--config.data.train_files=a.jsonl,b.jsonl", "--print_config")
     assert json.loads(done.stdout)["data"]["train_files"] == ["a.jsonl", "b.jsonl"], done.stderr
+
+
+# Installed by the test extra only (setup.py): the main job must not need any of them.
+TEST_ONLY = ("torch", "transformers", "peft", "diffusers", "gradio", "playwright", "pytest", "torchvision", "wandb")
+_CORE_ONLY = """
+import importlib.abc, sys
+BLOCKED = set(sys.argv[1].split(","))
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (test extra only)", name=name)
+sys.meta_path.insert(0, Block())
+import importlib
+from progress_jax import main
+for module in main.JOBS.values():
+    importlib.import_module(module)
+from progress_jax.train.metrics_writer import MetricsWriter
+from progress_jax.train import curves
+with MetricsWriter(sys.argv[2]) as w:  # TensorBoard, as the jobs write it
+    w.write(1, {"loss": 1.0})
+    w.write(2, {"loss": 0.5})
+curves.plot_curves(sys.argv[2])  # the training curves (matplotlib)
+print("core ok")
+"""
+
+
+def test_the_main_job_needs_only_the_core_install(tmp_path):
+    """The jobs' modules, the metrics writer (TensorBoard) and the training curves with every test-extra
+    package made unimportable, as in `pip install -e .` without `[test]`."""
+    done = subprocess.run([sys.executable, "-c", _CORE_ONLY, ",".join(TEST_ONLY), str(tmp_path)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "core ok" in done.stdout, done.stderr[-3000:]
+    assert (tmp_path / "metrics.jsonl").exists() and (tmp_path / "training_curves.png").exists()
