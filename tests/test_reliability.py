@@ -220,3 +220,20 @@ def test_mesh_sizes_that_do_not_fit_name_the_config_keys():
     with pytest.raises(UserError, match=re.escape(f"config keys mesh.data={n + 2}, mesh.fsdp=-1, mesh.tensor=1 do not "
                                                   f"fit the {n} devices ({n} devices not divisible by {n + 2})")):
         distributed.make_mesh(cfg)
+
+
+def test_truncated_weights_end_a_job_in_one_line(tmp_path, capsys):
+    """Before: the right message as the last line of a ValueError traceback."""
+    import numpy as np
+
+    from progress_jax import errors
+    from progress_jax.models import safetensors_io
+
+    path = tmp_path / "model.safetensors"
+    safetensors_io.save_file({"w": np.ones((64, 64), np.float32)}, str(path))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(SystemExit) as e:
+        errors.one_line(safetensors_io.open_checkpoint, str(tmp_path))
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith(f"error: {path}: tensor w (F32 [64, 64]) ends at data byte 16384")
+    assert err.strip().endswith("truncated file (copy or convert it again)") and len(err.splitlines()) == 1
