@@ -48,6 +48,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         c.sampling.temperature = 0.0
         c.sampling.max_new_tokens = 80
     else:  # eval/qwen25vl/scripts/benchmarks/*/think_3b.sh and friends
+        c.workdir = "runs/eval-paper"  # not the demo's runs/eval
         c.model.preset = ""  # model.path required
         c.model.param_dtype = c.model.compute_dtype = "bfloat16"
         c.data.prompt = "official"

@@ -67,6 +67,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
 
     if name == "paper":  # EasyR1/progresslm/configs/visual_demo_grpo.yaml
         c.seed = 1
+        c.workdir = "runs/grpo-paper"  # not the demo's runs/grpo
         c.model.preset = ""  # model.path required
         # Float32 master weights, bfloat16 compute (EasyR1's FSDP mixed precision): a 1e-6 update
         # is below bfloat16's resolution for most weights.

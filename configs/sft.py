@@ -73,6 +73,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         t.val_max_new_tokens = 80
     else:  # LLaMA-Factory/our_scripts/qwen2_5vl_lora_sft_small.yaml
         c.seed = 42
+        c.workdir = "runs/sft-paper"  # not the demo's runs/sft
         c.model.preset = ""  # model.path required
         c.model.param_dtype = c.model.compute_dtype = "bfloat16"  # bf16: true (LoRA factors stay float32)
         c.data.prompt = "official"

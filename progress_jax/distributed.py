@@ -4,12 +4,79 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
+import threading
 
 import jax
 
 from progress_jax import sharding
+from progress_jax.errors import BadInput
 
 log = logging.getLogger(__name__)
+
+# Seconds every process may take to join the coordinator before the start-up is given up with one line
+# (JAX's own wait is 300 s, then an abort that blames "another task").
+START_TIMEOUT = "PROGRESS_JAX_START_TIMEOUT"
+LOCAL_START_TIMEOUT, REMOTE_START_TIMEOUT = 30, 300
+
+
+def start_timeout(env, address: str | None) -> int:
+    """PROGRESS_JAX_START_TIMEOUT, else 30 s for a coordinator on this host, 300 s elsewhere."""
+    if env.get(START_TIMEOUT):
+        try:
+            value = int(env[START_TIMEOUT])
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise BadInput(f"{START_TIMEOUT} must be a positive number of seconds, got {env[START_TIMEOUT]!r}")
+        return value
+    host = (address or "").rsplit(":", 1)[0].strip("[]")
+    local = host in ("localhost", "::1", socket.gethostname()) or host.startswith("127.")
+    return LOCAL_START_TIMEOUT if local else REMOTE_START_TIMEOUT
+
+
+def _unreachable(address: str) -> str | None:
+    """Why nothing answers at host:port (None when a connection opens)."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=3).close()
+        return None
+    except (OSError, ValueError) as e:
+        return getattr(e, "strerror", None) or str(e)
+
+
+def _start_failed(address: str | None, n: int | None, i: int | None, seconds: int) -> str:
+    """The one line for a start-up that did not complete in time: the address nothing answers
+    at, or the processes that did not join."""
+    who = f"process {i} of {n}" if i is not None else "this process"
+    if address and i != 0:
+        why = _unreachable(address)
+        if why is not None:
+            return (f"{who}: nothing answers at the coordinator address {address} ({why}) after {seconds} s: "
+                    "start process 0 with the same JAX_COORDINATOR_ADDRESS, or correct its host and port")
+    missing = (f"processes 0..{n - 1} other than {i}" if i is not None and n else "the other processes")
+    return (f"{who}: not all {n or 'expected'} processes joined the coordinator at {address or '(from the cluster)'} "
+            f"within {seconds} s: one of {missing} is missing, or the processes disagree on JAX_NUM_PROCESSES "
+            f"(this one says {n}); start every process with the same JAX_NUM_PROCESSES and coordinator, or raise "
+            f"{START_TIMEOUT}")
+
+
+def _initialize(seconds: int, address: str | None, n: int | None, i: int | None, **kwargs) -> None:
+    """jax.distributed.initialize, given up after `seconds` with one line on stderr and exit status 1.
+    JAX aborts the process from C++ at its own timeout, so a watchdog thread ends it first."""
+    started = threading.Event()
+
+    def watchdog():
+        if not started.wait(seconds):
+            print(f"error: {_start_failed(address, n, i, seconds)}", file=sys.stderr, flush=True)
+            os._exit(1)
+
+    threading.Thread(target=watchdog, name="distributed-start-watchdog", daemon=True).start()
+    try:
+        jax.distributed.initialize(**kwargs, initialization_timeout=seconds + 60)
+    finally:
+        started.set()
 
 
 def _cluster_processes(env) -> int:
@@ -28,7 +95,9 @@ def maybe_initialize_distributed() -> None:
     """Several processes (docs/multihost.md): jax.distributed.initialize() with
     JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID passed explicitly (JAX reads only
     the first itself), or with no arguments under SLURM, Open MPI or a TPU pod, which JAX
-    detects. One process (none of these set): nothing to do. On CPU the collectives go over gloo."""
+    detects. One process (none of these set): nothing to do. On CPU the collectives go over gloo.
+    A start-up that does not complete within start_timeout() seconds ends the process with one
+    line naming the address nothing answers at, or the processes that did not join."""
     if jax.distributed.is_initialized():
         return
     env = os.environ
@@ -38,25 +107,34 @@ def maybe_initialize_distributed() -> None:
     if explicit:
         missing = [k for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in env]
         if missing:
-            raise ValueError(f"multi-process start: set all of JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
+            raise BadInput(f"multi-process start: set all of JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
                              f"JAX_PROCESS_ID (missing: {', '.join(missing)})")
         try:
             n, i = int(env["JAX_NUM_PROCESSES"]), int(env["JAX_PROCESS_ID"])
         except ValueError:
-            raise ValueError("JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers, got "
+            raise BadInput("JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers, got "
                              f"{env['JAX_NUM_PROCESSES']!r} and {env['JAX_PROCESS_ID']!r}") from None
         if not 0 <= i < n:
-            raise ValueError(f"JAX_PROCESS_ID {i} is outside 0..{n - 1} (JAX_NUM_PROCESSES {n})")
+            raise BadInput(f"JAX_PROCESS_ID {i} is outside 0..{n - 1} (JAX_NUM_PROCESSES {n})")
     # Cross-process collectives between CPU devices need a backend (only the CPU client reads this);
     # it must be set before the backends start.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if explicit:
-        jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], num_processes=n, process_id=i)
-    else:
-        jax.distributed.initialize()  # SLURM / Open MPI / TPU: JAX reads the cluster's variables
+        address = env["JAX_COORDINATOR_ADDRESS"]
+        _initialize(start_timeout(env, address), address, n, i, coordinator_address=address, num_processes=n,
+                    process_id=i)
+    else:  # SLURM / Open MPI / TPU: JAX reads the cluster's variables
+        _initialize(start_timeout(env, None), None, _cluster_processes(env), None)
     log.info("jax.distributed: process %d of %d, %d local of %d devices", jax.process_index(),
              jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
 def make_mesh(cfg) -> jax.sharding.Mesh:
-    return sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    """The job's mesh; sizes that do not fit the devices are one line naming the config keys."""
+    m = cfg.mesh
+    try:
+        return sharding.make_mesh(m.data, m.fsdp, m.tensor)
+    except ValueError as e:
+        raise BadInput(f"config keys mesh.data={m.data}, mesh.fsdp={m.fsdp}, mesh.tensor={m.tensor} do not fit the "
+                       f"{jax.device_count()} devices ({str(e).removeprefix('mesh: ')}): their product must be the "
+                       "device count, or one of them -1 to take the devices left") from None

@@ -2,6 +2,8 @@
 with one line on stderr and exit status 1; anything else is a bug and keeps its traceback."""
 from __future__ import annotations
 
+import errno
+import os
 import sys
 import traceback
 
@@ -18,13 +20,30 @@ class BadInput(UserError, ValueError):
     """An input that is there but cannot be used (empty, of the wrong kind)."""
 
 
+# Conditions of the machine, not bugs: a full disk, a read-only or forbidden place to write.
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def disk_error(e: BaseException) -> str | None:
+    """`<file>: <reason>` for an OSError of DISK_ERRORS (also one a library raised from it), else None."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in DISK_ERRORS:
+            where = e.filename if e.filename is not None else "writing"
+            return f"{where}: {e.strerror or os.strerror(e.errno)}"
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def one_line(fn, *args, verbose: bool = False, **kwargs):
-    """fn(*args, **kwargs); a UserError becomes `error: <message>` on stderr and exit status 1
-    (with its traceback when `verbose`)."""
+    """fn(*args, **kwargs); a UserError, or a full disk / read-only or forbidden path, becomes
+    `error: <message>` on stderr and exit status 1 (with its traceback when `verbose`)."""
     try:
         return fn(*args, **kwargs)
-    except UserError as e:
+    except Exception as e:  # noqa: BLE001 - anything else is re-raised as it is
+        message = str(e) if isinstance(e, UserError) else disk_error(e)
+        if message is None:
+            raise
         if verbose:
             traceback.print_exc()
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+        print(f"error: {' '.join(message.split())}", file=sys.stderr, flush=True)
         sys.exit(1)

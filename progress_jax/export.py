@@ -36,6 +36,24 @@ log = logging.getLogger(__name__)
 SIDE_FILES = ("tokenizer*", "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json",
               "*preprocessor_config.json", "processor_config.json", "chat_template*", "generation_config.json")
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+# What an export of the built-in tiny model (no Hub base to copy from) writes beside the weights,
+# so that transformers' tokenizer, image processor, chat template and generation config load.
+BUILTIN_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json",
+                      "generation_config.json")
+# Qwen2.5-VL-Instruct's chat template (its chat_template.json); data_pipeline.prompts.render_text
+# writes the same text.
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in "
+    "content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] "
+    "== 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content "
+    "%}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n{% endif %}"
+)
 # Our per-layer LoRA path -> PEFT's module name (transformers >= 4.52 module tree of
 # Qwen2_5_VLForConditionalGeneration). The trained factors are stacked over the decoder layers
 # (`layers/self_attn/q_proj/lora_a` [layers, in, r]); per_layer() splits them first.
@@ -121,7 +139,7 @@ def export_hf(final_dir: str, out: str, *, base: str | None = None, dtype: str |
 
     base_path = base if base is not None else handover.read_meta(final_dir).get("model_path", "")
     check_out(out, overwrite, {"run's final directory": final_dir, "base checkpoint": base_path},
-              ["config.json", *(side_files(base_path) if base_path else ["tokenizer.json"])])
+              ["config.json", *(side_files(base_path) if base_path else BUILTIN_SIDE_FILES)])
     model, _, cfg = load_run(final_dir, base, dtype)
     return write_hf(model, out, cfg.model.path, max_shard_bytes=max_shard_bytes, overwrite=True)
 
@@ -139,23 +157,51 @@ def write_hf(model, out: str, base_path: str = "", *, max_shard_bytes: int = 5 *
     dtype = jax.tree.leaves(nnx.state(model, nnx.Param))[0].dtype.name
     with atomic_output(os.path.join(out, "config.json")) as f:
         json.dump(hub_config(model.config, base_path, dtype), f, indent=2)
-    if base_path:
-        side = copy_side_files(base_path, out)
-    else:  # the built-in tiny model: its tokenizer is the only side file there is
-        from data_pipeline.tokenizer import TINY_PATH
-
-        shutil.copy2(TINY_PATH, os.path.join(out, "tokenizer.json"))
-        side = ["tokenizer.json"]
+    side = copy_side_files(base_path, out) if base_path else write_builtin_side_files(out, model.config)
     if not any(s.startswith("tokenizer") for s in side):
         log.warning("%s: no tokenizer files copied from the base model %s", out, base_path)
     return {"out": out, "files": sorted(os.listdir(out)), "side_files": side}
+
+
+def write_builtin_side_files(out: str, model_config) -> list[str]:
+    """The built-in tiny model's tokenizer (tokenizer.json + tokenizer_config.json), its chat
+    template, image processor settings (data_pipeline.image_processor's) and generation config
+    (stop at <|im_end|>), as a Qwen2.5-VL-Instruct Hub checkpoint carries them."""
+    from data_pipeline import image_processor
+    from data_pipeline.tokenizer import TINY_PATH, load_tokenizer
+
+    tok = load_tokenizer()
+    shutil.copy2(TINY_PATH, os.path.join(out, "tokenizer.json"))
+    v = model_config.vision
+    files = {
+        "tokenizer_config.json": {
+            "tokenizer_class": "Qwen2Tokenizer", "processor_class": "Qwen2_5_VLProcessor",
+            "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": None, "unk_token": None,
+            "model_max_length": model_config.text.max_position_embeddings, "clean_up_tokenization_spaces": False,
+            "errors": "replace", "split_special_tokens": False},
+        "preprocessor_config.json": {
+            "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
+            "min_pixels": 3136, "max_pixels": 12845056, "patch_size": v.patch_size,
+            "temporal_patch_size": v.temporal_patch_size, "merge_size": v.spatial_merge_size,
+            "image_mean": list(image_processor.CLIP_MEAN), "image_std": list(image_processor.CLIP_STD)},
+        "generation_config.json": {"bos_token_id": tok.pad_id, "pad_token_id": tok.pad_id,
+                                   "eos_token_id": [tok.eos_id, tok.pad_id]},
+    }
+    for name, content in files.items():
+        with atomic_output(os.path.join(out, name)) as f:
+            json.dump(content, f, indent=2)
+    with atomic_output(os.path.join(out, "chat_template.jinja")) as f:
+        f.write(CHAT_TEMPLATE)
+    assert set(files) | {"tokenizer.json", "chat_template.jinja"} == set(BUILTIN_SIDE_FILES)
+    return list(BUILTIN_SIDE_FILES)
 
 
 def hub_config(model_config, base_path: str, dtype: str) -> dict:
     """config.json of an export: the base checkpoint's own when there is one (fields this project
     does not model, e.g. vision_config.tokens_per_second, kept), else ours; the weights' dtype; the
     text rope settings in both spellings the Hub's Qwen2.5-VL configs carry: transformers 5 reads
-    `rope_parameters`, 4.x `rope_scaling` + `rope_theta` (top level, or text_config where nested)."""
+    `rope_parameters`, 4.x `rope_scaling` + `rope_theta` (top level, or text_config where nested);
+    `tie_word_embeddings` in text_config too, where 4.x looks for it."""
     path = os.path.join(base_path, "config.json") if base_path else ""
     if path and os.path.isfile(path):
         with open(path) as f:
@@ -168,6 +214,8 @@ def hub_config(model_config, base_path: str, dtype: str) -> dict:
     for d in (cfg, cfg["text_config"]) if nested else (cfg,):
         d.update(rope_scaling=dict(scaling), rope_theta=t.rope_theta)
     (cfg["text_config"] if nested else cfg)["rope_parameters"] = {**scaling, "rope_theta": t.rope_theta}
+    if nested and "tie_word_embeddings" in cfg:  # 4.x ties lm_head by the text config's flag (default False)
+        cfg["text_config"].setdefault("tie_word_embeddings", cfg["tie_word_embeddings"])
     cfg["torch_dtype"] = cfg["dtype"] = dtype
     return cfg
 
@@ -210,6 +258,15 @@ def per_layer(params: dict) -> dict:
     return out
 
 
+def base_name(model_path: str) -> str | None:
+    """The adapter's base_model_name_or_path: the run's base checkpoint, absolute when it is a
+    directory here (a relative path would be read from wherever the adapter is loaded); None for
+    the built-in tiny model, which has no checkpoint to name."""
+    if not model_path:
+        return None
+    return os.path.abspath(model_path) if os.path.isdir(model_path) else model_path
+
+
 def peft_adapter(params: dict, meta: dict) -> tuple[dict, dict]:
     """(adapter_config, {PEFT key: array}) from a LoRA run's trained parameters (stacked over the
     decoder layers) and meta: one PEFT tensor per layer and projection.
@@ -233,7 +290,7 @@ def peft_adapter(params: dict, meta: dict) -> tuple[dict, dict]:
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": meta.get("model_path") or None,
+        "base_model_name_or_path": base_name(meta.get("model_path") or ""),
         "r": rank,
         "lora_alpha": float(lora_cfg["alpha"]),
         "lora_dropout": float(lora_cfg.get("dropout", 0.0)),

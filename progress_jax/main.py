@@ -7,7 +7,8 @@ the job (sft, grpo, eval, demo); the variant after ':' is `demo` (the default) o
 `--dry_run [--json]` compiles the job's programs for the configured mesh on an abstract model (no
 weights, no data) and prints their memory, FLOPs and compile time per device (progress_jax/dry_run.py).
 A mistake in the command line (an unknown key, a value of the wrong type) is one line on stderr
-naming the full key, exit status 2.
+naming the full key, exit status 2. A list-valued key takes comma-separated values
+(`--config.data.train_files=a.jsonl,b.jsonl`) or tuple syntax (`'("a.jsonl", "b.jsonl")'`).
 """
 
 from __future__ import annotations
@@ -77,9 +78,30 @@ def _keys(config, prefix=""):
             yield from _keys(v, f"{prefix}{k}.")
 
 
-def check_overrides(argv: list[str]) -> str | None:
-    """A one-line message for a config file that does not load or the first `--config.KEY` that
-    the config does not hold, else None."""
+def _value(config, key: str):
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def list_value(key: str, text: str, default) -> str:
+    """`a.jsonl,b.jsonl` for a list-valued key -> the tuple literal the flag parser reads
+    (`('a.jsonl', 'b.jsonl')`; `2048,4096` -> `(2048, 4096)`, elements of the default's type).
+    Tuple and list syntax pass as they are."""
+    if text.lstrip().startswith(("(", "[")):
+        return text
+    kind = type(default[0]) if len(default) else str
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        return repr(tuple(kind(p) for p in parts))
+    except ValueError:
+        raise ValueError(f"--config.{key}={text}: expected comma-separated {kind.__name__} values") from None
+
+
+def check_overrides(argv: list[str]) -> tuple[str | None, list[str]]:
+    """(a one-line message for a config file that does not load or the first `--config.KEY` that
+    the config does not hold, else None; argv with comma-separated values of list-valued keys
+    written as tuples)."""
     spec, overrides = None, []
     for i, a in enumerate(argv[1:], start=1):
         if a.startswith("--config="):
@@ -87,24 +109,31 @@ def check_overrides(argv: list[str]) -> str | None:
         elif a == "--config" and i + 1 < len(argv):
             spec = argv[i + 1]
         elif a.startswith("--config."):
-            overrides.append(a[len("--config."):].split("=", 1)[0])
+            overrides.append((i, *a[len("--config."):].split("=", 1)))
     if spec is None:
-        return None
+        return None, argv
     try:
         config = _load_config_file(spec)
     except Exception as e:  # noqa: BLE001 - reported as one line
-        return f"--config {spec}: {e}"
+        return f"--config {spec}: {e}", argv
     keys = set(_keys(config))
-    for key in overrides:
+    argv = list(argv)
+    for i, key, *value in overrides:
         if key not in keys:
             close = difflib.get_close_matches(key, sorted(keys), n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            return f"unknown config key {key} in --config.{key}{hint} (see --print_config for every key)"
-    return None
+            return f"unknown config key {key} in --config.{key}{hint} (see --print_config for every key)", argv
+        default = _value(config, key)
+        if value and isinstance(default, (tuple, list)):
+            try:
+                argv[i] = f"--config.{key}={list_value(key, value[0], default)}"
+            except ValueError as e:
+                return str(e), argv
+    return None, argv
 
 
 def _parse_flags(argv):
-    problem = check_overrides(argv)
+    problem, argv = check_overrides(argv)
     if problem is None:
         try:
             return flags.FLAGS(argv)
@@ -133,7 +162,7 @@ def _main(argv) -> None:
     if _DRY.value:
         dry(config, _JSON.value)
         return
-    errors.one_line(run, config)
+    errors.one_line(run, config, verbose=_VERBOSE.value)
 
 
 def dry(config, as_json: bool = False) -> list[dict]:

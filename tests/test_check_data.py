@@ -119,7 +119,7 @@ def test_text_summary_and_script_invocation(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "check_data.py"), bench, str(tmp_path / "x")],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)  # from another directory
     assert proc.returncode == 1, proc.stderr
-    assert f"{bench}: bench, 2 lines, 1 ok, 1 skipped" in proc.stdout
+    assert f"{bench}: benchmark or RL training records, 2 lines, 1 ok, 1 skipped" in proc.stdout
     assert "line 2: skipped: field 'task_goal'" in proc.stdout
     assert "x: unknown, 0 lines" in proc.stdout and "no such file" in proc.stdout
 
@@ -137,3 +137,26 @@ def test_an_empty_file_and_a_directory_are_errors_named_as_such(tmp_path):
     assert rc == 1
     assert files[0]["errors"] == [{"line": 0, "field": None, "reason": "empty file: no records"}]
     assert files[1]["errors"] == [{"line": 0, "field": None, "reason": "a directory, not a JSONL file"}]
+
+
+def test_training_files_are_named_and_their_sizes_summarised(tmp_path, root, capsys):
+    """Per file: what it is (training files as such), images and tokens per sample (min, median, max)."""
+    from data_pipeline.tokenizer import load_tokenizer
+
+    answer = "<ref_think>a</ref_think><ref>2</ref><score_think>b</score_think><score>60%</score>"
+    sft = write(tmp_path / "sft.jsonl", [dict(VIS, response=answer), dict(TXT, response=answer)])
+    chat = write(tmp_path / "chat.jsonl", [CHAT])
+    args = check_data.argparse.Namespace(image_root=str(root), length_buckets=(4096,), patch_buckets=None, mode="think")
+    sizer, tokenizer = check_data._Sizer(3136, 12845056), load_tokenizer()
+    summary = check_data.check_file(sft, args, tokenizer, sizer)
+    assert summary["kind"] == "SFT training records (with responses)" and summary["errors"] == []
+    assert summary["stats"]["images"] == {"min": 1, "median": 2.5, "max": 4}  # 3 frames + 1 observation; 1
+    tokens = summary["stats"]["tokens"]
+    assert 0 < tokens["min"] <= tokens["median"] <= tokens["max"] and tokens["min"] < tokens["max"]
+    assert check_data.check_file(chat, args, tokenizer, sizer)["kind"] == "SFT training (chat)"
+    args.image_root = None
+    assert check_data.check_file(write(tmp_path / "rl.jsonl", [VIS]), args)["kind"] == "benchmark or RL training records"
+    check_data._print(summary)
+    out = capsys.readouterr().out
+    assert out.startswith(f"{sft}: SFT training records (with responses), 2 lines, 2 ok")
+    assert "  images per sample: min 1, median 2.5, max 4\n" in out and "  tokens per sample: min " in out

@@ -155,3 +155,57 @@ def test_unknown_variant_is_one_line():
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == ("error: --config configs/eval.py:paperr: unknown config variant 'paperr'; "
                                    "expected one of demo, paper, nano (e.g. --config configs/grpo.py:paper)")
+
+
+def test_paper_variants_have_their_own_workdirs():
+    for module, demo in ((sft_config, "runs/sft"), (grpo_config, "runs/grpo"), (eval_config, "runs/eval")):
+        assert module.get_config("demo").workdir == demo and module.get_config("paper").workdir == demo + "-paper"
+
+
+def test_list_valued_keys_take_comma_separated_values():
+    """Before, `--config.data.train_files=a.jsonl,b.jsonl` became the one file "a.jsonl,b.jsonl"."""
+    from progress_jax.main import check_overrides
+
+    argv = ["main", "--config", "configs/sft.py", "--config.data.train_files=a.jsonl, b.jsonl",
+            "--config.data.length_buckets=256,512", "--config.data.patch_buckets=(128,)", "--config.train.steps=3"]
+    problem, out = check_overrides(argv)
+    assert problem is None and out[:2] == argv[:2] and out[-1] == argv[-1]
+    assert out[3:6] == ["--config.data.train_files=('a.jsonl', 'b.jsonl')", "--config.data.length_buckets=(256, 512)",
+                        "--config.data.patch_buckets=(128,)"]
+    problem, _ = check_overrides(argv[:3] + ["--config.data.length_buckets=256,abc"])
+    assert problem == "--config.data.length_buckets=256,abc: expected comma-separated int values"
+    done = main("--config", "configs/sft.py", "--config.data.train_files=a.jsonl,b.jsonl", "--print_config")
+    assert json.loads(done.stdout)["data"]["train_files"] == ["a.jsonl", "b.jsonl"], done.stderr
+
+
+# Installed by the test extra only (setup.py): the main job must not need any of them.
+TEST_ONLY = ("torch", "transformers", "peft", "diffusers", "gradio", "playwright", "pytest", "torchvision", "wandb")
+_CORE_ONLY = """
+import importlib.abc, sys
+BLOCKED = set(sys.argv[1].split(","))
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (test extra only)", name=name)
+sys.meta_path.insert(0, Block())
+import importlib
+from progress_jax import main
+for module in main.JOBS.values():
+    importlib.import_module(module)
+from progress_jax.train.metrics_writer import MetricsWriter
+from progress_jax.train import curves
+with MetricsWriter(sys.argv[2]) as w:  # TensorBoard, as the jobs write it
+    w.write(1, {"loss": 1.0})
+    w.write(2, {"loss": 0.5})
+curves.plot_curves(sys.argv[2])  # the training curves (matplotlib)
+print("core ok")
+"""
+
+
+def test_the_main_job_needs_only_the_core_install(tmp_path):
+    """The jobs' modules, the metrics writer (TensorBoard) and the training curves with every test-extra
+    package made unimportable, as in `pip install -e .` without `[test]`."""
+    done = subprocess.run([sys.executable, "-c", _CORE_ONLY, ",".join(TEST_ONLY), str(tmp_path)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "core ok" in done.stdout, done.stderr[-3000:]
+    assert (tmp_path / "metrics.jsonl").exists() and (tmp_path / "training_curves.png").exists()

@@ -169,3 +169,32 @@ def test_one_process_starts_nothing(monkeypatch):
     import jax
 
     assert not jax.distributed.is_initialized()
+
+
+def test_a_start_up_that_does_not_complete_is_one_line_within_the_timeout():
+    """Process 1 with no coordinator listening, and process 0 of 2 alone: each ends after
+    PROGRESS_JAX_START_TIMEOUT (2 s) with one line and exit status 1 (JAX itself waits 300 s and
+    aborts blaming "another task"); the default on one host is 30 s."""
+    import time
+
+    from progress_jax import distributed
+
+    port = free_port()
+    code = "from progress_jax import distributed; distributed.maybe_initialize_distributed()"
+    procs = {i: subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env={**ENV, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port + i}",
+                                                 "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i),
+                                                 distributed.START_TIMEOUT: "2"})
+             for i in (0, 1)}  # other ports: each alone
+    began = time.time()
+    out = {i: p.communicate(timeout=120) for i, p in procs.items()}
+    assert time.time() - began < 60
+    for i, p in procs.items():
+        assert p.returncode == 1 and "Traceback" not in out[i][1], out[i][1][-2000:]
+    assert out[1][1].strip().splitlines()[-1] == (
+        f"error: process 1 of 2: nothing answers at the coordinator address 127.0.0.1:{port + 1} (Connection refused) "
+        "after 2 s: start process 0 with the same JAX_COORDINATOR_ADDRESS, or correct its host and port")
+    assert out[0][1].strip().splitlines()[-1].startswith(
+        f"error: process 0 of 2: not all 2 processes joined the coordinator at 127.0.0.1:{port} within 2 s: one of "
+        "processes 0..1 other than 0 is missing")
+    assert distributed.start_timeout({}, "127.0.0.1:1234") == 30 and distributed.start_timeout({}, "node7:1234") == 300

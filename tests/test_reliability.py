@@ -183,3 +183,57 @@ def test_eval_trained_given_a_run_directory_names_its_final(tmp_path):
                        f"--config.eval.bench_files=('{tmp_path / 'sft.jsonl'}',)",
                        f"--config.data.image_root={tmp_path / 'images'}"])
     assert last == f"error: no {handover.TRAINABLE_META} in {run}; give {run / 'final'}, the run's final/"
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EROFS", "EACCES"])
+def test_a_full_disk_or_read_only_path_ends_a_job_in_one_line(capsys, code):
+    """errors.one_line (the jobs' entry): a full disk or a path it may not write, also raised from
+    inside a library, is one line naming the file, exit status 1; other OSErrors keep their traceback."""
+    import errno
+
+    from progress_jax import errors
+
+    def save():
+        try:
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), "runs/sft/checkpoints/4/state/d/0")
+        except OSError as e:
+            raise RuntimeError("checkpoint write failed") from e
+
+    with pytest.raises(SystemExit) as e:
+        errors.one_line(save)
+    assert e.value.code == 1
+    assert capsys.readouterr().err == (f"error: runs/sft/checkpoints/4/state/d/0: {os.strerror(getattr(errno, code))}\n")
+    with pytest.raises(FileNotFoundError):  # not a condition of the disk: a bug's traceback
+        errors.one_line(open, "/nonexistent/x")
+
+
+def test_mesh_sizes_that_do_not_fit_name_the_config_keys():
+    """Before: a ValueError traceback naming no config key."""
+    import jax
+    import ml_collections
+
+    from progress_jax import distributed
+    from progress_jax.errors import UserError
+
+    n = jax.device_count()
+    cfg = ml_collections.ConfigDict({"mesh": {"data": n + 2, "fsdp": -1, "tensor": 1}})
+    with pytest.raises(UserError, match=re.escape(f"config keys mesh.data={n + 2}, mesh.fsdp=-1, mesh.tensor=1 do not "
+                                                  f"fit the {n} devices ({n} devices not divisible by {n + 2})")):
+        distributed.make_mesh(cfg)
+
+
+def test_truncated_weights_end_a_job_in_one_line(tmp_path, capsys):
+    """Before: the right message as the last line of a ValueError traceback."""
+    import numpy as np
+
+    from progress_jax import errors
+    from progress_jax.models import safetensors_io
+
+    path = tmp_path / "model.safetensors"
+    safetensors_io.save_file({"w": np.ones((64, 64), np.float32)}, str(path))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(SystemExit) as e:
+        errors.one_line(safetensors_io.open_checkpoint, str(tmp_path))
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith(f"error: {path}: tensor w (F32 [64, 64]) ends at data byte 16384")
+    assert err.strip().endswith("truncated file (copy or convert it again)") and len(err.splitlines()) == 1

@@ -85,11 +85,24 @@ def test_describe_and_images(tmp_path):
     assert "none (missing)" in viewer.describe(rows["t1"])
     frames, obs, missing = viewer.images(rows["traj1"], images)
     assert [c for _, c in frames] == ["1: f0.jpg", "2: f1.jpg (ground-truth ref)", "3: f2.jpg"]
+    # The gallery shows captions only in its preview: the ground-truth frame is named in the text too.
+    assert "**Key frames:** 1: f0.jpg, **2: f1.jpg (ground-truth ref)**, 3: f2.jpg" in viewer.describe(rows["traj1"])
+    assert "Key frames" not in text  # a text demo
     assert obs == os.path.join(images, "traj1", "obs.jpg") and missing == []
     os.remove(os.path.join(images, "traj1", "f2.jpg"))
     frames, _, missing = viewer.images(rows["traj1"], images)
     assert len(frames) == 2 and missing == [os.path.join(images, "traj1", "f2.jpg")]
     assert viewer.images(rows["t0"], images)[1] is None  # a text sample's observation image is absent here
+
+
+def test_a_score_beyond_100_is_answered_and_shown_clamped(tmp_path):
+    pred, bench, _ = make_run(tmp_path)
+    with open(pred, "a") as f:
+        f.write(json.dumps({"setting": "text-normal", "id": "t1", "stage": "t1.jpg", "response": _answer(3, "772%")}) + "\n")
+    row = {r.record.id: r for r in viewer.load(pred, [bench])}["t1"]
+    assert row.kinds() == [] and not row.unparseable and row.score == 1.0  # answered, within 0.2 of 90%
+    assert "- **Prediction:** ref 3, score 100.0% (answered 772%, clamped to 0..100%)" in viewer.describe(row)
+    assert "answered" not in viewer.describe({r.record.id: r for r in viewer.load(pred, [bench])}["traj0"])
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (Debian: apt-get install chromium)")
@@ -116,6 +129,7 @@ def test_viewer_in_headless_chromium(tmp_path):
             page.get_by_text("Sample 1 of 6 (filtered from 6)").wait_for(timeout=30000)
             assert "make tea 0" in page.inner_text("#info")
             assert "**" not in page.inner_text("#info")  # markdown rendered
+            assert not page.locator("#demo").is_visible()  # a text demo: no empty gallery
             page.click("#next")
             page.get_by_text("Sample 2 of 6").wait_for(timeout=20000)
             assert "none (missing)" in page.inner_text("#info")
@@ -124,6 +138,7 @@ def test_viewer_in_headless_chromium(tmp_path):
             page.get_by_text("Sample 1 of 3 (filtered from 6)").wait_for(timeout=20000)
             assert "stack block 0" in page.inner_text("#info")
             page.locator("#demo img").first.wait_for(timeout=20000)
+            assert "2: f1.jpg (ground-truth ref)" in page.inner_text("#info")  # visible without the preview
             assert page.locator("#demo img").count() >= 3 and page.locator("#observation img").count() == 1
             assert "<score>52%</score>" in page.input_value("#response textarea")
 

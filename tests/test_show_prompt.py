@@ -49,14 +49,14 @@ def test_script_prints_the_official_eval_prompt(bench):
             f"of the dishwasherHere is the demonstration:{IMG * 3}The progress shifts across all given visual demos "
             f"is: <image> 0% <image> 50% <image> 100%Here is the current state that you need to estimate:{IMG}"
             f"{T.VISUAL_THINK_TASK}<|im_end|>\n<|im_start|>assistant\n")
-    out = run("--bench", bench, "--line", "1")  # from another directory, as a script
+    out = run("--bench", bench, "--line", "1", "--layout", "official")  # from another directory, as a script
     assert out.returncode == 0, out.stderr
     assert out.stdout == want
 
 
 def test_module_json_several_lines_and_stages(bench):
     out = run("--bench", bench, "--line", "3", "--line", "1", "--stage", "sft", "--mode", "direct", "--json",
-              module=True)
+              "--config", "configs/sft.py:paper", module=True)  # the paper variant's layout: official
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     records = {r.line: r for r in load_records(bench, strict=False)}
@@ -74,17 +74,39 @@ def test_several_lines_interleaved(bench, capsys):
     assert rc == 0 and out == "".join(f"==> {bench}:{n} <==\n{t}" for n, t in zip((3, 1), texts))
 
 
-def test_bad_lines(bench, capsys):
-    rc, _, err = call(capsys, "--bench", bench, "--line", "4")
+def test_bad_lines(bench, capsys, tmp_path):
+    official = ("--layout", "official")
+    rc, _, err = call(capsys, "--bench", bench, "--line", "4", *official)
     assert rc == 2 and f"{bench}:4: field 'task_goal'" in err
-    rc, _, err = call(capsys, "--bench", bench, "--line", "2")
+    rc, _, err = call(capsys, "--bench", bench, "--line", "2", *official)
     assert rc == 2 and f"{bench}:2: no record on this line" in err
-    rc, _, err = call(capsys, "--bench", bench, "--line", "3", "--stage", "rl", "--mode", "direct")
+    rc, _, err = call(capsys, "--bench", bench, "--line", "3", "--stage", "rl", "--mode", "direct", *official)
     assert rc == 2 and "data.mode='think'" in err
     for n in ("0", "-1"):
         with pytest.raises(SystemExit) as e:
-            call(capsys, "--bench", bench, "--line", n)
+            call(capsys, "--bench", bench, "--line", n, *official)
         assert e.value.code == 2 and f"--line: line numbers start at 1, got {n}" in capsys.readouterr().err
+    # A line that is not JSON refuses that line only, in one line; the others are shown.
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(json.dumps(TEXT) + "\n{not json\n")
+    rc, out, _ = call(capsys, "--bench", str(mixed), "--line", "1", *official)
+    assert rc == 0 and out.startswith("<|im_start|>system")
+    rc, _, err = call(capsys, "--bench", str(mixed), "--line", "2", *official)
+    assert rc == 2 and err.startswith(f"bad line: {mixed}:2: bad JSON") and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as e:
+        call(capsys, "--bench", str(tmp_path), "--line", "1", *official)
+    assert e.value.code == 2 and f"--bench: {tmp_path} is a directory" in capsys.readouterr().err
+
+
+def test_the_layout_is_given_or_the_configs(bench, capsys):
+    with pytest.raises(SystemExit) as e:
+        call(capsys, "--bench", bench, "--line", "1")
+    assert e.value.code == 2 and "--layout official|interleaved is required" in capsys.readouterr().err
+    records = {r.line: r for r in load_records(bench, strict=False)}
+    for config, layout in (("configs/sft.py", "interleaved"), ("configs/eval.py:paper", "official")):
+        rc, out, _ = call(capsys, "--bench", bench, "--line", "1", "--config", os.path.join(ROOT, config))
+        assert rc == 0 and out == render_text(build_messages(records[1], "think", layout=layout),
+                                              add_generation_prompt=True)
 
 
 def test_chat_file_line_as_it_stands(tmp_path, capsys):
@@ -102,7 +124,7 @@ def test_help_names_every_flag(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0
-    options = out.split("options:")[1]
-    for flag in ("--bench", "--line", "--mode", "--layout", "--stage", "--json"):
+    options = " ".join(out.split("options:")[1].split())
+    for flag in ("--bench", "--line", "--mode", "--layout", "--config", "--stage", "--json"):
         assert flag in options
-    assert "default think" in options and "default official" in options and "default eval" in options
+    assert "default think" in options and "required unless --config" in options and "default eval" in options

@@ -10,6 +10,9 @@ Prints a summary per file: lines (non-blank), ok, skipped (the lines the officia
 skip: a missing field, an empty task_goal, a step list whose length disagrees with total_steps) and
 errors (anything else, with field and reason). --json prints {"files": [{"file", "format", "lines",
 "ok", "skipped": [{"line", "reason"}], "errors": [{"line", "field", "reason"}]}]} (1-based lines).
+"kind" says what the file is: benchmark or RL training records, SFT training records (with
+responses), SFT training (chat), predictions, official results. With --image-root, "stats" gives each file's images per sample and (with --length-buckets, which
+loads the tokenizer) tokens per sample: {"min", "median", "max"}, also printed.
 Exit status 0 when no file has an error (skips are fine), 1 otherwise.
 
 Token lengths count the prompt (and the line's own answer, if it has one) with the project's prompt
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 
 if __package__ in (None, ""):  # run as `python tools/check_data.py`: make the repository importable
@@ -66,8 +70,9 @@ class _Sizer:
         return self.cache[path]
 
 
-def _check_sample(item, image_root, sizer, tokenizer, args) -> RecordError | None:
-    """Images decodable, tokens and patches within the largest buckets; None when fine."""
+def _check_sample(item, image_root, sizer, tokenizer, args, sizes: dict | None = None) -> RecordError | None:
+    """Images decodable, tokens and patches within the largest buckets; None when fine. The
+    sample's image count and (with a tokenizer) token count are appended to `sizes`."""
     from data_pipeline.prompts import record_images, tokenize_chat, tokenize_record
 
     path, line = item.path, item.line
@@ -78,6 +83,8 @@ def _check_sample(item, image_root, sizer, tokenizer, args) -> RecordError | Non
         if isinstance(grid, str):
             return RecordError(path, line, "images" if isinstance(item, ChatRecord) else None, grid)
         grids.append(grid)
+    if sizes is not None:
+        sizes.setdefault("images", []).append(len(grids))
     patches = sum(t * h * w for t, h, w in grids)
     if args.patch_buckets and patches > max(args.patch_buckets):
         return RecordError(path, line, None, f"{patches} image patches, more than the largest patch bucket "
@@ -93,10 +100,23 @@ def _check_sample(item, image_root, sizer, tokenizer, args) -> RecordError | Non
     except ValueError as e:
         return RecordError(path, line, None, str(e))
     n = len(tokens.input_ids)
+    if sizes is not None:
+        sizes.setdefault("tokens", []).append(n)
     if n > max(args.length_buckets):
         return RecordError(path, line, None, f"{n} tokens, more than the largest length bucket "
                                              f"{max(args.length_buckets)} (the prompt text would be cut)")
     return None
+
+
+def _label(fmt: str | None, items) -> str:
+    """What a file is, for the summary: training files named as such."""
+    if fmt == "chat":
+        return "SFT training (chat)"
+    if fmt == "bench":
+        if any(getattr(item, "response", None) for item in items):
+            return "SFT training records (with responses)"
+        return "benchmark or RL training records"
+    return {"predictions": "predictions", "results": "official results"}.get(fmt, "unknown")
 
 
 def check_file(path: str, args, tokenizer=None, sizer=None) -> dict:
@@ -126,12 +146,16 @@ def check_file(path: str, args, tokenizer=None, sizer=None) -> dict:
     for e in scan.errors:
         error(e)
     ok = len(scan.items)
+    summary["kind"] = _label(fmt, scan.items)
     if args.image_root is not None:
+        sizes: dict[str, list[int]] = {}
         for item in scan.items:
-            problem = _check_sample(item, args.image_root, sizer, tokenizer, args)
+            problem = _check_sample(item, args.image_root, sizer, tokenizer, args, sizes)
             if problem is not None:
                 error(problem)
                 ok -= 1
+        summary["stats"] = {k: {"min": min(v), "median": float(statistics.median(v)), "max": max(v)}
+                            for k, v in sizes.items() if v}
     summary["ok"] = ok
     if not scan.lines:  # nothing a job could read
         summary["errors"].append({"line": 0, "field": None, "reason": "empty file: no records"})
@@ -141,7 +165,7 @@ def check_file(path: str, args, tokenizer=None, sizer=None) -> dict:
 
 def _print(summary: dict) -> None:
     s = summary
-    print(f"{s['file']}: {s['format']}, {s['lines']} lines, {s['ok']} ok, {len(s['skipped'])} skipped "
+    print(f"{s['file']}: {s.get('kind', s['format'])}, {s['lines']} lines, {s['ok']} ok, {len(s['skipped'])} skipped "
           f"(as the official loaders skip them), {len(s['errors'])} errors")
     for kind, entries in (("skipped", s["skipped"]), ("error", s["errors"])):
         for e in entries[:20]:
@@ -149,6 +173,10 @@ def _print(summary: dict) -> None:
             print(f"  line {e['line']}: {kind}: {field}{e['reason']}")
         if len(entries) > 20:
             print(f"  ... and {len(entries) - 20} more {kind} lines")
+    for name, what in (("tokens", "tokens per sample"), ("images", "images per sample")):
+        if name in s.get("stats", {}):
+            st = s["stats"][name]
+            print(f"  {what}: min {st['min']}, median {st['median']:g}, max {st['max']}")
 
 
 def main(argv=None) -> int:

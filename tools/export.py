@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 
-from progress_jax.errors import UserError  # noqa: E402
+from progress_jax.errors import UserError, disk_error  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -66,6 +66,10 @@ def main(argv=None) -> None:
             result = export.export_peft(a.final_dir, out, overwrite=a.overwrite)
     except (FileExistsError, FileNotFoundError, ValueError, UserError) as e:  # bad input: its message, no traceback
         sys.exit(f"tools/export.py: error: {e}")
+    except OSError as e:  # a full disk, a read-only OUT: the file it stopped at
+        if disk_error(e) is None:
+            raise
+        sys.exit(f"tools/export.py: error: {disk_error(e)} (the export in {out} is incomplete)")
     print(f"wrote {out}: {', '.join(result['files'])}")
     if a.push_to_hub:
         print(f"uploaded to {export.push_to_hub(out, a.push_to_hub, a.private)}")

@@ -1,7 +1,7 @@
 """Browse a predictions file against its benchmark files: a Gradio app.
 
-    python tools/results_viewer.py --pred RUN/eval/predictions.jsonl --bench BENCH_DIR \
-        [--image-root BENCH_DIR/images] [--port 7861]
+    python tools/results_viewer.py --pred RUN/eval/predictions.jsonl --bench BENCH_DIR
+                                   [--image-root BENCH_DIR/images] [--port 7861]
 
 Per sample: the demonstration (key frames, or the text steps with the ground-truth step in bold),
 the observation image, the model's response, the parsed ref / score, the ground truth and the
@@ -30,10 +30,12 @@ def build_app(rows: list, image_root: str | None, threshold: float = SCORE_ERROR
     def show(setting: str, error: str, pos: int):
         picked = viewer.select(rows, setting, error, threshold)
         if not picked:
-            return (f"### 0 of {len(rows)} samples match", "No sample matches these filters.", [], None, "", 0)
+            return (f"### 0 of {len(rows)} samples match", "No sample matches these filters.",
+                    gr.update(value=[], visible=False), None, "", 0)
         pos = max(0, min(int(pos), len(picked) - 1))
         row = rows[picked[pos]]
         frames, obs, missing = viewer.images(row, image_root)
+        frames = gr.update(value=frames, visible=bool(frames))  # a text demo has no key frames: no empty gallery
         info = viewer.describe(row, threshold)
         if missing:
             info += "\n\n**Image files not found:** " + ", ".join(f"`{m}`" for m in missing)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 from dataclasses import dataclass
 
 from data_pipeline.parsing import parse_response
@@ -113,12 +114,31 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+_SCORE = re.compile(r"<score>\s*([^<]*?)\s*</score>", re.S)
+
+
+def answered_score(row: Row) -> str | None:
+    """The score the response wrote (its last <score>) when scoring clamped it into 0..100%
+    (e.g. "772%"), else None."""
+    response = (row.prediction or {}).get("response")
+    found = _SCORE.findall(response) if isinstance(response, str) else []
+    if row.score is None or not found:
+        return None
+    try:
+        value = float(found[-1].rstrip("%").strip())
+    except ValueError:
+        return None
+    return found[-1] if not 0 <= value <= 100 else None
+
+
 def describe(row: Row, threshold: float = SCORE_ERROR) -> str:
     """Markdown: the sample, the ground truth, the parsed prediction and its error kinds."""
     r = row.record
     kinds = row.kinds(threshold)
+    raw = answered_score(row)
     pred = ("none (missing)" if row.prediction is None else
             f"ref {row.ref if row.ref is not None else 'n/a'}, score {_pct(row.score)}"
+            + (f" (answered {html.escape(raw)}, clamped to 0..100%)" if raw else "")
             + (" (unparseable)" if row.unparseable else ""))
     lines = [f"- **Sample:** `{r.source}` / `{html.escape(r.id)}` / `{html.escape(r.observation)}` (line {r.line})",
              f"- **Goal:** {html.escape(r.task_goal)}",
@@ -127,6 +147,10 @@ def describe(row: Row, threshold: float = SCORE_ERROR) -> str:
              f"- **Prediction:** {pred}",
              f"- **Normalized error:** {'-' if row.error is None else f'{row.error:.3f}'}",
              f"- **Errors:** {', '.join(kinds) if kinds else 'none'}"]
+    if r.visual_demo:  # the gallery's captions show only in its preview: the ground-truth frame named here
+        lines += ["", "**Key frames:** " + ", ".join(
+            f"**{i}: {html.escape(f)} (ground-truth ref)**" if i == r.closest_idx else f"{i}: {html.escape(f)}"
+            for i, f in enumerate(r.visual_demo, start=1))]
     if r.text_demo is not None:
         lines += ["", "**Demo steps:**"] + [
             f"{i}. **{html.escape(s)}** (ground-truth ref)" if i == r.closest_idx else f"{i}. {html.escape(s)}"

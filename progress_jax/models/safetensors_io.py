@@ -17,6 +17,7 @@ import ml_dtypes
 import numpy as np
 
 from data_pipeline.paths import atomic_output
+from progress_jax.errors import BadInput  # a damaged file: one line, a ValueError all the same
 
 DTYPES = {
     "F64": np.dtype(np.float64),
@@ -41,16 +42,16 @@ def read_header(path: str) -> tuple[dict, int]:
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
-            raise ValueError(f"{path}: not a safetensors file (too short)")
+            raise BadInput(f"{path}: not a safetensors file (too short)")
         (n,) = struct.unpack("<Q", raw)
         if 8 + n > size:
-            raise ValueError(f"{path}: corrupt or truncated safetensors file (header of {n} bytes, file of {size})")
+            raise BadInput(f"{path}: corrupt or truncated safetensors file (header of {n} bytes, file of {size})")
         try:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: corrupt safetensors header ({e})") from None
+            raise BadInput(f"{path}: corrupt safetensors header ({e})") from None
     if not isinstance(header, dict):
-        raise ValueError(f"{path}: corrupt safetensors header (not a JSON object)")
+        raise BadInput(f"{path}: corrupt safetensors header (not a JSON object)")
     header.pop("__metadata__", None)
     return header, 8 + n
 
@@ -60,15 +61,15 @@ def _entry(path: str, name: str, info, data_size: int) -> tuple[np.dtype, list, 
     try:
         dtype, shape, (a, b) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{path}: tensor {name}: corrupt header entry {info!r}") from None
+        raise BadInput(f"{path}: tensor {name}: corrupt header entry {info!r}") from None
     if dtype not in DTYPES:
-        raise ValueError(f"{path}: tensor {name} has unsupported dtype {dtype}")
+        raise BadInput(f"{path}: tensor {name} has unsupported dtype {dtype}")
     need = int(np.prod(shape)) * DTYPES[dtype].itemsize
     if b - a != need:
-        raise ValueError(f"{path}: tensor {name} ({dtype} {shape}) needs {need} bytes but its header gives "
+        raise BadInput(f"{path}: tensor {name} ({dtype} {shape}) needs {need} bytes but its header gives "
                          f"{b - a}: corrupt header")
     if b > data_size:
-        raise ValueError(f"{path}: tensor {name} ({dtype} {shape}) ends at data byte {b}, the file holds "
+        raise BadInput(f"{path}: tensor {name} ({dtype} {shape}) ends at data byte {b}, the file holds "
                          f"{data_size}: truncated file (copy or convert it again)")
     return DTYPES[dtype], shape, a, b
 
