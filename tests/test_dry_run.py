@@ -114,3 +114,31 @@ def test_cli_dry_run_json(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     (p,) = json.loads(out.stdout)["programs"]
     assert p["name"] == "rollout" and p["devices"] == 2 and p["fits"] is True
+
+
+@pytest.mark.parametrize("job,rank", [("sft", 8), ("grpo", 0), ("grpo", 8)])
+def test_the_dry_run_compiles_the_programs_a_run_executes(job, rank):
+    """The dry run's programs are the run's: the job spec a trainer builds (jobs.spec: the tiny
+    preset loaded, the state placed on the 8-device mesh) and the dry run's (abstract) lower to the
+    same text for every named program, at the dry run's largest shapes."""
+    from progress_jax import distributed, dry_run, jobs
+
+    c = (sft_config if job == "sft" else grpo_config).get_config("demo")
+    c.job, c.model.path, c.model.preset = job, "", "tiny"
+    c.data.length_buckets, c.data.patch_buckets = (LENGTH,), (PATCHES,)
+    c.train.steps, c.lora.rank, c.sampling.max_new_tokens = 3, rank, 16
+    if job == "grpo":
+        c.grpo.kl_coef = 0.05
+    mesh = distributed.make_mesh(c)
+    run = jobs.spec(c, mesh)
+    dry = jobs.spec(c, mesh, abstract=True)
+    run_args, dry_args = dry_run.program_args(run), dry_run.program_args(dry)
+    expected = {"sft": ["train_step"], "grpo": ["rollout", "logprobs", "train_step"]}[job]
+    if job == "grpo" and rank:
+        expected.insert(2, "ref_logprobs")  # the LoRA-off reference
+    assert list(run_args) == list(dry_args) == list(run.programs) == expected
+    for name in expected:
+        ran = run.programs[name].trace(*run_args[name]).lower().as_text()
+        assert ran == dry.programs[name].trace(*dry_args[name]).lower().as_text(), name
+    if job == "grpo":  # the rollout program samples grpo.n per prompt from one prefill
+        assert run.programs["rollout"].n == c.grpo.n > 1
