@@ -2,7 +2,7 @@
 
 The job's spec is built abstractly (progress_jax/jobs.py with abstract=True: the model by
 `nnx.eval_shape`, no weights; model.path's config.json is the only file read, no data file is;
-with eval.trained, that run's meta.json for its LoRA rank), and the very programs a run executes
+with eval.trained, that run's trainable.json for its LoRA rank), and the very programs a run executes
 (the spec's) are compiled ahead of time for the configured mesh and the largest shapes its buckets
 allow (`program.trace(abstract args with shardings).lower().compile()`); XLA's own analyses give,
 per device, the bytes of the arguments (parameters, optimizer state, batch), temporaries and

@@ -177,7 +177,7 @@ def sft_spec(config, mesh, *, steps: int | None = None, model=None, abstract: bo
     t = config.train
     check_micro_batch(t.micro_batch_size, mesh)
     model = policy(config, mesh, abstract) if model is None else model
-    family = families.for_model(model.config)
+    family = families.for_config(config)
     steps = steps or t.steps or DRY_STEPS
     tx, setup, lr = _setup(config, mesh, model, steps, abstract)
     step = programs.make_step(setup.parts, tx, mesh, config.model.remat, t.loss_chunk, dropout=config.lora.dropout > 0)
@@ -198,7 +198,7 @@ def grpo_spec(config, mesh, *, steps: int | None = None, model=None, abstract: b
     g, t, s, d = config.grpo, config.train, config.sampling, config.data
     check_micro_batch(t.micro_batch_size, mesh, "rollout rows")
     model = policy(config, mesh, abstract) if model is None else model
-    family = families.for_model(model.config)
+    family = families.for_config(config)
     steps = steps or t.steps or DRY_STEPS
     updates = g.rollout_batch_size // t.batch_size
     tx, setup, lr = _setup(config, mesh, model, max(1, steps * updates), abstract)
@@ -226,7 +226,7 @@ def eval_spec(config, mesh, *, model=None, abstract: bool = False, blank_observa
     model: instead of loading eval_model's; blank_observation: default eval.blank_observation;
     meta: eval.trained's handover meta, where already read."""
     model = eval_model(config, mesh, abstract, meta) if model is None else model
-    family = families.for_model(model.config)
+    family = families.for_config(config)
     if blank_observation is None:
         blank_observation = bool((config.get("eval") or {}).get("blank_observation"))
     data = data_args(config, with_answers=False, batch_size=config.sampling.batch_size, shuffle=False, num_epochs=1,

@@ -92,8 +92,8 @@ class Packing:
     model_config: Any
     mesh: Any
 
-    def host(self, rows: list[dict], advantages: np.ndarray, pad_id: int) -> dict:
-        """Rollout rows -> stacked host micro-batches with position ids, vision indices and advantages."""
+    def micro_batches(self, rows: list[dict], advantages: np.ndarray, pad_id: int) -> dict:
+        """Rollout rows -> device micro-batches with position ids, vision indices and advantages."""
         length = bucket(max(len(r["input_ids"]) for r in rows), self.lengths)
         hosts = []
         for i in range(0, len(rows), self.micro_batch_size):
@@ -102,9 +102,4 @@ class Packing:
             hosts.append(pack(chunk, pad_id, length, patches))
         stacked = self.family.stack_micro(hosts, self.model_config, sharding.batch_shards(self.mesh))
         stacked["advantages"] = advantages.reshape(len(hosts), self.micro_batch_size).astype(np.float32)
-        return stacked
-
-    def micro_batches(self, rows: list[dict], advantages: np.ndarray, pad_id: int) -> dict:
-        """Rollout rows -> device micro-batches (the host ones on the mesh, split over its data axes)."""
-        stacked = self.host(rows, advantages, pad_id)
         return loop.to_device(stacked, loop.batch_shardings(stacked, self.mesh, self.family), self.family)
