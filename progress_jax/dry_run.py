@@ -1,16 +1,19 @@
 """`--dry_run`: know before running whether a job fits its devices.
 
-The model is built abstractly (`nnx.eval_shape`: no weights; model.path's config.json is the only
-file read, no data file is), the job's programs are compiled ahead of time for the configured mesh
-and the largest shapes its buckets allow (`jax.jit(...).trace(abstract args with shardings).lower()
-.compile()`), and XLA's own analyses give, per device, the bytes of the arguments (parameters,
-optimizer state, batch), temporaries and outputs, the FLOPs and the compile time. A program fits
-when arguments + temporaries + outputs (less the donated, aliased part) are at most
-train.device_memory_gb.
+The job's spec is built abstractly (progress_jax/jobs.py with abstract=True: the model by
+`nnx.eval_shape`, no weights; model.path's config.json is the only file read, no data file is;
+with eval.trained, that run's trainable.json for its LoRA rank), and the very programs a run executes
+(the spec's) are compiled ahead of time for the configured mesh and the largest shapes its buckets
+allow (`program.trace(abstract args with shardings).lower().compile()`); XLA's own analyses give,
+per device, the bytes of the arguments (parameters, optimizer state, batch), temporaries and
+outputs, the FLOPs and the compile time. A program fits when arguments + temporaries + outputs
+(less the donated, aliased part) are at most train.device_memory_gb.
 
-Programs: sft -> `train_step`; grpo (and the demo's GRPO) -> `rollout` (prefill + decode with the
-KV cache, one generation call of sampling.batch_size rows), `logprobs` (the old/reference
-log-probs of one update's rows), `train_step` (one update); eval -> `rollout`.
+Programs (jobs.py): sft -> `train_step`; grpo (and the demo's GRPO) -> `rollout` (prefill + decode
+with the KV cache: one generation call of sampling.batch_size generated rows, grpo.n per prompt
+sharing its prefill), `logprobs` (the old log-probs of one update's rows), `ref_logprobs` (with
+grpo.kl_coef and LoRA: the reference's, LoRA off), `train_step` (one update); eval -> `rollout`.
+The schedule's length: train.steps, or jobs.DRY_STEPS where it is 0 (the run counts the samples).
 
 The shapes: the largest length bucket; images of 448x448 pixels (1024 patches, 256 tokens) filling
 the largest patch bucket as far as the rows' prompt length holds them. XLA's cost analysis counts a
@@ -30,31 +33,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from progress_jax import distributed, loading, lora, sampling, sharding
-from progress_jax.models import families
-from progress_jax.train import inputs, loop, rollouts, schedule
+from progress_jax import distributed, jobs, sampling, sharding
+from progress_jax.train import loop
 
 GIB = 2**30
 IMAGE_SIDE = 32  # patches per image side: 448 px at patch size 14
 TEXT_ROOM = 64  # prompt tokens kept for text beside the images
-
-
-# ---- the abstract model ------------------------------------------------------------------------
-
-def abstract_policy(cfg, family, arch):
-    """The job's model with LoRA per cfg.lora, every array a ShapeDtypeStruct."""
-    param, compute = loading.DTYPES[cfg.model.param_dtype], loading.DTYPES[cfg.model.compute_dtype]
-
-    def build():
-        model = family.build(arch, cfg.seed, compute, param)
-        lora.from_config(model, cfg.lora, seed=cfg.seed)
-        return loading.set_attention_chunk(model, cfg.model.attention_chunk)
-
-    return nnx.eval_shape(build)
-
-
-def _with_shardings(tree, shardings):
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
 def _abstract(tree, shardings, lead: int | None = None):
@@ -111,25 +95,26 @@ def _wide(arrays: dict, arch) -> dict:
     return {**arrays, "pixel_values": np.broadcast_to(np.zeros((), pv.dtype), pv.shape[:-1] + (arch.vision.patch_dim,))}
 
 
-def _train_batch(cfg, arch, family, mesh, rows: int, length: int, patches: int, k: int, prompt_length=None,
-                 extra: dict | None = None):
-    """(abstract stacked micro-batches [k, rows, ...] with their shardings, their shardings)."""
-    # Patches per batch shard, as the trainers lay them out (each device encodes its rows' images).
+def _train_batch(spec: jobs.Spec, rows: int, length: int, patches: int, k: int, prompt_length=None,
+                 extra: dict | None = None) -> dict:
+    """Abstract stacked micro-batches [k, rows, ...] with their shardings, laid out as the trainers
+    lay them out (family.stack_micro with the mesh's batch shards: each device encodes its rows' images)."""
+    arch = spec.model.config
     host = host_batch(arch, rows, length, patches, prompt_length)
-    stacked = _wide(family.stack_micro([host], arch, shards=sharding.batch_shards(mesh)), arch)
+    stacked = _wide(spec.family.stack_micro([host], arch, shards=sharding.batch_shards(spec.mesh)), arch)
     stacked.update(extra or {})
-    sh = loop.batch_shardings(stacked, mesh, family)
-    return _abstract(stacked, sh, lead=k), sh
+    return _abstract(stacked, loop.batch_shardings(stacked, spec.mesh, spec.family), lead=k)
 
 
 # ---- one compiled program ------------------------------------------------------------------------
 
-def compile_program(name: str, jitted, args, devices: int, limit_gb: float, static: dict | None = None,
-                    params_bytes: int = 0, opt_bytes: int = 0, micro_batches: int = 1) -> dict:
-    """micro_batches: trips of the program's micro-batch loop (reported). XLA's cost analysis counts
-    a loop body once; its FLOPs are scaled by loop_factor (the scanned layers, micro-batches)."""
+def compile_program(name: str, program, args, devices: int, limit_gb: float, params_bytes: int = 0,
+                    opt_bytes: int = 0, micro_batches: int = 1) -> dict:
+    """`program.trace(*args)` lowered and compiled. micro_batches: trips of the program's
+    micro-batch loop (reported). XLA's cost analysis counts a loop body once; its FLOPs are scaled
+    by loop_factor (the scanned layers, micro-batches)."""
     t0 = time.perf_counter()
-    traced = jitted.trace(*args, **(static or {}))
+    traced = program.trace(*args)
     compiled = traced.lower().compile()
     seconds = time.perf_counter() - t0
     mem = compiled.memory_analysis()
@@ -169,126 +154,98 @@ def _matmul_flops(jaxpr, trips: bool) -> float:
     return total
 
 
-# ---- the jobs' programs --------------------------------------------------------------------------
-
-def _state(cfg, model, mesh, tx):
-    """(parts, abstract state with shardings, its shardings, abstract frozen, its shardings)."""
-    parts, params = loop.split(model, lora.trainable_filter(cfg.lora.rank, cfg.model.freeze_vision))
-    state = jax.eval_shape(lambda: loop.init_state(params, tx, cfg.seed))
-    state_sh = loop.state_shardings(state, mesh, model.partition_rules)
-    frozen_sh = sharding.param_shardings(parts.frozen, mesh, model.partition_rules)
-    return parts, _with_shardings(state, state_sh), state_sh, _with_shardings(parts.frozen, frozen_sh), frozen_sh
-
+# ---- the jobs' programs at abstract arguments ---------------------------------------------------
 
 def _sizes(state, frozen) -> tuple[int, int]:
     return _device_bytes(state["params"]) + _device_bytes(frozen), _device_bytes(state["opt"])
 
 
-def _optimizer(cfg):
-    t = cfg.train
-    return schedule.make_optimizer(t.lr, t.weight_decay, t.warmup_ratio, 100, t.clip_norm or None, schedule=t.schedule)
-
-
-def sft_programs(cfg, arch, model, mesh, family) -> list[dict]:
-    from progress_jax.train import sft
-
-    t, d = cfg.train, cfg.data
-    rows = t.micro_batch_size  # global (docs/multihost.md)
-    inputs.check_micro_batch(rows, mesh)
-    k = t.batch_size // rows
-    tx = _optimizer(cfg)
-    parts, state, state_sh, frozen, frozen_sh = _state(cfg, model, mesh, tx)
-    batch, batch_sh = _train_batch(cfg, arch, family, mesh, rows, d.length_buckets[-1], d.patch_buckets[-1], k)
-    step = sft.make_step(parts, tx, mesh, cfg.model.remat, t.loss_chunk, dropout=cfg.lora.dropout > 0)
-    jitted = loop.jit_step(step, mesh, state_sh, frozen_sh, batch_sh)
-    p, o = _sizes(state, frozen)
-    return [compile_program("train_step", jitted, (state, frozen, batch), mesh.size, t.device_memory_gb,
-                            params_bytes=p, opt_bytes=o, micro_batches=k)]
-
-
-def _prompt_inputs(cfg, arch, mesh, rows: int, patches: int):
-    """Abstract inputs of one generation call (sampling.prepare of a synthetic prompt batch)."""
-    host = host_batch(arch, rows, cfg.data.length_buckets[-1], patches)
-    inputs = _wide(sampling.prepare(host, arch, arch.pad_token_id, sharding.batch_shards(mesh)), arch)
-    inputs.pop("num_rows")
-    sh = sampling.input_shardings(inputs, mesh, families.for_model(arch))
-    return _abstract(inputs, sh), inputs["input_ids"].shape[0]
-
-
-def rollout_program(cfg, arch, model, mesh, rows: int, patches: int) -> dict:
-    """One generation call of `rows` prompts: prefill + decode of sampling.max_new_tokens."""
+def _sharded_model(spec: jobs.Spec, model):
+    """`model` with every array a ShapeDtypeStruct of its parameter sharding on the mesh (as the
+    loaders place it)."""
     graphdef, state = nnx.split(model)
-    state = _with_shardings(state, sharding.param_shardings(state, mesh, model.partition_rules))
-    inputs, padded = _prompt_inputs(cfg, arch, mesh, rows, patches)
+    shardings = sharding.param_shardings(state, spec.mesh, spec.model.partition_rules)
+    return nnx.merge(graphdef, loop.with_shardings(state, shardings))
+
+
+def rollout_args(spec: jobs.Spec, model, prompts: int, patches: int) -> tuple:
+    """(model, inputs, key, settings) of one generation call of `prompts` prompts (spec's rollout:
+    its n samples each) holding `patches` image patches."""
+    rollout, arch, mesh = spec.programs["rollout"], spec.model.config, spec.mesh
+    host = host_batch(arch, prompts, spec.config.data.length_buckets[-1], patches)
+    inputs = _wide(rollout.inputs(host, arch, arch.pad_token_id), arch)
+    inputs.pop("num_rows")
     rep = NamedSharding(mesh, P())
-    scalar = lambda dt: jax.ShapeDtypeStruct((), dt, sharding=rep)  # noqa: E731
-    knobs = {"temperature": scalar(jnp.float32), "top_p": scalar(jnp.float32), "top_k": scalar(jnp.int32),
-             "logprobs_at_temperature": scalar(jnp.bool_), "pad_id": scalar(jnp.int32),
-             "stop_ids": jax.ShapeDtypeStruct((4,), jnp.int32, sharding=rep)}
+    settings = sampling.knobs(rollout.params, sampling.stop_ids(arch, rollout.params), arch.pad_token_id)
     key = jax.eval_shape(lambda: jax.random.key(0))
-    key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep)
-    out = compile_program("rollout", sampling._generate, (graphdef, state, inputs, key, knobs),
-                          mesh.size, cfg.train.device_memory_gb, params_bytes=_device_bytes(state),
-                          static={"max_new_tokens": int(cfg.sampling.max_new_tokens), "mesh": mesh})
-    out["rows"] = padded
-    # The KV cache and activations grow with the rows, the weights do not: the largest call that fits.
-    # Each device holds padded / shards rows.
-    shards = sharding.batch_shards(mesh)
-    per_row = max(1, (out["peak_bytes_per_device"] - out["bytes_per_device"]["params"]) * shards / padded)
-    room = cfg.train.device_memory_gb * GIB - out["bytes_per_device"]["params"]
-    out["max_batch_size"] = max(0, int(room // per_row) * shards)
-    return out
+    return (model, _abstract(inputs, sampling.input_shardings(inputs, mesh, spec.family)),
+            jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep),
+            jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=rep), settings))
 
 
-def grpo_programs(cfg, arch, model, mesh, family) -> list[dict]:
-    from progress_jax.train import grpo
-
-    g, t, d, s = cfg.grpo, cfg.train, cfg.data, cfg.sampling
-    all_rows = g.rollout_batch_size * g.n
-    gen_rows = min(s.batch_size, all_rows)
+def program_args(spec: jobs.Spec) -> dict[str, tuple]:
+    """{program name: its arguments} at the largest shapes: the train state, frozen arrays and
+    model of `spec` (abstract, or a run's own arrays) and abstract batches with their shardings."""
+    t, d, s = spec.config.train, spec.config.data, spec.config.sampling
+    if spec.job == "eval":
+        model = _sharded_model(spec, spec.model)
+        return {"rollout": rollout_args(spec, model, s.batch_size, d.patch_buckets[-1])}
+    state, frozen = spec.setup.state, spec.setup.frozen
+    rows = t.micro_batch_size  # global (docs/multihost.md)
+    if spec.job == "sft":
+        batch = _train_batch(spec, rows, d.length_buckets[-1], d.patch_buckets[-1], t.batch_size // rows)
+        return {"train_step": (state, frozen, batch)}
+    g = spec.config.grpo
+    rollout = spec.programs["rollout"]
+    prompts = rollout.prompts_per_call(g.rollout_batch_size)
     # The prompt batch's patch bucket spread over its prompts; rollouts of a prompt share its images.
-    gen_patches = max(IMAGE_SIDE**2, d.patch_buckets[-1] * gen_rows // g.rollout_batch_size)
-    out = [rollout_program(cfg, arch, model, mesh, gen_rows, gen_patches)]
-
-    rows = t.micro_batch_size
-    inputs.check_micro_batch(rows, mesh, "rollout rows")
+    patches = max(IMAGE_SIDE**2, d.patch_buckets[-1] * prompts // g.rollout_batch_size)
+    out = {"rollout": rollout_args(spec, spec.policy(state["params"]), prompts, patches)}
     k = t.batch_size * g.n // rows
-    length = rollouts.bucket(d.length_buckets[-1] + s.max_new_tokens,
-                             [-(-(b + s.max_new_tokens) // 128) * 128 for b in d.length_buckets])
-    patches = d.patch_buckets[-1]
-    tx = _optimizer(cfg)
-    parts, state, state_sh, frozen, frozen_sh = _state(cfg, model, mesh, tx)
-    p, o = _sizes(state, frozen)
+    length = spec.packing.lengths[-1]  # the largest prompt bucket + max_new_tokens, rounded up
+    adv = {"advantages": np.zeros((1, rows), np.float32)}
+    batch = _train_batch(spec, rows, length, d.patch_buckets[-1], k, d.length_buckets[-1], adv)
+    for name in ("logprobs", "ref_logprobs"):
+        if name in spec.programs:
+            out[name] = (state["params"], frozen, batch)
     logp = np.zeros((1, rows, length - 1), np.float32)
-    extra = {"advantages": np.zeros((1, rows), np.float32)}
-    batch, batch_sh = _train_batch(cfg, arch, family, mesh, rows, length, patches, k, d.length_buckets[-1], extra)
-    logp_fn = jax.jit(grpo.make_logp_fn(parts, s.temperature, mesh, cfg.model.remat, loss_chunk=cfg.train.loss_chunk),
-                      in_shardings=(state_sh["params"], frozen_sh, batch_sh))
-    out.append(compile_program("logprobs", logp_fn, (state["params"], frozen, batch), mesh.size,
-                               t.device_memory_gb, params_bytes=p, micro_batches=k))
-    extra.update(old_logp=logp, ref_logp=logp)
-    batch, batch_sh = _train_batch(cfg, arch, family, mesh, rows, length, patches, k, d.length_buckets[-1], extra)
-    update = grpo.make_update(parts, tx, g, s.temperature, mesh, cfg.model.remat, cfg.train.loss_chunk)
-    jitted = loop.jit_step(update, mesh, state_sh, frozen_sh, batch_sh)
-    out.append(compile_program("train_step", jitted, (state, frozen, batch), mesh.size, t.device_memory_gb,
-                               params_bytes=p, opt_bytes=o, micro_batches=k))
+    batch = _train_batch(spec, rows, length, d.patch_buckets[-1], k, d.length_buckets[-1],
+                         {**adv, "old_logp": logp, "ref_logp": logp})
+    out["train_step"] = (state, frozen, batch)
     return out
 
 
-def eval_programs(cfg, arch, model, mesh, family) -> list[dict]:
-    return [rollout_program(cfg, arch, model, mesh, cfg.sampling.batch_size, cfg.data.patch_buckets[-1])]
-
-
-PROGRAMS = {"sft": sft_programs, "grpo": grpo_programs, "demo": grpo_programs, "eval": eval_programs}
+def report(spec: jobs.Spec) -> list[dict]:
+    """Compile every program of `spec` (abstract) at program_args; one report dict per program."""
+    limit, mesh = spec.config.train.device_memory_gb, spec.mesh
+    out = []
+    for name, args in program_args(spec).items():
+        program = spec.programs[name]
+        if name == "rollout":
+            model, inputs = args[:2]
+            r = compile_program(name, program, args, mesh.size, limit, params_bytes=_device_bytes(nnx.state(model)))
+            r["rows"] = padded = inputs["rows"].shape[0]  # generated rows of the call
+            # The KV cache and activations grow with the rows, the weights do not: the largest call
+            # that fits. Each device holds padded / shards rows.
+            shards = sharding.batch_shards(mesh)
+            per_row = max(1, (r["peak_bytes_per_device"] - r["bytes_per_device"]["params"]) * shards / padded)
+            room = limit * GIB - r["bytes_per_device"]["params"]
+            r["max_batch_size"] = max(0, int(room // per_row) * shards)
+            out.append(r)
+            continue
+        state_or_params, frozen, batch = args
+        if name == "train_step":
+            p, o = _sizes(state_or_params, frozen)
+        else:  # log-probs: the parameters, no optimizer state
+            p, o = _device_bytes(state_or_params) + _device_bytes(frozen), 0
+        out.append(compile_program(name, program, args, mesh.size, limit, params_bytes=p, opt_bytes=o,
+                                   micro_batches=batch["input_ids"].shape[0]))
+    return out
 
 
 def dry_run(cfg) -> list[dict]:
     """Compile the job's programs abstractly; one report dict per program."""
-    mesh = distributed.make_mesh(cfg)
-    family = families.for_config(cfg)
-    arch = family.architecture(cfg.model.path, cfg.model.preset)  # config.json is the only file read
-    model = abstract_policy(cfg, family, arch)
-    return PROGRAMS[cfg.job](cfg, arch, model, mesh, family)
+    return report(jobs.spec(cfg, distributed.make_mesh(cfg), abstract=True))
 
 
 # ---- output ----------------------------------------------------------------------------------

@@ -264,6 +264,30 @@ def _to_device(inputs: dict, mesh, family) -> dict:
                         inputs, input_shardings(inputs, mesh, family))
 
 
+def knobs(params: SamplingParams, stops, pad_id: int) -> dict:
+    """The generation program's traced settings (NumPy scalars; the stop ids padded with -1 to a
+    power of two, so that their number rarely changes the program)."""
+    stop_arr = np.full(_pow2(len(stops), 4), -1, np.int32)
+    stop_arr[: len(stops)] = stops
+    return {"temperature": np.float32(params.temperature), "top_p": np.float32(params.top_p),
+            "top_k": np.int32(params.top_k), "logprobs_at_temperature": np.bool_(params.logprobs_at_temperature),
+            "pad_id": np.int32(pad_id), "stop_ids": stop_arr}
+
+
+def trace(model, inputs: dict, key, settings: dict, params: SamplingParams, *, mesh, family, n: int = 1):
+    """The generation program that generate_arrays runs, traced at (abstract) arguments: `inputs`
+    as `prepare` gives them less num_rows, `settings` as knobs() gives them (the dry run)."""
+    graphdef, state = nnx.split(model)
+    return _generate.trace(graphdef, state, inputs, key, settings, max_new_tokens=params.max_new_tokens, mesh=mesh,
+                           family=family, n=n)
+
+
+def prompts_per_call(prompts: int, batch_size: int | None, n: int = 1) -> int:
+    """Prompts in one generation call of `generate`: batch_size // n (at least one), all without
+    batch_size."""
+    return prompts if not batch_size else min(prompts, max(1, batch_size // n))
+
+
 def generate_arrays(model, inputs: dict, key, params: SamplingParams, *, stops=None, pad_id: int | None = None,
                     mesh=None, family=None, n: int = 1) -> dict:
     """Lower level: `inputs` from `prepare` (NumPy, the same n). Returns NumPy tokens, logprobs,
@@ -273,14 +297,8 @@ def generate_arrays(model, inputs: dict, key, params: SamplingParams, *, stops=N
     stops = stop_ids(model.config, params) if stops is None else tuple(stops)
     rows = inputs["num_rows"]
     arrays = {k: v for k, v in inputs.items() if k != "num_rows"}
-    # Stop ids padded with -1 to a power of two, so that their number rarely changes the program.
-    stop_arr = np.full(_pow2(len(stops), 4), -1, np.int32)
-    stop_arr[: len(stops)] = stops
-    knobs = {"temperature": np.float32(params.temperature), "top_p": np.float32(params.top_p),
-             "top_k": np.int32(params.top_k), "logprobs_at_temperature": np.bool_(params.logprobs_at_temperature),
-             "pad_id": np.int32(pad_id), "stop_ids": stop_arr}
     graphdef, state = nnx.split(model)
-    out = _generate(graphdef, state, _to_device(arrays, mesh, family), key, knobs,
+    out = _generate(graphdef, state, _to_device(arrays, mesh, family), key, knobs(params, stops, pad_id),
                     max_new_tokens=params.max_new_tokens, mesh=mesh, family=family, n=n)
     return {k: np.asarray(v)[:rows] for k, v in out.items()}
 
@@ -302,7 +320,7 @@ def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None,
     data_shards = 1 if mesh is None else sharding.batch_shards(mesh)
     stops = stop_ids(model.config, params, tokenizer)
     B = np.asarray(batch["input_ids"]).shape[0]
-    step = B if not batch_size else min(B, max(1, batch_size // n))  # prompts per call
+    step = prompts_per_call(B, batch_size, n)
     length = prompt_length(batch["attention_mask"])
     parts = []
     for start in range(0, B, step):

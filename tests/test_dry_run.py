@@ -114,3 +114,31 @@ def test_cli_dry_run_json(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     (p,) = json.loads(out.stdout)["programs"]
     assert p["name"] == "rollout" and p["devices"] == 2 and p["fits"] is True
+
+
+def test_the_dry_run_compiles_the_programs_a_run_executes():
+    """The dry run's programs are the run's: each job's spec as its trainer builds it (the tiny
+    preset's policy loaded, the state placed on the 8-device mesh) and the dry run's (abstract)
+    lower to the same text for every named program, at the dry run's largest shapes."""
+    from progress_jax import distributed, dry_run, jobs
+
+    configs = {"sft": sft_config.get_config("demo"), "grpo": grpo_config.get_config("demo")}
+    for job, c in configs.items():
+        c.job, c.model.path, c.model.preset = job, "", "tiny"
+        c.data.length_buckets, c.data.patch_buckets = (LENGTH,), (PATCHES,)
+        c.train.steps, c.lora.rank, c.sampling.max_new_tokens = 3, 8, 16
+    configs["grpo"].grpo.kl_coef = 0.05  # with LoRA: the LoRA-off reference is a program of its own
+    mesh = distributed.make_mesh(configs["sft"])
+    # The policy both trainers load (the demo configs' model, LoRA and seed are the same): built once.
+    assert all(configs["sft"][k].to_dict() == configs["grpo"][k].to_dict() for k in ("model", "lora"))
+    model = jobs.policy(configs["sft"], mesh)
+    expected = {"sft": ["train_step"], "grpo": ["rollout", "logprobs", "ref_logprobs", "train_step"]}
+    for job, c in configs.items():
+        run = jobs.SPECS[job](c, mesh, model=model)
+        dry = jobs.spec(c, mesh, abstract=True)
+        run_args, dry_args = dry_run.program_args(run), dry_run.program_args(dry)
+        assert list(run_args) == list(dry_args) == list(run.programs) == expected[job]
+        for name in expected[job]:
+            ran = run.programs[name].trace(*run_args[name]).lower().as_text()
+            assert ran == dry.programs[name].trace(*dry_args[name]).lower().as_text(), (job, name)
+    assert run.programs["rollout"].n == c.grpo.n > 1  # GRPO samples n per prompt from one prefill

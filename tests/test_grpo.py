@@ -13,7 +13,8 @@ from data_pipeline.tokenizer import load_tokenizer
 from progress_jax import lora, sharding
 from progress_jax.models import qwen2_5_vl
 from progress_jax.models.qwen2_5_vl import family as qwen
-from progress_jax.train import grpo, loop, schedule
+from progress_jax import jobs
+from progress_jax.train import grpo, loop, programs, schedule
 from tests.test_sft import CFG, host_batch, lora_model
 
 
@@ -53,9 +54,9 @@ def test_update_is_exact_under_micro_batching():
     # eps 1e-4: Adam's first step is lr * g / (|g| + eps), which for eps 1e-8 turns float32 rounding
     # of near-zero gradients into lr-sized differences.
     tx = schedule.make_optimizer(1e-2, 0.0, 0.0, 10, 1.0, eps=1e-4)
-    logp_fn = jax.jit(grpo.make_logp_fn(parts, 1.0))
-    ref_fn = jax.jit(grpo.make_logp_fn(parts, 1.0, off=True))
-    update = jax.jit(grpo.make_update(parts, tx, cfg.grpo, 1.0))
+    logp_fn = jax.jit(programs.make_logp_fn(parts, 1.0))
+    ref_fn = jax.jit(programs.make_logp_fn(parts, 1.0, off=True))
+    update = jax.jit(programs.make_update(parts, tx, cfg.grpo, 1.0))
     results = []
     for k in (1, 2):
         batch = _update_inputs(model, k)
@@ -85,17 +86,17 @@ def test_log_probs_and_update_in_position_blocks_equal_the_whole():
     parts, params = loop.split(model, lora.trainable_filter(8))
     batch = _update_inputs(model, 1)
     mb = jax.tree.map(lambda a: a[0], batch)
-    whole = grpo.token_logps(parts.model(params, parts.frozen), mb, 0.7)
-    blocks = grpo.token_logps(parts.model(params, parts.frozen), mb, 0.7, loss_chunk=7)
+    whole = programs.token_logps(parts.model(params, parts.frozen), mb, 0.7)
+    blocks = programs.token_logps(parts.model(params, parts.frozen), mb, 0.7, loss_chunk=7)
     for a, b in zip(whole, blocks):
         assert a.shape == b.shape == (4, 71)
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
-    logp = jax.jit(grpo.make_logp_fn(parts, 1.0))(params, parts.frozen, batch)
+    logp = jax.jit(programs.make_logp_fn(parts, 1.0))(params, parts.frozen, batch)
     batch["old_logp"] = logp + 0.5 * jax.random.normal(jax.random.key(3), logp.shape)
     tx = schedule.make_optimizer(1e-2, 0.0, 0.0, 10, 1.0, eps=1e-4)
     out = []
     for chunk in (0, 7):
-        update = jax.jit(grpo.make_update(parts, tx, _no_kl(cfg.grpo), 1.0, loss_chunk=chunk))
+        update = jax.jit(programs.make_update(parts, tx, _no_kl(cfg.grpo), 1.0, loss_chunk=chunk))
         new_state, m = update(loop.init_state(params, tx, 0), parts.frozen, batch)
         out.append((new_state["params"], jax.device_get(m)))
     (p0, m0), (p1, m1) = out
@@ -119,18 +120,18 @@ def test_sharded_update_equals_one_device():
     parts, params = loop.split(model, lora.trainable_filter(8))
     tx = optax.sgd(1.0)  # new params = params - gradient: compares the gradients themselves
     batch = _update_inputs(model, 1)
-    logp = jax.jit(grpo.make_logp_fn(parts, 1.0))(params, parts.frozen, batch)
+    logp = jax.jit(programs.make_logp_fn(parts, 1.0))(params, parts.frozen, batch)
     batch["old_logp"] = logp + 1.5 * jax.random.normal(jax.random.key(3), logp.shape)
-    batch["ref_logp"] = jax.jit(grpo.make_logp_fn(parts, 1.0, off=True))(params, parts.frozen, batch)
+    batch["ref_logp"] = jax.jit(programs.make_logp_fn(parts, 1.0, off=True))(params, parts.frozen, batch)
     state = loop.init_state(params, tx, 0)
-    p1, m1 = jax.jit(grpo.make_update(parts, tx, cfg.grpo, 1.0))(state, parts.frozen, batch)
+    p1, m1 = jax.jit(programs.make_update(parts, tx, cfg.grpo, 1.0))(state, parts.frozen, batch)
 
     mesh = sharding.make_mesh(1, 4, 1, devices=jax.devices()[:4])
     host = jax.device_get(batch)
     state_sh = loop.state_shardings(jax.eval_shape(lambda: state), mesh, model.partition_rules)
     frozen_sh = sharding.param_shardings(parts.frozen, mesh, model.partition_rules)
     batch_sh = loop.batch_shardings(host, mesh, qwen)
-    update = loop.jit_step(grpo.make_update(parts, tx, cfg.grpo, 1.0, mesh), mesh, state_sh, frozen_sh, batch_sh)
+    update = loop.jit_step(programs.make_update(parts, tx, cfg.grpo, 1.0, mesh), mesh, state_sh, frozen_sh, batch_sh)
     p2, m2 = update(jax.device_put(loop.init_state(params, tx, 0), state_sh), jax.device_put(parts.frozen, frozen_sh),
                     loop.to_device(host, batch_sh, qwen))
     assert p2["params"][next(iter(p2["params"]))].sharding.mesh.devices.size == 4
@@ -146,10 +147,10 @@ def test_lora_off_reference_is_the_base_model():
     model = lora_model(seed=2)
     parts, params = loop.split(model, lora.trainable_filter(8))
     batch = _update_inputs(model, 1)
-    ref = jax.jit(grpo.make_logp_fn(parts, 1.0, off=True))(params, parts.frozen, batch)
+    ref = jax.jit(programs.make_logp_fn(parts, 1.0, off=True))(params, parts.frozen, batch)
     base = qwen2_5_vl.init(CFG, seed=2)  # the same base weights, no LoRA at all
     bparts, bparams = loop.split(base, lora.trainable_filter(0))
-    expected = jax.jit(grpo.make_logp_fn(bparts, 1.0))(bparams, bparts.frozen, batch)
+    expected = jax.jit(programs.make_logp_fn(bparts, 1.0))(bparams, bparts.frozen, batch)
     np.testing.assert_allclose(ref, expected, atol=1e-5)
 
 
@@ -172,15 +173,20 @@ def test_mean_reward_rises_on_toy_task():
             out.append({"overall": r, "low_half": r})
         return out
 
-    trainer = grpo.Trainer(cfg, model, tokenizer, mesh, reward_fn=reward_fn)
+    step = grpo.Step(jobs.grpo_spec(cfg, mesh, model=model), tokenizer, reward_fn=reward_fn)
+    state = step.spec.setup.state  # the loop's state: the step takes it and returns the next
     prompts = host_batch([(20, 1), (12, 2), (30, 0), (16, 1)], seed=5, cfg=small, L=64, P=256)
     prompts["records"] = ["p0", "p1", "p2", "p3"]
     probe_key = jax.random.key(99)
-    before = trainer.probe([prompts], probe_key)
-    assert trainer.probe([prompts], probe_key) == before  # same policy, same key: the same probe
-    rewards = [trainer.step(prompts, jax.random.key(s))["reward/overall"] for s in range(6)]
+    before = step.probe(state["params"], [prompts], probe_key)
+    assert step.probe(state["params"], [prompts], probe_key) == before  # same policy, same key: the same probe
+    rewards = []
+    for s in range(6):
+        state, metrics = step(state, prompts, jax.random.key(s))
+        rewards.append(metrics["reward/overall"])
+    assert int(state["step"]) == 6  # one update per step (rollout_batch_size = batch_size)
     assert np.mean(rewards[-2:]) > np.mean(rewards[:2]) + 0.15, rewards
-    after = trainer.probe([prompts], probe_key)
+    after = step.probe(state["params"], [prompts], probe_key)
     assert after["probe/low_half"] > before["probe/low_half"] + 0.15, (before, after)
 
 
@@ -190,13 +196,11 @@ def test_remat_reaches_the_vision_blocks_in_both_trainers():
     activations without it: 341 GiB per device in the 3B dry run)."""
     import re
 
-    from progress_jax.train import sft
-
     model = lora_model(seed=1)
     parts, params = loop.split(model, lora.trainable_filter(8))
     mb = jax.tree.map(lambda a: a[0], _update_inputs(model, 1))
-    fns = {"grpo": lambda p, r: grpo.token_logps(parts.model(p, parts.frozen), mb, 1.0, remat=r)[0],
-           "sft": lambda p, r: sft.nll_sum(parts.model(p, parts.frozen), mb, remat=r)}
+    fns = {"grpo": lambda p, r: programs.token_logps(parts.model(p, parts.frozen), mb, 1.0, remat=r)[0],
+           "sft": lambda p, r: programs.nll_sum(parts.model(p, parts.frozen), mb, remat=r)}
     for name, fn in fns.items():
         for remat, scans in (("none", 0), ("full", 2)):  # the decoder scan and the vision scan
             text = str(jax.make_jaxpr(lambda p: fn(p, remat))(params))

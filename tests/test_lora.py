@@ -11,7 +11,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 from progress_jax import lora
 from progress_jax.models import qwen2_5_vl
 from progress_jax.models.qwen2_5_vl import family as qwen
-from progress_jax.train import loop, schedule, sft
+from progress_jax.train import loop, programs, schedule
 from tests import hf_reference as ref
 from tests.test_sft import CFG, ROWS, host_batch, lora_model
 
@@ -52,7 +52,7 @@ def test_optimizer_state_is_lora_only_and_base_stays_bit_identical():
     state = loop.init_state(params, tx, seed=0)
     opt_sizes = sum(x.size for x in jax.tree.leaves(state["opt"]) if x.ndim > 0)
     assert opt_sizes == 2 * lora.param_count(model)
-    step = jax.jit(sft.make_step(parts, tx))
+    step = jax.jit(programs.make_step(parts, tx))
     batch = jax.tree.map(jnp.asarray, qwen.stack_micro([host_batch(ROWS)], CFG))
     start = {k: np.array(v) for k, v in params.items()}
     for _ in range(3):

@@ -11,7 +11,7 @@ import pytest
 from progress_jax import export, lora
 from progress_jax.models import qwen2_5_vl
 from progress_jax.models.qwen2_5_vl import family as qwen
-from progress_jax.train import loop, sft
+from progress_jax.train import loop, programs
 from tests.test_sft import host_batch
 
 ROWS = [(20, 1), (12, 2)]
@@ -30,7 +30,7 @@ def _train_step_hlo(layers: int, blocks: int) -> str:
     lora.inject(model, 4, 8.0)
     parts, params = loop.split(model, lora.trainable_filter(4))
     batch = jax.tree.map(jnp.asarray, qwen.stack_micro([host_batch(ROWS, cfg=cfg)], cfg))
-    fn = jax.jit(lambda p, f, b: sft.loss_and_grads(parts, p, f, b, rng=jax.random.key(0), remat="full"))
+    fn = jax.jit(lambda p, f, b: programs.loss_and_grads(parts, p, f, b, rng=jax.random.key(0), remat="full"))
     return fn.lower(params, parts.frozen, batch).as_text()  # weights and batch as arguments, not constants
 
 
@@ -51,7 +51,7 @@ def _full_param_grads(remat: str):
     model = qwen2_5_vl.init(cfg, seed=1)
     parts, params = loop.split(model, lora.trainable_filter(0, freeze_vision=False))
     batch = jax.tree.map(jnp.asarray, qwen.stack_micro([host_batch(ROWS, cfg=cfg)], cfg))
-    fn = jax.jit(lambda p: sft.loss_and_grads(parts, p, parts.frozen, batch, remat=remat)[:2])
+    fn = jax.jit(lambda p: programs.loss_and_grads(parts, p, parts.frozen, batch, remat=remat)[:2])
     temp = fn.lower(params).compile().memory_analysis().temp_size_in_bytes
     loss, grads = fn(params)
     return float(loss), grads, temp
@@ -96,7 +96,7 @@ def test_lora_targets_selecting_some_layers():
     # Layer 1's factors get no gradient; its lora_b stays zero-effect.
     parts, params = loop.split(model, lora.trainable_filter(4))
     batch = jax.tree.map(jnp.asarray, qwen.stack_micro([host_batch(ROWS, cfg=cfg)], cfg))
-    _, grads, _ = sft.loss_and_grads(parts, params, parts.frozen, batch)
+    _, grads, _ = programs.loss_and_grads(parts, params, parts.frozen, batch)
     g = np.asarray(grads["layers/self_attn/v_proj/lora_a"])
     assert not g[1].any() and g[0].any() and g[2].any()
     meta = {"lora": {"rank": 4, "alpha": 8.0, "targets": r"^layers/(0|2)/self_attn/v_proj$"}}

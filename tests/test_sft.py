@@ -12,7 +12,7 @@ import torch
 from progress_jax import lora, sharding
 from progress_jax.models import qwen2_5_vl
 from progress_jax.models.qwen2_5_vl import family as qwen
-from progress_jax.train import loop, schedule, sft
+from progress_jax.train import loop, programs, schedule
 from tests import hf_reference as ref
 
 _T = qwen2_5_vl.tiny()  # two decoder layers and two vision blocks keep compile times short
@@ -66,7 +66,7 @@ def test_loss_equals_torch_cross_entropy_on_transformers_logits(tmp_path):
             "image_grid_thw": grid}
     batch = jax.tree.map(jnp.asarray, qwen.stack_micro([host], model.config))
     parts, params = loop.split(model, lora.trainable_filter(0))
-    loss, _, n = jax.jit(lambda p: sft.loss_and_grads(parts, p, parts.frozen, batch))(params)
+    loss, _, n = jax.jit(lambda p: programs.loss_and_grads(parts, p, parts.frozen, batch))(params)
 
     logits = torch.tensor(ref.hf_logits(hf, ids, mask, pv, grid))
     w = torch.tensor(loss_mask[:, 1:], dtype=torch.bool)
@@ -93,7 +93,7 @@ def test_accumulation_equals_one_big_batch():
     one = jax.tree.map(jnp.asarray, qwen.stack_micro([big], CFG))
     two = jax.tree.map(jnp.asarray, qwen.stack_micro([a, b], CFG))
     assert two["input_ids"].shape[0] == 2
-    f = jax.jit(lambda p, b: sft.loss_and_grads(parts, p, parts.frozen, b))
+    f = jax.jit(lambda p, b: programs.loss_and_grads(parts, p, parts.frozen, b))
     l1, g1, n1 = f(params, one)
     l2, g2, n2 = f(params, two)
     assert float(n1) == float(n2) == sum(t // 2 for t, _ in ROWS)
@@ -107,9 +107,9 @@ def test_chunked_loss_and_remat_change_nothing():
     model = lora_model()
     parts, params = loop.split(model, lora.trainable_filter(8))
     batch = jax.tree.map(jnp.asarray, qwen.stack_micro([host_batch(ROWS)], CFG))
-    l0, g0, _ = jax.jit(lambda p: sft.loss_and_grads(parts, p, parts.frozen, batch))(params)
+    l0, g0, _ = jax.jit(lambda p: programs.loss_and_grads(parts, p, parts.frozen, batch))(params)
     for remat, chunk in (("full", 24), ("dots", 0)):
-        l1, g1, _ = jax.jit(lambda p: sft.loss_and_grads(parts, p, parts.frozen, batch, remat=remat,
+        l1, g1, _ = jax.jit(lambda p: programs.loss_and_grads(parts, p, parts.frozen, batch, remat=remat,
                                                          loss_chunk=chunk))(params)
         assert abs(float(l1) - float(l0)) <= 1e-5
         for k in g0:
@@ -120,8 +120,8 @@ def test_dropout_changes_the_loss_only_with_a_key():
     model = lora_model()
     parts, params = loop.split(model, lora.trainable_filter(8))
     batch = jax.tree.map(jnp.asarray, qwen.stack_micro([host_batch(ROWS)], CFG))
-    f = jax.jit(lambda p, rng: sft.loss_and_grads(parts, p, parts.frozen, batch, rng=rng)[0])
-    l0 = jax.jit(lambda p: sft.loss_and_grads(parts, p, parts.frozen, batch)[0])(params)
+    f = jax.jit(lambda p, rng: programs.loss_and_grads(parts, p, parts.frozen, batch, rng=rng)[0])
+    l0 = jax.jit(lambda p: programs.loss_and_grads(parts, p, parts.frozen, batch)[0])(params)
     l1, l2 = f(params, jax.random.PRNGKey(1)), f(params, jax.random.PRNGKey(1))
     assert float(l1) == float(l2) and abs(float(l1) - float(l0)) > 1e-6
 
@@ -138,7 +138,7 @@ def _one_step(mesh, model):
     frozen = jax.device_put(parts.frozen, frozen_sh)
     batch = qwen.stack_micro([host_batch(ROWS)], CFG)
     batch_sh = loop.batch_shardings(batch, mesh, qwen)
-    step = loop.jit_step(sft.make_step(parts, tx, mesh, dropout=True), mesh, state_sh, frozen_sh, batch_sh)
+    step = loop.jit_step(programs.make_step(parts, tx, mesh, dropout=True), mesh, state_sh, frozen_sh, batch_sh)
     new, metrics = step(state, frozen, loop.to_device(batch, batch_sh, qwen))
     return new, metrics
 

@@ -72,10 +72,11 @@ def test_decode_rows_per_call():
 
 
 def test_grpo_rollout_is_the_repeated_rows_rollout():
-    """GRPO's rollout (Trainer.rollout: n samples of each real prompt row) gives the rollouts, texts
-    and records of the rollout before (every real row repeated n times, then generate), so the GRPO
-    numbers do not change."""
+    """GRPO's rollout (Step.rollout: n samples of each real prompt row, the spec's `rollout`
+    program) gives the rollouts, texts, records and training rows of the rollout before (every
+    real row repeated n times, then generate), so the GRPO numbers do not change."""
     from data_pipeline.tokenizer import load_tokenizer
+    from progress_jax import jobs
     from progress_jax.train import grpo, rollouts
     from tests import test_grpo, test_sft
 
@@ -83,15 +84,23 @@ def test_grpo_rollout_is_the_repeated_rows_rollout():
     cfg.lora.rank, cfg.sampling.batch_size = 0, 12
     model = qwen2_5_vl.init(test_sft.CFG, seed=0)
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    trainer = grpo.Trainer(cfg, model, load_tokenizer(None), mesh, reward_fn=lambda gen, records: [])
+    step = grpo.Step(jobs.grpo_spec(cfg, mesh, model=model), load_tokenizer(None), reward_fn=lambda gen, records: [])
+    assert step.spec.programs["rollout"].n == 4
     prompts = test_sft.host_batch([(20, 1), (12, 2), (6, 0), (16, 1)], seed=5)
     prompts["attention_mask"][2] = 0  # a padding row of an incomplete batch
     prompts["records"] = ["p0", "p1", None, "p3"]
     key = jax.random.key(4)
-    gen, records = trainer.rollout(prompts, key)
+    params = step.spec.setup.state["params"]
+    gen, real = step.rollout(params, prompts, key)
     before = rollouts.repeat_rows(prompts, 4, qwen, model.config)
-    expected = sampling.generate(trainer.policy(), before, trainer.sampling, key, tokenizer=trainer.tokenizer,
+    expected = sampling.generate(step.spec.policy(params), before, step.spec.sampling, key, tokenizer=step.tokenizer,
                                  mesh=mesh, batch_size=12)
-    assert records == before["records"] == ["p0"] * 4 + ["p1"] * 4 + ["p3"] * 4
+    assert step.records(real) == before["records"] == ["p0"] * 4 + ["p1"] * 4 + ["p3"] * 4
     assert_same(gen, expected)
     assert gen.texts == expected.texts
+    # The training rows from the real rows (each once per rollout) are those of the repeated batch.
+    got = rollouts.rollout_sequences(real, gen, qwen, model.config, n=4)
+    want = rollouts.rollout_sequences(before, gen, qwen, model.config)
+    assert len(got) == len(want) == 12
+    for a, b in zip(got, want):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

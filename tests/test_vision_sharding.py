@@ -12,7 +12,7 @@ from data_pipeline.pipeline import _Collate
 from progress_jax import sharding
 from progress_jax.models import qwen2_5_vl
 from progress_jax.models.qwen2_5_vl import family as qwen
-from progress_jax.train import loop, schedule, sft
+from progress_jax.train import loop, programs, schedule
 
 _T = qwen2_5_vl.tiny()
 # A wide vision tower and a one-layer, small-vocabulary decoder: the vision tower is most of the
@@ -61,7 +61,7 @@ def compiled_step(mesh, batch):
             assert leaf.spec[1] == sharding.BATCH
 
     def grads_step(state, frozen, b):
-        loss, grads, _ = sft.loss_and_grads(setup.parts, state["params"], frozen, b, mesh=mesh)
+        loss, grads, _ = programs.loss_and_grads(setup.parts, state["params"], frozen, b, mesh=mesh)
         return state, {"loss": loss, "grads": grads}
 
     fn = jax.jit(grads_step, in_shardings=(setup.state_sh, setup.frozen_sh, batch_sh))

@@ -17,7 +17,7 @@ import jax
 from data_pipeline.parsing import MODES
 from data_pipeline.pipeline import make_dataset
 from data_pipeline.records import check_images
-from progress_jax import data_files, distributed, handover, loading, sampling
+from progress_jax import data_files, distributed, handover, jobs, loading
 from progress_jax.errors import InputNotFound, UserError
 from progress_jax.eval import provenance
 from progress_jax.eval.predictions import (done_keys, load_bench, pending_records, prediction_line, PredictionWriter,
@@ -25,12 +25,6 @@ from progress_jax.eval.predictions import (done_keys, load_bench, pending_record
 from progress_jax.console import progress_bar
 
 log = logging.getLogger(__name__)
-
-
-def sampling_params(config) -> sampling.SamplingParams:
-    s = config.sampling
-    return sampling.SamplingParams(max_new_tokens=int(s.max_new_tokens), temperature=float(s.temperature),
-                                   top_p=float(s.top_p), top_k=int(s.top_k))
 
 
 def bench_files(config) -> tuple[list[str], str]:
@@ -75,7 +69,8 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
     mode = config.data.mode
     if mode not in MODES:
         raise ValueError(f"config key data.mode must be one of {MODES}, got {mode!r}")
-    params = sampling_params(config)
+    spec = jobs.eval_spec(config, mesh, model=model, blank_observation=blank_observation)
+    rollout = spec.programs["rollout"]
     main = jax.process_index() == 0
     pred_path = os.path.join(out_dir, "predictions.jsonl")
     if bench is None:
@@ -105,17 +100,9 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
         for records in todo.values():
             if not records:
                 continue
-            batches = make_dataset(
-                [], image_root, tokenizer, records=records, mode=mode, layout=config.data.prompt,
-                with_answers=False,
-                batch_size=config.sampling.batch_size, length_buckets=config.data.length_buckets,
-                patch_buckets=config.data.patch_buckets, image_buckets=config.data.image_buckets,
-                min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels, shuffle=False,
-                num_epochs=1, drop_remainder=False, worker_count=config.data.worker_count,
-                blank_observation=blank_observation)
+            batches = make_dataset([], image_root, tokenizer, records=records, **spec.data)
             for batch in batches:
-                gen = sampling.generate(model, batch, params, jax.random.fold_in(key, step), tokenizer=tokenizer,
-                                        mesh=mesh)
+                gen = rollout(model, batch, jax.random.fold_in(key, step), tokenizer)
                 step += 1
                 rows = [(r, t) for r, t in zip(batch["records"], gen.texts) if r is not None]
                 if writer is not None:
@@ -152,7 +139,7 @@ def run(config) -> None:
     trained = config.eval.get("trained")
     meta = handover.read_meta(trained) if trained else None
     mesh = distributed.make_mesh(config)
-    model = load_trained(config, mesh, trained, meta) if trained else loading.load_model(config, mesh)
+    spec = jobs.eval_spec(config, mesh, meta=meta)  # the model: the base, or eval.trained's on it
     tokenizer = loading.load_tokenizer(config)
     out_dir = output_dir(config)
     if config.eval.run_name:
@@ -163,7 +150,7 @@ def run(config) -> None:
         name = os.path.basename(os.path.normpath(config.model.path)) if config.model.path else "tiny-random"
     weights = {"model": provenance.model_identity(config),
                "trained": provenance.trained_identity(trained) if trained else None}
-    evaluate(model, tokenizer, files, image_root, out_dir, config, mesh=mesh, run_name=name, weights=weights,
+    evaluate(spec.model, tokenizer, files, image_root, out_dir, config, mesh=mesh, run_name=name, weights=weights,
              blank_observation=config.eval.blank_observation)
 
 
@@ -172,18 +159,4 @@ def output_dir(config) -> str:
     if not config.eval.out_dir and not config.workdir:
         raise UserError("config keys eval.out_dir and workdir are both empty: name the directory the job writes in")
     return config.eval.out_dir or os.path.join(config.workdir, config.data.mode)
-
-
-def load_trained(config, mesh, directory: str, meta: dict | None = None):
-    """The base model (model.path or the tiny preset) with a training run's parameters: LoRA
-    injected at the rank and targets the run used, then its trained tensors assigned."""
-    meta = meta or handover.read_meta(directory)
-    if bool(meta.get("model_path")) != bool(config.model.path):
-        raise ValueError(f"config key eval.trained: {directory} was trained on "
-                         f"{meta.get('model_path') or 'the tiny preset'}, but model.path is "
-                         f"{config.model.path or 'empty (the tiny preset)'}")
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-        config.lora.update({k: meta["lora"][k] for k in ("rank", "alpha", "targets")})
-    return loading.load_policy(config, mesh, directory)
 

@@ -6,9 +6,8 @@ import dataclasses
 
 import jax
 
-from progress_jax import data_files, distributed, sharding
+from progress_jax import data_files, distributed, jobs
 from progress_jax.train import validation
-from progress_jax.config_check import ConfigError
 
 
 @dataclasses.dataclass
@@ -23,20 +22,13 @@ class Inputs:
 
 def check(config, stage: str, rows: str = "rows") -> Inputs:
     """Read the training files of `stage` ("sft" | "rl"), check train.init_params, the validation
-    files and the mesh against train.micro_batch_size (check_micro_batch)."""
+    files and the mesh against train.micro_batch_size (jobs.check_micro_batch)."""
     t = config.train
     files, image_root, sim = data_files.train_data(config, stage)
     n_samples = data_files.check_train_files(files, image_root)
     data_files.check_init_params(t.init_params, "train.init_params")
     val_files = validation.resolve_files(config, sim)
     mesh = distributed.make_mesh(config)
-    check_micro_batch(t.micro_batch_size, mesh, rows)
+    jobs.check_micro_batch(t.micro_batch_size, mesh, rows)
     return Inputs(files, image_root, sim, n_samples, val_files, mesh)
 
-
-def check_micro_batch(micro_batch_size: int, mesh, rows: str = "rows") -> None:
-    """train.micro_batch_size (global `rows`, docs/multihost.md) must split over the data axes."""
-    n = sharding.batch_shards(mesh)
-    if micro_batch_size % n:
-        raise ConfigError(f"config key train.micro_batch_size: {micro_batch_size} {rows} per micro-batch do not "
-                          f"split over the mesh's data x fsdp = {n} devices")

@@ -4,7 +4,8 @@
   family's partition rules match, e.g. `layers/self_attn/q_proj/lora_a` [layers, in, r]: the
   decoder layers are stacked), and the frozen rest (an nnx.State).
 - `setup_state`: the train state {"params", "opt", "step", "rng"} placed on the (data, fsdp, tensor)
-  mesh with its shardings; the one set-up every trainer (and tools/bench_train.py) uses.
+  mesh with its shardings (or, for the dry run, its abstract shape); the one set-up every job spec
+  (progress_jax/jobs.py) and tools/bench_train.py use.
 - Host batches -> global device arrays, sharded by the model family's batch axes.
 - `run`: the loop. A trainer is a step function plus its set-up; the loop owns Orbax checkpoints
   (with the data iterator's state), resume from the latest, a clean stop on SIGTERM, a stop on a
@@ -90,30 +91,51 @@ def apply_gradients(state: dict, grads: dict, tx) -> dict:
             "step": state["step"] + 1}
 
 
-def jit_step(fn, mesh, state_sh, frozen_sh, batch_sh):
+def jit_step(fn, mesh, state_sh, frozen_sh, batch_sh=None):
     """`fn(state, frozen, batch) -> (state, metrics)` jitted with explicit in/out shardings; the
-    state is donated (updated in place)."""
+    state is donated (updated in place). The batch's shardings are its arrays' own (to_device with
+    batch_shardings) unless `batch_sh` is given: one jitted program for every batch structure (a
+    batch with or without image patches), compiled once per structure and shape."""
     return jax.jit(fn, in_shardings=(state_sh, frozen_sh, batch_sh),
                    out_shardings=(state_sh, NamedSharding(mesh, P())), donate_argnums=(0,))
 
 
 @dataclass
 class Setup:
-    """What a trainer needs of its state: the model parts, the placed state and the shardings."""
+    """What a trainer needs of its state: the model parts, the placed state and the shardings, and
+    the frozen arrays its programs take (parts.frozen; abstract: with their shardings)."""
     parts: Parts
     state: dict
     state_sh: object
     frozen_sh: object
+    frozen: object = None
+
+    def __post_init__(self):
+        if self.frozen is None:
+            self.frozen = self.parts.frozen
 
 
-def setup_state(model, mesh, tx, *, rank: int, freeze_vision: bool = True, seed: int = 0) -> Setup:
+def with_shardings(tree, shardings):
+    """ShapeDtypeStructs (or arrays) -> ShapeDtypeStructs carrying `shardings`."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def setup_state(model, mesh, tx, *, rank: int, freeze_vision: bool = True, seed: int = 0,
+                abstract: bool = False) -> Setup:
     """Split `model` into trained params (lora.trainable_filter) and the frozen rest, build the
-    train state for optimizer `tx` and place it on `mesh`."""
+    train state for optimizer `tx` and place it on `mesh`. abstract: `model` from nnx.eval_shape;
+    the state and the frozen arrays become ShapeDtypeStructs with their shardings (the dry run)."""
     parts, params = split(model, lora.trainable_filter(rank, freeze_vision))
-    state = init_state(params, tx, seed)
     rules = model.partition_rules
+    frozen_sh = sharding.param_shardings(parts.frozen, mesh, rules)
+    if abstract:
+        shape = jax.eval_shape(lambda: init_state(params, tx, seed))
+        state_sh = state_shardings(shape, mesh, rules)
+        return Setup(parts, with_shardings(shape, state_sh), state_sh, frozen_sh,
+                     with_shardings(parts.frozen, frozen_sh))
+    state = init_state(params, tx, seed)
     state_sh = state_shardings(jax.eval_shape(lambda: state), mesh, rules)
-    return Setup(parts, jax.device_put(state, state_sh), state_sh, sharding.param_shardings(parts.frozen, mesh, rules))
+    return Setup(parts, jax.device_put(state, state_sh), state_sh, frozen_sh)
 
 
 # ---- host batches -> device ----------------------------------------------------------------

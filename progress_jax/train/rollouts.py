@@ -1,6 +1,10 @@
-"""GRPO rollout packing (model specifics from the model family): prompts repeated n times with their images, rollouts turned into training
-rows (prompt + response, loss on the response), and rows packed into bucketed micro-batches."""
+"""GRPO rollout packing (model specifics from the model family): a prompt batch's real rows (with
+their images), rollouts turned into training rows (prompt + response, loss on the response), and
+rows packed into bucketed micro-batches (`Packing`, built by the GRPO job spec)."""
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -22,24 +26,26 @@ def repeat_rows(batch: dict, n: int, family, config) -> dict:
     }
 
 
-def rollout_sequences(prompts: dict, gen: sampling.Generation, family, config) -> list[dict]:
+def rollout_sequences(prompts: dict, gen: sampling.Generation, family, config, n: int = 1) -> list[dict]:
     """One host row per rollout: prompt tokens + response tokens (stop token included); loss_mask
-    marks the response tokens; the row's images travel with it. A response is cut before any
+    marks the response tokens; the row's images travel with it. n: rollouts per prompt row (prompt
+    b's at gen rows b*n .. b*n+n-1, sampling.generate(..., n=n)). A response is cut before any
     vision special token it generated (a text-only continuation cannot hold an image)."""
     vision_ids = family.vision_token_ids(config)
     rows = []
     for b, (grid, pixels) in enumerate(family.row_images(prompts, config)):
         prompt = prompts["input_ids"][b][prompts["attention_mask"][b] > 0]
-        response = gen.tokens[b, : gen.lengths[b]]
-        bad = np.flatnonzero(np.isin(response, vision_ids))
-        if bad.size:
-            response = response[: bad[0]]
-        rows.append({
-            "input_ids": np.concatenate([prompt, response]).astype(np.int32),
-            "loss_mask": np.concatenate([np.zeros(len(prompt), np.int32), np.ones(len(response), np.int32)]),
-            "pixel_values": pixels,
-            "image_grid_thw": grid,
-        })
+        for i in range(b * n, b * n + n):
+            response = gen.tokens[i, : gen.lengths[i]]
+            bad = np.flatnonzero(np.isin(response, vision_ids))
+            if bad.size:
+                response = response[: bad[0]]
+            rows.append({
+                "input_ids": np.concatenate([prompt, response]).astype(np.int32),
+                "loss_mask": np.concatenate([np.zeros(len(prompt), np.int32), np.ones(len(response), np.int32)]),
+                "pixel_values": pixels,
+                "image_grid_thw": grid,
+            })
     return rows
 
 
@@ -68,19 +74,32 @@ def bucket(n: int, buckets) -> int:
     return 1 << (n - 1).bit_length()
 
 
-def micro_batches(rows: list[dict], advantages: np.ndarray, micro_batch_size: int, config, pad_id: int,
-                  max_new_tokens: int, family, model_config, mesh) -> dict:
-    """Rollout rows -> device micro-batches [k, micro_batch_size, ...] with position ids, vision
-    indices and advantages; lengths bucketed on data.length_buckets + max_new_tokens (rounded up to
-    128) and patch counts on data.patch_buckets, so that updates compile a handful of shapes."""
-    d = config.data
-    length = bucket(max(len(r["input_ids"]) for r in rows),
-                    [-(-(b + max_new_tokens) // 128) * 128 for b in d.length_buckets])
-    hosts = []
-    for i in range(0, len(rows), micro_batch_size):
-        chunk = rows[i:i + micro_batch_size]
-        patches = bucket(sum(len(r["pixel_values"]) for r in chunk), d.patch_buckets)
-        hosts.append(pack(chunk, pad_id, length, patches))
-    stacked = family.stack_micro(hosts, model_config, sharding.batch_shards(mesh))
-    stacked["advantages"] = advantages.reshape(len(hosts), micro_batch_size).astype(np.float32)
-    return loop.to_device(stacked, loop.batch_shardings(stacked, mesh, family), family)
+def length_buckets(prompt_buckets, max_new_tokens: int) -> tuple[int, ...]:
+    """Token lengths of the update's rows: each prompt bucket + max_new_tokens, rounded up to 128."""
+    return tuple(-(-(b + max_new_tokens) // 128) * 128 for b in prompt_buckets)
+
+
+@dataclasses.dataclass(frozen=True)
+class Packing:
+    """How rollout rows become device micro-batches [k, micro_batch_size, ...]: lengths bucketed on
+    `lengths` (length_buckets of data.length_buckets and sampling.max_new_tokens) and patch counts
+    on `patch_buckets` (data.patch_buckets), so that updates compile a handful of shapes; patches
+    laid out per batch shard of `mesh` as the family stacks them."""
+    micro_batch_size: int
+    lengths: tuple
+    patch_buckets: tuple
+    family: Any
+    model_config: Any
+    mesh: Any
+
+    def micro_batches(self, rows: list[dict], advantages: np.ndarray, pad_id: int) -> dict:
+        """Rollout rows -> device micro-batches with position ids, vision indices and advantages."""
+        length = bucket(max(len(r["input_ids"]) for r in rows), self.lengths)
+        hosts = []
+        for i in range(0, len(rows), self.micro_batch_size):
+            chunk = rows[i:i + self.micro_batch_size]
+            patches = bucket(sum(len(r["pixel_values"]) for r in chunk), self.patch_buckets)
+            hosts.append(pack(chunk, pad_id, length, patches))
+        stacked = self.family.stack_micro(hosts, self.model_config, sharding.batch_shards(self.mesh))
+        stacked["advantages"] = advantages.reshape(len(hosts), self.micro_batch_size).astype(np.float32)
+        return loop.to_device(stacked, loop.batch_shardings(stacked, self.mesh, self.family), self.family)

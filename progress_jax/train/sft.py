@@ -1,8 +1,6 @@
-"""SFT (LoRA or full): masked token-level NLL on the answer tokens, one jitted sharded step, and the job.
-
-Loss: the NLL of every target token (loss_mask[t] = 1, predicted from position t - 1) summed
-and divided by the number of target tokens of the whole global batch, so that k accumulated
-micro-batches give exactly the loss and gradients of one batch of k times the rows.
+"""The SFT job (LoRA or full): its spec (progress_jax/jobs.py: the model, the train state, the data
+arguments and the `train_step` program, whose loss is in progress_jax/train/programs.py) run by the
+train loop, then the trained parameters written and a few greedy answers shown.
 """
 from __future__ import annotations
 
@@ -11,66 +9,15 @@ import math
 import os
 
 import jax
-import jax.numpy as jnp
-import optax
 
-from progress_jax import chunked, distributed, export, handover, loading, sampling, sharding
-from progress_jax.models import families
-from progress_jax.train import checkpoint, guards, inputs, loop, metrics_writer, schedule, validation
+from progress_jax import distributed, export, handover, jobs, loading, sampling
+from progress_jax.train import checkpoint, guards, inputs, loop, metrics_writer, validation
+from progress_jax.train.programs import make_step  # noqa: F401  (tools/bench_train.py, tools/bench_3b_cpu.py)
 
 log = logging.getLogger(__name__)
 
 # Peak dense bf16 FLOP/s per device for the MFU estimate (others: set train.peak_flops_per_device).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12}
-
-
-# ---- loss ------------------------------------------------------------------------------------
-
-def nll_sum(model, mb: dict, mesh=None, dropout_rng=None, remat: str = "none", loss_chunk: int = 0):
-    """Sum of target-token NLLs of one micro-batch (arrays as positions.model_inputs gives them,
-    plus loss_mask). loss_chunk > 0: logits computed (and recomputed in the backward pass) for
-    that many positions at a time, never the whole [B, L, V] at once (progress_jax/chunked.py)."""
-    ids = mb["input_ids"]
-    hidden = loop.hidden_states(model, mb, mesh, remat, dropout_rng)
-
-    def nll(h, targets):
-        logits = model.logits(h)  # float32
-        return jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-
-    weights = mb["loss_mask"][:, 1:].astype(jnp.float32)
-    return jnp.sum(chunked.map_positions(nll, loss_chunk, hidden[:, :-1], ids[:, 1:]) * weights)
-
-
-def loss_and_grads(parts: loop.Parts, params: dict, frozen, batch: dict, rng=None, mesh=None,
-                   remat: str = "none", loss_chunk: int = 0):
-    """(loss, grads, target token count) of a batch whose arrays carry a leading micro-batch axis
-    [k, ...]: NLL sums and their gradients are summed over the k micro-batches (a scan), then
-    divided by the global count of target tokens. rng: LoRA-dropout key (None: no dropout)."""
-    n_tokens = jnp.maximum(batch["loss_mask"][:, :, 1:].sum(), 1).astype(jnp.float32)
-
-    def micro(carry, xs):
-        i, mb = xs
-        key = None if rng is None else jax.random.fold_in(rng, i)
-        f = lambda p: nll_sum(parts.model(p, frozen), mb, mesh, key, remat, loss_chunk)
-        s, g = jax.value_and_grad(f)(params)
-        return (carry[0] + s, jax.tree.map(lambda a, b: a + b.astype(jnp.float32), carry[1], g)), None
-
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    k = batch["input_ids"].shape[0]
-    (total, grads), _ = jax.lax.scan(micro, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(k), batch))
-    return total / n_tokens, jax.tree.map(lambda g: g / n_tokens, grads), n_tokens
-
-
-def make_step(parts: loop.Parts, tx, mesh=None, remat: str = "none", loss_chunk: int = 0, dropout: bool = True):
-    """step(state, frozen, batch) -> (state, metrics): one optimizer step on the accumulated
-    gradients of the batch's micro-batches (see loss_and_grads)."""
-    def step(state, frozen, batch):
-        rng = jax.random.fold_in(state["rng"], state["step"]) if dropout else None
-        loss, grads, n_tokens = loss_and_grads(parts, state["params"], frozen, batch, rng, mesh, remat, loss_chunk)
-        new_state = loop.apply_gradients(state, grads, tx)
-        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "target_tokens": n_tokens}
-
-    return step
 
 
 # ---- throughput ------------------------------------------------------------------------------
@@ -93,49 +40,39 @@ def run(config) -> dict:
     distributed.maybe_initialize_distributed()
     t = config.train
     inp = inputs.check(config, "sft")
-    files, image_root, sim, n_samples, val_files, mesh = (inp.files, inp.image_root, inp.sim, inp.n_samples,
-                                                          inp.val_files, inp.mesh)
     accum = t.batch_size // t.micro_batch_size
-    steps = t.steps or max(1, math.floor(t.epochs * n_samples / t.batch_size))
+    steps = t.steps or max(1, math.floor(t.epochs * inp.n_samples / t.batch_size))
 
-    family = families.for_config(config)
     tokenizer = loading.load_tokenizer(config)
-    validator = validation.Validator(config, tokenizer, *val_files, mesh=mesh) if val_files else None
-    model = loading.load_policy(config, mesh, t.init_params)
-    shards = sharding.batch_shards(mesh)  # each device encodes its own rows' images
-    it = iter(_dataset(config, files, image_root, tokenizer, batch_shards=shards))
-    tx = schedule.make_optimizer(t.lr, t.weight_decay, t.warmup_ratio, steps, t.clip_norm or None, schedule=t.schedule)
-    setup = loop.setup_state(model, mesh, tx, rank=config.lora.rank, freeze_vision=config.model.freeze_vision,
-                             seed=config.seed)
-    parts = setup.parts
+    validator = validation.Validator(config, tokenizer, *inp.val_files, mesh=inp.mesh) if inp.val_files else None
+    spec = jobs.sft_spec(config, inp.mesh, steps=steps)
+    family, mesh, setup = spec.family, spec.mesh, spec.setup
+    train_step = spec.programs["train_step"]
+    shards = spec.data["batch_shards"]
+    from data_pipeline.pipeline import make_dataset
+    it = iter(make_dataset(inp.files, inp.image_root, tokenizer, **spec.data))
 
     def next_batch():
         host = [next(it) for _ in range(accum)]
-        arrays = family.stack_micro(host, model.config, shards)
+        arrays = family.stack_micro(host, spec.model.config, shards)
         n_tok = int(sum(b["attention_mask"].sum() for b in host))
         return loop.to_device(arrays, loop.batch_shardings(arrays, mesh, family), family), n_tok
 
-    step_fn = make_step(parts, tx, mesh, config.model.remat, t.loss_chunk, dropout=config.lora.dropout > 0)
-    jitted = {}  # shardings depend on which keys the batch holds: jit on the first batch's structure
-
     def step(state, batch, _):
         arrays, n_tok = batch
-        if "fn" not in jitted:
-            jitted["fn"] = loop.jit_step(step_fn, mesh, setup.state_sh, setup.frozen_sh,
-                                         loop.batch_shardings(arrays, mesh, family))
-        state, metrics = jitted["fn"](state, parts.frozen, arrays)
+        state, metrics = train_step(state, setup.frozen, arrays)
         return state, {**metrics, "tokens": n_tok}
 
-    hooks = [validation.hook(config, validator, lambda state: parts.model(state["params"]))] if validator else []
+    hooks = [validation.hook(config, validator, lambda state: spec.policy(state["params"]))] if validator else []
     seq_len = config.data.length_buckets[-1]
     log.info("SFT: %d samples, %d steps of %d rows (%d micro-batches), workdir %s",
-             n_samples, steps, t.batch_size, accum, config.workdir)
+             inp.n_samples, steps, t.batch_size, accum, config.workdir)
     # SIGTERM between or after the steps also ends the job cleanly: the loop's own handler covers
     # the steps; this one lets the final save finish and skips the optional samples and export.
     with guards.StopRequest() as stop:
         opts = loop.Options(steps, config.workdir, t.save_every, t.keep, log_every=t.log_every, desc="sft",
-                            hooks=hooks, lr_fn=schedule.make_schedule(t.schedule, t.lr, steps, t.warmup_ratio),
-                            flops_per_token=family.flops_per_token(model.config, seq_len, config.lora.rank > 0),
+                            hooks=hooks, lr_fn=spec.lr,
+                            flops_per_token=family.flops_per_token(spec.model.config, seq_len, config.lora.rank > 0),
                             peak_flops=_peak_flops(t), run_config=checkpoint.run_config(config),
                             wandb_project=config.logging.wandb_project)
         result = loop.run(step, setup.state, next_batch, it, opts)
@@ -143,22 +80,12 @@ def run(config) -> dict:
         if not result.stopped:
             handover.save_trainable(final_dir, result.state["params"], handover.run_meta(config, steps))
             log.info("trained parameters written to %s", final_dir)
-            trained = parts.model(result.state["params"])
-            if t.demo_samples and sim is not None and not stop.requested:
-                show_samples(trained, tokenizer, config, sim, t.demo_samples, result.step)
+            trained = spec.policy(result.state["params"])
+            if t.demo_samples and inp.sim is not None and not stop.requested:
+                show_samples(trained, tokenizer, spec, inp.sim, t.demo_samples, result.step)
             if t.export_merged and not stop.requested:
                 export.write_hf(trained, os.path.join(config.workdir, "merged"), config.model.path, overwrite=True)
     return {"final_dir": final_dir, "steps": result.step, "stopped": result.stopped or stop.requested}
-
-
-def _dataset(config, files, image_root, tokenizer, **over):
-    d, t = config.data, config.train
-    kw = dict(mode=d.mode, layout=d.prompt, batch_size=t.micro_batch_size, length_buckets=d.length_buckets,
-              patch_buckets=d.patch_buckets, image_buckets=d.image_buckets, min_pixels=d.min_pixels,
-              max_pixels=d.max_pixels, seed=config.seed, num_epochs=None, worker_count=d.worker_count)
-    kw.update(over)
-    from data_pipeline.pipeline import make_dataset
-    return make_dataset(files, image_root, tokenizer, **kw)
 
 
 # ---- after training: greedy answers on a few held-out prompts ---------------------------------
@@ -166,18 +93,20 @@ def _dataset(config, files, image_root, tokenizer, **over):
 SAMPLES_FILE = "samples.jsonl"
 
 
-def show_samples(model, tokenizer, config, sim: dict, count: int, step: int) -> list[str]:
-    """Greedy answers (sampling.generate at temperature 0) to `count` sim benchmark prompts
-    (unseen in training) with their format check, written to <workdir>/samples.jsonl and
-    TensorBoard's text tab at `step`; the console gets one line."""
+def show_samples(model, tokenizer, spec: jobs.Spec, sim: dict, count: int, step: int) -> list[str]:
+    """Greedy answers (spec.sampling: temperature 0, train.demo_max_new_tokens) to `count` sim
+    benchmark prompts (unseen in training) with their format check, written to
+    <workdir>/samples.jsonl and TensorBoard's text tab at `step`; the console gets one line."""
     from data_pipeline.jsonl import write_jsonl
     from data_pipeline.parsing import strict_format_ok
+    from data_pipeline.pipeline import make_dataset
 
-    data = _dataset(config, [sim["visual_same_view"]], sim["bench_images"], tokenizer, with_answers=False,
-                    batch_size=count, num_epochs=1, shuffle=False, drop_remainder=False)
+    config = spec.config
+    data = make_dataset([sim["visual_same_view"]], sim["bench_images"], tokenizer,
+                        **{**spec.data, "batch_shards": 1, "with_answers": False, "batch_size": count, "num_epochs": 1,
+                           "shuffle": False, "drop_remainder": False})
     batch = next(iter(data))
-    params = sampling.SamplingParams(max_new_tokens=config.train.demo_max_new_tokens, temperature=0.0)
-    gen = sampling.generate(model, batch, params, jax.random.key(0), tokenizer=tokenizer)
+    gen = sampling.generate(model, batch, spec.sampling, jax.random.key(0), tokenizer=tokenizer)
     rows = [{"step": step, "key": list(key), "response": text, "strict_format": strict_format_ok(text)}
             for key, text in zip(batch["keys"], gen.texts) if key is not None]
     if jax.process_index() == 0:
