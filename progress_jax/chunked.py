@@ -2,7 +2,7 @@
 
 Two users: attention (queries in blocks: [heads, chunk, keys] scores instead of [heads, L, keys];
 models/qwen2_5_vl/layers.py) and the full-vocabulary logits of the SFT loss and the GRPO log-probs
-(one 30000-token row's float32 logits are 17 GiB; train/sft.py, train/grpo.py). With `chunk` > 0
+(one 30000-token row's float32 logits are 17 GiB; train/programs.py). With `chunk` > 0
 only one block's intermediates exist at once, and the backward pass recomputes each block instead
 of keeping them (jax.checkpoint on the block). Exact: each position is computed as without blocks.
 """
