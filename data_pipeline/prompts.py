@@ -237,6 +237,22 @@ def _with_system(messages: list[dict]) -> list[dict]:
     return [{"role": "system", "content": DEFAULT_SYSTEM}] + list(messages)
 
 
+# Qwen2.5-VL-Instruct's chat template (the Hub's chat_template.json), which render_text implements;
+# the export writes it beside the built-in model (tests/test_prompts.py renders it with jinja).
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in "
+    "content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] "
+    "== 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content "
+    "%}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n{% endif %}"
+)
+
+
 def render_text(messages: list[dict], image_grid_thw=None, add_generation_prompt: bool = False) -> str:
     """The Qwen chat string; one image pad per image, or t*h*w/4 of them when grids are given."""
     out, image_idx = [], 0

@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from data_pipeline.paths import atomic_output
+from data_pipeline.prompts import CHAT_TEMPLATE
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +41,6 @@ PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 # so that transformers' tokenizer, image processor, chat template and generation config load.
 BUILTIN_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json",
                       "generation_config.json")
-# Qwen2.5-VL-Instruct's chat template (its chat_template.json); data_pipeline.prompts.render_text
-# writes the same text.
-CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
-    "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in "
-    "content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
-    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] "
-    "== 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
-    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content "
-    "%}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
-    "<|im_start|>assistant\n{% endif %}"
-)
 # Our per-layer LoRA path -> PEFT's module name (transformers >= 4.52 module tree of
 # Qwen2_5_VLForConditionalGeneration). The trained factors are stacked over the decoder layers
 # (`layers/self_attn/q_proj/lora_a` [layers, in, r]); per_layer() splits them first.

@@ -5,8 +5,8 @@ import pytest
 
 from data_pipeline import prompt_texts as T
 from data_pipeline.prompts import (
-    build_messages, chat_messages, format_percent, official_percent, record_images, render_text, target_answer,
-    tokenize_chat, tokenize_messages, tokenize_record,
+    CHAT_TEMPLATE, build_messages, chat_messages, format_percent, official_percent, record_images, render_text,
+    target_answer, tokenize_chat, tokenize_messages, tokenize_record,
 )
 from data_pipeline.records import ChatRecord, Record, parse_record
 from data_pipeline.tokenizer import TINY_PATH, load_tokenizer
@@ -197,19 +197,6 @@ OFFICIAL_SHA256 = {  # name: (length, sha256[:16]) of the official string
     "SFT_TEXT_DIRECT_TASK": (698, "d7e7ea66837afec2"),
     "RL_VISUAL_THINK_TASK": (1502, "fd1e3fdf4534ffdb"),
 }
-# The full Qwen2.5-VL-3B-Instruct chat template (chat_template.json), the reference renderer.
-QWEN25_VL_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
-    "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in "
-    "content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
-    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] "
-    "== 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
-    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content "
-    "%}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
-    "<|im_start|>assistant\n{% endif %}"
-)
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"
 HEAD = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
 GEN = "<|im_end|>\n<|im_start|>assistant\n"
@@ -430,7 +417,7 @@ def test_official_token_ids_match_transformers(tok, name, mode, stage):
     from tokenizers import Tokenizer as RawTokenizer
 
     hf = transformers.PreTrainedTokenizerFast(tokenizer_object=RawTokenizer.from_file(TINY_PATH))
-    hf.chat_template = QWEN25_VL_TEMPLATE
+    hf.chat_template = CHAT_TEMPLATE
     record = rec(FIXTURES[name], response=RESPONSE)
     grids = hf_grids(len(record_images(record)), seed=3)
     messages = _official_reference_messages(name, mode, stage)
