@@ -42,7 +42,7 @@ def text_only_family(loaded=None):
         MODEL_TYPE="toy_text", PRESETS=(), BATCH_AXIS={"input_ids": 1, "attention_mask": 1, "position_ids": 1},
         PATCH_KEYS=(), PARTITION_RULES=qwen.PARTITION_RULES,
         architecture=unused, build=unused, save_pretrained=unused, stack_micro=unused, flops_per_token=unused,
-        row_images=unused, vision_token_ids=unused,
+        row_images=unused, vision_token_ids=unused, save_orbax=unused, load_orbax=unused, causal_attention=unused,
         load=lambda path, dtype, compute_dtype, mesh=None: loaded.setdefault("model", ("toy", path)),
         GENERATION_AXIS={"input_ids": 0, "attention_mask": 0, "position_ids": 1},
         generation_inputs=generation_inputs, decode_position_ids=decode_position_ids,

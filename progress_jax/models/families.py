@@ -1,4 +1,5 @@
-"""Model families by config.json's `model_type`: the one place a job learns which model code to use.
+"""Model families by config.json's `model_type`: the one place a job or a tool learns which model code
+to use.
 
 A family is an object (progress_jax/models/qwen2_5_vl/family.py is a module) with the members of
 `Family`, checked when it registers (or, for a built-in entry of FAMILIES, when first imported).
@@ -46,6 +47,12 @@ class Family(Protocol):
     def generation_inputs(self, prompts: dict, config, shards: int = 1, patch_bucket=None) -> dict: ...
     def prompt_embeddings(self, model, inputs: dict) -> Any: ...
     def decode_position_ids(self, inputs: dict, step) -> Any: ...
+
+    # Tools: the model's parameters as an Orbax checkpoint and back (tools/convert_checkpoint.py);
+    # the language model's attention, which tools/gpu_check.py checks against cuDNN's fused kernel.
+    def save_orbax(self, model, directory: str, overwrite: bool) -> None: ...
+    def load_orbax(self, directory: str, dtype) -> Any: ...
+    def causal_attention(self, q, k, v, kv_mask, q_offset, chunk: int) -> Any: ...
 
 
 MEMBERS = tuple(Family.__annotations__) + tuple(
@@ -96,22 +103,33 @@ def model_type(path: str) -> str:
         with open(file, encoding="utf-8") as f:
             value = json.load(f).get("model_type")
     except (OSError, ValueError) as e:
-        raise ValueError(f"config key model.path: cannot read {file} ({e})") from None
+        raise ValueError(f"cannot read {file} ({e})") from None
     if not isinstance(value, str):
-        raise ValueError(f"config key model.path: {file} has no model_type")
+        raise ValueError(f"{file} has no model_type")
     return value
 
 
-def for_config(cfg):
-    """The family of the job's model: model.path's config.json, else the family whose PRESETS
-    holds model.preset."""
-    if cfg.model.path:
-        return get(model_type(cfg.model.path))
-    for name in FAMILIES:
-        family = get(name)
-        if cfg.model.preset in family.PRESETS:
+def for_path(path: str):
+    """The family of a checkpoint directory, by its config.json's `model_type`."""
+    return get(model_type(path))
+
+
+def for_preset(name: str):
+    """The family whose PRESETS holds `name`."""
+    for name_ in FAMILIES:
+        family = get(name_)
+        if name in family.PRESETS:
             return family
-    raise ValueError(f"config key model.preset: no model family has the preset {cfg.model.preset!r}")
+    raise ValueError(f"no model family has the preset {name!r}; known: {preset_names()}")
+
+
+def for_config(cfg):
+    """The family of the job's model: model.path's config.json, else model.preset's."""
+    key, value = ("model.path", cfg.model.path) if cfg.model.path else ("model.preset", cfg.model.preset)
+    try:
+        return for_path(value) if cfg.model.path else for_preset(value)
+    except ValueError as e:
+        raise ValueError(f"config key {key}: {e}") from None
 
 
 def preset_names() -> list[str]:

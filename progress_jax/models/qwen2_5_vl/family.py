@@ -10,7 +10,9 @@ forward pass, behind the interface of progress_jax.models.families (one module p
 - GENERATION_AXIS, generation_inputs, prompt_embeddings, decode_position_ids: the sampler's
   inputs (M-RoPE positions, patches per batch shard), how they shard, and decode positions;
 - flops_per_token: the training FLOP count for MFU;
-- PARTITION_RULES: how the parameters shard (sharding.PartitionRules; also model.partition_rules).
+- PARTITION_RULES: how the parameters shard (sharding.PartitionRules; also model.partition_rules);
+- save_orbax / load_orbax, causal_attention: for the tools (the Orbax layout of the parameters; the
+  language model's attention, which tools/gpu_check.py checks against cuDNN's).
 """
 from __future__ import annotations
 
@@ -24,7 +26,9 @@ from progress_jax.models.flops import train_flops_per_token
 from progress_jax.models.qwen2_5_vl import config as config_module
 from progress_jax.models.qwen2_5_vl import positions, weights
 from progress_jax.models.qwen2_5_vl.model import Qwen25VL
+from progress_jax.models.qwen2_5_vl.layers import causal_attention  # noqa: F401 (the family's attention)
 from progress_jax.models.qwen2_5_vl.partition import PARTITION_RULES  # noqa: F401 (the family's partition rules)
+from progress_jax.models.qwen2_5_vl.weights import load_orbax, save_orbax  # noqa: F401 (the family's Orbax layout)
 
 MODEL_TYPE = config_module.Qwen25VLConfig.model_type  # config.json's model_type
 PRESETS = tuple(config_module.PRESETS)
