@@ -64,11 +64,12 @@ def test_attention_paths_match_float64_reference():
     q, k, v, mask = gpu_check.attention_inputs(text, 64, "float32", seed=1)
     ref = gpu_check.reference_attention(q, k, v, mask)
     assert np.isfinite(ref).all()
-    for fn in (gpu_check.model_attention(0), gpu_check.model_attention(16), gpu_check.fused_attention("xla")):
+    for fn in (gpu_check.model_attention(qwen, 0), gpu_check.model_attention(qwen, 16),
+               gpu_check.fused_attention("xla")):
         out = np.asarray(jax.jit(fn)(q, k, v, mask))
         assert gpu_check.max_difference(out, ref, mask) < 1e-5
     # The check sees a real error, and only on real query positions.
-    out = np.asarray(gpu_check.model_attention(0)(q, k, v, mask)).copy()
+    out = np.asarray(gpu_check.model_attention(qwen, 0)(q, k, v, mask)).copy()
     out[0, 5, 1, 3] += 0.25
     assert gpu_check.max_difference(out, ref, mask) == pytest.approx(0.25, abs=1e-5)
     out[0, 5, 1, 3] -= 0.25

@@ -7,7 +7,7 @@ GRPO step, with compile time, step time and peak host memory.
 SFT: one row of --length tokens holding one --image-side px image, its last third the answer;
 LoRA rank 8 / alpha 16 / dropout 0.05 on q/k/v/o/gate/up/down, AdamW, `--remat` policy.
 GRPO: --prompts prompts x --rollouts rollouts of --new-tokens new tokens (the JAX sampler),
-old and reference log-probs, one update (the GRPO trainer; a random reward).
+old and reference log-probs, one update (the GRPO job's step; a random reward).
 
 Prints a table: compile seconds (tracing, lowering and XLA compilation of the step's programs),
 step seconds (the step without compilation) and peak host memory (resident set) of each phase:
@@ -20,7 +20,7 @@ and the backward (the bf16 3B forward of 512 tokens peaked at 23.1 GB for 7.5 GB
 Two XLA flags (CPU_MEMORY_FLAGS, set in XLA_FLAGS here) keep the rest out: the default
 concurrency-optimised scheduler keeps more activations alive, and loop-invariant code motion hoists
 a copy of every weight out of the decode loop and the micro-batch loops. --xla-defaults compiles
-without them. Weights are drawn with NumPy, chunk by chunk: qwen2_5_vl.init (JAX's threefry) needs
+without them. Weights are drawn with NumPy, chunk by chunk: the family's `build` (JAX's threefry) needs
 ~16 bytes of temporaries per element (6 GB for the embedding) and ~2 minutes per GB on two cores.
 """
 from __future__ import annotations
@@ -75,10 +75,9 @@ import ml_dtypes  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from progress_jax import lora, sharding  # noqa: E402
-from progress_jax.models import qwen2_5_vl  # noqa: E402
-from progress_jax.models.qwen2_5_vl import family as qwen  # noqa: E402
-from progress_jax.train import grpo, loop, schedule, sft  # noqa: E402
+from progress_jax import jobs, lora, sharding  # noqa: E402
+from progress_jax.models import families  # noqa: E402
+from progress_jax.train import grpo, loop, programs, schedule  # noqa: E402
 from tools.bench_grpo import prompts  # noqa: E402
 
 
@@ -125,10 +124,12 @@ class CompileClock:
 
 # ---- the model -----------------------------------------------------------------------------------
 
-def config(layers: int, vision_blocks: int) -> qwen2_5_vl.Qwen25VLConfig:
+PRESET = "qwen2_5_vl_3b"
+
+def config(layers: int, vision_blocks: int):
     """The 3B preset with `layers` decoder layers and `vision_blocks` vision blocks (full-attention
     blocks: the preset's that remain, else the last)."""
-    base = qwen2_5_vl.preset("qwen2_5_vl_3b")
+    base = families.for_preset(PRESET).architecture("", PRESET)
     full = tuple(i for i in base.vision.fullatt_block_indexes if i < vision_blocks) or (vision_blocks - 1,)
     return dataclasses.replace(
         base, text=dataclasses.replace(base.text, num_hidden_layers=layers),
@@ -138,7 +139,7 @@ def config(layers: int, vision_blocks: int) -> qwen2_5_vl.Qwen25VLConfig:
 def random_model(cfg, seed: int = 0, chunk: int = 1 << 24):
     """bf16 Qwen2.5-VL with weights N(0, 0.02) (norm scales 1), drawn with NumPy `chunk` elements
     at a time, so that no float32 copy of a large weight exists."""
-    abstract = nnx.eval_shape(lambda: qwen2_5_vl.init(cfg, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16))
+    abstract = nnx.eval_shape(lambda: families.for_model(cfg).build(cfg, 0, jnp.bfloat16, jnp.bfloat16))
     graphdef, state = nnx.split(abstract)
     rng = np.random.default_rng(seed)
 
@@ -179,11 +180,12 @@ def sft_step(model, a, clock: CompileClock) -> tuple[float, float]:
     state = loop.init_state(params, tx, 0)
     state_sh = loop.state_shardings(jax.eval_shape(lambda: state), mesh, model.partition_rules)
     frozen_sh = sharding.param_shardings(parts.frozen, mesh, model.partition_rules)
-    batch = qwen.stack_micro([host], cfg)
-    batch_sh = loop.batch_shardings(batch, mesh, qwen)
-    step = loop.jit_step(sft.make_step(parts, tx, mesh, remat=a.remat), mesh, state_sh, frozen_sh, batch_sh)
+    family = families.for_model(cfg)
+    batch = family.stack_micro([host], cfg)
+    batch_sh = loop.batch_shardings(batch, mesh, family)
+    step = loop.jit_step(programs.make_step(parts, tx, mesh, remat=a.remat), mesh, state_sh, frozen_sh, batch_sh)
     state = jax.device_put(state, state_sh)
-    frozen, dev = jax.device_put(parts.frozen, frozen_sh), loop.to_device(batch, batch_sh, qwen)
+    frozen, dev = jax.device_put(parts.frozen, frozen_sh), loop.to_device(batch, batch_sh, family)
     before = clock.total
     t = time.perf_counter()
     state, metrics = step(state, frozen, dev)
@@ -194,9 +196,11 @@ def sft_step(model, a, clock: CompileClock) -> tuple[float, float]:
     return compile_s, total - compile_s
 
 
-def grpo_setup(model, a, loss_chunk: int = 0) -> tuple[grpo.Trainer, dict]:
-    """The GRPO trainer on one device, as tools/bench_grpo.py sets it up (a random reward), and its
-    batch of --prompts prompts of --prompt-length tokens, each with one --image-side px image."""
+def grpo_setup(model, a, loss_chunk: int = 0) -> tuple[grpo.Step, dict]:
+    """The GRPO job's step (its spec for `model`, jobs.grpo_spec) on one device, as
+    tools/bench_grpo.py sets it up (a random reward), and its batch of --prompts prompts of
+    --prompt-length tokens, each with one --image-side px image. The step's first state:
+    `step.spec.setup.state`."""
     from configs import grpo as grpo_config
     from data_pipeline.tokenizer import load_tokenizer
 
@@ -212,16 +216,16 @@ def grpo_setup(model, a, loss_chunk: int = 0) -> tuple[grpo.Trainer, dict]:
     c.data.patch_buckets = (a.micro_batch * (a.image_side // 14) ** 2,)
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     rng = np.random.default_rng(0)
-    trainer = grpo.Trainer(c, model, load_tokenizer(None), mesh,
-                           reward_fn=lambda gen, recs: [{"overall": float(rng.random())} for _ in recs])
-    return trainer, prompts(cfg, a.prompts, 1, a.image_side, _text_tokens(cfg, a.prompt_length, a.image_side))
+    step = grpo.Step(jobs.grpo_spec(c, mesh, model=model), load_tokenizer(None),
+                     reward_fn=lambda gen, recs: [{"overall": float(rng.random())} for _ in recs])
+    return step, prompts(cfg, a.prompts, 1, a.image_side, _text_tokens(cfg, a.prompt_length, a.image_side))
 
 
 def grpo_step(model, a, clock: CompileClock) -> tuple[float, float, dict]:
     """(compile s, step s, the step's metrics) of one GRPO step (grpo_setup)."""
-    trainer, batch = grpo_setup(model, a)
+    step, batch = grpo_setup(model, a)
     before = clock.total
-    m = trainer.step(batch, jax.random.key(0))
+    _, m = step(step.spec.setup.state, batch, jax.random.key(0))
     compile_s = clock.total - before
     return compile_s, m["step_time_s"] - compile_s, m
 

@@ -61,7 +61,7 @@ def main():
 
     from configs import grpo as grpo_config
     from data_pipeline.tokenizer import load_tokenizer
-    from progress_jax import distributed, loading, lora
+    from progress_jax import distributed, jobs, loading, lora
     from progress_jax.train import grpo
 
     c = grpo_config.get_config()
@@ -79,10 +79,13 @@ def main():
     model = loading.load_model(c, mesh)
     lora.from_config(model, c.lora, seed=0, mesh=mesh)
     rng = np.random.default_rng(0)
-    trainer = grpo.Trainer(c, model, load_tokenizer(None), mesh,
-                           reward_fn=lambda gen, recs: [{"overall": float(rng.random())} for _ in recs])
+    step = grpo.Step(jobs.grpo_spec(c, mesh, model=model), load_tokenizer(None),
+                     reward_fn=lambda gen, recs: [{"overall": float(rng.random())} for _ in recs])
     batch = prompts(model.config, a.prompts, a.images, a.side, a.text)
-    runs = [trainer.step(batch, jax.random.key(s)) for s in range(a.steps)]
+    state, runs = step.spec.setup.state, []
+    for s in range(a.steps):
+        state, metrics = step(state, batch, jax.random.key(s))
+        runs.append(metrics)
     timed = runs[1:] or runs
     med = lambda k: statistics.median(r[k] for r in timed)
     print(f"{a.preset}: {a.prompts} prompts x {a.n} rollouts, {a.images} images of {a.side}px, up to "

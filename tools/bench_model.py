@@ -93,14 +93,16 @@ def compare(a):
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from progress_jax.models import qwen2_5_vl
+    import jax.numpy as jnp
+
+    from progress_jax.models import families
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
     hf = Qwen2_5_VLForConditionalGeneration(hf_config(a.hidden, a.layers)).eval()
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
-        model = qwen2_5_vl.from_pretrained(d)
+        model = families.for_path(d).load(d, jnp.float32, jnp.float32)
     ids, mask, pv, grid = make_batch(a.tokens)
     jf, jb = bench_jax(model, ids, mask, pv, grid, a.repeats)
     tf, tb = bench_torch(hf, ids, mask, pv, grid, a.repeats)
@@ -130,10 +132,11 @@ def vision_flops(cfg, patches: int) -> float:
 def gpu_3b(a):
     import jax.numpy as jnp
 
-    from progress_jax.models import qwen2_5_vl
+    from progress_jax.models import families
 
-    cfg = qwen2_5_vl.qwen2_5_vl_3b()
-    model = qwen2_5_vl.init(cfg, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    family = families.for_preset("qwen2_5_vl_3b")
+    cfg = family.architecture("", "qwen2_5_vl_3b")
+    model = family.build(cfg, 0, jnp.bfloat16, jnp.bfloat16)
     tokens, side = 4096, 448
     g = side // 14
     per_image = (g // 2) ** 2

@@ -96,14 +96,16 @@ def compare(a):
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from progress_jax.models import qwen2_5_vl
+    import jax.numpy as jnp
+
+    from progress_jax.models import families
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
     hf = Qwen2_5_VLForConditionalGeneration(hf_config(a.hidden, a.layers)).eval()
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
-        model = qwen2_5_vl.from_pretrained(d)
+        model = families.for_path(d).load(d, jnp.float32, jnp.float32)
     batch = make_batch(a.batch, IMAGE, VSTART, VEND, 8192)
     sides = (("JAX sampler", jax_run, model), ("transformers generate", torch_run, hf))
     best = best_times({(name, n): fn(m, batch, n) for name, fn, m in sides for n in (1, a.new_tokens)}, a.repeats)
@@ -125,10 +127,11 @@ def compare(a):
 def gpu_3b(a):
     import jax.numpy as jnp
 
-    from progress_jax.models import qwen2_5_vl
+    from progress_jax.models import families
 
-    cfg = qwen2_5_vl.qwen2_5_vl_3b()
-    model = qwen2_5_vl.init(cfg, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    family = families.for_preset("qwen2_5_vl_3b")
+    cfg = family.architecture("", "qwen2_5_vl_3b")
+    model = family.build(cfg, 0, jnp.bfloat16, jnp.bfloat16)
     batch = make_batch(64, cfg.image_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id,
                        cfg.text.vocab_size, side=448)
     best = best_times({n: jax_run(model, batch, n) for n in (1, a.new_tokens)}, a.repeats)
@@ -159,23 +162,27 @@ def progresslm_batch(batch: int, images: int, cfg, seed: int = 0) -> dict:
 
 
 def rollout(a):
+    import dataclasses
+
     import jax
+    import jax.numpy as jnp
 
     from progress_jax import sampling
-    from progress_jax.models import qwen2_5_vl
-    from progress_jax.models.qwen2_5_vl import config as qwen_config, family as qwen
+    from progress_jax.models import families
 
-    t = qwen_config.TextConfig(vocab_size=8192, hidden_size=a.hidden, intermediate_size=a.hidden * 11 // 4,
-                               num_hidden_layers=a.layers, num_attention_heads=a.hidden // 64, num_key_value_heads=2,
-                               mrope_section=(8, 12, 12), max_position_embeddings=4096)
-    v = qwen_config.VisionConfig(depth=4, hidden_size=256, intermediate_size=640, num_heads=4, out_hidden_size=a.hidden,
-                                 fullatt_block_indexes=(1, 3))
-    cfg = qwen_config.Qwen25VLConfig(vision=v, text=t, image_token_id=IMAGE, video_token_id=8003,
-                                     vision_start_token_id=VSTART, vision_end_token_id=VEND, eos_token_id=8004,
-                                     pad_token_id=0)
-    model = qwen2_5_vl.init(cfg, seed=0)
+    # hf_config's small model (tools/bench_common.py): the 3B preset with smaller sizes.
+    family = families.for_preset("qwen2_5_vl_3b")
+    base = family.architecture("", "qwen2_5_vl_3b")
+    t = dataclasses.replace(base.text, vocab_size=8192, hidden_size=a.hidden, intermediate_size=a.hidden * 11 // 4,
+                            num_hidden_layers=a.layers, num_attention_heads=a.hidden // 64, num_key_value_heads=2,
+                            mrope_section=(8, 12, 12), max_position_embeddings=4096)
+    v = dataclasses.replace(base.vision, depth=4, hidden_size=256, intermediate_size=640, num_heads=4,
+                            out_hidden_size=a.hidden, fullatt_block_indexes=(1, 3))
+    cfg = dataclasses.replace(base, vision=v, text=t, image_token_id=IMAGE, video_token_id=8003,
+                              vision_start_token_id=VSTART, vision_end_token_id=VEND, eos_token_id=8004, pad_token_id=0)
+    model = family.build(cfg, 0, jnp.float32, jnp.float32)
     batch = progresslm_batch(a.batch, a.images, cfg)
-    repeated = qwen.take_rows(batch, np.repeat(np.arange(a.batch), a.n), cfg)
+    repeated = family.take_rows(batch, np.repeat(np.arange(a.batch), a.n), cfg)
     key = jax.random.key(0)
     runs, out = {}, {}
     for new in (1, a.new_tokens):

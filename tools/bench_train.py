@@ -43,26 +43,27 @@ def make_batch(cfg, batch: int, length: int, images: int, seed: int = 0) -> dict
 
 def sft_runner(model, host: dict, remat: str = "none", loss_chunk: int = 0):
     """A callable that runs one LoRA SFT step on `host` (make_batch's arrays) and waits for it, set
-    up as the SFT trainer does (loop.setup_state, sft.make_step, loop.jit_step) on one device for a
+    up as the SFT trainer does (loop.setup_state, programs.make_step, loop.jit_step) on one device for a
     model with LoRA injected. The step donates its state: it gets a copy, so the model keeps its
     own LoRA arrays."""
     import jax
     import jax.numpy as jnp
 
     from progress_jax import sharding
-    from progress_jax.models.qwen2_5_vl import family as qwen
-    from progress_jax.train import loop, schedule, sft
+    from progress_jax.models import families
+    from progress_jax.train import loop, programs, schedule
 
     cfg = model.config
+    family = families.for_model(cfg)
     tx = schedule.make_optimizer(1e-4, 0.0, 0.1, 1000, 1.0)
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     setup = loop.setup_state(model, mesh, tx, rank=8)
-    batch = qwen.stack_micro([host], cfg)
-    batch_sh = loop.batch_shardings(batch, mesh, qwen)
-    step = loop.jit_step(sft.make_step(setup.parts, tx, mesh, remat=remat, loss_chunk=loss_chunk), mesh,
+    batch = family.stack_micro([host], cfg)
+    batch_sh = loop.batch_shardings(batch, mesh, family)
+    step = loop.jit_step(programs.make_step(setup.parts, tx, mesh, remat=remat, loss_chunk=loss_chunk), mesh,
                          setup.state_sh, setup.frozen_sh, batch_sh)
     box = {"state": jax.tree.map(jnp.copy, setup.state)}
-    frozen, dev = jax.device_put(setup.parts.frozen, setup.frozen_sh), loop.to_device(batch, batch_sh, qwen)
+    frozen, dev = jax.device_put(setup.parts.frozen, setup.frozen_sh), loop.to_device(batch, batch_sh, family)
 
     def run():
         box["state"], m = step(box["state"], frozen, dev)
@@ -72,10 +73,12 @@ def sft_runner(model, host: dict, remat: str = "none", loss_chunk: int = 0):
 
 
 def bench_jax(cfg, host: dict, steps: int, remat: str) -> float:
-    from progress_jax import lora
-    from progress_jax.models import qwen2_5_vl
+    import jax.numpy as jnp
 
-    model = qwen2_5_vl.init(cfg, seed=0)
+    from progress_jax import lora
+    from progress_jax.models import families
+
+    model = families.for_model(cfg).build(cfg, 0, jnp.float32, jnp.float32)
     lora.inject(model, 8, 16.0, 0.05)
     return median_time(sft_runner(model, host, remat), steps, warmup=2)
 
@@ -122,9 +125,9 @@ def main() -> None:
     args = ap.parse_args()
     import jax  # heavy: imported after --help
 
-    from progress_jax.models import qwen2_5_vl
+    from progress_jax.models import families
 
-    cfg = qwen2_5_vl.preset(args.preset)
+    cfg = families.for_preset(args.preset).architecture("", args.preset)
     host = make_batch(cfg, args.batch, args.length, args.images)
     tokens = args.batch * args.length
     t_jax = bench_jax(cfg, host, args.steps, args.remat)

@@ -1,4 +1,5 @@
-"""Convert Qwen2.5-VL checkpoints between the Hugging Face Hub layout and Orbax.
+"""Convert checkpoints between the Hugging Face Hub layout and Orbax (the model family by config.json's
+model_type: Qwen2.5-VL).
 
     python tools/convert_checkpoint.py hub-to-orbax --src HUB_DIR --dst ORBAX_DIR [--dtype bfloat16] [--overwrite]
     python tools/convert_checkpoint.py orbax-to-hub --src ORBAX_DIR --dst HUB_DIR [--dtype bfloat16] [--overwrite]
@@ -41,18 +42,19 @@ def _copy_side_files(src: str, dst: str) -> None:
 
 
 def hub_to_orbax(src: str, dst: str, dtype=None, overwrite: bool = False) -> None:
-    from progress_jax.models import qwen2_5_vl
+    from progress_jax.models import families
 
-    model = qwen2_5_vl.from_pretrained(src, dtype=dtype or _stored_dtype(src))
-    qwen2_5_vl.save_orbax(model, dst, overwrite=overwrite)
+    family = families.for_path(src)
+    dtype = dtype or _stored_dtype(src)
+    family.save_orbax(family.load(src, dtype, dtype), dst, overwrite=overwrite)
     _copy_side_files(src, dst)
 
 
 def orbax_to_hub(src: str, dst: str, dtype=None, max_shard_bytes: int = 5 * 2**30, overwrite: bool = False) -> None:
-    from progress_jax.models import qwen2_5_vl
+    from progress_jax.models import families
 
-    model = qwen2_5_vl.load_orbax(src, dtype=dtype)
-    qwen2_5_vl.save_pretrained(model, dst, max_shard_bytes=max_shard_bytes, overwrite=overwrite)
+    family = families.for_path(src)  # the Orbax side keeps the Hub config.json
+    family.save_pretrained(family.load_orbax(src, dtype), dst, max_shard_bytes=max_shard_bytes, overwrite=overwrite)
     _copy_side_files(src, dst)
 
 

@@ -59,13 +59,14 @@ def jax_generate_fn(model_path: str, preset: str, sampling: TeacherSampling, dty
 
     from data_pipeline.tokenizer import load_tokenizer
     from progress_jax import sampling as sampler
-    from progress_jax.models import qwen2_5_vl
+    from progress_jax.models import families
 
     dt = getattr(jnp, dtype)
     if model_path:
-        model = qwen2_5_vl.from_pretrained(model_path, dtype=dt)
+        model = families.for_path(model_path).load(model_path, dt, dt)
     else:
-        model = qwen2_5_vl.init(qwen2_5_vl.preset(preset), seed=sampling.seed, dtype=dt, param_dtype=dt)
+        family = families.for_preset(preset)
+        model = family.build(family.architecture("", preset), sampling.seed, dt, dt)
     tokenizer = load_tokenizer(model_path or None)
     params = sampler.SamplingParams(max_new_tokens=sampling.max_tokens, temperature=sampling.temperature,
                                     top_p=sampling.top_p, top_k=sampling.top_k)

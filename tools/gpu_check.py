@@ -67,9 +67,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from progress_jax import loading, lora, sampling  # noqa: E402
-from progress_jax.models import qwen2_5_vl  # noqa: E402
-from progress_jax.models.qwen2_5_vl import family as qwen  # noqa: E402
-from progress_jax.models.qwen2_5_vl.layers import causal_attention  # noqa: E402
+from progress_jax.models import families  # noqa: E402
 from progress_jax.train.metrics_writer import mfu  # noqa: E402
 from progress_jax.train.sft import PEAK_FLOPS  # noqa: E402
 from tools.bench_3b_cpu import Peak, grpo_setup  # noqa: E402
@@ -150,8 +148,8 @@ def _child(call: str, timeout: float) -> None:
 
 def export_random(preset: str, dtype: str, directory: str, seed: int = 0) -> None:
     """A random model of `preset` written in the Hub layout (config.json + safetensors)."""
-    d = loading.DTYPES[dtype]
-    qwen2_5_vl.save_pretrained(qwen2_5_vl.init(qwen2_5_vl.preset(preset), seed, d, d), directory)
+    d, family = loading.DTYPES[dtype], families.for_preset(preset)
+    family.save_pretrained(family.build(family.architecture("", preset), seed, d, d), directory)
 
 
 def vllm_rollout(spec_path: str) -> None:
@@ -197,7 +195,7 @@ def sft_row(model, length: int, s: Sizes, peak: float | None, host: Peak) -> Row
     run = sft_runner(model, make_batch(model.config, 1, length, s.sft_images), s.remat, s.loss_chunk)
     sec = median_time(run, s.sft_steps, warmup=1)
     tps = length / sec
-    fpt = qwen.flops_per_token(model.config, length, lora_on=True)
+    fpt = families.for_model(model.config).flops_per_token(model.config, length, lora_on=True)
     m = None if peak is None else mfu(tps, fpt, peak)
     goal = "MFU >= 40%: " + ("no peak FLOP/s for this device (--peak-tflops)" if m is None else
                              "met" if m >= SFT_MFU_GOAL else f"missed by {100 * (SFT_MFU_GOAL - m):.1f} points")
@@ -257,9 +255,9 @@ def grpo_row(model, s: Sizes) -> Row:
     a = argparse.Namespace(remat=s.remat, lora_rank=8, rollouts=s.rollouts, prompts=s.grpo_prompts,
                            micro_batch=s.grpo_micro_batch, new_tokens=s.grpo_new_tokens,
                            prompt_length=s.grpo_prompt_length, image_side=s.image_side)
-    trainer, batch = grpo_setup(model, a, s.loss_chunk)
-    trainer.step(batch, jax.random.key(0))  # compiles
-    m = trainer.step(batch, jax.random.key(1))
+    step, batch = grpo_setup(model, a, s.loss_chunk)
+    state, _ = step(step.spec.setup.state, batch, jax.random.key(0))  # compiles
+    _, m = step(state, batch, jax.random.key(1))
     tps = m["tokens_per_s"]  # one device
     return Row("GRPO step", tps, seconds=m["step_time_s"],
                detail=f"rollout {m['time/rollout_s']:.2f} s / log-probs {m['time/logprobs_s']:.2f} s / update "
@@ -307,9 +305,9 @@ def max_difference(out, ref, mask) -> float:
     return float(np.abs(np.asarray(out, np.float64) - np.asarray(ref, np.float64))[real].max())
 
 
-def model_attention(chunk: int):
-    """The model's own (XLA) attention: (q, k, v, key mask) -> output."""
-    return lambda q, k, v, mask: causal_attention(q, k, v, mask, 0, chunk)
+def model_attention(family, chunk: int):
+    """The model's own (XLA) attention, its family's: (q, k, v, key mask) -> output."""
+    return lambda q, k, v, mask: family.causal_attention(q, k, v, mask, 0, chunk)
 
 
 def fused_attention(implementation: str):
@@ -329,13 +327,15 @@ def time_attention(fn, q, k, v, mask, repeats: int = 5) -> tuple[np.ndarray, flo
     return np.asarray(out.astype(jnp.float32)), t_fwd, t_fwd + t_bwd
 
 
-def attention_rows(text_config, s: Sizes) -> list[Row]:
+def attention_rows(config, s: Sizes) -> list[Row]:
+    text_config = config.text
     q, k, v, mask = attention_inputs(text_config, s.attention_length, s.dtype)
     ref = reference_attention(q, k, v, mask)
     tol = ATTENTION_TOLERANCE[s.dtype]
     shape = (f"2 rows x {s.attention_length} (one 1/8 padding), {text_config.num_attention_heads} heads, "
              f"{text_config.num_key_value_heads} KV heads, head dim {text_config.head_dim}, {s.dtype}")
-    xla, xla_fwd, xla_all = time_attention(model_attention(s.attention_chunk), q, k, v, mask)
+    ours = model_attention(families.for_model(config), s.attention_chunk)
+    xla, xla_fwd, xla_all = time_attention(ours, q, k, v, mask)
     err = max_difference(xla, ref, mask)
     rows = [Row(f"attention, XLA (chunk {s.attention_chunk})", seconds=xla_all,
                 detail=f"{shape}; forward {1e3 * xla_fwd:.2f} ms, forward + backward {1e3 * xla_all:.2f} ms; "
@@ -394,7 +394,7 @@ def main(argv=None) -> list[Row]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = os.path.join(tmp, "model")
-        ids = rollout_prompts(qwen2_5_vl.preset(s.preset), s)
+        ids = rollout_prompts(families.for_preset(s.preset).architecture("", s.preset), s)
         if a.no_vllm or not vllm_runs():
             export_random(s.preset, s.dtype, ckpt)
             vllm = [Row("rollout, vLLM", detail="skipped (--no-vllm)" if a.no_vllm else vllm_missing())]
@@ -402,7 +402,7 @@ def main(argv=None) -> list[Row]:
             _child(f"export_random({s.preset!r}, {s.dtype!r}, {ckpt!r})", timeout=300)
             vllm = guarded("rollout, vLLM", lambda: vllm_row(ckpt, ids, s, tmp, a.vllm_gpu_memory))
         host, peak, d = Peak(), peak_flops(a.peak_tflops), loading.DTYPES[s.dtype]  # JAX's backend starts here
-        model = loading.set_attention_chunk(qwen2_5_vl.from_pretrained(ckpt, d, d), s.attention_chunk)
+        model = loading.set_attention_chunk(families.for_path(ckpt).load(ckpt, d, d), s.attention_chunk)
         lora_model = nnx.clone(model)  # shares the base weights; the plain model is what vLLM serves
         lora.inject(lora_model, 8, 16.0, 0.05)
         for length in s.sft_lengths:  # first: the device's peak memory counts from the start
@@ -414,7 +414,7 @@ def main(argv=None) -> list[Row]:
         else:
             rows[-2].goal = ">= vLLM: no vLLM number"
         rows += guarded("GRPO step", lambda: grpo_row(lora_model, s))
-    rows += guarded("attention", lambda: attention_rows(model.config.text, s))
+    rows += guarded("attention", lambda: attention_rows(model.config, s))
     print(table(rows, s, a.smoke), flush=True)
     if any(r.failed for r in rows):
         sys.exit(1)
