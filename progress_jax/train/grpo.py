@@ -121,22 +121,6 @@ class Step:
         return state, out
 
 
-class Trainer:
-    """GRPO steps without the train loop (tools/bench_grpo.py, tools/bench_3b_cpu.py,
-    tools/gpu_check.py): the job's spec for `model`, its Step and a train state of its own. The job
-    hands the Step to the loop, which owns the state."""
-
-    def __init__(self, config, model, tokenizer, mesh, reward_fn=None, total_steps: int | None = None):
-        """total_steps: rollout steps (for the schedule; default train.steps)."""
-        self.grpo = Step(jobs.grpo_spec(config, mesh, steps=total_steps, model=model), tokenizer, reward_fn)
-        self.state = self.grpo.spec.setup.state
-
-    def step(self, prompts: dict, key) -> dict:
-        """One GRPO step on a host batch of prompts; returns the step's metrics."""
-        self.state, metrics = self.grpo(self.state, prompts, key)
-        return metrics
-
-
 def run(config) -> dict:
     """The GRPO job (configs/grpo.py:paper, or GRPO within the demo). Returns {"final_dir",
     "steps", "stopped"} (stopped: a SIGTERM ended it; rerunning resumes)."""

@@ -12,7 +12,6 @@ import jax
 
 from progress_jax import distributed, export, handover, jobs, loading, sampling
 from progress_jax.train import checkpoint, guards, inputs, loop, metrics_writer, validation
-from progress_jax.train.programs import make_step  # noqa: F401  (tools/bench_train.py, tools/bench_3b_cpu.py)
 
 log = logging.getLogger(__name__)
 
