@@ -126,6 +126,7 @@ class CompileClock:
 
 PRESET = "qwen2_5_vl_3b"
 
+
 def config(layers: int, vision_blocks: int):
     """The 3B preset with `layers` decoder layers and `vision_blocks` vision blocks (full-attention
     blocks: the preset's that remain, else the last)."""

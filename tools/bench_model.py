@@ -90,10 +90,9 @@ def bench_torch(hf, ids, mask, pv, grid, repeats):
 
 
 def compare(a):
+    import jax.numpy as jnp
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
-
-    import jax.numpy as jnp
 
     from progress_jax.models import families
 

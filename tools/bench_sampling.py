@@ -93,10 +93,9 @@ def torch_run(hf, batch, new_tokens):
 
 
 def compare(a):
+    import jax.numpy as jnp
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
-
-    import jax.numpy as jnp
 
     from progress_jax.models import families
 
