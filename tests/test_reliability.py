@@ -186,25 +186,65 @@ def test_eval_trained_given_a_run_directory_names_its_final(tmp_path):
 
 
 @pytest.mark.parametrize("code", ["ENOSPC", "EROFS", "EACCES"])
-def test_a_full_disk_or_read_only_path_ends_a_job_in_one_line(capsys, code):
+def test_a_full_disk_or_read_only_path_ends_a_job_in_one_line(tmp_path, capsys, caplog, monkeypatch, code):
     """errors.one_line (the jobs' entry): a full disk or a path it may not write, also raised from
-    inside a library, is one line naming the file, exit status 1; other OSErrors keep their traceback."""
+    inside a library, is one line naming the file, exit status 1; other OSErrors keep their traceback.
+    A checkpoint save failing so (inside Orbax's background threads; before: dozens of tracebacks,
+    the cause mid-log) is one line naming the directory, the step and the error, and the previous
+    checkpoint stays as it was."""
     import errno
+    import logging
+
+    import jax.numpy as jnp
+    from etils import epath
 
     from progress_jax import errors
+    from progress_jax.train import checkpoint
+
+    number = getattr(errno, code)
 
     def save():
         try:
-            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), "runs/sft/checkpoints/4/state/d/0")
+            raise OSError(number, os.strerror(number), "runs/sft/checkpoints/4/state/d/0")
         except OSError as e:
             raise RuntimeError("checkpoint write failed") from e
 
     with pytest.raises(SystemExit) as e:
         errors.one_line(save)
     assert e.value.code == 1
-    assert capsys.readouterr().err == (f"error: runs/sft/checkpoints/4/state/d/0: {os.strerror(getattr(errno, code))}\n")
+    assert capsys.readouterr().err == (f"error: runs/sft/checkpoints/4/state/d/0: {os.strerror(number)}\n")
     with pytest.raises(FileNotFoundError):  # not a condition of the disk: a bug's traceback
         errors.one_line(open, "/nonexistent/x")
+
+    directory = str(tmp_path / "checkpoints")
+    state = {"w": jnp.arange(16.0).reshape(4, 4)}
+    ckpt = checkpoint.Checkpointer(directory, save_every=1, keep=1)
+    ckpt.save(1, state, {"pos": 1})
+    ckpt.wait()
+
+    def refuse(path, *args, **kwargs):
+        raise OSError(number, os.strerror(number), str(path))
+
+    monkeypatch.setattr(epath.Path, "write_text", refuse)  # every metadata file of the next save
+
+    def train():
+        ckpt.save(2, {"w": state["w"] + 1}, {"pos": 2})
+        ckpt.wait()  # the loop's end: the asynchronous save's error surfaces here
+
+    with pytest.raises(SystemExit) as e:
+        errors.one_line(train)
+    assert e.value.code == 1
+    assert capsys.readouterr().err == (
+        f"error: cannot write checkpoint step 2 in {directory}: {os.strerror(number)} ({code}); step 1, the newest "
+        "complete checkpoint, is left as it was; free the space (or fix the permissions) and rerun the same "
+        "command to resume\n")
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    ckpt.close()
+    monkeypatch.undo()
+    rerun = checkpoint.Checkpointer(directory, save_every=1, keep=1)  # checksums verified on restore
+    step, restored, data, _ = rerun.restore_latest(checkpoint.abstract_like(state))
+    assert (step, data) == (1, {"pos": 1}) and (restored["w"] == state["w"]).all()
+    rerun.close()
 
 
 def test_mesh_sizes_that_do_not_fit_name_the_config_keys():
