@@ -6,6 +6,7 @@ demo's nested warm-start config (`demo.sft`) is checked as an SFT config under i
 """
 from __future__ import annotations
 
+import importlib.util
 import re
 
 from data_pipeline.parsing import MODES
@@ -172,6 +173,7 @@ RULES = {
     "eval.overwrite": boolean,
     "demo.warm_start": boolean,
     "demo.evaluate": boolean,
+    "logging.wandb_project": text,
 }
 
 
@@ -203,6 +205,10 @@ def check(config, prefix: str = "", runnable: bool = True) -> None:
     if runnable and not get("model.path") and not get("model.preset"):
         raise ConfigError(f"config key {prefix}model.path is empty and {prefix}model.preset is \"\": this recipe "
                           f"needs a Qwen2.5-VL checkpoint, --config.{prefix}model.path=DIR")
+    project = get("logging.wandb_project")  # the training loop's metrics writer imports wandb after the model loads
+    if runnable and project and get("job") != "eval" and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(f"config key {prefix}logging.wandb_project is {project!r} but the wandb package is not "
+                          f"installed: pip install wandb, or leave {prefix}logging.wandb_project empty")
     if not get("model.path") and get("model.preset"):
         if get("model.preset") not in families.preset_names():
             _fail(prefix + "model.preset", f"must be one of {families.preset_names()} (or set model.path)",

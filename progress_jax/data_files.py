@@ -10,7 +10,10 @@ import jax
 from jax._src import distributed as jax_distributed
 
 from data_construction import sim
-from data_pipeline.records import file_format, load_chat_records, load_records
+from data_pipeline.array_record import SUFFIX, decode_entry
+from data_pipeline.jsonl import read_json_lines
+from data_pipeline.records import (Record, RecordError, SkippedLine, check_images, file_format, load_chat_records,
+                                   load_records, parse_chat_record, parse_record, record_image_path)
 from progress_jax import handover
 from progress_jax.errors import BadInput, InputNotFound
 
@@ -49,21 +52,70 @@ def train_data(cfg, sim_split: str) -> tuple[list[str], str | None, dict | None]
 
 def check_train_files(files, image_root: str | None, key: str = "data.train_files") -> int:
     """Read every record of the training files (and check its images under image_root) before
-    any expensive work; a missing or empty file is refused naming the config key. Returns the
-    number of samples."""
+    any expensive work; a missing or empty file or a bad line is refused naming the config key.
+    Returns the number of samples."""
     n = 0
     for f in files:
         if not os.path.isfile(f):
             raise InputNotFound(f"config key {key}: no file {f}")
-        if f.endswith(".array_record"):
+        if f.endswith(SUFFIX):
             count = len(grain.sources.ArrayRecordDataSource([f]))
         else:
             load = load_chat_records if file_format(f) == "chat" else load_records
-            count = len(load(f, image_root))
+            try:
+                count = len(load(f, image_root))
+            except RecordError as e:
+                raise BadInput(f"config key {key}: {e}") from None
         if count == 0:
             raise BadInput(f"config key {key}: {f} holds no records")
         n += count
     return n
+
+
+def _first_record(f: str, image_root: str):
+    """The first record of a training file (None if it has none), read by its format's reader;
+    a chat record's images checked under image_root ("": as given, as the pipeline reads them)."""
+    if f.endswith(SUFFIX):
+        shard = grain.sources.ArrayRecordDataSource([f])
+        return decode_entry(shard[0], image_root) if len(shard) else None
+    parse = parse_chat_record if file_format(f) == "chat" else parse_record
+    source = os.path.splitext(os.path.basename(f))[0]
+    for entry in read_json_lines(f):
+        if entry.error is not None:
+            raise RecordError(f, entry.number, None, entry.error)
+        try:
+            return parse(entry.obj, source, f, entry.number, image_root if parse is parse_chat_record else None)
+        except SkippedLine:
+            continue
+    return None
+
+
+def check_first_images(files, image_root: str | None, key: str = "data.image_root") -> None:
+    """The images of each training file's first record are found under image_root. Run before the
+    run directory is taken: a missing or wrong image root then fails in a second, naming the
+    file, line, image and key, not inside the input pipeline once the model has loaded."""
+    for f in files:
+        if not os.path.isfile(f):
+            continue  # check_train_files names it
+        try:
+            record = _first_record(f, image_root or "")
+            if isinstance(record, Record):
+                if not image_root:  # the pipeline reads a record's images only under an image root
+                    image = record_image_path("", record, record.observation)
+                    raise BadInput(f"config key {key} is empty, but {f}:{record.line} names its images under it "
+                                   f"({image}, ...): --config.{key}=DIR, the folder holding <id>/<image>")
+                check_images(record, image_root)
+        except RecordError as e:
+            if e.reason.startswith("image file not found"):
+                raise BadInput(f"config key {key}={image_root or ''!r}: {e}") from None
+            raise BadInput(f"config key data.train_files: {e}") from None
+
+
+def check_training_images(config) -> None:
+    """check_first_images for a job's training files (the demo's warm start's too)."""
+    for c in (config, config.get("demo", {}).get("sft")):
+        if c is not None and c.data.get("train_files"):
+            check_first_images(c.data.train_files, c.data.image_root)
 
 
 def check_init_params(directory: str, key: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 import traceback
 
@@ -24,14 +25,26 @@ class BadInput(UserError, ValueError):
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def disk_error(e: BaseException) -> str | None:
-    """`<file>: <reason>` for an OSError of DISK_ERRORS (also one a library raised from it), else None."""
+def disk_cause(e: BaseException) -> tuple[int, str | None] | None:
+    """(errno, file or None) of the DISK_ERRORS condition behind `e` (an OSError, or one a library
+    raised from it; TensorStore's errors carry it as `[os_error_code='28']`), else None."""
     while e is not None:
         if isinstance(e, OSError) and e.errno in DISK_ERRORS:
-            where = e.filename if e.filename is not None else "writing"
-            return f"{where}: {e.strerror or os.strerror(e.errno)}"
+            return e.errno, e.filename
+        code = re.search(r"\[os_error_code='(\d+)'\]", str(e))
+        if code and int(code.group(1)) in DISK_ERRORS:
+            return int(code.group(1)), None
         e = e.__cause__ or e.__context__
     return None
+
+
+def disk_error(e: BaseException) -> str | None:
+    """`<file>: <reason>` for a DISK_ERRORS condition behind `e` (disk_cause), else None."""
+    cause = disk_cause(e)
+    if cause is None:
+        return None
+    code, where = cause
+    return f"{where if where is not None else 'writing'}: {os.strerror(code)}"
 
 
 def one_line(fn, *args, verbose: bool = False, **kwargs):

@@ -46,10 +46,11 @@ assert set(JOBS) == set(config_check.JOBS)
 
 
 def run(config) -> dict | None:
-    from progress_jax import distributed, run_lock
+    from progress_jax import data_files, distributed, run_lock
 
     distributed.maybe_initialize_distributed()  # before anything asks JAX for its process count
     config_check.check(config)
+    data_files.check_training_images(config)  # in a second, before the run directory exists
     with run_lock.hold(run_lock.job_directory(config)):  # one job per run directory
         return importlib.import_module(JOBS[config.job]).run(config)
 

@@ -122,6 +122,20 @@ def test_validator_names_nested_demo_keys():
         config_check.check(c)
 
 
+@pytest.mark.parametrize("module", [sft_config, grpo_config])
+def test_wandb_asked_for_but_not_installed_is_refused_by_the_config_check(monkeypatch, module):
+    """Before: the ImportError came from the metrics writer, after the model had loaded."""
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` fails as if not installed
+    c = module.get_config()
+    c.logging.wandb_project = "progress"
+    with pytest.raises(config_check.ConfigError, match=config_check.re.escape(
+            "config key logging.wandb_project is 'progress' but the wandb package is not installed: "
+            "pip install wandb, or leave logging.wandb_project empty")):
+        config_check.check(c)
+    c.logging.wandb_project = ""
+    config_check.check(c)
+
+
 def test_print_config_prints_the_paper_recipe_as_json_without_a_model():
     done = main("--config", "configs/grpo.py:paper", "--print_config")
     assert done.returncode == 0, done.stderr

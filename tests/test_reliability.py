@@ -186,25 +186,65 @@ def test_eval_trained_given_a_run_directory_names_its_final(tmp_path):
 
 
 @pytest.mark.parametrize("code", ["ENOSPC", "EROFS", "EACCES"])
-def test_a_full_disk_or_read_only_path_ends_a_job_in_one_line(capsys, code):
+def test_a_full_disk_or_read_only_path_ends_a_job_in_one_line(tmp_path, capsys, caplog, monkeypatch, code):
     """errors.one_line (the jobs' entry): a full disk or a path it may not write, also raised from
-    inside a library, is one line naming the file, exit status 1; other OSErrors keep their traceback."""
+    inside a library, is one line naming the file, exit status 1; other OSErrors keep their traceback.
+    A checkpoint save failing so (inside Orbax's background threads; before: dozens of tracebacks,
+    the cause mid-log) is one line naming the directory, the step and the error, and the previous
+    checkpoint stays as it was."""
     import errno
+    import logging
+
+    import jax.numpy as jnp
+    from etils import epath
 
     from progress_jax import errors
+    from progress_jax.train import checkpoint
+
+    number = getattr(errno, code)
 
     def save():
         try:
-            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), "runs/sft/checkpoints/4/state/d/0")
+            raise OSError(number, os.strerror(number), "runs/sft/checkpoints/4/state/d/0")
         except OSError as e:
             raise RuntimeError("checkpoint write failed") from e
 
     with pytest.raises(SystemExit) as e:
         errors.one_line(save)
     assert e.value.code == 1
-    assert capsys.readouterr().err == (f"error: runs/sft/checkpoints/4/state/d/0: {os.strerror(getattr(errno, code))}\n")
+    assert capsys.readouterr().err == (f"error: runs/sft/checkpoints/4/state/d/0: {os.strerror(number)}\n")
     with pytest.raises(FileNotFoundError):  # not a condition of the disk: a bug's traceback
         errors.one_line(open, "/nonexistent/x")
+
+    directory = str(tmp_path / "checkpoints")
+    state = {"w": jnp.arange(16.0).reshape(4, 4)}
+    ckpt = checkpoint.Checkpointer(directory, save_every=1, keep=1)
+    ckpt.save(1, state, {"pos": 1})
+    ckpt.wait()
+
+    def refuse(path, *args, **kwargs):
+        raise OSError(number, os.strerror(number), str(path))
+
+    monkeypatch.setattr(epath.Path, "write_text", refuse)  # every metadata file of the next save
+
+    def train():
+        ckpt.save(2, {"w": state["w"] + 1}, {"pos": 2})
+        ckpt.wait()  # the loop's end: the asynchronous save's error surfaces here
+
+    with pytest.raises(SystemExit) as e:
+        errors.one_line(train)
+    assert e.value.code == 1
+    assert capsys.readouterr().err == (
+        f"error: cannot write checkpoint step 2 in {directory}: {os.strerror(number)} ({code}); step 1, the newest "
+        "complete checkpoint, is left as it was; free the space (or fix the permissions) and rerun the same "
+        "command to resume\n")
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    ckpt.close()
+    monkeypatch.undo()
+    rerun = checkpoint.Checkpointer(directory, save_every=1, keep=1)  # checksums verified on restore
+    step, restored, data, _ = rerun.restore_latest(checkpoint.abstract_like(state))
+    assert (step, data) == (1, {"pos": 1}) and (restored["w"] == state["w"]).all()
+    rerun.close()
 
 
 def test_mesh_sizes_that_do_not_fit_name_the_config_keys():
@@ -237,3 +277,62 @@ def test_truncated_weights_end_a_job_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 1 and err.startswith(f"error: {path}: tensor w (F32 [64, 64]) ends at data byte 16384")
     assert err.strip().endswith("truncated file (copy or convert it again)") and len(err.splitlines()) == 1
+
+
+def _chat_file(d):
+    """<d>/chat.jsonl: one SFT chat record whose image is `frames/a.jpg`, relative."""
+    line = {"messages": [{"role": "user", "content": "<image>how far?"}, {"role": "assistant", "content": "50%"}],
+            "images": ["frames/a.jpg"]}
+    (d / "chat.jsonl").write_text(json.dumps(line) + "\n")
+    return d / "chat.jsonl"
+
+
+@pytest.mark.parametrize("case", ["no image root", "wrong image root", "array_record", "chat", "bad line"])
+def test_training_images_not_found_are_one_line_before_the_run_directory_is_taken(tmp_path, monkeypatch, case):
+    """Before: the job took the run directory, loaded the model and failed inside Grain ("image_root
+    is required"), or with a RecordError traceback."""
+    from configs import sft as sft_config
+    from data_pipeline import array_record
+    from progress_jax import main, run_lock
+    from progress_jax.errors import BadInput
+    from tests.killable import write_records
+
+    write_records(tmp_path)
+    train, root = tmp_path / "sft.jsonl", str(tmp_path / "images")
+    expected = f"config key data.image_root={root + '-x'!r}: {train}:1: field 'visual_demo': image file not found: " \
+               f"{root}-x/traj0/d0.jpg"
+    if case == "no image root":
+        root = ""
+        expected = (f"config key data.image_root is empty, but {train}:1 names its images under it (traj0/obs.jpg, "
+                    "...): --config.data.image_root=DIR, the folder holding <id>/<image>")
+    elif case == "array_record":
+        train = array_record.convert([str(train)], str(tmp_path / "shards"))[0]  # its entries name sft.jsonl
+    elif case == "chat":
+        train, root = _chat_file(tmp_path), ""
+        expected = f"config key data.image_root='': {train}:1: field 'images': image file not found: frames/a.jpg"
+    elif case == "bad line":
+        train.write_text('{"id": 1\n' + train.read_text())
+        expected = f"config key data.train_files: {train}:1: "
+    c = sft_config.get_config()
+    c.workdir = str(tmp_path / "run")
+    c.data.train_files = (str(train),)
+    c.data.image_root = root + "-x" if case in ("wrong image root", "array_record") else root
+    monkeypatch.setattr(run_lock, "hold", lambda directory: pytest.fail("the run directory was taken first"))
+    with pytest.raises(BadInput) as e:
+        main.run(c)
+    assert str(e.value).startswith(expected), str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_line_past_the_first_of_a_training_file_is_one_line(tmp_path):
+    """The full read of the training files (after the run directory is taken). Before: a RecordError traceback."""
+    from progress_jax import data_files
+    from progress_jax.errors import BadInput
+    from tests.killable import write_records
+
+    write_records(tmp_path)
+    train = tmp_path / "sft.jsonl"
+    bad = {**json.loads(train.read_text().splitlines()[0]), "progress_score": "150%"}
+    train.write_text(train.read_text() + json.dumps(bad) + "\n")
+    with pytest.raises(BadInput, match=re.escape(f"config key data.train_files: {train}:13: field 'progress_score'")):
+        data_files.check_train_files([str(train)], str(tmp_path / "images"))

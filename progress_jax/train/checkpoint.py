@@ -12,10 +12,17 @@ checkpoint stores a checksum of each array's values (`extra`), compared with the
 damaged checkpoint (a data file missing or truncated, or an array whose checksum differs) is named by
 step and file or array; `restore_latest` moves it aside to `<step>.damaged` and uses the newest
 intact one.
+
+A save that fails for a condition of the disk (full, read-only, forbidden) raises CheckpointWriteFailed,
+one line naming the directory, the step and the OS error; the step's partial `<step>.orbax-checkpoint-tmp*`
+is left for Orbax to clear at the next start, and the older checkpoints stay as they were (Orbax
+deletes old steps only after a new one is complete).
 """
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -29,7 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax import lax
 
-from progress_jax.errors import UserError
+from progress_jax.errors import UserError, disk_cause
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +96,29 @@ class CheckpointDamaged(UserError, RuntimeError):
     def __init__(self, step: int, file: str, reason: str, message: str | None = None):
         super().__init__(message or f"checkpoint step {step} is damaged: {file} ({reason})")
         self.step, self.file, self.reason = step, file, reason
+
+
+class CheckpointWriteFailed(UserError, OSError):
+    """A checkpoint could not be written: the disk is full, read-only, or the path forbidden."""
+
+
+class _DropFailedWrites(logging.Filter):
+    """Orbax's background threads log every failed write of a save with its traceback (dozens for one
+    full disk), before the save's error reaches the job, which reports it in one line: those records
+    are dropped unless the console is verbose (the root logger at INFO, console.setup)."""
+
+    def filter(self, record):
+        if record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname \
+                or logging.getLogger().isEnabledFor(logging.INFO):
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        return not ((error is not None and disk_cause(error)) or disk_cause(Exception(record.getMessage()))
+                    or _FAILED_WRITES)
+
+
+# Checkpoint directories whose save failed in this process: the writes still in flight there fail
+# later, some with other errors ("cannot schedule new futures after shutdown"); the job is ending.
+_FAILED_WRITES: set[str] = set()
 
 
 _WAY_OUT = ("resume with the checkpoint's values, or train with the new ones in a new workdir (to start from this "
@@ -153,10 +183,10 @@ class _DropAbortedReads(logging.Filter):
 
 
 def _quiet_aborted_reads() -> None:
-    """When one read of a restore fails, Orbax's event loop closes while the other reads are in
-    flight; each of them reports through sys.unraisablehook ("Event loop is closed", or its own
-    error) or asyncio's logger when it finishes: dozens of tracebacks, the damage already named.
-    Those reports are dropped; any other is shown."""
+    """When one read of a restore (or one write of a save) fails, Orbax's event loop closes while
+    the others are in flight; each of them reports through sys.unraisablehook ("Event loop is
+    closed", or its own error) or asyncio's logger when it finishes: dozens of tracebacks, the
+    damage already named. Those reports are dropped; any other is shown."""
     previous = sys.unraisablehook
     if getattr(previous, "drops_closed_loop", False):
         return
@@ -247,6 +277,37 @@ class Checkpointer:
         # Handlers named per item, so that `extra` and the state's metadata can be read alone.
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
             "state": ocp.StandardCheckpointHandler(), "extra": ocp.JsonCheckpointHandler()})
+        self._pending: int | None = None  # the step of the save in flight
+        self._failed: CheckpointWriteFailed | None = None
+        absl_log = logging.getLogger("absl")  # Orbax logs through absl
+        if not any(isinstance(f, _DropFailedWrites) for f in absl_log.filters):
+            absl_log.addFilter(_DropFailedWrites())
+        _quiet_aborted_reads()  # a failed write aborts the others in flight as a failed read does
+
+    @contextlib.contextmanager
+    def _writing(self, step: int | None):
+        """A disk condition while writing `step` becomes CheckpointWriteFailed (raised again by every
+        later save, wait or close: one report); the manager is closed, its threads stopped."""
+        if self._failed is not None:
+            raise self._failed
+        try:
+            yield
+        except Exception as e:
+            cause = disk_cause(e)
+            if cause is None:
+                raise
+            _FAILED_WRITES.add(self.directory)
+            kept = [int(n) for n in os.listdir(self.directory) if n.isdigit()]
+            self._failed = CheckpointWriteFailed(
+                f"cannot write {'a checkpoint' if step is None else f'checkpoint step {step}'} in {self.directory}: "
+                f"{os.strerror(cause[0])} "
+                f"({errno.errorcode.get(cause[0], cause[0])}); "
+                + (f"step {max(kept)}, the newest complete checkpoint, is left as it was" if kept else
+                   "no complete checkpoint there yet") + "; free the space (or fix the permissions) and rerun "
+                "the same command to resume")
+            with contextlib.suppress(Exception):
+                self._manager.close()
+            raise self._failed from e
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -265,8 +326,12 @@ class Checkpointer:
         extra = _encode({"data": data_state, "metadata": metadata or {}, "run_config": self.run_config,
                          "checksums": checksums(state)})
         extra["sha256"] = _extra_digest(extra)
-        return self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)), force=True)
+        with self._writing(self._pending):  # the previous save's error surfaces here
+            self._manager.wait_until_finished()
+        self._pending = step
+        with self._writing(step):
+            return self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)), force=True)
 
     def restore(self, step: int | None, abstract_state):
         """(state, data_state, metadata) of `step` (None: the newest intact one, see restore_latest).
@@ -386,10 +451,14 @@ class Checkpointer:
         return dst
 
     def wait(self):
-        self._manager.wait_until_finished()
+        with self._writing(self._pending):
+            self._manager.wait_until_finished()
 
     def close(self):
-        self._manager.close()
+        if self._failed is not None:
+            return  # closed when the write failed
+        with self._writing(self._pending):
+            self._manager.close()
 
     def __enter__(self):
         return self
