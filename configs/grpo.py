@@ -35,6 +35,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
 
     g = c.grpo = ml_collections.ConfigDict()
     g.n = 4  # rollouts per prompt
+    # The n rollouts of a prompt share one copy of it in the log-probs and the update: its images
+    # and tokens computed once per group (docs/recipes.md); False: a copy per rollout (same numbers).
+    g.shared_prompt = True
     g.rollout_batch_size = 64  # prompts per rollout (global)
     g.kl_coef = 1e-2  # low_var_kl against the reference policy
     g.clip_low = 0.2

@@ -212,7 +212,8 @@ def grpo_spec(config, mesh, *, steps: int | None = None, model=None, abstract: b
                                                               loss_chunk=chunk), in_shardings=on_params)
     progs["train_step"] = loop.jit_step(programs.make_update(setup.parts, tx, g, temp, mesh, remat, chunk), mesh,
                                         setup.state_sh, setup.frozen_sh)
-    packing = rollouts.Packing(t.micro_batch_size, rollouts.length_buckets(d.length_buckets, s.max_new_tokens),
+    rows, per_row = rollouts.layout(t.micro_batch_size, g.n, sharding.batch_shards(mesh), g.shared_prompt)
+    packing = rollouts.Packing(rows, per_row, rollouts.length_buckets(d.length_buckets, per_row * s.max_new_tokens),
                                tuple(d.patch_buckets), family, model.config, mesh)
     data = data_args(config, stage="rl", with_answers=False, batch_size=g.rollout_batch_size, seed=config.seed,
                      num_epochs=None)
