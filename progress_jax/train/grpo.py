@@ -111,7 +111,8 @@ class Step:
         for k in rewards[0]:
             out[f"reward/{k}"] = float(np.mean([r[k] for r in rewards]))
         lengths = gen.lengths.astype(np.float64)
-        total_tokens = sum(len(r["input_ids"]) for r in rows)  # computed tokens: a shared prompt counts once
+        # Prompt + response tokens of every rollout, whether its prompt is shared or copied.
+        total_tokens = self.n * int((real["attention_mask"] > 0).sum()) + sum(int(r["loss_mask"].sum()) for r in rows)
         out.update({
             "response_length": float(lengths.mean()),
             "response_clip_frac": float(np.mean(~gen.stopped)),
