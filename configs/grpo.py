@@ -53,7 +53,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     t.lr = 1e-6
     t.schedule = "constant"  # cosine | constant (after the linear warmup)
     t.batch_size = 64  # prompts per optimizer update (global)
-    t.micro_batch_size = 4  # rollout rows per forward/backward (global, split over the data devices)
+    # Rollouts per forward/backward (global, split over the data devices); a device's share of at
+    # least grpo.n lets a group share one copy of its prompt (grpo.shared_prompt, docs/recipes.md).
+    t.micro_batch_size = 4
     t.steps = 0  # rollout steps; 0: from epochs
     t.epochs = 2.0
     t.warmup_ratio = 0.0
