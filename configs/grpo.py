@@ -35,6 +35,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
 
     g = c.grpo = ml_collections.ConfigDict()
     g.n = 4  # rollouts per prompt
+    # The n rollouts of a prompt share one copy of it in the log-probs and the update: its images
+    # and tokens computed once per group (docs/recipes.md); False: a copy per rollout (same numbers).
+    g.shared_prompt = True
     g.rollout_batch_size = 64  # prompts per rollout (global)
     g.kl_coef = 1e-2  # low_var_kl against the reference policy
     g.clip_low = 0.2
@@ -50,7 +53,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     t.lr = 1e-6
     t.schedule = "constant"  # cosine | constant (after the linear warmup)
     t.batch_size = 64  # prompts per optimizer update (global)
-    t.micro_batch_size = 4  # rollout rows per forward/backward (global, split over the data devices)
+    # Rollouts per forward/backward (global, split over the data devices); a device's share of at
+    # least grpo.n lets a group share one copy of its prompt (grpo.shared_prompt, docs/recipes.md).
+    t.micro_batch_size = 4
     t.steps = 0  # rollout steps; 0: from epochs
     t.epochs = 2.0
     t.warmup_ratio = 0.0

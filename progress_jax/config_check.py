@@ -156,6 +156,7 @@ RULES = {
     "train.val_max_new_tokens": integer(0),
     "train.val_log_samples": integer(0),
     "grpo.n": integer(1),
+    "grpo.shared_prompt": boolean,
     "grpo.rollout_batch_size": integer(1),
     "grpo.kl_coef": number(0),
     "grpo.clip_low": number(0, 1, hi_open=True),

@@ -201,15 +201,20 @@ def program_args(spec: jobs.Spec) -> dict[str, tuple]:
     # The prompt batch's patch bucket spread over its prompts; rollouts of a prompt share its images.
     patches = max(IMAGE_SIDE**2, d.patch_buckets[-1] * prompts // g.rollout_batch_size)
     out = {"rollout": rollout_args(spec, spec.policy(state["params"]), prompts, patches)}
-    k = t.batch_size * g.n // rows
-    length = spec.packing.lengths[-1]  # the largest prompt bucket + max_new_tokens, rounded up
-    adv = {"advantages": np.zeros((1, rows), np.float32)}
-    batch = _train_batch(spec, rows, length, d.patch_buckets[-1], k, d.length_buckets[-1], adv)
+    packing = spec.packing
+    rows = packing.rows
+    k = -(-packing.rows_per_update(t.batch_size, g.n) // rows)
+    length = packing.lengths[-1]  # the largest prompt bucket + per_row x max_new_tokens, rounded up
+    # The largest patch bucket is taken for train.micro_batch_size rows, each with its prompt's images;
+    # shared prompts hold each prompt's images once: packing.rows prompts' worth.
+    patches = d.patch_buckets[-1] * rows // t.micro_batch_size
+    adv = {"advantages": np.zeros((1, rows, length - 1), np.float32)}
+    batch = _train_batch(spec, rows, length, patches, k, d.length_buckets[-1], adv)
     for name in ("logprobs", "ref_logprobs"):
         if name in spec.programs:
             out[name] = (state["params"], frozen, batch)
     logp = np.zeros((1, rows, length - 1), np.float32)
-    batch = _train_batch(spec, rows, length, d.patch_buckets[-1], k, d.length_buckets[-1],
+    batch = _train_batch(spec, rows, length, patches, k, d.length_buckets[-1],
                          {**adv, "old_logp": logp, "ref_logp": logp})
     out["train_step"] = (state, frozen, batch)
     return out

@@ -18,6 +18,7 @@ The trainers (train/sft.py, train/grpo.py) and the eval job (eval/runner.py) run
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Callable
 
 import jax
@@ -27,6 +28,8 @@ from progress_jax import handover, loading, lora, sampling, sharding
 from progress_jax.config_check import ConfigError
 from progress_jax.models import families
 from progress_jax.train import loop, programs, rollouts, schedule
+
+log = logging.getLogger(__name__)
 
 # The schedule's length in loop steps for a dry run of train.steps = 0 (the run takes it from the
 # number of training samples, which the dry run does not read).
@@ -212,7 +215,13 @@ def grpo_spec(config, mesh, *, steps: int | None = None, model=None, abstract: b
                                                               loss_chunk=chunk), in_shardings=on_params)
     progs["train_step"] = loop.jit_step(programs.make_update(setup.parts, tx, g, temp, mesh, remat, chunk), mesh,
                                         setup.state_sh, setup.frozen_sh)
-    packing = rollouts.Packing(t.micro_batch_size, rollouts.length_buckets(d.length_buckets, s.max_new_tokens),
+    shards = sharding.batch_shards(mesh)
+    rows, per_row = rollouts.layout(t.micro_batch_size, g.n, shards, g.shared_prompt)
+    if g.shared_prompt and per_row == 1 and g.n > 1:
+        log.warning("grpo.shared_prompt: each row still holds its own copy of the prompt, since "
+                    "train.micro_batch_size %d over %d batch shards leaves one rollout per device; "
+                    "%d shares a group's prompt (docs/recipes.md)", t.micro_batch_size, shards, g.n * shards)
+    packing = rollouts.Packing(rows, per_row, rollouts.length_buckets(d.length_buckets, per_row * s.max_new_tokens),
                                tuple(d.patch_buckets), family, model.config, mesh)
     data = data_args(config, stage="rl", with_answers=False, batch_size=g.rollout_batch_size, seed=config.seed,
                      num_epochs=None)

@@ -99,8 +99,9 @@ def test_grpo_rollout_is_the_repeated_rows_rollout():
     assert_same(gen, expected)
     assert gen.texts == expected.texts
     # The training rows from the real rows (each once per rollout) are those of the repeated batch.
-    got = rollouts.rollout_sequences(real, gen, qwen, model.config, n=4)
-    want = rollouts.rollout_sequences(before, gen, qwen, model.config)
+    adv = np.arange(12, dtype=np.float32)
+    got = rollouts.rollout_sequences(real, gen, qwen, model.config, 4, adv)
+    want = rollouts.rollout_sequences(before, gen, qwen, model.config, 1, adv)
     assert len(got) == len(want) == 12
     for a, b in zip(got, want):
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

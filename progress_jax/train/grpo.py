@@ -48,7 +48,7 @@ class Step:
         self.reward_fn = reward_fn
         self.advantages = registry.get_advantage(g.advantage)
         self.n, self.kl_coef = g.n, g.kl_coef
-        self.per_update = spec.config.train.batch_size * g.n  # rollout rows per update
+        self.per_update = spec.packing.rows_per_update(spec.config.train.batch_size, g.n)  # training rows
         programs = spec.programs
         self._rollout, self._logprobs, self._train_step = (programs["rollout"], programs["logprobs"],
                                                            programs["train_step"])
@@ -85,15 +85,16 @@ class Step:
         rewards = self.reward_fn(gen, self.records(real))
         overall = np.array([r["overall"] for r in rewards], np.float32)
         adv = np.asarray(self.advantages(overall, self.n))
-        # The training rows: each real prompt's row (its images with it) once per rollout.
-        rows = rollouts.rollout_sequences(real, gen, spec.family, spec.model.config, self.n)
+        # The training rows: each real prompt (its images with it) with packing.per_row of its
+        # rollouts (grpo.shared_prompt), or once per rollout.
+        rows = rollouts.rollout_sequences(real, gen, spec.family, spec.model.config, self.n, adv,
+                                          spec.packing.per_row)
 
         t1 = time.perf_counter()
         frozen = spec.setup.frozen
         updates = []
         for u in range(0, len(rows), self.per_update):
-            dev = spec.packing.micro_batches(rows[u:u + self.per_update], adv[u:u + self.per_update],
-                                             self.tokenizer.pad_id)
+            dev = spec.packing.micro_batches(rows[u:u + self.per_update], self.tokenizer.pad_id)
             dev["old_logp"] = self._logprobs(state["params"], frozen, dev)
             ref_params = state["params"] if self.ref_params is None else self.ref_params
             dev["ref_logp"] = self._ref_logprobs(ref_params, frozen, dev) if self.kl_coef else dev["old_logp"]
@@ -110,7 +111,8 @@ class Step:
         for k in rewards[0]:
             out[f"reward/{k}"] = float(np.mean([r[k] for r in rewards]))
         lengths = gen.lengths.astype(np.float64)
-        total_tokens = sum(len(r["input_ids"]) for r in rows)
+        # Prompt + response tokens of every rollout, whether its prompt is shared or copied.
+        total_tokens = self.n * int((real["attention_mask"] > 0).sum()) + sum(int(r["loss_mask"].sum()) for r in rows)
         out.update({
             "response_length": float(lengths.mean()),
             "response_clip_frac": float(np.mean(~gen.stopped)),

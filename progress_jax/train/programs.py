@@ -70,19 +70,32 @@ def make_step(parts: loop.Parts, tx, mesh=None, remat: str = "none", loss_chunk:
 
 # ---- GRPO ------------------------------------------------------------------------------------
 
+def predecessors(attention_mask):
+    """[B, L-1]: for each token t = 1 .. L-1, the position whose hidden state predicts it: t - 1,
+    or, for the first token of a segment k >= 2 (a response of a shared-prompt group; attention
+    codes of layers.causal_attention), the last shared token before it (the prompt's end)."""
+    codes = attention_mask.astype(jnp.int32)
+    t = jnp.arange(codes.shape[1])
+    last_shared = jax.lax.cummax(jnp.where(codes == 1, t, -1), axis=1)  # [B, L]
+    first = (codes[:, 1:] >= 2) & (codes[:, 1:] != codes[:, :-1])
+    return jnp.where(first, last_shared[:, :-1], t[None, :-1])
+
+
 def token_logps(model, mb: dict, temperature: float, mesh=None, remat: str = "none", loss_chunk: int = 0):
-    """log p(token t+1 | tokens <= t) at the given temperature for every position [B, L-1], and
-    the per-token entropy of that distribution. loss_chunk > 0: the logits of that many positions
-    at a time (progress_jax/chunked.py)."""
+    """log p(token t | the tokens it follows) at the given temperature for t = 1 .. L-1 [B, L-1],
+    and the per-token entropy of that distribution. A response of a shared-prompt group follows the
+    prompt and its own earlier tokens (predecessors). loss_chunk > 0: the logits of that many
+    positions at a time (progress_jax/chunked.py)."""
     ids = mb["input_ids"]
     hidden = loop.hidden_states(model, mb, mesh, remat)
+    hidden = jnp.take_along_axis(hidden, predecessors(mb["attention_mask"])[..., None], axis=1)
 
     def per_position(h, targets):
         logp_all = jax.nn.log_softmax(model.logits(h) / temperature, axis=-1)
         logp = jnp.take_along_axis(logp_all, targets[..., None], axis=-1)[..., 0]
         return logp, -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
 
-    return chunked.map_positions(per_position, loss_chunk, hidden[:, :-1], ids[:, 1:])
+    return chunked.map_positions(per_position, loss_chunk, hidden, ids[:, 1:])
 
 
 def make_logp_fn(parts: loop.Parts, temperature: float, mesh=None, remat: str = "none", off: bool = False,

@@ -140,19 +140,25 @@ def attention(q, k, v, mask, chunk: int = 0):
 
 
 def causal_attention(q, k, v, kv_mask, q_offset=0, chunk: int = 0):
-    """Causal attention with key padding, the mask built per query block from small inputs.
+    """Causal attention with key padding and prompt-sharing segments, the mask built per query
+    block from small inputs.
 
     q [B, T, N, H] at key slots q_offset .. q_offset + T - 1 (q_offset: the KV-cache index, 0
-    without a cache); k/v [B, S, K, H]; kv_mask [B, S] marks real key slots (right padding in
-    training, left padding in generation). Query t sees key s iff s <= q_offset + t and
-    kv_mask[s]. chunk: query block size (0: one block; progress_jax.chunked), so that attention's
-    memory grows with T * chunk, not T * T."""
+    without a cache); k/v [B, S, K, H]; kv_mask [B, S] codes each key slot: 0 padding (right in
+    training, left in generation), 1 a token every later token of the row sees, k >= 2 a token of
+    segment k, seen only by tokens of segment k. Query t (at slot q = q_offset + t) sees key s iff
+    s <= q, kv_mask[s] > 0 and kv_mask[s] is 1 or kv_mask[q]. With codes 0/1 only (every row but a
+    GRPO group's: its prompt 1, its responses 2, 3, ...; docs/model.md) this is plain causal
+    attention with padding. chunk: query block size (0: one block; progress_jax.chunked), so that
+    attention's memory grows with T * chunk, not T * T."""
     S = k.shape[1]
-    kv = jnp.asarray(kv_mask).astype(bool)[:, None, None, :]  # [B, 1, 1, S]
+    codes = jnp.asarray(kv_mask).astype(jnp.int32)  # [B, S]
+    kv = codes[:, None, None, :]  # [B, 1, 1, S]
 
     def block(qb, slots):  # slots [1, C]: the key slot of each query of the block
         causal = jnp.arange(S)[None, :] <= slots[0][:, None]  # [C, S]
-        return _sdpa(qb, k, v, causal[None, None] & kv)
+        own = jnp.take(codes, slots[0], axis=1)[:, None, :, None]  # [B, 1, C, 1]: each query's segment
+        return _sdpa(qb, k, v, causal[None, None] & (kv > 0) & ((kv == 1) | (kv == own)))
 
     return map_positions(block, chunk, q, (q_offset + jnp.arange(q.shape[1]))[None])
 

@@ -86,12 +86,14 @@ class Qwen25VL(nnx.Module):
         return jnp.where(is_img.reshape(B, L)[..., None], img, x)
 
     def decode(self, x, position_ids, kv_mask, cache=None, cache_index=0, dropout_rng=None, remat="none"):
-        """Decoder over embeddings x [B, T, D]. kv_mask [B, S] marks real key slots (S = T without a
-        cache, the cache length with one); queries occupy slots cache_index .. cache_index + T - 1.
+        """Decoder over embeddings x [B, T, D]. kv_mask [B, S] codes the key slots (S = T without a
+        cache, the cache length with one): 0 padding, 1 a real token, k >= 2 a token of a segment
+        that only its own segment sees (layers.causal_attention); queries occupy slots
+        cache_index .. cache_index + T - 1.
         dropout_rng: key for LoRA dropout (training only). remat: none | full | dots, the
         rematerialisation policy of each decoder layer (training without a cache).
         Returns final hidden states (normed) and the updated cache."""
-        mask = kv_mask.astype(bool)  # [B, S]; causal part built per query block (layers.causal_attention)
+        mask = kv_mask.astype(jnp.int32)  # [B, S]; causal part built per query block (layers.causal_attention)
         cos, sin = mrope_cos_sin(position_ids, self.config.text)
         if remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")

@@ -160,13 +160,36 @@ def pad_groups(vision: dict, rows: int, width: int, key: str) -> np.ndarray:
     return np.pad(g, ((0, rows - g.shape[0]), (0, width - g.shape[1])), constant_values=-1)
 
 
+def restart_segments(position_ids: np.ndarray, attention_mask) -> np.ndarray:
+    """In place: the text tokens of each segment k >= 2 of a row (attention_mask codes,
+    layers.causal_attention) positioned as if the row held that segment alone after the shared
+    tokens before it: the last shared token's position + 1, + 1, ... on all three axes. A GRPO
+    group's responses thus get the positions each would have after its own copy of the prompt."""
+    mask = np.asarray(attention_mask)
+    for b in np.flatnonzero((mask >= 2).any(1)):
+        shared = -1
+        for t in range(mask.shape[1]):
+            code = mask[b, t]
+            if code == 1:
+                shared, start = t, None
+            elif code >= 2:
+                if t == 0 or mask[b, t - 1] != code:
+                    if shared < 0:
+                        raise ValueError(f"row {b}: segment {code} at token {t} has no shared tokens before it")
+                    start = t
+                position_ids[:, b, t] = position_ids[:, b, shared].max() + 1 + t - start
+    return position_ids
+
+
 def model_inputs(batch: dict, config: Qwen25VLConfig) -> dict:
     """Host batch from data_pipeline (input_ids, attention_mask, pixel_values, image_grid_thw,
-    ...) -> the NumPy arrays `Qwen25VL.forward` takes, vision indices included."""
+    ...) -> the NumPy arrays `Qwen25VL.forward` takes, vision indices included. attention_mask
+    may hold segment codes (layers.causal_attention); their positions: restart_segments."""
     ids = np.asarray(batch["input_ids"])
     mask = np.asarray(batch["attention_mask"])
     grid = batch.get("image_grid_thw")
     position_ids, rope_deltas = get_rope_index(ids, grid, mask, config)
+    restart_segments(position_ids, mask)
     out = {
         "input_ids": ids.astype(np.int32),
         "attention_mask": mask.astype(np.int32),
