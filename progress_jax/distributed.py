@@ -178,8 +178,8 @@ def _last_checkpoint() -> str:
     return f"the last checkpoint is {os.path.join(d, str(steps[-1]))}: rerun every process to resume from it"
 
 
-def _peer_lost(j: int, how: str) -> None:
-    print(f"error: process {jax.process_index()} of {jax.process_count()}: process {j} {how}, so the collectives "
+def _peer_lost(me: str, j: int, how: str) -> None:
+    print(f"error: {me}: process {j} {how}, so the collectives "
           f"cannot go on; {_last_checkpoint()}", file=sys.stderr, flush=True)
     os._exit(1)
 
@@ -188,7 +188,8 @@ def _watch_peers() -> None:
     """A killed peer leaves the others blocked in a collective until JAX's heartbeat check aborts
     them with a gloo error. So process 0 holds a socket to every other process (a closed socket is
     seen at once) and tells the rest when one goes. A process leaving through Python's exit says
-    "bye" first (it finished, or printed its own error), or "failed" after an uncaught exception."""
+    "bye" first (it finished, or printed its own one-line error); after an uncaught exception,
+    "failed"."""
     client, me, count = jax_distributed.global_state.client, jax.process_index(), jax.process_count()
     if count == 1:
         return
@@ -213,8 +214,7 @@ def _watch_peers() -> None:
         log.warning("process %d: not watching the other processes (%s): a killed one is seen only after JAX's "
                     "heartbeat timeout", me, e)
 
-    def bye():
-        word = b"failed\n" if getattr(sys, "last_value", None) is not None else b"bye\n"
+    def tell(word: bytes):
         for conn in peers.values():
             try:
                 conn.sendall(word)
@@ -223,20 +223,28 @@ def _watch_peers() -> None:
 
     if not peers:
         return
-    atexit.register(bye)
-    threading.Thread(target=_watch, args=(peers,), name="distributed-peer-watch", daemon=True).start()
-    # A collective can fail first (gloo: "Connection reset by peer"): an uncaught exception waits a
-    # moment for the watch, which then ends the process with its line instead of a traceback.
+    atexit.register(tell, b"bye\n")
+    # Named now: asking JAX from the watch could block behind its shutdown at exit.
+    threading.Thread(target=_watch, args=(f"process {me} of {count}", peers), name="distributed-peer-watch",
+                     daemon=True).start()
     hook = sys.excepthook
 
     def excepthook(*exc):
+        # A collective can fail before the watch sees the lost peer (gloo: "Connection reset by
+        # peer"): wait a moment for the watch's line. Otherwise the error is this process's own:
+        # its traceback, then "failed" to the others and exit 1 without JAX's shutdown barrier,
+        # which would wait for them (or abort once they have gone).
         time.sleep(PEER_GRACE_S)
         hook(*exc)
+        tell(b"failed\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
     sys.excepthook = excepthook
 
 
-def _watch(peers: dict[int, socket.socket]) -> None:
+def _watch(me: str, peers: dict[int, socket.socket]) -> None:
     sel = selectors.DefaultSelector()
     for j, conn in peers.items():
         sel.register(conn, selectors.EVENT_READ, j)
@@ -250,9 +258,9 @@ def _watch(peers: dict[int, socket.socket]) -> None:
             if data.startswith("bye"):
                 sel.unregister(conn)
             elif data.startswith("failed"):
-                _peer_lost(j, "stopped on an error (see its log)")
+                _peer_lost(me, j, "stopped on an error (see its log)")
             elif data.startswith("lost "):  # process 0 saw another process go
-                _peer_lost(int(data.split()[1]), "stopped (killed or crashed)")
+                _peer_lost(me, int(data.split()[1]), "stopped (killed or crashed)")
             else:  # the connection closed without a word: killed or crashed
                 for other in peers.values():
                     if other is not conn:
@@ -260,7 +268,7 @@ def _watch(peers: dict[int, socket.socket]) -> None:
                             other.sendall(f"lost {j}\n".encode())
                         except OSError:
                             pass
-                _peer_lost(j, "stopped (killed or crashed)")
+                _peer_lost(me, j, "stopped (killed or crashed)")
 
 
 def make_mesh(cfg) -> jax.sharding.Mesh:
