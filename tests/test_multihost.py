@@ -198,3 +198,80 @@ def test_a_start_up_that_does_not_complete_is_one_line_within_the_timeout():
         f"error: process 0 of 2: not all 2 processes joined the coordinator at 127.0.0.1:{port} within 2 s: one of "
         "processes 0..1 other than 0 is missing")
     assert distributed.start_timeout({}, "127.0.0.1:1234") == 30 and distributed.start_timeout({}, "node7:1234") == 300
+
+
+def _processes(code, counts, args=(), **env):
+    """`python -c code ARGS` as processes 0..len(counts)-1 of one coordinator, process i saying
+    JAX_NUM_PROCESSES counts[i]; one CPU device each. A long start-up timeout: a loaded machine may
+    take a while to import JAX in every process, and a start-up that completes does not wait for it."""
+    port = free_port()
+    env = {"PROGRESS_JAX_START_TIMEOUT": "300", **env}
+    return [subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             env={**ENV, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": str(n),
+                                  "JAX_PROCESS_ID": str(i), **env})
+            for i, n in enumerate(counts)]
+
+
+def _last_lines(procs, timeout=300):
+    """(exit status, last stderr line) of each process; kills them all if one outlives `timeout`."""
+    out = []
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=timeout)
+            out.append((p.returncode, err.strip().splitlines()[-1] if err.strip() else "", err))
+    finally:
+        for p in procs:
+            p.kill()
+    return out
+
+
+def test_processes_that_disagree_on_the_process_count_each_say_so_in_one_line():
+    """Process 1 says 3 to a coordinator started for 2: both join, and JAX runs 2 processes without
+    a word; each now stops at once naming every process's count. (A coordinator started for 3 with
+    process 1 saying 2 never completes the start-up: the timeout's line, below, where process 1
+    reached the coordinator and so does not blame the address.)"""
+    from progress_jax import distributed
+
+    code = "from progress_jax import distributed, errors; errors.one_line(distributed.maybe_initialize_distributed)"
+    for i, (rc, line, err) in enumerate(_last_lines(_processes(code, (2, 3)))):
+        assert rc == 1 and "Traceback" not in err, err[-2000:]
+        assert line.startswith(f"error: process {i}: the processes disagree on JAX_NUM_PROCESSES (process 0 says 2, "
+                               "process 1 says 3; the coordinator at 127.0.0.1:"), line
+        assert line.endswith(" started 2): start every process with the same JAX_NUM_PROCESSES"), line
+    line = distributed._start_failed("127.0.0.1:1", 2, 1, 3, answered=True)
+    assert line.startswith("process 1 of 2: not all 2 processes joined the coordinator at 127.0.0.1:1 within 3 s") and \
+        "disagree on JAX_NUM_PROCESSES (this one says 2)" in line, line
+
+
+PEER = """
+import os, sys
+import numpy as np
+from progress_jax import distributed
+distributed.maybe_initialize_distributed()
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+distributed.watch_checkpoints(sys.argv[1])
+mesh = jax.sharding.Mesh(np.array(jax.devices()), ("d",))
+x = jax.make_array_from_callback((3,), NamedSharding(mesh, P("d")), lambda i: np.ones(3)[i])
+total = jax.jit(lambda x: x.sum(), out_shardings=NamedSharding(mesh, P()))
+for step in range(10_000):
+    total(x).block_until_ready()  # a collective over the three processes
+    if step == 3 and jax.process_index() == 2:
+        os.kill(os.getpid(), 9)
+"""
+
+
+def test_a_killed_peer_is_one_line_naming_it_and_the_last_checkpoint(tmp_path):
+    """Process 2 of 3 killed between collectives: process 0 sees its socket close, tells process 1,
+    and both end at once with one line naming process 2 and the newest checkpoint (JAX alone
+    blocks them in the collective until its heartbeat timeout, then aborts with a gloo error)."""
+    for step in ("1", "2", "2.orbax-checkpoint-tmp"):
+        (tmp_path / step).mkdir()
+    out = _last_lines(_processes(PEER, (3, 3, 3), args=(str(tmp_path),)))
+    assert out[2][0] == -9
+    for i in (0, 1):
+        rc, line, err = out[i]
+        assert rc == 1 and "Traceback" not in err, err[-2000:]
+        assert line == (f"error: process {i} of 3: process 2 stopped (killed or crashed), so the collectives cannot go on; "
+                        f"the last checkpoint is {tmp_path / '2'}: rerun every process to resume from it"), line

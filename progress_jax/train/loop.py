@@ -26,7 +26,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from progress_jax import console, lora, sharding
+from progress_jax import console, distributed, lora, sharding
 from progress_jax.train import checkpoint, curves, guards, metrics_writer
 
 log = logging.getLogger(__name__)
@@ -254,6 +254,7 @@ def run(step_fn, state, next_batch, data_iter, opts: Options) -> Result:
     main = jax.process_index() == 0
     ckpt = opts.ckpt or checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), opts.save_every, opts.keep,
                                                 run_config=opts.run_config)
+    distributed.watch_checkpoints(ckpt.directory)  # named if another process stops mid-run
     state, start = restore_or_keep(ckpt, state, data_iter)
     step = start
     last_saved = ckpt.latest_step()
