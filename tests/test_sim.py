@@ -258,3 +258,23 @@ def test_a_directory_holding_another_seed_is_refused_not_replaced(tmp_path):
     with pytest.raises(BadInput, match=rf"config key data.sim_dir: {tmp_path} holds .*seed 0 there, 2 asked"):
         data_files.sim_paths(c)
     assert kept.exists()
+
+
+def test_observe_reasoning_is_the_brief_answer_after_a_description_of_the_observation():
+    """reasoning="observe": the brief answer, its first block opened by what the observation shows
+    (reasoning.describe of the observed state); unanswerable samples keep the brief n/a answer.
+    Planned samples only: the text needs no rendered image."""
+    from data_construction.sim.build import _fill, _stream
+    from data_construction.sim.reasoning import describe, response
+    from data_pipeline.parsing import parse_think, strict_format_ok
+
+    for kind in ("visual_same_view", "text-normal", "visual-unanswerable"):
+        for s in _fill(6, 3, _stream("train_sft", 0, SIZE), lambda rng: kind, 0, "train_sft"):
+            brief, observe = response(s, "brief"), response(s, "observe")
+            assert strict_format_ok(observe), observe
+            if not s.answerable:
+                assert observe == brief and parse_think(observe).na
+                continue
+            seen = f"In the current image {describe(s.episode, s.episode.state_at(s.obs.frame))}. "
+            assert observe == brief.replace("<ref_think>", "<ref_think>" + seen, 1)
+            assert parse_think(observe).ref == parse_think(brief).ref == s.closest_idx

@@ -1,8 +1,8 @@
-"""CLI: python -m data_construction.sim --out DIR --size small|full --seed 0 [--image-size 224] [--workers N]."""
+"""CLI: python -m data_construction.sim --out DIR --size small|full --seed 0 [--image-size 224] [--reasoning full|brief|observe] [--workers N]."""
 import argparse
 import logging
 
-from data_construction.sim.build import SIZES, generate
+from data_construction.sim.build import REASONING, SIZES, generate
 
 
 def main(argv=None):
@@ -12,10 +12,11 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--workers", type=int, default=None, help="render processes (default: CPU count, at most 8)")
+    ap.add_argument("--reasoning", choices=REASONING, default="full", help="the SFT answers' style")
     ap.add_argument("--force", action="store_true", help="regenerate even if a complete output exists")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    paths = generate(args.out, args.size, args.seed, args.image_size, args.workers, args.force)
+    paths = generate(args.out, args.size, args.seed, args.image_size, args.workers, args.force, args.reasoning)
     for name, path in paths.items():
         print(f"{name}: {path}")
 

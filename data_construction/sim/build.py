@@ -31,6 +31,7 @@ SIZES = {
     "nano": {"visual_same_view": (600, 6), "visual_cross_view": (240, 6), "text-normal": (240, 4),
              "visual-unanswerable": (120, 4), "train": (6000, 1000, 3)},
 }
+REASONING = ("full", "brief", "observe")  # the SFT answers' style (reasoning.response)
 STREAMS = {"bench_same": 1, "bench_cross": 2, "bench_text": 3, "train_sft": 10, "train_rl": 11}
 TRAIN_MIX = {"visual_same_view": 0.4, "visual_cross_view": 0.2, "text-normal": 0.25,
              "text-unanswerable": 0.075, "visual-unanswerable": 0.075}
@@ -106,8 +107,9 @@ class OtherSimHere(FileExistsError):
 def generate(out_dir: str, size: str = "small", seed: int = 0, image_size: int = 224, workers: int | None = None,
              force: bool = False, reasoning: str = "full") -> dict:
     """Writes OUT/bench/*.jsonl + images and OUT/train/{sft,rl}.jsonl + images; returns their paths.
-    reasoning: "full" (scene descriptions, ~250 tokens) or "brief" (~50 tokens: the bracketing demo
-    entries and the arithmetic only; what the CPU demo trains on).
+    reasoning: "full" (scene descriptions, ~250 tokens), "brief" (~50 tokens: the bracketing demo
+    entries and the arithmetic only; what the CPU demo trains on) or "observe" (brief, after a
+    description of the observation, ~110 tokens).
 
     Skips the work when OUT holds a complete output with the same parameters (a marker file written last).
     One of another size, seed, image size or reasoning is refused (OtherSimHere) unless `force`: it may
@@ -117,8 +119,8 @@ def generate(out_dir: str, size: str = "small", seed: int = 0, image_size: int =
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     if image_size < 56:
         raise ValueError(f"image_size must be at least 56 pixels, got {image_size}")
-    if reasoning not in ("full", "brief"):
-        raise ValueError(f"reasoning must be 'full' or 'brief', got {reasoning!r}")
+    if reasoning not in REASONING:
+        raise ValueError(f"reasoning must be one of {REASONING}, got {reasoning!r}")
     params = {"size": size, "seed": seed, "image_size": image_size, "version": FORMAT_VERSION}
     if reasoning != "full":
         params["reasoning"] = reasoning
@@ -176,7 +178,7 @@ def generate(out_dir: str, size: str = "small", seed: int = 0, image_size: int =
     train = {"sft": _fill(n_sft, per, _stream("train_sft", seed, image_size, bench_goals), mixed, seed, "train_sft"),
              "rl": _fill(n_rl, per, _stream("train_rl", seed, image_size, bench_goals), mixed, seed, "train_rl")}
 
-    sft_records = [dict(to_record(s), response=response(s, brief=reasoning == "brief")) for s in train["sft"]]
+    sft_records = [dict(to_record(s), response=response(s, reasoning)) for s in train["sft"]]
     written = _render_all([(s, paths["bench_images"]) for s in bench.values()]
                           + [(s, paths["train_images"]) for s in train.values()], workers)
     for subset, samples in bench.items():

@@ -119,10 +119,14 @@ def _pct(index: int, total: int) -> int:
     return round_half_up(100.0 * index / total)
 
 
-def response(sample: Sample, brief: bool = False) -> str:
+def response(sample: Sample, style: str = "full") -> str:
     """The answer: <ref_think>..</ref_think><ref>..</ref><score_think>..</score_think><score>..</score>.
-    brief: only the bracketing demo entries and the arithmetic, without scene descriptions."""
+    style "full": scene descriptions of the observation and the two bracketing demo entries;
+    "brief": only the bracketing demo entries and the arithmetic; "observe": brief, preceded by a
+    description of the observation (what the image shows, in words: the dense signal that teaches a
+    model from scratch to see the scene, docs/learning.md)."""
     ep = sample.episode
+    brief = style != "full"
     if not sample.answerable:
         return _unanswerable(sample, brief)
     T, obs = sample.total_steps, sample.obs
@@ -135,7 +139,8 @@ def response(sample: Sample, brief: bool = False) -> str:
         view = (f" The demo is filmed by {sample.demo_camera.replace('_', ' ')} and the observation by "
                 f"{sample.obs_camera.replace('_', ' ')}, so I match object positions rather than pixels.")
     if brief:
-        return _brief(sample, k, c)
+        seen = f"In the current image {describe(ep, state)}. " if style == "observe" else ""
+        return _brief(sample, k, c, seen)
     lines = [f"Goal: {ep.goal}.{view} In the current image {describe(ep, state)}."]
     for idx in sorted({c, other}):
         key_state = ep.state_at(ep.key_frames[idx])
@@ -163,11 +168,11 @@ def response(sample: Sample, brief: bool = False) -> str:
             f"<score_think>{score_think}</score_think><score>{p}%</score>")
 
 
-def _brief(sample: Sample, k: int, c: int) -> str:
+def _brief(sample: Sample, k: int, c: int, seen: str = "") -> str:
     T, done, p = sample.total_steps, round_half_up(100 * sample.obs.fraction), round_half_up(sample.progress)
     lo, hi = _pct(k, T), _pct(k + 1, T)
     start = _label(sample, k) if k > 0 or sample.kind != "text" else "the start"
-    ref_think = f"Between {start} and {_label(sample, k + 1)}, closer to {_label(sample, c)}."
+    ref_think = f"{seen}Between {start} and {_label(sample, k + 1)}, closer to {_label(sample, c)}."
     score_think = f"Step {k + 1} spans {lo}% to {hi}% and is {done}% done: {p}%."
     return (f"<ref_think>{ref_think}</ref_think><ref>{sample.closest_idx}</ref>"
             f"<score_think>{score_think}</score_think><score>{p}%</score>")
