@@ -233,7 +233,9 @@ def _watch_peers() -> None:
         # A collective can fail before the watch sees the lost peer (gloo: "Connection reset by
         # peer"): wait a moment for the watch's line. Otherwise the error is this process's own:
         # its traceback, then "failed" to the others and exit 1 without JAX's shutdown barrier,
-        # which would wait for them (or abort once they have gone).
+        # which would wait for them (or abort once they have gone). Meanwhile a peer that fails on
+        # its own error (often the same one) does not cut this one's short (_watch).
+        _failing.set()
         time.sleep(PEER_GRACE_S)
         hook(*exc)
         tell(b"failed\n")
@@ -242,6 +244,9 @@ def _watch_peers() -> None:
         os._exit(1)
 
     sys.excepthook = excepthook
+
+
+_failing = threading.Event()  # this process is printing its own uncaught error
 
 
 def _watch(me: str, peers: dict[int, socket.socket]) -> None:
@@ -255,7 +260,7 @@ def _watch(me: str, peers: dict[int, socket.socket]) -> None:
                 data = conn.recv(64).decode()
             except OSError:
                 data = ""
-            if data.startswith("bye"):
+            if data.startswith("bye") or (data.startswith("failed") and _failing.is_set()):
                 sel.unregister(conn)
             elif data.startswith("failed"):
                 _peer_lost(me, j, "stopped on an error (see its log)")
