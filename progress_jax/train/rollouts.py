@@ -54,11 +54,11 @@ def rollout_sequences(prompts: dict, gen: sampling.Generation, family, config, n
         responses = _responses(gen, b * n, n, vision_ids)
         for j0 in range(0, n, per_row):
             part = responses[j0:j0 + per_row]
-            code = (lambda j: 1) if per_row == 1 else (lambda j: 2 + j)  # noqa: E731
+            codes = [1] * len(part) if per_row == 1 else [2 + j for j in range(len(part))]
             rows.append({
                 "input_ids": np.concatenate([prompt, *part]).astype(np.int32),
                 "attention_mask": np.concatenate([np.ones(len(prompt), np.int32)]
-                                                 + [np.full(len(r), code(j), np.int32) for j, r in enumerate(part)]),
+                                                 + [np.full(len(r), c, np.int32) for c, r in zip(codes, part)]),
                 "loss_mask": np.concatenate([np.zeros(len(prompt), np.int32)] + [np.ones(len(r), np.int32) for r in part]),
                 "advantage": np.concatenate([np.zeros(len(prompt), np.float32)]
                                             + [np.full(len(r), advantages[b * n + j0 + j], np.float32)

@@ -166,18 +166,18 @@ def restart_segments(position_ids: np.ndarray, attention_mask) -> np.ndarray:
     tokens before it: the last shared token's position + 1, + 1, ... on all three axes. A GRPO
     group's responses thus get the positions each would have after its own copy of the prompt."""
     mask = np.asarray(attention_mask)
+    t = np.arange(mask.shape[1])
     for b in np.flatnonzero((mask >= 2).any(1)):
-        shared = -1
-        for t in range(mask.shape[1]):
-            code = mask[b, t]
-            if code == 1:
-                shared, start = t, None
-            elif code >= 2:
-                if t == 0 or mask[b, t - 1] != code:
-                    if shared < 0:
-                        raise ValueError(f"row {b}: segment {code} at token {t} has no shared tokens before it")
-                    start = t
-                position_ids[:, b, t] = position_ids[:, b, shared].max() + 1 + t - start
+        codes = mask[b]
+        seg = codes >= 2
+        last_shared = np.maximum.accumulate(np.where(codes == 1, t, -1))
+        first = seg & np.concatenate([[True], codes[1:] != codes[:-1]])
+        start = np.maximum.accumulate(np.where(first, t, -1))
+        orphan = np.flatnonzero(seg & (last_shared < 0))
+        if orphan.size:
+            raise ValueError(f"row {b}: segment {codes[orphan[0]]} at token {orphan[0]} has no shared tokens before it")
+        # Vectorised over the row: rows of a 20000-token prompt and its responses, every micro-batch.
+        position_ids[:, b, seg] = position_ids[:, b, last_shared[seg]].max(0) + 1 + t[seg] - start[seg]
     return position_ids
 
 
