@@ -172,16 +172,17 @@ def _filter_logits(logits, temperature, top_p, top_k):
     return jax.lax.cond((top_k > 0) | (top_p < 1), truncate, lambda x: x, logits)
 
 
-def _pick(logits, key, t, knobs, rows):
+def pick(logits, key, t, knobs, rows):
     """Next token [B] and its log-prob from logits [B, V]; one independent key per row and step:
-    fold_in(fold_in(key, t), row) with `rows` [B] the rows' indices in the whole batch, so that a
-    row draws the same tokens whichever generation call (sampling batch) it is in."""
+    fold_in(fold_in(key, t), row) with t the token's index in its row (a scalar, or [B] where rows
+    are at different steps: the engine's slots) and `rows` [B] the rows' indices in the whole
+    batch, so that a row draws the same tokens whichever generation call or slot it is in."""
     temperature = knobs["temperature"]
     safe_t = jnp.where(temperature > 0, temperature, 1.0)
 
     def sample(logits):
-        step_key = jax.random.fold_in(key, t)
-        row_keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(rows)
+        steps = jnp.broadcast_to(t, rows.shape)
+        row_keys = jax.vmap(lambda s, i: jax.random.fold_in(jax.random.fold_in(key, s), i))(steps, rows)
         filtered = _filter_logits(logits, safe_t, knobs["top_p"], knobs["top_k"])
         return jax.vmap(jax.random.categorical)(row_keys, filtered).astype(jnp.int32)
 
@@ -218,7 +219,7 @@ def _generate(graphdef, state, inputs, key, knobs, *, max_new_tokens: int, mesh,
         logits, kv_mask = _repeat(logits, n, B), _repeat(kv_mask, n, B)
         inputs = {k: _repeat(v, n, B, family.GENERATION_AXIS[k]) for k, v in inputs.items()
                   if k in family.GENERATION_AXIS and k not in family.PATCH_KEYS}
-    tok, logp = _pick(logits, key, 0, knobs, rows)
+    tok, logp = pick(logits, key, 0, knobs, rows)
     tokens = jnp.full((B, N), pad_id, jnp.int32).at[:, 0].set(tok)
     logprobs = jnp.zeros((B, N), jnp.float32).at[:, 0].set(logp)
     done = jnp.isin(tok, stop_arr)
@@ -231,7 +232,7 @@ def _generate(graphdef, state, inputs, key, knobs, *, max_new_tokens: int, mesh,
         t, prev, done, tokens, logprobs, lengths, cache = carry
         pos = family.decode_position_ids(inputs, t - 1)  # of `prev`, generated token t - 1
         hidden, cache = model.decode(model.embed(prev[:, None]), pos, kv_mask, cache, L + t - 1)
-        tok, logp = _pick(model.logits(hidden[:, 0]), key, t, knobs, rows)
+        tok, logp = pick(model.logits(hidden[:, 0]), key, t, knobs, rows)
         tok = jnp.where(done, pad_id, tok)
         logp = jnp.where(done, 0.0, logp)
         tokens = jax.lax.dynamic_update_slice(tokens, tok[:, None], (0, t))
@@ -255,7 +256,7 @@ def input_shardings(inputs: dict, mesh, family) -> dict:
         lambda path, x: sharding.batch_sharding(mesh, x.ndim, axis[sharding.path_str(path).split("/")[-1]]), inputs)
 
 
-def _to_device(inputs: dict, mesh, family) -> dict:
+def to_device(inputs: dict, mesh, family) -> dict:
     """NumPy inputs -> global arrays. Every process holds the whole batch (docs/multihost.md) and
     places the slices its own devices hold."""
     if mesh is None:
@@ -298,7 +299,7 @@ def generate_arrays(model, inputs: dict, key, params: SamplingParams, *, stops=N
     rows = inputs["num_rows"]
     arrays = {k: v for k, v in inputs.items() if k != "num_rows"}
     graphdef, state = nnx.split(model)
-    out = _generate(graphdef, state, _to_device(arrays, mesh, family), key, knobs(params, stops, pad_id),
+    out = _generate(graphdef, state, to_device(arrays, mesh, family), key, knobs(params, stops, pad_id),
                     max_new_tokens=params.max_new_tokens, mesh=mesh, family=family, n=n)
     return {k: np.asarray(v)[:rows] for k, v in out.items()}
 
@@ -331,8 +332,11 @@ def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None,
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     gen = Generation(out["tokens"], out["logprobs"], out["lengths"], out["stopped"])
     if tokenizer is not None:
-        gen.texts = [
-            tokenizer.decode(row[: n - 1 if stopped else n], skip_special_tokens=True)
-            for row, n, stopped in zip(gen.tokens, gen.lengths, gen.stopped)
-        ]
+        gen.texts = texts(gen, tokenizer)
     return gen
+
+
+def texts(gen: Generation, tokenizer) -> list[str]:
+    """Each row's tokens before its stop token, decoded (special tokens skipped)."""
+    return [tokenizer.decode(row[: n - 1 if stopped else n], skip_special_tokens=True)
+            for row, n, stopped in zip(gen.tokens, gen.lengths, gen.stopped)]

@@ -68,7 +68,7 @@ def compiled_generation(model, batch, mesh):
     shards = 1 if mesh is None else sharding.batch_shards(mesh)
     inputs = sampling.prepare(batch, CFG, CFG.pad_token_id, data_shards=shards)
     inputs.pop("num_rows")
-    dev = sampling._to_device(inputs, mesh, qwen)
+    dev = sampling.to_device(inputs, mesh, qwen)
     graphdef, state = nnx.split(model)
     knobs = {"temperature": np.float32(1.0), "top_p": np.float32(1.0), "top_k": np.int32(0),
              "logprobs_at_temperature": np.bool_(True), "pad_id": np.int32(0), "stop_ids": np.full(4, -1, np.int32)}

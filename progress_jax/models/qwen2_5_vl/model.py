@@ -109,6 +109,21 @@ class Qwen25VL(nnx.Module):
                                remat=remat if cache is None else "none")
         return self.norm(x), cache
 
+    def decode_slots(self, x, position_ids, fill, cache, blocks, block: int):
+        """One decode step of the rollout engine (progress_jax/engine.py) over its slots: x [S, 1, D]
+        the embeddings of each slot's last token, position_ids [3, S, 1]; slot s writes that
+        token's keys and values at cache slot fill[s] and attends to slots 0 .. fill[s], reading
+        the cache's first `blocks` blocks of `block` slots only. Returns the final hidden states
+        (normed) and the updated cache."""
+        cos, sin = mrope_cos_sin(position_ids, self.config.text)
+
+        def layer_step(layer, carry, i):
+            x, cache = carry
+            return layer.decode_slots(x, cos, sin, cache, fill, blocks, block, i)
+
+        x, cache = scan_layers(self.layers, layer_step, (x, cache), jnp.arange(self.config.text.num_hidden_layers))
+        return self.norm(x), cache
+
     def logits(self, hidden):
         if self.lm_head is not None:
             return self.lm_head(hidden).astype(jnp.float32)
