@@ -59,7 +59,7 @@ class Attention(nnx.Module):
         return self.o_proj(out.reshape(B, T, -1), dropout_rng=ro), cache
 
     def decode_slots(self, x, cos, sin, cache, fill, blocks, block: int, layer):
-        """One token per slot (the rollout engine, progress_jax/engine.py): x [S, 1, D]; slot s
+        """One token per slot (the rollout engine, progress_jax/sampling.py): x [S, 1, D]; slot s
         writes its key and value at cache slot fill[s] and attends to slots 0 .. fill[s], reading
         only the cache's first `blocks` blocks of `block` slots (layers.block_decode_attention)."""
         S = x.shape[0]

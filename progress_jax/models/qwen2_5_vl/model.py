@@ -110,7 +110,7 @@ class Qwen25VL(nnx.Module):
         return self.norm(x), cache
 
     def decode_slots(self, x, position_ids, fill, cache, blocks, block: int):
-        """One decode step of the rollout engine (progress_jax/engine.py) over its slots: x [S, 1, D]
+        """One decode step of the rollout engine (progress_jax/sampling.py) over its slots: x [S, 1, D]
         the embeddings of each slot's last token, position_ids [3, S, 1]; slot s writes that
         token's keys and values at cache slot fill[s] and attends to slots 0 .. fill[s], reading
         the cache's first `blocks` blocks of `block` slots only. Returns the final hidden states
