@@ -202,12 +202,28 @@ def _replicated(tree, mesh):
     return tree if mesh is None else jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, P()))
 
 
+def slot_shardings(model, mesh) -> dict:
+    """The slots' state on the mesh: the cache as the model shards it, the per-slot values with
+    their slots (split over the data axes)."""
+    vec, cache = sharding.batch_sharding(mesh, 1), model.cache_sharding(mesh)
+    return {"cache": {"k": cache, "v": cache}, "fill": vec, "step": vec, "prev": vec, "row": vec,
+            "pos": sharding.batch_sharding(mesh, 2, 1), "active": vec}
+
+
+def _placed(slots, model, mesh):
+    return slots if mesh is None else jax.lax.with_sharding_constraint(slots, slot_shardings(model, mesh))
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "slots", "length", "mesh"))
 def _init_slots(graphdef, state, *, slots: int, length: int, mesh):
+    """The engine's state: each slot's KV cache [layers, slots, length, ...], its fill (keys in its
+    cache), the index of the token its next step draws, that token's predecessor, its row, the
+    decode position of its row's token 0, and whether it is generating."""
     model = nnx.merge(graphdef, state)
     zeros = jnp.zeros((slots,), jnp.int32)
-    return {"cache": model.init_cache(slots, length, mesh=mesh), "fill": zeros, "step": zeros, "prev": zeros,
-            "row": zeros, "pos": jnp.zeros((3, slots), jnp.int32), "active": jnp.zeros((slots,), bool)}
+    return _placed({"cache": model.init_cache(slots, length), "fill": zeros, "step": zeros, "prev": zeros,
+                    "row": zeros, "pos": jnp.zeros((3, slots), jnp.int32), "active": jnp.zeros((slots,), bool)},
+                   model, mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "mesh", "family", "n"),
@@ -237,7 +253,7 @@ def _prefill_insert(graphdef, state, slots, inputs, rows, slot_ids, key, knobs, 
              "fill": put(slots["fill"], real[prompt]), "step": put(slots["step"], jnp.ones_like(tok)),
              "prev": put(slots["prev"], tok), "row": put(slots["row"], rows), "pos": put(slots["pos"], pos[:, prompt], 1),
              "active": put(slots["active"], go)}
-    return slots, _replicated({"tokens": tok, "logprobs": logp}, mesh)
+    return _placed(slots, model, mesh), _replicated({"tokens": tok, "logprobs": logp}, mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "steps", "block", "max_new_tokens", "mesh"),
@@ -271,7 +287,7 @@ def _decode_chunk(graphdef, state, slots, key, knobs, *, steps: int, block: int,
         return i + 1, s, out
 
     _, slots, out = jax.lax.while_loop(cond, body, (jnp.int32(0), slots, out))
-    return slots, _replicated({**out, "active": slots["active"]}, mesh)
+    return _placed(slots, model, mesh), _replicated({**out, "active": slots["active"]}, mesh)
 
 
 def slot_count(batch_size: int | None, rows: int, n: int, data_shards: int = 1) -> int:
@@ -299,6 +315,31 @@ def prefill_inputs(batch: dict, prompts, config, pad_id: int, data_shards: int, 
     out_mask[len(real):, 0] = 1  # padding prompts: one token, so that no row is fully masked
     return family.generation_inputs({**group, "input_ids": out_ids, "attention_mask": out_mask}, config, data_shards,
                                     lambda p: _pow2(p, MIN_PATCHES))
+
+
+def abstract_slots(model, slots: int, length: int, mesh) -> dict:
+    """The engine's state as ShapeDtypeStructs with its shardings (the dry run)."""
+    graphdef, state = nnx.split(model)
+    shapes = jax.eval_shape(functools.partial(_init_slots, graphdef, slots=slots, length=length, mesh=None), state)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                        slot_shardings(model, mesh))
+
+
+def trace_prefill(model, slots, inputs, rows, slot_ids, key, settings, params: SamplingParams, *, mesh, family,
+                  n: int = 1):
+    """The prefill + insert program that generate runs, traced at (abstract) arguments: `inputs`
+    as prefill_inputs gives them, `settings` as knobs() gives them (the dry run)."""
+    graphdef, state = nnx.split(model)
+    return _prefill_insert.trace(graphdef, state, slots, inputs, rows, slot_ids, key, settings,
+                                 max_new_tokens=params.max_new_tokens, mesh=mesh, family=family, n=n)
+
+
+def trace_decode(model, slots, key, settings, params: SamplingParams, *, mesh, chunk: int = CHUNK,
+                 block: int = BLOCK):
+    """The decode chunk program that generate runs, traced at (abstract) arguments (the dry run)."""
+    graphdef, state = nnx.split(model)
+    return _decode_chunk.trace(graphdef, state, slots, key, settings, steps=chunk, block=block,
+                               max_new_tokens=params.max_new_tokens, mesh=mesh)
 
 
 def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None, mesh=None,

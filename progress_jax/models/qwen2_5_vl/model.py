@@ -145,22 +145,16 @@ class Qwen25VL(nnx.Module):
         dtype = dtype or self.dtype
         return self._shard_cache({"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}, mesh)
 
-    def repeat_cache(self, cache, n: int, rows: int, length: int, mesh=None):
-        """A prefilled cache -> each of its rows n times (copies contiguous), the first `rows` of
-        those, `length` slots (the new ones zero), sharded as init_cache shards it: one prompt's
-        cache shared by its n samples."""
-        def grow(x):
-            x = jax.lax.slice_in_dim(jnp.repeat(x, n, axis=1), 0, rows, axis=1)
-            return jnp.pad(x, ((0, 0), (0, 0), (0, length - x.shape[2]), (0, 0), (0, 0)))
-
-        return self._shard_cache(jax.tree.map(grow, cache), mesh)
+    def cache_sharding(self, mesh):
+        """The KV cache's sharding: rows split over the data axes, KV heads over `tensor` where it
+        divides them."""
+        heads = "tensor" if self.config.text.num_key_value_heads % mesh.shape["tensor"] == 0 else None
+        return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.BATCH, None, heads, None))
 
     def _shard_cache(self, cache, mesh):
         if mesh is None:
             return cache
-        heads = "tensor" if self.config.text.num_key_value_heads % mesh.shape["tensor"] == 0 else None
-        spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.BATCH, None, heads, None))
-        return jax.lax.with_sharding_constraint(cache, {"k": spec, "v": spec})
+        return jax.lax.with_sharding_constraint(cache, {"k": self.cache_sharding(mesh), "v": self.cache_sharding(mesh)})
 
     # ---- convenience API -------------------------------------------------------------------
 
