@@ -234,13 +234,15 @@ def rollout_args(spec: jobs.Spec, model, prompts: int, patches: int) -> tuple:
     host = host_batch(arch, group, length, patches)
     inputs = _wide(rollout.inputs(host, arch, arch.pad_token_id), arch)
     rep = NamedSharding(mesh, P())
-    rows = np.arange(inputs["input_ids"].shape[0] * rollout.n, dtype=np.int32)
+    ids = np.arange(slots, dtype=np.int32)
+    rows = {"row": ids, "prompt": ids // rollout.n}
     settings = sampling.knobs(rollout.params, sampling.stop_ids(arch, rollout.params), arch.pad_token_id)
     key = jax.eval_shape(lambda: jax.random.key(0))
     state = sampling.abstract_slots(model, slots, sampling.cache_length(length, s.max_new_tokens), mesh)
     small = lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=rep)  # noqa: E731
-    return (model, state, _abstract(inputs, sampling.input_shardings(inputs, mesh, spec.family)), small(rows),
-            small(rows), jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep), jax.tree.map(small, settings))
+    return (model, state, _abstract(inputs, sampling.input_shardings(inputs, mesh, spec.family)),
+            jax.tree.map(small, rows), small(ids), jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep),
+            jax.tree.map(small, settings))
 
 
 def program_args(spec: jobs.Spec) -> dict[str, tuple]:

@@ -89,7 +89,7 @@ class Rollout:
     def trace(self, model, slots, inputs: dict, rows, slot_ids, key, settings):
         """The prefill + insert program traced at (abstract) arguments (sampling.trace_prefill)."""
         return sampling.trace_prefill(model, slots, inputs, rows, slot_ids, key, settings, self.params,
-                                      mesh=self.mesh, family=self.family, n=self.n)
+                                      mesh=self.mesh, family=self.family)
 
     def trace_decode(self, model, slots, key, settings):
         """The decode chunk traced at (abstract) arguments (sampling.trace_decode)."""

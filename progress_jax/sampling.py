@@ -226,13 +226,13 @@ def _init_slots(graphdef, state, *, slots: int, length: int, mesh):
                    model, mesh)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "mesh", "family", "n"),
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "mesh", "family"),
                    donate_argnames=("slots",))
 def _prefill_insert(graphdef, state, slots, inputs, rows, slot_ids, key, knobs, *, max_new_tokens: int, mesh,
-                    family, n: int):
-    """Prefill the group's prompts (right-padded [G, L]) once, sample token 0 of their n rows each
-    (`rows` [G * n]: the rows' global indices) and insert row i into slot slot_ids[i] (out of
-    range: not inserted, a padding prompt's rows)."""
+                    family):
+    """Prefill the group's prompts (right-padded [G, L]) once, then for each entry i of `rows`
+    (one per slot: rows["row"] a row's global index, rows["prompt"] its prompt in the group) sample
+    its token 0 and insert it into slot slot_ids[i] (out of range: no row)."""
     model = nnx.merge(graphdef, state)
     mask = inputs["attention_mask"]
     G, L = mask.shape
@@ -240,7 +240,7 @@ def _prefill_insert(graphdef, state, slots, inputs, rows, slot_ids, key, knobs, 
     hidden, cache = model.decode(x, inputs["position_ids"], mask, model.init_cache(G, L, mesh=mesh), 0)
     real = mask.sum(1).astype(jnp.int32)
     last = jnp.take_along_axis(hidden, jnp.maximum(real - 1, 0)[:, None, None], axis=1)[:, 0]
-    prompt = jnp.arange(G * n) // n
+    prompt, rows = rows["prompt"], rows["row"]
     tok, logp = pick(model.logits(last)[prompt], key, 0, knobs, rows)
     go = ~jnp.isin(tok, knobs["stop_ids"]) & (max_new_tokens > 1)
     pos = family.decode_position_ids(inputs, 0)[:, :, 0].astype(jnp.int32)  # [3, G]: of token 0
@@ -321,17 +321,18 @@ def abstract_slots(model, slots: int, length: int, mesh) -> dict:
     """The engine's state as ShapeDtypeStructs with its shardings (the dry run)."""
     graphdef, state = nnx.split(model)
     shapes = jax.eval_shape(functools.partial(_init_slots, graphdef, slots=slots, length=length, mesh=None), state)
+    if mesh is None:
+        return shapes
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
                         slot_shardings(model, mesh))
 
 
-def trace_prefill(model, slots, inputs, rows, slot_ids, key, settings, params: SamplingParams, *, mesh, family,
-                  n: int = 1):
+def trace_prefill(model, slots, inputs, rows, slot_ids, key, settings, params: SamplingParams, *, mesh, family):
     """The prefill + insert program that generate runs, traced at (abstract) arguments: `inputs`
     as prefill_inputs gives them, `settings` as knobs() gives them (the dry run)."""
     graphdef, state = nnx.split(model)
     return _prefill_insert.trace(graphdef, state, slots, inputs, rows, slot_ids, key, settings,
-                                 max_new_tokens=params.max_new_tokens, mesh=mesh, family=family, n=n)
+                                 max_new_tokens=params.max_new_tokens, mesh=mesh, family=family)
 
 
 def trace_decode(model, slots, key, settings, params: SamplingParams, *, mesh, chunk: int = CHUNK,
@@ -378,18 +379,19 @@ def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None,
         if group:
             del pending[: len(group)]
             inputs = prefill_inputs(batch, group, model.config, pad_id, shards, family)
-            G = inputs["input_ids"].shape[0]
-            rows = np.zeros((G * n,), np.int32)
-            slot_ids = np.full((G * n,), S, np.int32)  # out of range: not inserted
-            for i, p in enumerate(group):
-                rows[i * n:(i + 1) * n] = np.arange(p * n, (p + 1) * n)
-                for j in range(n):
-                    slot_ids[i * n + j] = free.pop(0)
+            R = len(group) * n  # rows 0 .. R - 1 of the S entries (one per slot) are real
+            rows = np.zeros((S,), np.int32)
+            rows[:R] = np.ravel([np.arange(p * n, (p + 1) * n) for p in group])
+            prompt = np.minimum(np.arange(S) // n, len(group) - 1).astype(np.int32)
+            slot_ids = np.full((S,), S, np.int32)  # out of range: no row
+            slot_ids[:R] = free[:R]
+            del free[:R]
             slots, first = _prefill_insert(graphdef, state, slots, to_device(inputs, mesh, family),
-                                           jnp.asarray(rows), jnp.asarray(slot_ids), key, settings, max_new_tokens=N,
-                                           mesh=mesh, family=family, n=n)
+                                           {"row": jnp.asarray(rows), "prompt": jnp.asarray(prompt)},
+                                           jnp.asarray(slot_ids), key, settings, max_new_tokens=N, mesh=mesh,
+                                           family=family)
             first = jax.tree.map(np.asarray, first)
-            for i in range(len(group) * n):
+            for i in range(R):
                 emit(rows[i], first["tokens"][i], first["logprobs"][i])
                 if int(first["tokens"][i]) in stop_set or N == 1:
                     free.append(int(slot_ids[i]))
