@@ -235,7 +235,7 @@ def rollout_args(spec: jobs.Spec, model, prompts: int, patches: int) -> tuple:
     inputs = _wide(rollout.inputs(host, arch, arch.pad_token_id), arch)
     rep = NamedSharding(mesh, P())
     ids = np.arange(slots, dtype=np.int32)
-    rows = {"row": ids, "prompt": ids // rollout.n}
+    rows = {"row": ids, "prompt": ids // rollout.n, "limit": np.full_like(ids, s.max_new_tokens)}
     settings = sampling.knobs(rollout.params, sampling.stop_ids(arch, rollout.params), arch.pad_token_id)
     key = jax.eval_shape(lambda: jax.random.key(0))
     state = sampling.abstract_slots(model, slots, sampling.cache_length(length, s.max_new_tokens), mesh)

@@ -88,12 +88,12 @@ class Rollout:
 
     def trace(self, model, slots, inputs: dict, rows, slot_ids, key, settings):
         """The prefill + insert program traced at (abstract) arguments (sampling.trace_prefill)."""
-        return sampling.trace_prefill(model, slots, inputs, rows, slot_ids, key, settings, self.params,
-                                      mesh=self.mesh, family=self.family)
+        return sampling.trace_prefill(model, slots, inputs, rows, slot_ids, key, settings, mesh=self.mesh,
+                                      family=self.family)
 
     def trace_decode(self, model, slots, key, settings):
         """The decode chunk traced at (abstract) arguments (sampling.trace_decode)."""
-        return sampling.trace_decode(model, slots, key, settings, self.params, mesh=self.mesh)
+        return sampling.trace_decode(model, slots, key, settings, mesh=self.mesh)
 
 
 # ---- the pieces every job takes from the config ----------------------------------------------

@@ -53,7 +53,8 @@ from progress_jax.models import families
 
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
-    """Generation settings; only max_new_tokens is compiled in, the others are traced values."""
+    """Generation settings; only max_new_tokens shapes the programs (the cache length), the others are
+    traced values."""
 
     max_new_tokens: int = 4096
     temperature: float = 0.6  # 0 = greedy
@@ -206,7 +207,7 @@ def slot_shardings(model, mesh) -> dict:
     """The slots' state on the mesh: the cache as the model shards it, the per-slot values with
     their slots (split over the data axes)."""
     vec, cache = sharding.batch_sharding(mesh, 1), model.cache_sharding(mesh)
-    return {"cache": {"k": cache, "v": cache}, "fill": vec, "step": vec, "prev": vec, "row": vec,
+    return {"cache": {"k": cache, "v": cache}, "fill": vec, "step": vec, "prev": vec, "row": vec, "limit": vec,
             "pos": sharding.batch_sharding(mesh, 2, 1), "active": vec}
 
 
@@ -218,20 +219,20 @@ def _placed(slots, model, mesh):
 def _init_slots(graphdef, state, *, slots: int, length: int, mesh):
     """The engine's state: each slot's KV cache [layers, slots, length, ...], its fill (keys in its
     cache), the index of the token its next step draws, that token's predecessor, its row, the
-    decode position of its row's token 0, and whether it is generating."""
+    decode position of its row's token 0, its row's token limit, and whether it is generating."""
     model = nnx.merge(graphdef, state)
     zeros = jnp.zeros((slots,), jnp.int32)
     return _placed({"cache": model.init_cache(slots, length), "fill": zeros, "step": zeros, "prev": zeros,
-                    "row": zeros, "pos": jnp.zeros((3, slots), jnp.int32), "active": jnp.zeros((slots,), bool)},
+                    "row": zeros, "limit": zeros, "pos": jnp.zeros((3, slots), jnp.int32),
+                    "active": jnp.zeros((slots,), bool)},
                    model, mesh)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "mesh", "family"),
-                   donate_argnames=("slots",))
-def _prefill_insert(graphdef, state, slots, inputs, rows, slot_ids, key, knobs, *, max_new_tokens: int, mesh,
-                    family):
+@functools.partial(jax.jit, static_argnames=("graphdef", "mesh", "family"), donate_argnames=("slots",))
+def _prefill_insert(graphdef, state, slots, inputs, rows, slot_ids, key, knobs, *, mesh, family):
     """Prefill the group's prompts (right-padded [G, L]) once, then for each entry i of `rows`
-    (one per slot: rows["row"] a row's global index, rows["prompt"] its prompt in the group) sample
+    (one per slot: rows["row"] a row's global index, rows["prompt"] its prompt in the group,
+    rows["limit"] its most new tokens) sample
     its token 0 and insert it into slot slot_ids[i] (out of range: no row)."""
     model = nnx.merge(graphdef, state)
     mask = inputs["attention_mask"]
@@ -240,9 +241,9 @@ def _prefill_insert(graphdef, state, slots, inputs, rows, slot_ids, key, knobs, 
     hidden, cache = model.decode(x, inputs["position_ids"], mask, model.init_cache(G, L, mesh=mesh), 0)
     real = mask.sum(1).astype(jnp.int32)
     last = jnp.take_along_axis(hidden, jnp.maximum(real - 1, 0)[:, None, None], axis=1)[:, 0]
-    prompt, rows = rows["prompt"], rows["row"]
+    prompt, limit, rows = rows["prompt"], rows["limit"], rows["row"]
     tok, logp = pick(model.logits(last)[prompt], key, 0, knobs, rows)
-    go = ~jnp.isin(tok, knobs["stop_ids"]) & (max_new_tokens > 1)
+    go = ~jnp.isin(tok, knobs["stop_ids"]) & (limit > 1)
     pos = family.decode_position_ids(inputs, 0)[:, :, 0].astype(jnp.int32)  # [3, G]: of token 0
 
     def put(a, v, axis=0):
@@ -251,14 +252,14 @@ def _prefill_insert(graphdef, state, slots, inputs, rows, slot_ids, key, knobs, 
     slots = {"cache": {k: c.at[:, slot_ids, :L].set(cache[k][:, prompt].astype(c.dtype), mode="drop")
                        for k, c in slots["cache"].items()},
              "fill": put(slots["fill"], real[prompt]), "step": put(slots["step"], jnp.ones_like(tok)),
-             "prev": put(slots["prev"], tok), "row": put(slots["row"], rows), "pos": put(slots["pos"], pos[:, prompt], 1),
+             "prev": put(slots["prev"], tok), "row": put(slots["row"], rows),
+             "limit": put(slots["limit"], limit), "pos": put(slots["pos"], pos[:, prompt], 1),
              "active": put(slots["active"], go)}
     return _placed(slots, model, mesh), _replicated({"tokens": tok, "logprobs": logp}, mesh)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "steps", "block", "max_new_tokens", "mesh"),
-                   donate_argnames=("slots",))
-def _decode_chunk(graphdef, state, slots, key, knobs, *, steps: int, block: int, max_new_tokens: int, mesh):
+@functools.partial(jax.jit, static_argnames=("graphdef", "steps", "block", "mesh"), donate_argnames=("slots",))
+def _decode_chunk(graphdef, state, slots, key, knobs, *, steps: int, block: int, mesh):
     """Up to `steps` decode steps of every active slot (fewer when all finish). Returns the slots
     and per slot and step the token, its log-prob and whether the slot was active (emitted it)."""
     model = nnx.merge(graphdef, state)
@@ -278,7 +279,7 @@ def _decode_chunk(graphdef, state, slots, key, knobs, *, steps: int, block: int,
         pos = (s["pos"] + s["step"] - 1)[:, :, None]  # of `prev`, generated token step - 1
         hidden, cache = model.decode_slots(model.embed(s["prev"][:, None]), pos, fill, s["cache"], blocks, block)
         tok, logp = pick(model.logits(hidden[:, 0]), key, s["step"], knobs, s["row"])
-        stop = jnp.isin(tok, knobs["stop_ids"]) | (s["step"] + 1 >= max_new_tokens)
+        stop = jnp.isin(tok, knobs["stop_ids"]) | (s["step"] + 1 >= s["limit"])
         out = {"tokens": out["tokens"].at[:, i].set(tok), "logprobs": out["logprobs"].at[:, i].set(logp),
                "emitted": out["emitted"].at[:, i].set(act)}
         s = {**s, "cache": cache, "fill": jnp.where(act, fill + 1, s["fill"]),
@@ -327,31 +328,30 @@ def abstract_slots(model, slots: int, length: int, mesh) -> dict:
                         slot_shardings(model, mesh))
 
 
-def trace_prefill(model, slots, inputs, rows, slot_ids, key, settings, params: SamplingParams, *, mesh, family):
+def trace_prefill(model, slots, inputs, rows, slot_ids, key, settings, *, mesh, family):
     """The prefill + insert program that generate runs, traced at (abstract) arguments: `inputs`
     as prefill_inputs gives them, `settings` as knobs() gives them (the dry run)."""
     graphdef, state = nnx.split(model)
-    return _prefill_insert.trace(graphdef, state, slots, inputs, rows, slot_ids, key, settings,
-                                 max_new_tokens=params.max_new_tokens, mesh=mesh, family=family)
+    return _prefill_insert.trace(graphdef, state, slots, inputs, rows, slot_ids, key, settings, mesh=mesh,
+                                 family=family)
 
 
-def trace_decode(model, slots, key, settings, params: SamplingParams, *, mesh, chunk: int = CHUNK,
-                 block: int = BLOCK):
+def trace_decode(model, slots, key, settings, *, mesh, chunk: int = CHUNK, block: int = BLOCK):
     """The decode chunk program that generate runs, traced at (abstract) arguments (the dry run)."""
     graphdef, state = nnx.split(model)
-    return _decode_chunk.trace(graphdef, state, slots, key, settings, steps=chunk, block=block,
-                               max_new_tokens=params.max_new_tokens, mesh=mesh)
+    return _decode_chunk.trace(graphdef, state, slots, key, settings, steps=chunk, block=block, mesh=mesh)
 
 
 def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None, mesh=None,
              batch_size: int | None = None, family=None, n: int = 1, chunk: int = CHUNK,
-             block: int = BLOCK) -> Generation:
+             block: int = BLOCK, max_lengths=None) -> Generation:
     """A host batch from data_pipeline (input_ids, attention_mask, pixel_values, image_grid_thw;
     either padding side) -> one Generation row per batch row, or with n > 1 n rows per
     batch row (row b's at b*n .. b*n+n-1), each prompt encoded and prefilled once.
     batch_size: the slots (rows generated at once; default every row); chunk: decode steps per
     jitted call; block: the attention's block of cache slots. None of these changes a row's tokens.
-    family: default families.for_model(model.config)."""
+    family: default families.for_model(model.config). max_lengths: per generated row, the most
+    tokens it draws (default max_new_tokens; tools/bench_rollout.py's answer-length schedule)."""
     family = family or families.for_model(model.config)
     pad_id = tokenizer.pad_id if tokenizer is not None else model.config.pad_token_id
     shards = 1 if mesh is None else sharding.batch_shards(mesh)
@@ -360,6 +360,7 @@ def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None,
     N = params.max_new_tokens
     B = np.asarray(batch["input_ids"]).shape[0]
     S = slot_count(batch_size, B * n, n, shards)
+    limits = np.full((B * n,), N, np.int32) if max_lengths is None else np.minimum(max_lengths, N).astype(np.int32)
     graphdef, state = nnx.split(model)
     slots = _init_slots(graphdef, state, slots=S,
                         length=cache_length(prompt_length(batch["attention_mask"]), N, block), mesh=mesh)
@@ -387,13 +388,13 @@ def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None,
             slot_ids[:R] = free[:R]
             del free[:R]
             slots, first = _prefill_insert(graphdef, state, slots, to_device(inputs, mesh, family),
-                                           {"row": jnp.asarray(rows), "prompt": jnp.asarray(prompt)},
-                                           jnp.asarray(slot_ids), key, settings, max_new_tokens=N, mesh=mesh,
-                                           family=family)
+                                           {"row": jnp.asarray(rows), "prompt": jnp.asarray(prompt),
+                                            "limit": jnp.asarray(limits[rows])},
+                                           jnp.asarray(slot_ids), key, settings, mesh=mesh, family=family)
             first = jax.tree.map(np.asarray, first)
             for i in range(R):
                 emit(rows[i], first["tokens"][i], first["logprobs"][i])
-                if int(first["tokens"][i]) in stop_set or N == 1:
+                if int(first["tokens"][i]) in stop_set or limits[rows[i]] == 1:
                     free.append(int(slot_ids[i]))
                 else:
                     held[int(slot_ids[i])] = int(rows[i])
@@ -401,7 +402,7 @@ def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None,
         if not held:
             continue
         slots, out = _decode_chunk(graphdef, state, slots, key, settings, steps=chunk, block=block,
-                                   max_new_tokens=N, mesh=mesh)
+                                   mesh=mesh)
         out = jax.tree.map(np.asarray, out)
         for s, r in list(held.items()):
             for i in np.flatnonzero(out["emitted"][s]):

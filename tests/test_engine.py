@@ -133,3 +133,18 @@ def test_slots_bound_the_cache():
     assert sampling.slot_count(8, 64 * 4, 4) == 8 and sampling.slot_count(None, 12, 4) == 12
     assert sampling.slot_count(2, 12, 4) == 4 and sampling.slot_count(6, 12, 1, data_shards=4) == 8
     assert sampling.cache_length(384, 300, block=256) == 768
+
+
+def test_max_lengths_cut_rows(model):
+    """Per-row limits (the rollout bench's answer-length schedule): each row the prefix of its free
+    run up to its limit, the other rows unchanged."""
+    params = sampling.SamplingParams(max_new_tokens=N, temperature=1.0, ignore_eos=True)
+    free = sampling.generate(model, BATCH, params, jax.random.key(3), n=2, batch_size=6)
+    limits = np.array([1, 5, N, 12, 3, N])
+    cut = sampling.generate(model, BATCH, params, jax.random.key(3), n=2, batch_size=4, chunk=3, block=8,
+                            max_lengths=limits)
+    np.testing.assert_array_equal(cut.lengths, limits)
+    assert not cut.stopped.any()
+    for r, n in enumerate(limits):
+        np.testing.assert_array_equal(cut.tokens[r, :n], free.tokens[r, :n])
+        assert (cut.tokens[r, n:] == CFG.pad_token_id).all()

@@ -73,8 +73,9 @@ def compiled_generation(model, batch, mesh):
     knobs = sampling.knobs(sampling.SamplingParams(N, temperature=1.0), (), 0)
     slots = sampling.abstract_slots(model, rows, sampling.cache_length(128, N), mesh)
     ids = np.arange(rows, dtype=np.int32)
-    compiled = sampling.trace_prefill(model, slots, dev, {"row": ids, "prompt": ids}, ids, jax.random.key(0), knobs,
-                                      sampling.SamplingParams(N), mesh=mesh, family=qwen).lower().compile()
+    rows = {"row": ids, "prompt": ids, "limit": np.full_like(ids, N)}
+    compiled = sampling.trace_prefill(model, slots, dev, rows, ids, jax.random.key(0), knobs, mesh=mesh,
+                                      family=qwen).lower().compile()
     cost = compiled.cost_analysis()
     return dev, compiled, (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
 
