@@ -236,7 +236,7 @@ def rollout_args(spec: jobs.Spec, model, prompts: int, patches: int) -> tuple:
     rep = NamedSharding(mesh, P())
     ids = np.arange(slots, dtype=np.int32)
     rows = {"row": ids, "prompt": ids // rollout.n, "limit": np.full_like(ids, s.max_new_tokens)}
-    settings = sampling.knobs(rollout.params, sampling.stop_ids(arch, rollout.params), arch.pad_token_id)
+    settings = sampling.knobs(rollout.params, sampling.stop_ids(arch, rollout.params))
     key = jax.eval_shape(lambda: jax.random.key(0))
     state = sampling.abstract_slots(model, slots, sampling.cache_length(length, s.max_new_tokens), mesh)
     small = lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=rep)  # noqa: E731

@@ -117,7 +117,7 @@ def stop_ids(model_config, params: SamplingParams, tokenizer=None) -> tuple[int,
 
 
 def prompt_length(attention_mask) -> int:
-    """The padded prompt length of the generation program for these prompts."""
+    """The length bucket of these prompts' longest (a slot's cache: this + max_new_tokens)."""
     return _length_bucket(int((np.asarray(attention_mask) > 0).sum(1).max(initial=1)))
 
 
@@ -163,9 +163,9 @@ def pick(logits, key, t, knobs, rows):
 
 
 def input_shardings(inputs: dict, mesh, family) -> dict:
-    """Every generation input split over the data axes on its batch axis (family.GENERATION_AXIS;
-    `rows` on axis 0): token arrays by rows, image patches and their vision indices by batch shard."""
-    axis = {**family.GENERATION_AXIS, "rows": 0}
+    """Every generation input split over the data axes on its batch axis (family.GENERATION_AXIS):
+    token arrays by rows, image patches and their vision indices by batch shard."""
+    axis = family.GENERATION_AXIS
     return jax.tree_util.tree_map_with_path(
         lambda path, x: sharding.batch_sharding(mesh, x.ndim, axis[sharding.path_str(path).split("/")[-1]]), inputs)
 
@@ -179,14 +179,14 @@ def to_device(inputs: dict, mesh, family) -> dict:
                         inputs, input_shardings(inputs, mesh, family))
 
 
-def knobs(params: SamplingParams, stops, pad_id: int) -> dict:
-    """The generation program's traced settings (NumPy scalars; the stop ids padded with -1 to a
+def knobs(params: SamplingParams, stops) -> dict:
+    """The generation programs' traced settings (NumPy scalars; the stop ids padded with -1 to a
     power of two, so that their number rarely changes the program)."""
     stop_arr = np.full(_pow2(len(stops), 4), -1, np.int32)
     stop_arr[: len(stops)] = stops
     return {"temperature": np.float32(params.temperature), "top_p": np.float32(params.top_p),
             "top_k": np.int32(params.top_k), "logprobs_at_temperature": np.bool_(params.logprobs_at_temperature),
-            "pad_id": np.int32(pad_id), "stop_ids": stop_arr}
+            "stop_ids": stop_arr}
 
 
 def texts(gen: Generation, tokenizer) -> list[str]:
@@ -230,10 +230,9 @@ def _init_slots(graphdef, state, *, slots: int, length: int, mesh):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mesh", "family"), donate_argnames=("slots",))
 def _prefill_insert(graphdef, state, slots, inputs, rows, slot_ids, key, knobs, *, mesh, family):
-    """Prefill the group's prompts (right-padded [G, L]) once, then for each entry i of `rows`
-    (one per slot: rows["row"] a row's global index, rows["prompt"] its prompt in the group,
-    rows["limit"] its most new tokens) sample
-    its token 0 and insert it into slot slot_ids[i] (out of range: no row)."""
+    """Prefill the group's prompts (right-padded [G, L]) once, then for each entry i of `rows` (one
+    per slot: "row" a row's global index, "prompt" its prompt in the group, "limit" its most new
+    tokens) sample its token 0 and insert the row into slot slot_ids[i] (out of range: no row)."""
     model = nnx.merge(graphdef, state)
     mask = inputs["attention_mask"]
     G, L = mask.shape
@@ -356,7 +355,7 @@ def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None,
     pad_id = tokenizer.pad_id if tokenizer is not None else model.config.pad_token_id
     shards = 1 if mesh is None else sharding.batch_shards(mesh)
     stops = stop_ids(model.config, params, tokenizer)
-    settings = knobs(params, stops, pad_id)
+    settings = knobs(params, stops)
     N = params.max_new_tokens
     B = np.asarray(batch["input_ids"]).shape[0]
     S = slot_count(batch_size, B * n, n, shards)
@@ -388,9 +387,8 @@ def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None,
             slot_ids[:R] = free[:R]
             del free[:R]
             slots, first = _prefill_insert(graphdef, state, slots, to_device(inputs, mesh, family),
-                                           {"row": jnp.asarray(rows), "prompt": jnp.asarray(prompt),
-                                            "limit": jnp.asarray(limits[rows])},
-                                           jnp.asarray(slot_ids), key, settings, mesh=mesh, family=family)
+                                           {"row": rows, "prompt": prompt, "limit": limits[rows]}, slot_ids, key,
+                                           settings, mesh=mesh, family=family)  # NumPy: the same on every process
             first = jax.tree.map(np.asarray, first)
             for i in range(R):
                 emit(rows[i], first["tokens"][i], first["logprobs"][i])

@@ -71,7 +71,7 @@ def static_generate(model, batch, params, key, n) -> sampling.Generation:
         ids[b, L - len(r):], mask[b, L - len(r):] = r, 1
     inputs = jax.tree.map(jnp.asarray, qwen.generation_inputs({**rep, "input_ids": ids, "attention_mask": mask}, CFG))
     stops = sampling.stop_ids(CFG, params)
-    knobs = sampling.knobs(params, stops, CFG.pad_token_id)
+    knobs = sampling.knobs(params, stops)
     kv_mask = jnp.concatenate([inputs["attention_mask"], jnp.ones((R, N), jnp.int32)], axis=1)
     graphdef, state = nnx.split(model)
     logits, cache = _prefill(graphdef, state, inputs, kv_mask, model.init_cache(R, L + N))

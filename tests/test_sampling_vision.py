@@ -70,7 +70,7 @@ def compiled_generation(model, batch, mesh):
     rows = len(batch["input_ids"])
     dev = sampling.to_device(sampling.prefill_inputs(batch, range(rows), CFG, CFG.pad_token_id, shards, qwen), mesh,
                              qwen)
-    knobs = sampling.knobs(sampling.SamplingParams(N, temperature=1.0), (), 0)
+    knobs = sampling.knobs(sampling.SamplingParams(N, temperature=1.0), ())
     slots = sampling.abstract_slots(model, rows, sampling.cache_length(128, N), mesh)
     ids = np.arange(rows, dtype=np.int32)
     rows = {"row": ids, "prompt": ids, "limit": np.full_like(ids, N)}

@@ -128,7 +128,7 @@ def static_generate(model, batch, params, key, n: int, slots: int, limits) -> np
     length bucket; returns the tokens [prompts * n, max_new_tokens]."""
     family = families.for_model(model.config)
     graphdef, state = nnx.split(model)
-    settings = sampling.knobs(params, sampling.stop_ids(model.config, params), 0)
+    settings = sampling.knobs(params, sampling.stop_ids(model.config, params))
     B, per = len(batch["input_ids"]), max(1, slots // n)
     L = sampling.prompt_length(batch["attention_mask"])
     out = []
@@ -152,8 +152,6 @@ def hf_generate(hf, cfg, batch, n: int, slots: int, limits, max_new: int):
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
-    from progress_jax.models.qwen2_5_vl import family
-
     class RowLimits(StoppingCriteria):
         """Row i of the call stops after limits[i] new tokens."""
         def __init__(self, lim, prompt_len):
@@ -163,6 +161,7 @@ def hf_generate(hf, cfg, batch, n: int, slots: int, limits, max_new: int):
             return (input_ids.shape[1] - self.prompt_len) >= self.lim
 
     B, per = len(batch["input_ids"]), max(1, slots // n)
+    family = families.for_model(cfg)
     for start in range(0, B, per):
         group = list(range(start, min(start + per, B)))
         part = family.take_rows(batch, group, cfg)
@@ -242,7 +241,7 @@ def fill(a):
     graphdef, state = nnx.split(model)
     S, C, steps = a.slots, 32768, 16
     params = sampling.SamplingParams(max_new_tokens=C, temperature=0.6, top_p=0.9, ignore_eos=True)
-    settings = sampling.knobs(params, (), 0)
+    settings = sampling.knobs(params, ())
     key = jax.random.key(0)
     out = {}
     for at in (1024, 16384):
