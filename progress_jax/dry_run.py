@@ -9,21 +9,27 @@ per device, the bytes of the arguments (parameters, optimizer state, batch), tem
 outputs, the FLOPs and the compile time. A program fits when arguments + temporaries + outputs
 (less the donated, aliased part) are at most train.device_memory_gb.
 
-Programs (jobs.py): sft -> `train_step`; grpo (and the demo's GRPO) -> `rollout` (prefill + decode
-with the KV cache: one generation call of sampling.batch_size generated rows, grpo.n per prompt
-sharing its prefill), `logprobs` (the old log-probs of one update's rows), `ref_logprobs` (with
+Programs (jobs.py): sft -> `train_step`; grpo (and the demo's GRPO) -> `rollout` (the engine's
+two programs, reported as `rollout`: prefill + insert of as many prompts as fill the
+sampling.batch_size slots, grpo.n slots per prompt sharing its prefill, and `decode`: a chunk of
+decode steps over the slots, with its collective bytes per step, the KV cache's bytes per device and
+the slots it holds), `logprobs` (the old log-probs of one update's rows), `ref_logprobs` (with
 grpo.kl_coef and LoRA: the reference's, LoRA off), `train_step` (one update); eval -> `rollout`.
 The schedule's length: train.steps, or jobs.DRY_STEPS where it is 0 (the run counts the samples).
 
 The shapes: the largest length bucket; images of 448x448 pixels (1024 patches, 256 tokens) filling
 the largest patch bucket as far as the rows' prompt length holds them. XLA's cost analysis counts a
 loop body once: its FLOPs are scaled by the scans' trips (decoder layers, vision blocks, micro-batches;
-see loop_factor); the rollout's are those of the prefill plus one decode step.
+see loop_factor); a while loop of unknown trips counts once (the decode's: one step). Communication:
+the bytes of the collectives in the compiled program, per device (collective_bytes).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
+import re
 import time
 
 import jax
@@ -126,6 +132,7 @@ def compile_program(name: str, program, args, devices: int, limit_gb: float, par
     peak = b["arguments"] + b["temp"] + b["output"] - b["alias"]
     flops = float((cost or {}).get("flops", 0.0)) * loop_factor(traced.jaxpr)
     return {"name": name, "devices": devices, "flops_per_device": flops, "micro_batches": micro_batches,
+            "comm_bytes": collective_bytes(compiled.as_text()),
             "bytes_per_device": b, "peak_bytes_per_device": peak, "compile_s": round(seconds, 2),
             "fits": peak <= limit_gb * GIB}
 
@@ -138,6 +145,54 @@ def loop_factor(jaxpr) -> float:
     known) stays counted once."""
     once = _matmul_flops(jaxpr, trips=False)
     return _matmul_flops(jaxpr, trips=True) / once if once else 1.0
+
+
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
+                "f64": 8, "s64": 8, "u64": 8}
+
+
+def collective_bytes(hlo: str) -> int:
+    """Bytes of the collectives' results one device's compiled program (HLO text, after SPMD
+    partitioning) produces in one run of its entry computation: a loop body of known trip count (the
+    decoder layers' scan) counted that many times, one of unknown count (the decode chunk's steps,
+    the attention's blocks) once, a conditional's costlier branch."""
+    comps, name, body = {}, None, []
+    for line in hlo.splitlines():
+        head = re.match(r"^(ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if head and name is None:
+            name, body = ("ENTRY" if head.group(1) else head.group(2)), []
+        elif line.startswith("}") and name is not None:
+            comps[name], name = body, None
+        elif name is not None:
+            body.append(line)
+
+    def size(shape: str) -> int:
+        return sum(_DTYPE_BYTES.get(t, 4) * math.prod(int(d) for d in dims.split(",") if d)
+                   for t, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", shape))
+
+    @functools.lru_cache(maxsize=None)
+    def total(comp: str) -> int:
+        out = 0
+        for line in comps.get(comp, ()):
+            m = re.match(r"^\s*(?:ROOT )?%?[\w.\-]+ = (.+?) ([a-z\-]+)\(", line)
+            if not m:
+                continue
+            shape, op = m.groups()
+            if op.removesuffix("-start") in COLLECTIVES:
+                out += size(shape) // (2 if op.endswith("-start") else 1)  # a start's tuple: operand, result
+            elif op == "while":
+                trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+                out += (int(trips.group(1)) if trips else 1) * total(re.search(r"body=%?([\w.\-]+)", line).group(1))
+            elif op == "conditional":
+                branches = re.search(r"branch_computations=\{([^}]*)\}", line)
+                names = [b.strip().lstrip("%") for b in branches.group(1).split(",")] if branches else []
+                out += max((total(b) for b in names), default=0)
+            elif op == "call":
+                out += total(re.search(r"to_apply=%?([\w.\-]+)", line).group(1))
+        return out
+
+    return total("ENTRY")
 
 
 def _matmul_flops(jaxpr, trips: bool) -> float:
@@ -169,18 +224,25 @@ def _sharded_model(spec: jobs.Spec, model):
 
 
 def rollout_args(spec: jobs.Spec, model, prompts: int, patches: int) -> tuple:
-    """(model, inputs, key, settings) of one generation call of `prompts` prompts (spec's rollout:
-    its n samples each) holding `patches` image patches."""
+    """(model, slots, inputs, rows, slot_ids, key, settings) of the rollout's largest prefill +
+    insert: a batch of `prompts` prompts (spec's rollout: its n samples each) in the engine's
+    slots, as many prompts as fill them prefilled at once, holding `patches` image patches."""
     rollout, arch, mesh = spec.programs["rollout"], spec.model.config, spec.mesh
-    host = host_batch(arch, prompts, spec.config.data.length_buckets[-1], patches)
+    s, length = spec.config.sampling, spec.config.data.length_buckets[-1]
+    slots = rollout.slots(prompts)
+    group = slots // rollout.n
+    host = host_batch(arch, group, length, patches)
     inputs = _wide(rollout.inputs(host, arch, arch.pad_token_id), arch)
-    inputs.pop("num_rows")
     rep = NamedSharding(mesh, P())
-    settings = sampling.knobs(rollout.params, sampling.stop_ids(arch, rollout.params), arch.pad_token_id)
+    ids = np.arange(slots, dtype=np.int32)
+    rows = {"row": ids, "prompt": ids // rollout.n, "limit": np.full_like(ids, s.max_new_tokens)}
+    settings = sampling.knobs(rollout.params, sampling.stop_ids(arch, rollout.params))
     key = jax.eval_shape(lambda: jax.random.key(0))
-    return (model, _abstract(inputs, sampling.input_shardings(inputs, mesh, spec.family)),
-            jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep),
-            jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=rep), settings))
+    state = sampling.abstract_slots(model, slots, sampling.cache_length(length, s.max_new_tokens), mesh)
+    small = lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=rep)  # noqa: E731
+    return (model, state, _abstract(inputs, sampling.input_shardings(inputs, mesh, spec.family)),
+            jax.tree.map(small, rows), small(ids), jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep),
+            jax.tree.map(small, settings))
 
 
 def program_args(spec: jobs.Spec) -> dict[str, tuple]:
@@ -196,11 +258,10 @@ def program_args(spec: jobs.Spec) -> dict[str, tuple]:
         batch = _train_batch(spec, rows, d.length_buckets[-1], d.patch_buckets[-1], t.batch_size // rows)
         return {"train_step": (state, frozen, batch)}
     g = spec.config.grpo
-    rollout = spec.programs["rollout"]
-    prompts = rollout.prompts_per_call(g.rollout_batch_size)
+    prompts = spec.programs["rollout"].slots(g.rollout_batch_size) // g.n  # prefilled at once
     # The prompt batch's patch bucket spread over its prompts; rollouts of a prompt share its images.
     patches = max(IMAGE_SIDE**2, d.patch_buckets[-1] * prompts // g.rollout_batch_size)
-    out = {"rollout": rollout_args(spec, spec.policy(state["params"]), prompts, patches)}
+    out = {"rollout": rollout_args(spec, spec.policy(state["params"]), g.rollout_batch_size, patches)}
     packing = spec.packing
     rows = packing.rows
     k = -(-packing.rows_per_update(t.batch_size, g.n) // rows)
@@ -227,16 +288,21 @@ def report(spec: jobs.Spec) -> list[dict]:
     for name, args in program_args(spec).items():
         program = spec.programs[name]
         if name == "rollout":
-            model, inputs = args[:2]
-            r = compile_program(name, program, args, mesh.size, limit, params_bytes=_device_bytes(nnx.state(model)))
-            r["rows"] = padded = inputs["rows"].shape[0]  # generated rows of the call
-            # The KV cache and activations grow with the rows, the weights do not: the largest call
-            # that fits. Each device holds padded / shards rows.
+            model, slots, key, settings = args[0], args[1], args[5], args[6]
+            params = _device_bytes(nnx.state(model))
+            r = compile_program(name, program, args, mesh.size, limit, params_bytes=params)
+            r["rows"] = rows = slots["fill"].shape[0]  # the engine's slots: the rows generated at once
+            # The KV cache and activations grow with the slots, the weights do not: the most slots
+            # that fit. Each device holds rows / shards of them.
             shards = sharding.batch_shards(mesh)
-            per_row = max(1, (r["peak_bytes_per_device"] - r["bytes_per_device"]["params"]) * shards / padded)
-            room = limit * GIB - r["bytes_per_device"]["params"]
-            r["max_batch_size"] = max(0, int(room // per_row) * shards)
-            out.append(r)
+            per_row = max(1, (r["peak_bytes_per_device"] - params) * shards / rows)
+            r["max_batch_size"] = max(0, int((limit * GIB - params) // per_row) * shards)
+            d = compile_program("decode", _Decode(program), (model, slots, key, settings), mesh.size, limit,
+                                params_bytes=params)
+            d["rows"] = rows
+            d["kv_bytes_per_device"] = _device_bytes(slots["cache"])
+            d["comm_bytes_per_token"] = d.pop("comm_bytes")  # one decode step of every slot
+            out += [r, d]
             continue
         state_or_params, frozen, batch = args
         if name == "train_step":
@@ -246,6 +312,15 @@ def report(spec: jobs.Spec) -> list[dict]:
         out.append(compile_program(name, program, args, mesh.size, limit, params_bytes=p, opt_bytes=o,
                                    micro_batches=batch["input_ids"].shape[0]))
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Decode:
+    """The rollout's decode chunk as a program with `.trace` (compile_program's interface)."""
+    rollout: jobs.Rollout
+
+    def trace(self, *args):
+        return self.rollout.trace_decode(*args)
 
 
 def dry_run(cfg) -> list[dict]:
@@ -272,9 +347,13 @@ def table(programs: list[dict], limit_gb: float) -> str:
                      f"{p['flops_per_device'] / 1e12:.3f} | {p['compile_s']:.1f} |")
     for p in programs:
         if p["name"] == "rollout":
-            lines.append(f"rollout: {p['rows']} rows per generation call (sampling.batch_size); about "
+            lines.append(f"rollout: {p['rows']} slots (sampling.batch_size); about "
                          f"{p['max_batch_size']} would fit in {limit_gb:g} GiB"
                          + ("" if p["fits"] else " -- lower --config.sampling.batch_size"))
+        elif p["name"] == "decode":
+            lines.append(f"decode: one step of {p['rows']} slots communicates "
+                         f"{p['comm_bytes_per_token'] / 2**20:.1f} MiB per device; the KV cache holds "
+                         f"{gb(p['kv_bytes_per_device'])} GiB per device")
         elif not p["fits"]:
             lines.append(f"{p['name']} does not fit: lower --config.train.micro_batch_size, set "
                          "--config.model.remat=full, or use more devices (--config.mesh.*)")

@@ -63,8 +63,9 @@ class Spec:
 
 @dataclasses.dataclass(frozen=True)
 class Rollout:
-    """The `rollout` program: sampling.generate with n samples per prompt (each prompt encoded and
-    prefilled once), in generation calls of batch_size generated rows."""
+    """The `rollout` program: the engine (sampling.generate) with n samples per prompt (each
+    prompt encoded and prefilled once) in batch_size slots; its two compiled programs are prefill +
+    insert (`trace`) and the decode chunk (`trace_decode`)."""
     params: sampling.SamplingParams
     mesh: Any
     family: Any
@@ -75,17 +76,24 @@ class Rollout:
         return sampling.generate(model, prompts, self.params, key, tokenizer=tokenizer, mesh=self.mesh,
                                  batch_size=self.batch_size, family=self.family, n=self.n)
 
-    def prompts_per_call(self, prompts: int) -> int:
-        return sampling.prompts_per_call(prompts, self.batch_size, self.n)
+    def slots(self, prompts: int) -> int:
+        """The engine's slots for a batch of `prompts` prompts."""
+        return sampling.slot_count(self.batch_size, prompts * self.n, self.n, sharding.batch_shards(self.mesh))
 
     def inputs(self, prompts: dict, model_config, pad_id: int) -> dict:
-        """One generation call's NumPy inputs (sampling.prepare) of a host prompt batch."""
-        shards = 1 if self.mesh is None else sharding.batch_shards(self.mesh)
-        return sampling.prepare(prompts, model_config, pad_id, shards, family=self.family, n=self.n)
+        """The prefill inputs (sampling.prefill_inputs) of a host prompt batch as one group."""
+        rows = range(len(prompts["input_ids"]))
+        return sampling.prefill_inputs(prompts, rows, model_config, pad_id, sharding.batch_shards(self.mesh),
+                                       self.family)
 
-    def trace(self, model, inputs: dict, key, settings: dict):
-        """The program of one generation call traced at (abstract) arguments (sampling.trace)."""
-        return sampling.trace(model, inputs, key, settings, self.params, mesh=self.mesh, family=self.family, n=self.n)
+    def trace(self, model, slots, inputs: dict, rows, slot_ids, key, settings):
+        """The prefill + insert program traced at (abstract) arguments (sampling.trace_prefill)."""
+        return sampling.trace_prefill(model, slots, inputs, rows, slot_ids, key, settings, mesh=self.mesh,
+                                      family=self.family)
+
+    def trace_decode(self, model, slots, key, settings):
+        """The decode chunk traced at (abstract) arguments (sampling.trace_decode)."""
+        return sampling.trace_decode(model, slots, key, settings, mesh=self.mesh)
 
 
 # ---- the pieces every job takes from the config ----------------------------------------------
@@ -231,7 +239,7 @@ def grpo_spec(config, mesh, *, steps: int | None = None, model=None, abstract: b
 
 def eval_spec(config, mesh, *, model=None, abstract: bool = False, blank_observation: bool | None = None,
               meta: dict | None = None) -> Spec:
-    """Evaluation: `rollout` (one answer per benchmark prompt, sampling.batch_size prompts a call).
+    """Evaluation: `rollout` (one answer per benchmark prompt, in sampling.batch_size slots).
     model: instead of loading eval_model's; blank_observation: default eval.blank_observation;
     meta: eval.trained's handover meta, where already read."""
     model = eval_model(config, mesh, abstract, meta) if model is None else model

@@ -1,22 +1,33 @@
-"""Batched generation: prefill, then decode into a preallocated KV cache.
+"""Generation: the rollout engine over a fixed set of slots, with continuous batching.
 
 Model-agnostic: the model's family (progress_jax/models/families.py, by its config's model_type)
 says what the generation inputs are (position ids, image patches), how they shard and what the
-position ids of a decode step are; this module pads and buckets the prompts, runs the decode loop,
-samples and reports log-probs.
+position ids of token 0 are; this module schedules rows into slots, samples and reports log-probs.
 
-Everything after host-side preparation runs in one jitted program per shape bucket: the prompt
-is left-padded, its length rounded up to a power of two or the midpoint between two, the batch to
-a power of two that the mesh's data axes divide and the image patch count of each batch shard to a
-power of two, so a run compiles a handful of programs. The patches are split over the data axes
-with their rows (each device runs the vision tower on its own rows' images only).
-The decode loop is a `lax.while_loop` inside that program; it ends when every row has stopped.
+`generate` holds `batch_size` rows at once (the slots, config key sampling.batch_size): one KV cache
+of slots x (the batch's prompt bucket + max_new_tokens) positions, so memory is bounded by the
+slots whatever the batch. A host loop alternates two jitted programs:
 
-n samples per prompt (`generate(..., n=4)`, GRPO's rollouts): the program encodes each prompt's
-images and prefills the prompt once, then repeats the prompt's KV cache, last logits, decode
-positions and mask n times along the batch axis (prompt b's samples at rows b*n .. b*n+n-1) and
-decodes those rows; each samples with the key of its row in the repeated batch, so the tokens are
-those of a batch holding every prompt n times.
+- prefill + insert (`_prefill_insert`): the next pending prompts (as many as free slots allow, n
+  slots each) are right-padded to their own length bucket (powers of two and their midpoints),
+  their images encoded and the prompts prefilled once; each prompt's cache is copied into the n
+  slots of its samples, each of which draws its token 0 from the prompt's last logits. The image
+  patches are split over the mesh's data axes with their prompts (each device encodes its own
+  prompts' images);
+- a decode chunk (`_decode_chunk`): up to `chunk` steps of one token per active slot. Each slot
+  writes its token's keys and values at its own fill and attends to its filled blocks only: the
+  attention loops over the cache's blocks up to the largest fill among the active slots
+  (model.decode_slots), so a step costs what the filled part of the cache costs, not its length.
+
+Between chunks the host collects the finished rows and prefills the next pending prompts into their
+slots: a finished row costs nothing beyond the chunk it finishes in, and one long row holds its own
+slot only.
+
+Keys: row r (prompt r // n's sample r % n) draws its token t with fold_in(fold_in(key, t), r), and
+its decode positions continue its prompt's (the family's positions of token 0, plus t), so its
+tokens depend on its prompt and the key only, never on the slot it runs in, the slot count, the
+chunk length or the other rows: they are the tokens of a static batch holding every prompt n times
+(tests/test_engine.py; tests/test_sampling.py against transformers).
 
 Log-probs: `logprobs` holds log p(token) of each sampled token under the policy *at the
 sampling temperature*, log_softmax(logits / temperature), before top-k/top-p truncation. This
@@ -42,7 +53,8 @@ from progress_jax.models import families
 
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
-    """Generation settings; only max_new_tokens is compiled in, the others are traced values."""
+    """Generation settings; only max_new_tokens shapes the programs (the cache length), the others are
+    traced values."""
 
     max_new_tokens: int = 4096
     temperature: float = 0.6  # 0 = greedy
@@ -104,50 +116,8 @@ def stop_ids(model_config, params: SamplingParams, tokenizer=None) -> tuple[int,
     return tuple(sorted(ids))
 
 
-def left_pad(input_ids, attention_mask, batch_size: int, length: int, pad_id: int):
-    """Move each row's real tokens to the right end of a [batch_size, length] array. Rows without
-    real tokens (padding rows of a last batch, or extra rows up to batch_size) get one pad token
-    marked real, so that no row is fully masked; their outputs are meaningless."""
-    ids = np.full((batch_size, length), pad_id, np.int32)
-    mask = np.zeros((batch_size, length), np.int32)
-    src_ids, src_mask = np.asarray(input_ids), np.asarray(attention_mask) > 0
-    for b in range(batch_size):
-        real = src_ids[b][src_mask[b]] if b < len(src_ids) else np.zeros((0,), np.int32)
-        if real.size == 0:
-            mask[b, -1] = 1
-            continue
-        ids[b, length - real.size:], mask[b, length - real.size:] = real, 1
-    return ids, mask
-
-
-def prepare(batch: dict, config, pad_id: int, data_shards: int = 1, length: int | None = None,
-            first_row: int = 0, family=None, n: int = 1) -> dict:
-    """Host batch (any padding side) -> left-padded, bucketed NumPy inputs of the generation program
-    (the rest from family.generation_inputs: default the family of the model config `config`).
-    data_shards: the mesh's batch shards (rows and image patches split into that many groups);
-    length: the padded prompt length (default: the bucket of this batch's longest prompt);
-    first_row: the index of the batch's first row in the whole batch (its rows' sampling keys);
-    n: samples per row (`rows`: the sampling keys of the n * B decode rows, prompt b's at b*n + j)."""
-    family = family or families.for_model(config)
-    input_ids, attention_mask = np.asarray(batch["input_ids"]), np.asarray(batch["attention_mask"])
-    if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
-        raise ValueError(f"input_ids {input_ids.shape} and attention_mask {attention_mask.shape} must be equal [B, L]")
-    B = input_ids.shape[0]
-    B_pad = -(-_pow2(B) // data_shards) * data_shards
-    L_pad = length or prompt_length(attention_mask)
-    ids, mask = left_pad(input_ids, attention_mask, B_pad, L_pad, pad_id)
-    prompts = {**batch, "input_ids": ids, "attention_mask": mask}
-    out = family.generation_inputs(prompts, config, data_shards, lambda n: _pow2(n, MIN_PATCHES))
-    # Decode rows: pow2(B) * n, a multiple of the data shards (fewer than B_pad * n where B_pad was
-    # rounded up for the mesh, so that the padding does not grow n times).
-    rows = -(-_pow2(B) * n // data_shards) * data_shards
-    out["rows"] = np.arange(first_row * n, first_row * n + rows, dtype=np.int32)
-    out["num_rows"] = B * n
-    return out
-
-
 def prompt_length(attention_mask) -> int:
-    """The padded prompt length of the generation program for these prompts."""
+    """The length bucket of these prompts' longest (a slot's cache: this + max_new_tokens)."""
     return _length_bucket(int((np.asarray(attention_mask) > 0).sum(1).max(initial=1)))
 
 
@@ -172,16 +142,17 @@ def _filter_logits(logits, temperature, top_p, top_k):
     return jax.lax.cond((top_k > 0) | (top_p < 1), truncate, lambda x: x, logits)
 
 
-def _pick(logits, key, t, knobs, rows):
+def pick(logits, key, t, knobs, rows):
     """Next token [B] and its log-prob from logits [B, V]; one independent key per row and step:
-    fold_in(fold_in(key, t), row) with `rows` [B] the rows' indices in the whole batch, so that a
-    row draws the same tokens whichever generation call (sampling batch) it is in."""
+    fold_in(fold_in(key, t), row) with t the token's index in its row (a scalar, or [B] where rows
+    are at different steps: the engine's slots) and `rows` [B] the rows' indices in the whole
+    batch, so that a row draws the same tokens whichever generation call or slot it is in."""
     temperature = knobs["temperature"]
     safe_t = jnp.where(temperature > 0, temperature, 1.0)
 
     def sample(logits):
-        step_key = jax.random.fold_in(key, t)
-        row_keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(rows)
+        steps = jnp.broadcast_to(t, rows.shape)
+        row_keys = jax.vmap(lambda s, i: jax.random.fold_in(jax.random.fold_in(key, s), i))(steps, rows)
         filtered = _filter_logits(logits, safe_t, knobs["top_p"], knobs["top_k"])
         return jax.vmap(jax.random.categorical)(row_keys, filtered).astype(jnp.int32)
 
@@ -191,71 +162,15 @@ def _pick(logits, key, t, knobs, rows):
     return tok, logp
 
 
-def _repeat(x, n: int, rows: int, axis: int = 0):
-    """Each row of x (on `axis`) n times, copies contiguous; the first `rows` of them."""
-    return jax.lax.slice_in_dim(jnp.repeat(x, n, axis=axis), 0, rows, axis=axis)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "mesh", "family", "n"))
-def _generate(graphdef, state, inputs, key, knobs, *, max_new_tokens: int, mesh, family=None, n: int = 1):
-    model = nnx.merge(graphdef, state)
-    family = family or families.for_model(model.config)
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    B, L = ids.shape
-    N = max_new_tokens
-    pad_id, stop_arr = knobs["pad_id"], knobs["stop_ids"]
-    S = L + N if n == 1 else L  # n > 1: a cache of the prompts only, grown when repeated below
-    cache = model.init_cache(B, S, mesh=mesh)  # the model gives its cache its sharding
-    kv_mask = jnp.concatenate([mask, jnp.ones((B, N), mask.dtype)], axis=1)
-
-    x = family.prompt_embeddings(model, inputs)
-    hidden, cache = model.decode(x, inputs["position_ids"], kv_mask[:, :S], cache, 0)
-    logits = model.logits(hidden[:, -1])
-    rows = inputs["rows"]
-    B = rows.shape[0]  # the decode rows
-    if n > 1:  # each prompt's prefill shared by its n samples
-        cache = model.repeat_cache(cache, n, B, L + N, mesh=mesh)
-        logits, kv_mask = _repeat(logits, n, B), _repeat(kv_mask, n, B)
-        inputs = {k: _repeat(v, n, B, family.GENERATION_AXIS[k]) for k, v in inputs.items()
-                  if k in family.GENERATION_AXIS and k not in family.PATCH_KEYS}
-    tok, logp = _pick(logits, key, 0, knobs, rows)
-    tokens = jnp.full((B, N), pad_id, jnp.int32).at[:, 0].set(tok)
-    logprobs = jnp.zeros((B, N), jnp.float32).at[:, 0].set(logp)
-    done = jnp.isin(tok, stop_arr)
-
-    def cond(carry):
-        t, _, done, *_ = carry
-        return (t < N) & ~jnp.all(done)
-
-    def body(carry):
-        t, prev, done, tokens, logprobs, lengths, cache = carry
-        pos = family.decode_position_ids(inputs, t - 1)  # of `prev`, generated token t - 1
-        hidden, cache = model.decode(model.embed(prev[:, None]), pos, kv_mask, cache, L + t - 1)
-        tok, logp = _pick(model.logits(hidden[:, 0]), key, t, knobs, rows)
-        tok = jnp.where(done, pad_id, tok)
-        logp = jnp.where(done, 0.0, logp)
-        tokens = jax.lax.dynamic_update_slice(tokens, tok[:, None], (0, t))
-        logprobs = jax.lax.dynamic_update_slice(logprobs, logp[:, None], (0, t))
-        lengths = lengths + (~done).astype(jnp.int32)
-        return t + 1, tok, done | jnp.isin(tok, stop_arr), tokens, logprobs, lengths, cache
-
-    carry = (jnp.int32(1), tok, done, tokens, logprobs, jnp.ones((B,), jnp.int32), cache)
-    _, _, done, tokens, logprobs, lengths, _ = jax.lax.while_loop(cond, body, carry)
-    out = {"tokens": tokens, "logprobs": logprobs, "lengths": lengths, "stopped": done}
-    if mesh is not None:  # small outputs, replicated so that every host can read them
-        out = jax.lax.with_sharding_constraint(out, NamedSharding(mesh, P()))
-    return out
-
-
 def input_shardings(inputs: dict, mesh, family) -> dict:
-    """Every generation input split over the data axes on its batch axis (family.GENERATION_AXIS;
-    `rows` on axis 0): token arrays by rows, image patches and their vision indices by batch shard."""
-    axis = {**family.GENERATION_AXIS, "rows": 0}
+    """Every generation input split over the data axes on its batch axis (family.GENERATION_AXIS):
+    token arrays by rows, image patches and their vision indices by batch shard."""
+    axis = family.GENERATION_AXIS
     return jax.tree_util.tree_map_with_path(
         lambda path, x: sharding.batch_sharding(mesh, x.ndim, axis[sharding.path_str(path).split("/")[-1]]), inputs)
 
 
-def _to_device(inputs: dict, mesh, family) -> dict:
+def to_device(inputs: dict, mesh, family) -> dict:
     """NumPy inputs -> global arrays. Every process holds the whole batch (docs/multihost.md) and
     places the slices its own devices hold."""
     if mesh is None:
@@ -264,75 +179,239 @@ def _to_device(inputs: dict, mesh, family) -> dict:
                         inputs, input_shardings(inputs, mesh, family))
 
 
-def knobs(params: SamplingParams, stops, pad_id: int) -> dict:
-    """The generation program's traced settings (NumPy scalars; the stop ids padded with -1 to a
+def knobs(params: SamplingParams, stops) -> dict:
+    """The generation programs' traced settings (NumPy scalars; the stop ids padded with -1 to a
     power of two, so that their number rarely changes the program)."""
     stop_arr = np.full(_pow2(len(stops), 4), -1, np.int32)
     stop_arr[: len(stops)] = stops
     return {"temperature": np.float32(params.temperature), "top_p": np.float32(params.top_p),
             "top_k": np.int32(params.top_k), "logprobs_at_temperature": np.bool_(params.logprobs_at_temperature),
-            "pad_id": np.int32(pad_id), "stop_ids": stop_arr}
+            "stop_ids": stop_arr}
 
 
-def trace(model, inputs: dict, key, settings: dict, params: SamplingParams, *, mesh, family, n: int = 1):
-    """The generation program that generate_arrays runs, traced at (abstract) arguments: `inputs`
-    as `prepare` gives them less num_rows, `settings` as knobs() gives them (the dry run)."""
+def texts(gen: Generation, tokenizer) -> list[str]:
+    """Each row's tokens before its stop token, decoded (special tokens skipped)."""
+    return [tokenizer.decode(row[: n - 1 if stopped else n], skip_special_tokens=True)
+            for row, n, stopped in zip(gen.tokens, gen.lengths, gen.stopped)]
+
+
+BLOCK = 256  # cache slots per attention block: a decode step reads whole blocks up to the largest fill
+CHUNK = 32  # decode steps per jitted call: a finished row idles for at most the rest of its chunk
+
+
+def _replicated(tree, mesh):
+    return tree if mesh is None else jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, P()))
+
+
+def slot_shardings(model, mesh) -> dict:
+    """The slots' state on the mesh: the cache as the model shards it, the per-slot values with
+    their slots (split over the data axes)."""
+    vec, cache = sharding.batch_sharding(mesh, 1), model.cache_sharding(mesh)
+    return {"cache": {"k": cache, "v": cache}, "fill": vec, "step": vec, "prev": vec, "row": vec, "limit": vec,
+            "pos": sharding.batch_sharding(mesh, 2, 1), "active": vec}
+
+
+def _placed(slots, model, mesh):
+    return slots if mesh is None else jax.lax.with_sharding_constraint(slots, slot_shardings(model, mesh))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "slots", "length", "mesh"))
+def _init_slots(graphdef, state, *, slots: int, length: int, mesh):
+    """The engine's state: each slot's KV cache [layers, slots, length, ...], its fill (keys in its
+    cache), the index of the token its next step draws, that token's predecessor, its row, the
+    decode position of its row's token 0, its row's token limit, and whether it is generating."""
+    model = nnx.merge(graphdef, state)
+    zeros = jnp.zeros((slots,), jnp.int32)
+    return _placed({"cache": model.init_cache(slots, length), "fill": zeros, "step": zeros, "prev": zeros,
+                    "row": zeros, "limit": zeros, "pos": jnp.zeros((3, slots), jnp.int32),
+                    "active": jnp.zeros((slots,), bool)},
+                   model, mesh)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "mesh", "family"), donate_argnames=("slots",))
+def _prefill_insert(graphdef, state, slots, inputs, rows, slot_ids, key, knobs, *, mesh, family):
+    """Prefill the group's prompts (right-padded [G, L]) once, then for each entry i of `rows` (one
+    per slot: "row" a row's global index, "prompt" its prompt in the group, "limit" its most new
+    tokens) sample its token 0 and insert the row into slot slot_ids[i] (out of range: no row)."""
+    model = nnx.merge(graphdef, state)
+    mask = inputs["attention_mask"]
+    G, L = mask.shape
+    x = family.prompt_embeddings(model, inputs)
+    hidden, cache = model.decode(x, inputs["position_ids"], mask, model.init_cache(G, L, mesh=mesh), 0)
+    real = mask.sum(1).astype(jnp.int32)
+    last = jnp.take_along_axis(hidden, jnp.maximum(real - 1, 0)[:, None, None], axis=1)[:, 0]
+    prompt, limit, rows = rows["prompt"], rows["limit"], rows["row"]
+    tok, logp = pick(model.logits(last)[prompt], key, 0, knobs, rows)
+    go = ~jnp.isin(tok, knobs["stop_ids"]) & (limit > 1)
+    pos = family.decode_position_ids(inputs, 0)[:, :, 0].astype(jnp.int32)  # [3, G]: of token 0
+
+    def put(a, v, axis=0):
+        return a.at[(slice(None),) * axis + (slot_ids,)].set(v, mode="drop")
+
+    slots = {"cache": {k: c.at[:, slot_ids, :L].set(cache[k][:, prompt].astype(c.dtype), mode="drop")
+                       for k, c in slots["cache"].items()},
+             "fill": put(slots["fill"], real[prompt]), "step": put(slots["step"], jnp.ones_like(tok)),
+             "prev": put(slots["prev"], tok), "row": put(slots["row"], rows),
+             "limit": put(slots["limit"], limit), "pos": put(slots["pos"], pos[:, prompt], 1),
+             "active": put(slots["active"], go)}
+    return _placed(slots, model, mesh), _replicated({"tokens": tok, "logprobs": logp}, mesh)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "steps", "block", "mesh"), donate_argnames=("slots",))
+def _decode_chunk(graphdef, state, slots, key, knobs, *, steps: int, block: int, mesh):
+    """Up to `steps` decode steps of every active slot (fewer when all finish). Returns the slots
+    and per slot and step the token, its log-prob and whether the slot was active (emitted it)."""
+    model = nnx.merge(graphdef, state)
+    S = slots["fill"].shape[0]
+    out = {"tokens": jnp.zeros((S, steps), jnp.int32), "logprobs": jnp.zeros((S, steps), jnp.float32),
+           "emitted": jnp.zeros((S, steps), bool)}
+
+    def cond(carry):
+        i, s, _ = carry
+        return (i < steps) & jnp.any(s["active"])
+
+    def body(carry):
+        i, s, out = carry
+        act = s["active"]
+        fill = jnp.where(act, s["fill"], 0)  # an idle slot writes into and reads its own block 0 only
+        blocks = (jnp.max(jnp.where(act, fill + 1, 1)) + block - 1) // block
+        pos = (s["pos"] + s["step"] - 1)[:, :, None]  # of `prev`, generated token step - 1
+        hidden, cache = model.decode_slots(model.embed(s["prev"][:, None]), pos, fill, s["cache"], blocks, block)
+        tok, logp = pick(model.logits(hidden[:, 0]), key, s["step"], knobs, s["row"])
+        stop = jnp.isin(tok, knobs["stop_ids"]) | (s["step"] + 1 >= s["limit"])
+        out = {"tokens": out["tokens"].at[:, i].set(tok), "logprobs": out["logprobs"].at[:, i].set(logp),
+               "emitted": out["emitted"].at[:, i].set(act)}
+        s = {**s, "cache": cache, "fill": jnp.where(act, fill + 1, s["fill"]),
+             "step": jnp.where(act, s["step"] + 1, s["step"]), "prev": jnp.where(act, tok, s["prev"]),
+             "active": act & ~stop}
+        return i + 1, s, out
+
+    _, slots, out = jax.lax.while_loop(cond, body, (jnp.int32(0), slots, out))
+    return _placed(slots, model, mesh), _replicated({**out, "active": slots["active"]}, mesh)
+
+
+def slot_count(batch_size: int | None, rows: int, n: int, data_shards: int = 1) -> int:
+    """The engine's slots: batch_size (default: every row), at least one prompt's n rows, a multiple
+    of the mesh's batch shards."""
+    return -(-max(batch_size or rows, n) // data_shards) * data_shards
+
+
+def cache_length(prompt_length: int, max_new_tokens: int, block: int = BLOCK) -> int:
+    """A slot's cache: the prompt bucket + max_new_tokens, in whole blocks."""
+    return -(-(prompt_length + max_new_tokens) // block) * block
+
+
+def prefill_inputs(batch: dict, prompts, config, pad_id: int, data_shards: int, family) -> dict:
+    """The group `prompts` (rows of the host batch) right-padded to their length bucket, in a
+    power-of-two number of rows that the batch shards divide -> the family's generation inputs."""
+    ids, mask = np.asarray(batch["input_ids"]), np.asarray(batch["attention_mask"]) > 0
+    group = family.take_rows(batch, list(prompts), config)
+    real = [ids[p][mask[p]] for p in prompts]
+    G = -(-_pow2(len(real)) // data_shards) * data_shards
+    L = prompt_length(np.asarray(group["attention_mask"]))
+    out_ids, out_mask = np.full((G, L), pad_id, np.int32), np.zeros((G, L), np.int32)
+    for g, r in enumerate(real):
+        out_ids[g, :r.size], out_mask[g, :r.size] = r, 1
+    out_mask[len(real):, 0] = 1  # padding prompts: one token, so that no row is fully masked
+    return family.generation_inputs({**group, "input_ids": out_ids, "attention_mask": out_mask}, config, data_shards,
+                                    lambda p: _pow2(p, MIN_PATCHES))
+
+
+def abstract_slots(model, slots: int, length: int, mesh) -> dict:
+    """The engine's state as ShapeDtypeStructs with its shardings (the dry run)."""
     graphdef, state = nnx.split(model)
-    return _generate.trace(graphdef, state, inputs, key, settings, max_new_tokens=params.max_new_tokens, mesh=mesh,
-                           family=family, n=n)
+    shapes = jax.eval_shape(functools.partial(_init_slots, graphdef, slots=slots, length=length, mesh=None), state)
+    if mesh is None:
+        return shapes
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                        slot_shardings(model, mesh))
 
 
-def prompts_per_call(prompts: int, batch_size: int | None, n: int = 1) -> int:
-    """Prompts in one generation call of `generate`: batch_size // n (at least one), all without
-    batch_size."""
-    return prompts if not batch_size else min(prompts, max(1, batch_size // n))
-
-
-def generate_arrays(model, inputs: dict, key, params: SamplingParams, *, stops=None, pad_id: int | None = None,
-                    mesh=None, family=None, n: int = 1) -> dict:
-    """Lower level: `inputs` from `prepare` (NumPy, the same n). Returns NumPy tokens, logprobs,
-    lengths, stopped for the first `inputs['num_rows']` rows."""
-    family = family or families.for_model(model.config)
-    pad_id = model.config.pad_token_id if pad_id is None else pad_id
-    stops = stop_ids(model.config, params) if stops is None else tuple(stops)
-    rows = inputs["num_rows"]
-    arrays = {k: v for k, v in inputs.items() if k != "num_rows"}
+def trace_prefill(model, slots, inputs, rows, slot_ids, key, settings, *, mesh, family):
+    """The prefill + insert program that generate runs, traced at (abstract) arguments: `inputs`
+    as prefill_inputs gives them, `settings` as knobs() gives them (the dry run)."""
     graphdef, state = nnx.split(model)
-    out = _generate(graphdef, state, _to_device(arrays, mesh, family), key, knobs(params, stops, pad_id),
-                    max_new_tokens=params.max_new_tokens, mesh=mesh, family=family, n=n)
-    return {k: np.asarray(v)[:rows] for k, v in out.items()}
+    return _prefill_insert.trace(graphdef, state, slots, inputs, rows, slot_ids, key, settings, mesh=mesh,
+                                 family=family)
+
+
+def trace_decode(model, slots, key, settings, *, mesh, chunk: int = CHUNK, block: int = BLOCK):
+    """The decode chunk program that generate runs, traced at (abstract) arguments (the dry run)."""
+    graphdef, state = nnx.split(model)
+    return _decode_chunk.trace(graphdef, state, slots, key, settings, steps=chunk, block=block, mesh=mesh)
 
 
 def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None, mesh=None,
-             batch_size: int | None = None, family=None, n: int = 1) -> Generation:
-    """Main API: a host batch from data_pipeline (input_ids, attention_mask, pixel_values,
-    image_grid_thw; right- or left-padded) -> one Generation row per batch row, or with n > 1
-    n rows per batch row (row b's at b*n .. b*n+n-1), each prompt encoded and prefilled once:
-    the tokens of `batch` with every row repeated n times (rows of one prompt contiguous).
-
-    batch_size: generated rows per call (config key sampling.batch_size), so that the KV cache of
-    a large batch fits; a call takes batch_size // n prompts (at least one). Every call pads its
-    prompts to the whole batch's length bucket and each row samples with its own key (its index in
-    the whole output), so the tokens do not depend on it.
-    family: the model family (default: families.for_model(model.config))."""
+             batch_size: int | None = None, family=None, n: int = 1, chunk: int = CHUNK,
+             block: int = BLOCK, max_lengths=None) -> Generation:
+    """A host batch from data_pipeline (input_ids, attention_mask, pixel_values, image_grid_thw;
+    either padding side) -> one Generation row per batch row, or with n > 1 n rows per
+    batch row (row b's at b*n .. b*n+n-1), each prompt encoded and prefilled once.
+    batch_size: the slots (rows generated at once; default every row); chunk: decode steps per
+    jitted call; block: the attention's block of cache slots. None of these changes a row's tokens.
+    family: default families.for_model(model.config). max_lengths: per generated row, the most
+    tokens it draws (default max_new_tokens; tools/bench_rollout.py's answer-length schedule)."""
     family = family or families.for_model(model.config)
     pad_id = tokenizer.pad_id if tokenizer is not None else model.config.pad_token_id
-    data_shards = 1 if mesh is None else sharding.batch_shards(mesh)
+    shards = 1 if mesh is None else sharding.batch_shards(mesh)
     stops = stop_ids(model.config, params, tokenizer)
+    settings = knobs(params, stops)
+    N = params.max_new_tokens
     B = np.asarray(batch["input_ids"]).shape[0]
-    step = prompts_per_call(B, batch_size, n)
-    length = prompt_length(batch["attention_mask"])
-    parts = []
-    for start in range(0, B, step):
-        chunk = batch if step == B else family.take_rows(batch, range(start, min(start + step, B)), model.config)
-        inputs = prepare(chunk, model.config, pad_id, data_shards, length=length, first_row=start, family=family, n=n)
-        parts.append(generate_arrays(model, inputs, key, params, stops=stops, pad_id=pad_id, mesh=mesh, family=family,
-                                     n=n))
-    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    gen = Generation(out["tokens"], out["logprobs"], out["lengths"], out["stopped"])
+    S = slot_count(batch_size, B * n, n, shards)
+    limits = np.full((B * n,), N, np.int32) if max_lengths is None else np.minimum(max_lengths, N).astype(np.int32)
+    graphdef, state = nnx.split(model)
+    slots = _init_slots(graphdef, state, slots=S,
+                        length=cache_length(prompt_length(batch["attention_mask"]), N, block), mesh=mesh)
+
+    tokens = np.full((B * n, N), pad_id, np.int32)
+    logprobs = np.zeros((B * n, N), np.float32)
+    lengths = np.zeros((B * n,), np.int32)
+    pending, free, held = list(range(B)), list(range(S)), {}  # held: slot -> row
+    stop_set = set(stops)
+
+    def emit(r, tok, logp):
+        tokens[r, lengths[r]], logprobs[r, lengths[r]] = tok, logp
+        lengths[r] += 1
+
+    while pending or held:
+        group = pending[: len(free) // n]
+        if group:
+            del pending[: len(group)]
+            inputs = prefill_inputs(batch, group, model.config, pad_id, shards, family)
+            R = len(group) * n  # rows 0 .. R - 1 of the S entries (one per slot) are real
+            rows = np.zeros((S,), np.int32)
+            rows[:R] = np.ravel([np.arange(p * n, (p + 1) * n) for p in group])
+            prompt = np.minimum(np.arange(S) // n, len(group) - 1).astype(np.int32)
+            slot_ids = np.full((S,), S, np.int32)  # out of range: no row
+            slot_ids[:R] = free[:R]
+            del free[:R]
+            slots, first = _prefill_insert(graphdef, state, slots, to_device(inputs, mesh, family),
+                                           {"row": rows, "prompt": prompt, "limit": limits[rows]}, slot_ids, key,
+                                           settings, mesh=mesh, family=family)  # NumPy: the same on every process
+            first = jax.tree.map(np.asarray, first)
+            for i in range(R):
+                emit(rows[i], first["tokens"][i], first["logprobs"][i])
+                if int(first["tokens"][i]) in stop_set or limits[rows[i]] == 1:
+                    free.append(int(slot_ids[i]))
+                else:
+                    held[int(slot_ids[i])] = int(rows[i])
+            free.sort()
+        if not held:
+            continue
+        slots, out = _decode_chunk(graphdef, state, slots, key, settings, steps=chunk, block=block,
+                                   mesh=mesh)
+        out = jax.tree.map(np.asarray, out)
+        for s, r in list(held.items()):
+            for i in np.flatnonzero(out["emitted"][s]):
+                emit(r, out["tokens"][s, i], out["logprobs"][s, i])
+            if not out["active"][s]:
+                del held[s]
+                free.append(s)
+        free.sort()
+
+    last = tokens[np.arange(B * n), lengths - 1]
+    gen = Generation(tokens, logprobs, lengths, np.isin(last, list(stop_set)))
     if tokenizer is not None:
-        gen.texts = [
-            tokenizer.decode(row[: n - 1 if stopped else n], skip_special_tokens=True)
-            for row, n, stopped in zip(gen.tokens, gen.lengths, gen.stopped)
-        ]
+        gen.texts = texts(gen, tokenizer)
     return gen

@@ -75,24 +75,27 @@ def test_sft_train_step(tmp_path, capsys):
 def test_grpo_rollout_logprobs_train_step(tmp_path, capsys):
     config = configured(grpo_config.get_config, tmp_path, sampling__max_new_tokens=32, sampling__batch_size=8)
     programs = report(config, capsys)
-    assert [p["name"] for p in programs] == ["rollout", "logprobs", "train_step"]
+    assert [p["name"] for p in programs] == ["rollout", "decode", "logprobs", "train_step"]
     for p in programs:
         check_sizes(p)
-    rollout = programs[0]
-    assert rollout["rows"] == 8 and rollout["max_batch_size"] >= 8
+    rollout, decode = programs[:2]
+    assert rollout["rows"] == decode["rows"] == 8 and rollout["max_batch_size"] >= 8
     # The update holds the Adam moments; the log-prob program no optimizer state.
-    assert programs[1]["bytes_per_device"]["optimizer"] == 0 < programs[2]["bytes_per_device"]["optimizer"]
-    # The KV cache (keys and values of every layer for prompt + new tokens, float32, rows split
-    # over the 8 devices) is among the rollout's temporaries.
+    assert programs[2]["bytes_per_device"]["optimizer"] == 0 < programs[3]["bytes_per_device"]["optimizer"]
+    # The engine's KV cache (keys and values of every layer for prompt + new tokens in whole blocks
+    # of 256, float32, slots split over the 8 devices) is an argument of both programs.
     t = qwen_config.tiny().text
-    cache = 2 * t.num_hidden_layers * (8 // 8) * (LENGTH + 32) * t.num_key_value_heads * t.head_dim * 4
-    assert rollout["bytes_per_device"]["temp"] >= cache
+    cache = 2 * t.num_hidden_layers * (8 // 8) * 768 * t.num_key_value_heads * t.head_dim * 4
+    assert decode["kv_bytes_per_device"] == cache
+    assert rollout["bytes_per_device"]["arguments"] >= cache and decode["bytes_per_device"]["arguments"] >= cache
+    # One decode step: FSDP weights gathered for every layer (the tiny model's 4 layers at least).
+    assert decode["comm_bytes_per_token"] > 4 * t.hidden_size * t.intermediate_size * 4 * 7 / 8
 
 
 def test_eval_and_tiny_device_memory_does_not_fit(tmp_path, capsys):
     config = configured(eval_config.get_config, tmp_path, train__device_memory_gb=1e-4, sampling__max_new_tokens=16)
-    (p,) = report(config, capsys)
-    assert p["name"] == "rollout" and p["fits"] is False
+    p, decode = report(config, capsys)
+    assert p["name"] == "rollout" and p["fits"] is False and decode["name"] == "decode"
     assert p["max_batch_size"] == 0
     main.dry(config)  # the table names the key to change
     assert "--config.sampling.batch_size" in capsys.readouterr().out
@@ -112,8 +115,9 @@ def test_cli_dry_run_json(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    (p,) = json.loads(out.stdout)["programs"]
+    p, decode = json.loads(out.stdout)["programs"]
     assert p["name"] == "rollout" and p["devices"] == 2 and p["fits"] is True
+    assert decode["name"] == "decode" and decode["kv_bytes_per_device"] > 0
 
 
 def test_the_dry_run_compiles_the_programs_a_run_executes():

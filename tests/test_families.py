@@ -111,7 +111,7 @@ def test_the_sampler_takes_its_inputs_from_the_family():
     params = sampling.SamplingParams(max_new_tokens=4, temperature=1.0)
     expected = sampling.generate(model, batch, params, jax.random.key(1))
     toy = text_only_family()
-    assert "rope_deltas" not in sampling.prepare(batch, model.config, 0, family=toy)
+    assert "rope_deltas" not in sampling.prefill_inputs(batch, range(3), model.config, 0, 1, toy)
     mesh = sharding.make_mesh(4, 1, 1, devices=jax.devices()[:4])
     got = sampling.generate(model, batch, params, jax.random.key(1), family=toy, mesh=mesh, batch_size=2)
     np.testing.assert_array_equal(got.tokens, expected.tokens)

@@ -14,7 +14,7 @@ from progress_jax.models import qwen2_5_vl
 from progress_jax.models.qwen2_5_vl import family as qwen
 from tools import gpu_check
 
-CHECKS = ["LoRA SFT step, 1 x 128 tokens", "LoRA SFT step, 1 x 256 tokens", "rollout, progress_jax sampler",
+CHECKS = ["LoRA SFT step, 1 x 128 tokens", "LoRA SFT step, 1 x 256 tokens", "rollout, progress_jax engine",
           "rollout, vLLM", "GRPO step", "attention, XLA (chunk 64)", "attention, cuDNN"]
 
 
@@ -42,7 +42,7 @@ def test_smoke_prints_every_row_with_numbers(smoke):
         assert r.tokens_s == pytest.approx(length / r.seconds)
         assert r.mfu == pytest.approx(r.tokens_s * qwen.flops_per_token(tiny, length, True) / 1e12)
 
-    r = by["rollout, progress_jax sampler"]
+    r = by["rollout, progress_jax engine"]
     assert r.tokens_s * r.seconds == pytest.approx(4 * 2 * 8)  # every sample generated its 8 tokens
     assert r.goal == ">= vLLM: no vLLM number"
     if importlib.util.find_spec("vllm") is None:

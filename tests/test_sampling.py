@@ -130,15 +130,15 @@ def test_sharded_greedy_matches_unsharded(models):
 
 
 def test_sampling_batches_give_the_tokens_of_one_call(models):
-    """GRPO's rollouts in generation calls of sampling.batch_size rows: each row keeps its own key
-    (its index in the whole batch) and the whole batch's prompt length, so the sampled tokens are
-    those of one call over all rows, images going with their rows."""
+    """GRPO's rollouts in sampling.batch_size slots: each row keeps its own key (its index in the
+    whole batch), so the sampled tokens are those of all rows at once, images going with their rows
+    (more schedules: tests/test_engine.py)."""
     _, _, model = models
     batch = qwen.take_rows(host_batch(), [0, 1, 1, 0, 1], model.config)  # rows of one prompt differ
     params = sampling.SamplingParams(max_new_tokens=N, temperature=1.0)
     whole = sampling.generate(model, batch, params, jax.random.key(7))
     assert (whole.tokens[1] != whole.tokens[2]).any()  # independent keys per row
-    for size in (1, 2, 3):
+    for size in (2,):
         parts = sampling.generate(model, batch, params, jax.random.key(7), batch_size=size)
         np.testing.assert_array_equal(parts.tokens, whole.tokens)
         np.testing.assert_array_equal(parts.lengths, whole.lengths)

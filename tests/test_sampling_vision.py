@@ -55,8 +55,8 @@ def test_sharded_patches_sample_the_one_device_tokens(setup):
                      [(1, 16, 8), (1, 4, 4)]])
     params = sampling.SamplingParams(max_new_tokens=N, temperature=1.0)
     expected = sampling.generate(one, batch, params, jax.random.key(3))
-    inputs = sampling.prepare(batch, CFG, CFG.pad_token_id, data_shards=8)
-    # Per batch shard (one row each here): the largest shard's 288 patches, bucketed to 512.
+    inputs = sampling.prefill_inputs(batch, range(7), CFG, CFG.pad_token_id, 8, qwen)
+    # Per batch shard (one prompt each here): the largest shard's 288 patches, bucketed to 512.
     assert inputs["pixel_values"].shape == (8, 512, 1176)
     got = sampling.generate(sharded, batch, params, jax.random.key(3), mesh=mesh)
     np.testing.assert_array_equal(got.tokens, expected.tokens)
@@ -65,15 +65,17 @@ def test_sharded_patches_sample_the_one_device_tokens(setup):
 
 
 def compiled_generation(model, batch, mesh):
+    """The engine's prefill + insert of the whole batch into as many slots, compiled."""
     shards = 1 if mesh is None else sharding.batch_shards(mesh)
-    inputs = sampling.prepare(batch, CFG, CFG.pad_token_id, data_shards=shards)
-    inputs.pop("num_rows")
-    dev = sampling._to_device(inputs, mesh, qwen)
-    graphdef, state = nnx.split(model)
-    knobs = {"temperature": np.float32(1.0), "top_p": np.float32(1.0), "top_k": np.int32(0),
-             "logprobs_at_temperature": np.bool_(True), "pad_id": np.int32(0), "stop_ids": np.full(4, -1, np.int32)}
-    compiled = sampling._generate.lower(graphdef, state, dev, jax.random.key(0), knobs, max_new_tokens=N,
-                                        mesh=mesh, family=qwen).compile()
+    rows = len(batch["input_ids"])
+    dev = sampling.to_device(sampling.prefill_inputs(batch, range(rows), CFG, CFG.pad_token_id, shards, qwen), mesh,
+                             qwen)
+    knobs = sampling.knobs(sampling.SamplingParams(N, temperature=1.0), ())
+    slots = sampling.abstract_slots(model, rows, sampling.cache_length(128, N), mesh)
+    ids = np.arange(rows, dtype=np.int32)
+    rows = {"row": ids, "prompt": ids, "limit": np.full_like(ids, N)}
+    compiled = sampling.trace_prefill(model, slots, dev, rows, ids, jax.random.key(0), knobs, mesh=mesh,
+                                      family=qwen).lower().compile()
     cost = compiled.cost_analysis()
     return dev, compiled, (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
 
@@ -82,7 +84,7 @@ def test_generation_program_splits_the_vision_tower(setup):
     mesh, one, sharded = setup
     batch = prompts([[(1, 16, 16)]] * 8)  # one 256-patch image per row: equal shards, no padding
     dev, compiled, f8 = compiled_generation(sharded, batch, mesh)
-    pv_sharding = compiled.input_shardings[0][1]["pixel_values"]  # args less the static graphdef
+    pv_sharding = compiled.input_shardings[0][2]["pixel_values"]  # args less the static graphdef
     assert tuple(pv_sharding.spec)[0] == sharding.BATCH
     assert dev["pixel_values"].shape == (8, 256, 1176)
     assert {s.data.shape for s in dev["pixel_values"].addressable_shards} == {(1, 256, 1176)}

@@ -60,15 +60,16 @@ def test_eight_devices(n=2):
     check(sharded, prompts(GRIDS), n, 2 * n, mesh, modes=(SAMPLED,))  # greedy: the same rows, the argmax
 
 
-def test_decode_rows_per_call():
-    """Decode rows: n per prompt, padded to a power of two of prompts and to the batch shards; the
-    sampling keys are the rows' indices in the whole output."""
+def test_prefill_groups():
+    """A prefill group: its prompts right-padded to their length bucket, in a power of two of rows
+    that the batch shards divide (the padding rows one token each); the patches per batch shard."""
     batch = prompts(GRIDS[:3])
-    one = sampling.prepare(batch, CFG, 0, n=3, first_row=2)
-    assert one["input_ids"].shape[0] == 4 and one["num_rows"] == 9
-    np.testing.assert_array_equal(one["rows"], np.arange(6, 18))
-    eight = sampling.prepare(batch, CFG, 0, data_shards=8, n=2)
-    assert eight["input_ids"].shape[0] == 8 and len(eight["rows"]) == 8  # not 16: 2 x 4 rows padded to 8
+    one = sampling.prefill_inputs(batch, [2, 0, 1], CFG, 0, 1, qwen)
+    assert one["input_ids"].shape == (4, 128)
+    np.testing.assert_array_equal(one["attention_mask"].sum(1)[:3], batch["attention_mask"].sum(1)[[2, 0, 1]])
+    assert one["attention_mask"][:3, 0].all() and one["attention_mask"][3].sum() == 1
+    eight = sampling.prefill_inputs(batch, [1, 2], CFG, 0, 8, qwen)
+    assert eight["input_ids"].shape[0] == 8 and eight["pixel_values"].shape[0] == 8
 
 
 def test_grpo_rollout_is_the_repeated_rows_rollout():

@@ -5,7 +5,7 @@ architecture (random weights), next to the goals they are measured against.
     python tools/gpu_check.py --smoke    # the same code at tiny sizes, on CPU (about 1.5 CPU-minutes)
 
 Rows (docs/gpu.md): LoRA SFT steps at two row lengths (tokens/s, MFU, peak memory); rollouts of
-the project's sampler (progress_jax/sampling.py) on text prompts; vLLM on the same prompts and the
+the project's rollout engine (progress_jax/sampling.py) on text prompts; vLLM on the same prompts and the
 same weights (when vllm is installed and a GPU is present); one GRPO step of the paper's shape
 scaled to one GPU, split into rollout / log-probs / update; the model's attention through the XLA
 path and cuDNN's fused kernel, checked equal and timed.
@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, default=None,
                    help="rollout rows: tokens generated per sample (default 256; --smoke 8)")
     p.add_argument("--rollout-batch", type=int, default=None,
-                   help="rollout row: rows per generation call of the JAX sampler, as sampling.batch_size "
+                   help="rollout row: the rollout engine's slots, as sampling.batch_size "
                         "(default 32; --smoke 4)")
     p.add_argument("--grpo-new-tokens", type=int, default=None,
                    help="GRPO row: most tokens generated per rollout (default 256; --smoke 8)")
@@ -96,7 +96,7 @@ class Sizes:
     rollouts: int
     prompt_length: int
     new_tokens: int
-    rollout_batch: int  # rows per generation call (config key sampling.batch_size)
+    rollout_batch: int  # the engine's slots (config key sampling.batch_size)
     grpo_prompts: int
     grpo_prompt_length: int
     grpo_new_tokens: int
@@ -211,18 +211,19 @@ def rollout_prompts(config, s: Sizes) -> np.ndarray:
 
 
 def jax_rollout_row(model, ids: np.ndarray, s: Sizes) -> Row:
-    rows = np.repeat(ids, s.rollouts, axis=0)
-    batch = {"input_ids": rows, "attention_mask": np.ones_like(rows)}
+    """The rollout engine (sampling.generate): each prompt prefilled once for its s.rollouts
+    samples, s.rollout_batch slots; a first call of one slot-full of prompts compiles its programs."""
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
     params = sampling.SamplingParams(max_new_tokens=s.new_tokens, ignore_eos=True, **ROLLOUT)
-    first = {k: v[:s.rollout_batch] for k, v in batch.items()}  # compiles the one program of the timed run
-    sampling.generate(model, first, params, jax.random.key(1), batch_size=s.rollout_batch)
+    first = {k: v[:max(1, s.rollout_batch // s.rollouts)] for k, v in batch.items()}
+    sampling.generate(model, first, params, jax.random.key(1), batch_size=s.rollout_batch, n=s.rollouts)
     t = time.perf_counter()
-    gen = sampling.generate(model, batch, params, jax.random.key(0), batch_size=s.rollout_batch)
+    gen = sampling.generate(model, batch, params, jax.random.key(0), batch_size=s.rollout_batch, n=s.rollouts)
     sec = time.perf_counter() - t
-    return Row("rollout, progress_jax sampler", float(gen.lengths.sum()) / sec, seconds=sec,
+    return Row("rollout, progress_jax engine", float(gen.lengths.sum()) / sec, seconds=sec,
                detail=f"{s.prompts} prompts x {s.rollouts}, {s.prompt_length}-token text prompts, {s.new_tokens} new "
-                      f"tokens each, T {ROLLOUT['temperature']} top-p {ROLLOUT['top_p']}, {s.rollout_batch} rows "
-                      f"per generation call; generated tokens/s, compile excluded")
+                      f"tokens each, T {ROLLOUT['temperature']} top-p {ROLLOUT['top_p']}, {s.rollout_batch} slots, "
+                      f"each prompt prefilled once; generated tokens/s, compile excluded")
 
 
 def vllm_runs() -> bool:
@@ -407,7 +408,7 @@ def main(argv=None) -> list[Row]:
         lora.inject(lora_model, 8, 16.0, 0.05)
         for length in s.sft_lengths:  # first: the device's peak memory counts from the start
             rows += guarded(f"LoRA SFT step, 1 x {length} tokens", lambda: sft_row(lora_model, length, s, peak, host))
-        rows += guarded("rollout, progress_jax sampler", lambda: jax_rollout_row(model, ids, s)) + vllm
+        rows += guarded("rollout, progress_jax engine", lambda: jax_rollout_row(model, ids, s)) + vllm
         if rows[-2].tokens_s and rows[-1].tokens_s:
             ratio = rows[-2].tokens_s / rows[-1].tokens_s
             rows[-2].goal = f">= vLLM: {'met' if ratio >= 1 else 'missed'} ({ratio:.2f}x vLLM)"

@@ -17,8 +17,9 @@ class Family(Protocol):
     """What the jobs use of a model family. The model it builds carries a config with
     `model_type` (see `for_model`) and `partition_rules` (PARTITION_RULES), and has embed(token
     ids), decode(x, position_ids, kv_mask, cache, index), logits(hidden), init_cache(batch,
-    length, mesh), repeat_cache(cache, n, rows, length, mesh) (a prompt's cache for its n
-    samples): the trainers' and the sampler's forward pass."""
+    length, mesh), cache_sharding(mesh) and decode_slots(x, position_ids, fill, cache, blocks,
+    block) (one token per slot of the rollout engine, attending to each slot's filled blocks):
+    the trainers' and the sampler's forward pass."""
 
     MODEL_TYPE: str  # config.json's model_type
     PRESETS: tuple  # built-in architectures by name (model.preset)
@@ -43,7 +44,8 @@ class Family(Protocol):
     def take_rows(self, batch: dict, rows, config) -> dict: ...
     def vision_token_ids(self, config) -> Any: ...
 
-    # Generation (progress_jax/sampling.py).
+    # Generation (progress_jax/sampling.py): inputs of a prompt group, their sharding, embeddings and
+    # the positions of generated token `step` (linear in step: the engine adds the step to step 0's).
     def generation_inputs(self, prompts: dict, config, shards: int = 1, patch_bucket=None) -> dict: ...
     def prompt_embeddings(self, model, inputs: dict) -> Any: ...
     def decode_position_ids(self, inputs: dict, step) -> Any: ...

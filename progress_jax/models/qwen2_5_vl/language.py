@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 
 from .config import TextConfig
-from .layers import Linear, RMSNorm, SwiGLU, apply_rope, causal_attention
+from .layers import Linear, RMSNorm, SwiGLU, apply_rope, block_decode_attention, causal_attention
 
 
 def mrope_cos_sin(position_ids, cfg: TextConfig):
@@ -58,6 +58,21 @@ class Attention(nnx.Module):
         out = causal_attention(q, k, v, mask, 0 if cache_index is None else cache_index, self.attention_chunk)
         return self.o_proj(out.reshape(B, T, -1), dropout_rng=ro), cache
 
+    def decode_slots(self, x, cos, sin, cache, fill, blocks, block: int, layer):
+        """One token per slot (the rollout engine, progress_jax/sampling.py): x [S, 1, D]; slot s
+        writes its key and value at cache slot fill[s] and attends to slots 0 .. fill[s], reading
+        only the cache's first `blocks` blocks of `block` slots (layers.block_decode_attention)."""
+        S = x.shape[0]
+        q = self.q_proj(x).reshape(S, 1, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(S, 1, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(S, 1, self.num_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        rows = jnp.arange(S)
+        cache = {"k": cache["k"].at[layer, rows, fill].set(k[:, 0].astype(cache["k"].dtype)),
+                 "v": cache["v"].at[layer, rows, fill].set(v[:, 0].astype(cache["v"].dtype))}
+        out = block_decode_attention(q[:, 0], cache["k"], cache["v"], layer, fill + 1, blocks, block)
+        return self.o_proj(out.reshape(S, 1, -1).astype(x.dtype)), cache
+
 
 class DecoderLayer(nnx.Module):
     def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs):
@@ -76,3 +91,9 @@ class DecoderLayer(nnx.Module):
                                   layer=layer)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x), dropout_rng=rm), cache
+
+    def decode_slots(self, x, cos, sin, cache, fill, blocks, block: int, layer):
+        """One token per slot (Attention.decode_slots)."""
+        h, cache = self.self_attn.decode_slots(self.input_layernorm(x), cos, sin, cache, fill, blocks, block, layer)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), cache

@@ -163,6 +163,35 @@ def causal_attention(q, k, v, kv_mask, q_offset=0, chunk: int = 0):
     return map_positions(block, chunk, q, (q_offset + jnp.arange(q.shape[1]))[None])
 
 
+def block_decode_attention(q, k_cache, v_cache, layer, lengths, blocks, block: int):
+    """Attention of one query per row over the first lengths[b] key slots of a stacked cache,
+    reading only its first `blocks` blocks of `block` slots (a loop with a dynamic bound and an
+    online softmax), so that a decode step costs what the filled part of the cache costs, not its
+    allocated length. q [B, N, H]; k_cache/v_cache [layers, B, S, K, H] (S a multiple of block);
+    layer: the layer's index in the cache; every row needs lengths >= 1. Returns [B, N, H] float32."""
+    B, N, H = q.shape
+    K = k_cache.shape[3]
+    qg = q.astype(jnp.float32).reshape(B, K, N // K, H) / jnp.sqrt(jnp.float32(H))
+
+    def step(b, carry):
+        m, l, acc = carry
+        at = (layer, 0, b * block, 0, 0)
+        kb = jax.lax.dynamic_slice(k_cache, at, (1, B, block, K, H))[0].astype(jnp.float32)
+        vb = jax.lax.dynamic_slice(v_cache, at, (1, B, block, K, H))[0].astype(jnp.float32)
+        s = jnp.einsum("bkgh,bskh->bkgs", qg, kb)
+        valid = (b * block + jnp.arange(block))[None, :] < lengths[:, None]  # [B, block]
+        s = jnp.where(valid[:, None, None, :], s, -jnp.inf)
+        m_new = jnp.maximum(m, s.max(-1))  # finite from block 0 on (every row sees slot 0)
+        p = jnp.exp(s - m_new[..., None])
+        corr = jnp.exp(m - m_new)
+        return m_new, l * corr + p.sum(-1), acc * corr[..., None] + jnp.einsum("bkgs,bskh->bkgh", p, vb)
+
+    init = (jnp.full((B, K, N // K), -jnp.inf, jnp.float32), jnp.zeros((B, K, N // K), jnp.float32),
+            jnp.zeros((B, K, N // K, H), jnp.float32))
+    _, l, acc = jax.lax.fori_loop(0, blocks, step, init)
+    return (acc / l[..., None]).reshape(B, N, H)
+
+
 def _sdpa(q, k, v, mask):
     # XLA implementation (portable); a GPU alternative for training is in docs/model.md.
     return jax.nn.dot_product_attention(q, k, v, mask=mask).astype(q.dtype)

@@ -109,6 +109,21 @@ class Qwen25VL(nnx.Module):
                                remat=remat if cache is None else "none")
         return self.norm(x), cache
 
+    def decode_slots(self, x, position_ids, fill, cache, blocks, block: int):
+        """One decode step of the rollout engine (progress_jax/sampling.py) over its slots: x [S, 1, D]
+        the embeddings of each slot's last token, position_ids [3, S, 1]; slot s writes that
+        token's keys and values at cache slot fill[s] and attends to slots 0 .. fill[s], reading
+        the cache's first `blocks` blocks of `block` slots only. Returns the final hidden states
+        (normed) and the updated cache."""
+        cos, sin = mrope_cos_sin(position_ids, self.config.text)
+
+        def layer_step(layer, carry, i):
+            x, cache = carry
+            return layer.decode_slots(x, cos, sin, cache, fill, blocks, block, i)
+
+        x, cache = scan_layers(self.layers, layer_step, (x, cache), jnp.arange(self.config.text.num_hidden_layers))
+        return self.norm(x), cache
+
     def logits(self, hidden):
         if self.lm_head is not None:
             return self.lm_head(hidden).astype(jnp.float32)
@@ -130,22 +145,16 @@ class Qwen25VL(nnx.Module):
         dtype = dtype or self.dtype
         return self._shard_cache({"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}, mesh)
 
-    def repeat_cache(self, cache, n: int, rows: int, length: int, mesh=None):
-        """A prefilled cache -> each of its rows n times (copies contiguous), the first `rows` of
-        those, `length` slots (the new ones zero), sharded as init_cache shards it: one prompt's
-        cache shared by its n samples."""
-        def grow(x):
-            x = jax.lax.slice_in_dim(jnp.repeat(x, n, axis=1), 0, rows, axis=1)
-            return jnp.pad(x, ((0, 0), (0, 0), (0, length - x.shape[2]), (0, 0), (0, 0)))
-
-        return self._shard_cache(jax.tree.map(grow, cache), mesh)
+    def cache_sharding(self, mesh):
+        """The KV cache's sharding: rows split over the data axes, KV heads over `tensor` where it
+        divides them."""
+        heads = "tensor" if self.config.text.num_key_value_heads % mesh.shape["tensor"] == 0 else None
+        return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.BATCH, None, heads, None))
 
     def _shard_cache(self, cache, mesh):
         if mesh is None:
             return cache
-        heads = "tensor" if self.config.text.num_key_value_heads % mesh.shape["tensor"] == 0 else None
-        spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.BATCH, None, heads, None))
-        return jax.lax.with_sharding_constraint(cache, {"k": spec, "v": spec})
+        return jax.lax.with_sharding_constraint(cache, {"k": self.cache_sharding(mesh), "v": self.cache_sharding(mesh)})
 
     # ---- convenience API -------------------------------------------------------------------
 

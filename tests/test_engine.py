@@ -1,0 +1,150 @@
+"""The rollout engine (sampling.generate) on the tiny Qwen2.5-VL with images: its tokens are
+those of a static batch (a plain prefill + decode loop over the whole cache, kept here as the
+reference), and a row's tokens depend on its prompt and key only, never on the scheduling (slot
+count, chunk length, attention block, order of the prompts)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from progress_jax import sampling
+from progress_jax.models import qwen2_5_vl
+from progress_jax.models.qwen2_5_vl import family as qwen
+
+CFG = qwen2_5_vl.tiny()
+N = 20  # new tokens
+
+
+def prompts(grids_per_row, seed=0) -> dict:
+    """A right-padded host batch of text and images of different sizes and lengths."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for grids in grids_per_row:
+        ids = list(rng.integers(10, 240, 3))
+        for t, h, w in grids:
+            ids += [CFG.vision_start_token_id] + [CFG.image_token_id] * (t * h * w // 4) + [CFG.vision_end_token_id]
+        rows.append(ids + list(rng.integers(10, 240, int(rng.integers(2, 40)))))
+    L = max(map(len, rows))
+    ids, mask = np.zeros((len(rows), L), np.int32), np.zeros((len(rows), L), np.int32)
+    for b, r in enumerate(rows):
+        ids[b, :len(r)], mask[b, :len(r)] = r, 1
+    grid = np.array([g for gs in grids_per_row for g in gs], np.int64).reshape(-1, 3)
+    return {"input_ids": ids, "attention_mask": mask, "image_grid_thw": grid,
+            "pixel_values": rng.standard_normal((int(grid.prod(-1).sum()), 1176)).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return qwen2_5_vl.init(CFG, seed=0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _prefill(graphdef, state, inputs, kv_mask, cache):
+    model = nnx.merge(graphdef, state)
+    hidden, cache = model.decode(qwen.prompt_embeddings(model, inputs), inputs["position_ids"], kv_mask, cache, 0)
+    return model.logits(hidden[:, -1]), cache
+
+
+_pick = jax.jit(sampling.pick)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decode(graphdef, state, tok, position_ids, kv_mask, cache, index):
+    model = nnx.merge(graphdef, state)
+    hidden, cache = model.decode(model.embed(tok[:, None]), position_ids, kv_mask, cache, index)
+    return model.logits(hidden[:, 0]), cache
+
+
+def static_generate(model, batch, params, key, n) -> sampling.Generation:
+    """The reference: every prompt n times, left-padded to one length and prefilled, then one decode
+    loop over the whole cache until every row has stopped (the sampler before the engine)."""
+    B = len(batch["input_ids"])
+    rep = qwen.take_rows(batch, np.repeat(np.arange(B), n), CFG)
+    real = [r[m > 0] for r, m in zip(rep["input_ids"], rep["attention_mask"])]
+    R, L = len(real), max(map(len, real))
+    ids, mask = np.zeros((R, L), np.int32), np.zeros((R, L), np.int32)
+    for b, r in enumerate(real):
+        ids[b, L - len(r):], mask[b, L - len(r):] = r, 1
+    inputs = jax.tree.map(jnp.asarray, qwen.generation_inputs({**rep, "input_ids": ids, "attention_mask": mask}, CFG))
+    stops = sampling.stop_ids(CFG, params)
+    knobs = sampling.knobs(params, stops)
+    kv_mask = jnp.concatenate([inputs["attention_mask"], jnp.ones((R, N), jnp.int32)], axis=1)
+    graphdef, state = nnx.split(model)
+    logits, cache = _prefill(graphdef, state, inputs, kv_mask, model.init_cache(R, L + N))
+    rows = jnp.arange(R)
+    tokens, logprobs = np.zeros((R, N), np.int32), np.zeros((R, N), np.float32)
+    lengths, done = np.zeros(R, np.int32), np.zeros(R, bool)
+    for t in range(N):
+        if t:
+            logits, cache = _decode(graphdef, state, jnp.asarray(tokens[:, t - 1]),
+                                    qwen.decode_position_ids(inputs, t - 1), kv_mask, cache, L + t - 1)
+        tok, logp = map(np.asarray, _pick(logits, key, t, knobs, rows))
+        tokens[:, t], logprobs[:, t] = np.where(done, CFG.pad_token_id, tok), np.where(done, 0, logp)
+        lengths += ~done
+        done |= np.isin(tok, stops)
+        if done.all():
+            break
+    return sampling.Generation(tokens, logprobs, lengths, done)
+
+
+BATCH = prompts([[(1, 8, 8)], [], [(1, 4, 8), (1, 8, 4)]])
+
+
+def stopping(model, params):
+    """params with a stop token that ends some rows early and not others (found on the reference's
+    own free run: a token a row draws once and some other row never draws)."""
+    free = static_generate(model, BATCH, params, jax.random.key(3), n=2).tokens
+    for tok in np.unique(free[:, 2:N - 4]):
+        hit = (free == tok).any(1)
+        if 0 < hit.sum() < len(free):
+            return sampling.SamplingParams(**{**params.__dict__, "stop_token_ids": (int(tok),)})
+    raise AssertionError("no stop token splits the rows")
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_engine_gives_the_static_batch_tokens_whatever_the_schedule(model, temperature):
+    params = stopping(model, sampling.SamplingParams(max_new_tokens=N, temperature=temperature, top_p=0.9))
+    expected = static_generate(model, BATCH, params, jax.random.key(3), n=2)
+    assert len(set(expected.lengths)) > 1 and expected.stopped.any()  # rows end at different steps
+    # All rows at once; 4 slots (two prompts at a time, the third starting as soon as one's two rows
+    # end) in chunks of 3 steps, with attention blocks of 8 cache slots.
+    for slots, chunk, block in ((6, 32, 256), (4, 3, 8)):
+        got = sampling.generate(model, BATCH, params, jax.random.key(3), n=2, batch_size=slots, chunk=chunk,
+                              block=block)
+        np.testing.assert_array_equal(got.lengths, expected.lengths)
+        np.testing.assert_array_equal(got.stopped, expected.stopped)
+        np.testing.assert_array_equal(got.tokens, expected.tokens)
+        np.testing.assert_allclose(got.logprobs, expected.logprobs, atol=1e-5)
+    if temperature == 0:  # greedy: the prompts in another order give their rows in that order
+        order = [2, 0, 1]
+        got = sampling.generate(model, qwen.take_rows(BATCH, order, CFG), params, jax.random.key(3), n=2, batch_size=6)
+        rows = np.ravel([[2 * p, 2 * p + 1] for p in order])
+        np.testing.assert_array_equal(got.tokens, expected.tokens[rows])
+        np.testing.assert_array_equal(got.lengths, expected.lengths[rows])
+
+
+def test_slots_bound_the_cache():
+    """Memory: one cache of slots x (prompt bucket + max_new_tokens, in whole blocks) whatever the
+    number of rows; the slots a multiple of the batch shards, at least one prompt's n rows."""
+    assert sampling.slot_count(8, 64 * 4, 4) == 8 and sampling.slot_count(None, 12, 4) == 12
+    assert sampling.slot_count(2, 12, 4) == 4 and sampling.slot_count(6, 12, 1, data_shards=4) == 8
+    assert sampling.cache_length(384, 300, block=256) == 768
+
+
+def test_max_lengths_cut_rows(model):
+    """Per-row limits (the rollout bench's answer-length schedule): each row the prefix of its free
+    run up to its limit, the other rows unchanged."""
+    params = sampling.SamplingParams(max_new_tokens=N, temperature=1.0, ignore_eos=True)
+    free = sampling.generate(model, BATCH, params, jax.random.key(3), n=2, batch_size=6)
+    limits = np.array([1, 5, N, 12, 3, N])
+    cut = sampling.generate(model, BATCH, params, jax.random.key(3), n=2, batch_size=4, chunk=3, block=8,
+                            max_lengths=limits)
+    np.testing.assert_array_equal(cut.lengths, limits)
+    assert not cut.stopped.any()
+    for r, n in enumerate(limits):
+        np.testing.assert_array_equal(cut.tokens[r, :n], free.tokens[r, :n])
+        assert (cut.tokens[r, n:] == CFG.pad_token_id).all()
