@@ -73,7 +73,7 @@ class _Prepare:
         pixel_values, grids = (preprocess(images, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
                                if images else (np.zeros((0, PATCH_DIM), np.float32), np.zeros((0, 3), np.int64)))
         if isinstance(record, ChatRecord):
-            tokens = tokenize_chat(self.tokenizer, record, grids, self.max_length)
+            tokens = tokenize_chat(self.tokenizer, record, grids, self.max_length, with_answer=self.with_answers)
         else:
             answer = None
             if self.with_answers:

@@ -370,7 +370,16 @@ def tokenize_record(tokenizer, record: Record, image_grid_thw, mode: str = "thin
     return tokenize_messages(tokenizer, messages, image_grid_thw, max_length, name=name)
 
 
-def tokenize_chat(tokenizer, chat: ChatRecord, image_grid_thw, max_length: int = 8192) -> Tokenized:
-    """An SFT chat record; every assistant message is a target."""
-    return tokenize_messages(tokenizer, chat_messages(chat), image_grid_thw, max_length,
-                             name=f"{chat.source}:{chat.line}")
+def tokenize_chat(tokenizer, chat: ChatRecord, image_grid_thw, max_length: int = 8192,
+                  with_answer: bool = True) -> Tokenized:
+    """An SFT chat record; every assistant message is a target. with_answer=False: a generation
+    prompt, the conversation before its last (assistant) message followed by the assistant header."""
+    messages, name = chat_messages(chat), f"{chat.source}:{chat.line}"
+    if with_answer:
+        return tokenize_messages(tokenizer, messages, image_grid_thw, max_length, name=name)
+    last = messages[-1]
+    if last["role"] != "assistant" or not isinstance(last["content"], str):
+        raise ValueError(f"{name}: a generation prompt drops the last message, which must be the assistant's "
+                         f"answer without images")
+    return tokenize_messages(tokenizer, messages[:-1], image_grid_thw, max_length, add_generation_prompt=True,
+                             name=name)

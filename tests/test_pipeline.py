@@ -171,6 +171,10 @@ def test_chat_file(data, tok, tmp_path):
     assert batch["image_grid_thw"][:8].any(axis=1).sum() == 8
     for b in range(4):
         assert tok.decode(batch["input_ids"][b][batch["loss_mask"][b] == 1]) == "50%<|im_end|>"
+    (prompts,) = list(make(data, tok, files=[str(chat)], with_answers=False))  # generation: the answer left out
+    for b in range(4):
+        text = tok.decode(prompts["input_ids"][b][prompts["attention_mask"][b] == 1])
+        assert "50%" not in text and text.endswith("<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_errors(data, tok):

@@ -143,6 +143,9 @@ def test_chat_record(tok, hf):
     assert out.input_ids.tolist() == ref
     masked = out.input_ids[out.loss_mask == 1]
     assert tok.decode(masked) == "50%<|im_end|><score>55%</score><|im_end|>"
+    # a generation prompt: everything before the last answer, then the assistant header
+    prompt = tokenize_chat(tok, chat, grids, with_answer=False)
+    assert prompt.input_ids.tolist() == hf_ids(hf, messages[:-1], grids, add_generation_prompt=True)
 
 
 def test_truncation_cuts_user_text_only(tok):

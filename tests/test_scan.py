@@ -136,3 +136,19 @@ def test_checkpoints_of_the_per_layer_layout_are_refused_clearly(tmp_path):
     old = {"layers/0/self_attn/q_proj/lora_a": np.zeros((128, 4), np.float32)}
     with pytest.raises(ValueError, match="one tensor per decoder layer"):
         handover.assign(model, old)
+
+
+@pytest.mark.parametrize("init", ["normal", "fan_in"])
+def test_random_init_draws_every_linear_kernel_at_its_scale(init):
+    """`init` reaches every Linear kernel, stacked layers and blocks included, each layer its own draw:
+    transformers' N(0, 0.02^2), or N(0, 1/fan_in) (the tiny preset's, for training from scratch)."""
+    from flax import nnx
+    from progress_jax.models.qwen2_5_vl.layers import Linear
+    model = qwen2_5_vl.init(dataclasses.replace(qwen2_5_vl.tiny(), init=init), seed=0)
+    kernels = {path: np.asarray(m.kernel[...]) for path, m in nnx.iter_graph(model) if isinstance(m, Linear)}
+    assert len(kernels) == 15  # decoder: q k v o gate up down; vision: qkv proj gate up down, merger fc1 fc2, patch embed
+    for path, k in kernels.items():
+        want = 0.02 if init == "normal" else k.shape[-2] ** -0.5
+        assert abs(k.std() / want - 1) < 0.1, (path, k.std(), want)
+        if k.ndim == 3:  # a stack: layers differ
+            assert not np.allclose(k[0], k[1]), path

@@ -71,10 +71,17 @@ class Qwen25VLConfig:
     vision_end_token_id: int = 151653
     eos_token_id: int = 151645
     pad_token_id: int = 151643
+    # How a random model's Linear kernels are drawn (weights loaded from a checkpoint replace them; not
+    # part of config.json): "normal", N(0, 0.02^2) as transformers initialises Qwen2.5-VL; "fan_in",
+    # N(0, 1/fan_in), for a model trained from scratch (the tiny preset): its attention learns to
+    # copy from the context several times sooner (docs/learning.md).
+    init: str = "normal"
 
     def validate(self) -> None:
         t, v = self.text, self.vision
         problems = []
+        if self.init not in ("normal", "fan_in"):
+            problems.append(f"init must be 'normal' or 'fan_in', got {self.init!r}")
         if t.hidden_size % t.num_attention_heads:
             problems.append("text_config.hidden_size must be divisible by num_attention_heads")
         if t.num_attention_heads % t.num_key_value_heads:
@@ -279,6 +286,7 @@ def tiny() -> Qwen25VLConfig:
         vision_end_token_id=4,
         eos_token_id=2,
         pad_token_id=0,
+        init="fan_in",
     )
 
 

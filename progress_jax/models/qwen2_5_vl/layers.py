@@ -87,6 +87,15 @@ def _late_matmul_bwd(transpose_w, res, g):
 _late_matmul.defvjp(_late_matmul_fwd, _late_matmul_bwd)
 
 
+def redraw_fan_in(module: nnx.Module, rngs: nnx.Rngs, param_dtype) -> None:
+    """Every Linear kernel under `module` drawn again from N(0, 1/fan_in) (stacked layers' kernels
+    [layers, in, out] too): the `fan_in` init of Qwen25VLConfig."""
+    for _, m in nnx.iter_graph(module):
+        if isinstance(m, Linear):
+            shape = m.kernel.get_value().shape
+            m.kernel.set_value((jax.random.normal(rngs.params(), shape, jnp.float32) * shape[-2] ** -0.5).astype(param_dtype))
+
+
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, *, eps: float, param_dtype):
         self.weight = nnx.Param(jnp.ones((dim,), param_dtype))

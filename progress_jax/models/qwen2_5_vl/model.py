@@ -12,7 +12,7 @@ from progress_jax import sharding
 from . import partition, positions
 from .config import Qwen25VLConfig
 from .language import DecoderLayer, mrope_cos_sin
-from .layers import REMAT_POLICIES, Linear, RMSNorm, matmul, scan_layers, stacked
+from .layers import REMAT_POLICIES, Linear, RMSNorm, matmul, redraw_fan_in, scan_layers, stacked
 from .vision import VisionTower
 
 
@@ -39,6 +39,8 @@ class Qwen25VL(nnx.Module):
             if config.tie_word_embeddings
             else Linear(t.hidden_size, t.vocab_size, bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         )
+        if config.init == "fan_in":
+            redraw_fan_in(self, rngs, param_dtype)
 
     # ---- host-side preparation -------------------------------------------------------------
 
