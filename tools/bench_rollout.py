@@ -34,13 +34,18 @@ import os
 import tempfile
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from progress_jax import sampling
-from progress_jax.models import families
+
+def _heavy_imports():
+    """JAX, Flax and the project's modules, imported after --help is answered (tests/test_tools_cli.py)."""
+    global jax, jnp, nnx, sampling, families
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from progress_jax import sampling
+    from progress_jax.models import families
 
 IMAGE, VIDEO, VSTART, VEND, EOS = 8000, 8003, 8001, 8002, 8004
 
@@ -91,7 +96,6 @@ def answer_lengths(rows: int, median: int, long: int, max_new: int, seed: int = 
 
 # ---- the static batch (the sampler before the engine) --------------------------------------------
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "n", "family"))
 def _static(graphdef, state, inputs, first, limits, key, knobs, *, max_new_tokens: int, n: int, family):
     """Prefill left-padded prompts once, repeat each prompt's cache for its n rows, decode every row
     over the whole cache until the last row reaches its limit (finished rows keep computing). first:
@@ -123,6 +127,11 @@ def _static(graphdef, state, inputs, first, limits, key, knobs, *, max_new_token
     return jax.lax.while_loop(lambda c: (c[0] < N) & ~jnp.all(c[2]), body, carry)[4]
 
 
+@functools.cache
+def _static_jit():
+    return jax.jit(_static, static_argnames=("graphdef", "max_new_tokens", "n", "family"))
+
+
 def static_generate(model, batch, params, key, n: int, slots: int, limits) -> np.ndarray:
     """The static batch in calls of slots // n prompts, every call padded to the whole batch's
     length bucket; returns the tokens [prompts * n, max_new_tokens]."""
@@ -141,7 +150,7 @@ def static_generate(model, batch, params, key, n: int, slots: int, limits) -> np
             ids[g, L - real.size:], mask[g, L - real.size:] = real, 1
         inputs = family.generation_inputs({**part, "input_ids": ids, "attention_mask": mask}, model.config)
         lim = jnp.asarray(limits[start * n:(start + len(group)) * n])
-        out.append(np.asarray(_static(graphdef, state, jax.tree.map(jnp.asarray, inputs), start * n, lim, key, settings,
+        out.append(np.asarray(_static_jit()(graphdef, state, jax.tree.map(jnp.asarray, inputs), start * n, lim, key, settings,
                                       max_new_tokens=params.max_new_tokens, n=n, family=family)))
     return np.concatenate(out)
 
@@ -299,6 +308,7 @@ def main():
     p.add_argument("--median", type=int, default=96, help="median answer length (default 96)")
     p.add_argument("--long", type=int, default=3, help="answers at --max-new (default 3)")
     a = p.parse_args()
+    _heavy_imports()
     jax.config.update("jax_default_matmul_precision", "highest")
     (fill if a.fill else rollout)(a)
 
