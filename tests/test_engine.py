@@ -14,27 +14,10 @@ from flax import nnx
 from progress_jax import sampling
 from progress_jax.models import qwen2_5_vl
 from progress_jax.models.qwen2_5_vl import family as qwen
+from tests.test_sampling_vision import prompts
 
 CFG = qwen2_5_vl.tiny()
 N = 20  # new tokens
-
-
-def prompts(grids_per_row, seed=0) -> dict:
-    """A right-padded host batch of text and images of different sizes and lengths."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for grids in grids_per_row:
-        ids = list(rng.integers(10, 240, 3))
-        for t, h, w in grids:
-            ids += [CFG.vision_start_token_id] + [CFG.image_token_id] * (t * h * w // 4) + [CFG.vision_end_token_id]
-        rows.append(ids + list(rng.integers(10, 240, int(rng.integers(2, 40)))))
-    L = max(map(len, rows))
-    ids, mask = np.zeros((len(rows), L), np.int32), np.zeros((len(rows), L), np.int32)
-    for b, r in enumerate(rows):
-        ids[b, :len(r)], mask[b, :len(r)] = r, 1
-    grid = np.array([g for gs in grids_per_row for g in gs], np.int64).reshape(-1, 3)
-    return {"input_ids": ids, "attention_mask": mask, "image_grid_thw": grid,
-            "pixel_values": rng.standard_normal((int(grid.prod(-1).sum()), 1176)).astype(np.float32)}
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +74,7 @@ def static_generate(model, batch, params, key, n) -> sampling.Generation:
     return sampling.Generation(tokens, logprobs, lengths, done)
 
 
-BATCH = prompts([[(1, 8, 8)], [], [(1, 4, 8), (1, 8, 4)]])
+BATCH = prompts([[(1, 8, 8)], [], [(1, 4, 8), (1, 8, 4)]], last_text=40, padding=0)
 
 
 def stopping(model, params):

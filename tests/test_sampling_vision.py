@@ -17,24 +17,27 @@ from tests.test_vision_sharding import CFG
 N = 4
 
 
-def prompts(grids_per_row, seed=0) -> dict:
+def prompts(grids_per_row, seed=0, last_text=6, padding=64) -> dict:
     """A right-padded host batch (the pipeline's side): a few text tokens, each image's tokens,
-    more text; pixel_values of all images in row order, then patch padding."""
+    2 to last_text - 1 more text tokens; pixel_values of all images in row order, then `padding`
+    patches (0: none, and no padding row in image_grid_thw)."""
     rng = np.random.default_rng(seed)
     rows = []
     for grids in grids_per_row:
         ids = list(rng.integers(10, 240, 3))
         for t, h, w in grids:
             ids += [CFG.vision_start_token_id] + [CFG.image_token_id] * (t * h * w // 4) + [CFG.vision_end_token_id]
-        rows.append(ids + list(rng.integers(10, 240, int(rng.integers(2, 6)))))
+        rows.append(ids + list(rng.integers(10, 240, int(rng.integers(2, last_text)))))
     L = max(map(len, rows))
     ids, mask = np.zeros((len(rows), L), np.int32), np.zeros((len(rows), L), np.int32)
     for b, r in enumerate(rows):
         ids[b, :len(r)], mask[b, :len(r)] = r, 1
     grid = np.array([g for gs in grids_per_row for g in gs], np.int64).reshape(-1, 3)
     n = int(grid.prod(-1).sum())
-    return {"input_ids": ids, "attention_mask": mask, "image_grid_thw": np.r_[grid, np.zeros((1, 3), np.int64)],
-            "pixel_values": rng.standard_normal((n + 64, 1176)).astype(np.float32)}
+    if padding:
+        grid = np.r_[grid, np.zeros((1, 3), np.int64)]
+    return {"input_ids": ids, "attention_mask": mask, "image_grid_thw": grid,
+            "pixel_values": rng.standard_normal((n + padding, 1176)).astype(np.float32)}
 
 
 @pytest.fixture(scope="module")
