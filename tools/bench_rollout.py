@@ -36,6 +36,8 @@ import time
 
 import numpy as np
 
+from tools.bench_common import EOS, IMAGE, VEND, VIDEO, VSTART, progresslm_prompts
+
 
 def _heavy_imports():
     """JAX, Flax and the project's modules, imported after --help is answered (tests/test_tools_cli.py)."""
@@ -47,7 +49,6 @@ def _heavy_imports():
     from progress_jax import sampling
     from progress_jax.models import families
 
-IMAGE, VIDEO, VSTART, VEND, EOS = 8000, 8003, 8001, 8002, 8004
 
 
 def hf_config(layers: int, vocab: int):
@@ -66,23 +67,9 @@ def hf_config(layers: int, vocab: int):
 
 
 def prompts(count: int, images: int, seed: int = 0) -> dict:
-    """Right-padded ProgressLM-shaped prompts: an instruction, `images` 224x224 images each followed
-    by a few text tokens, a closing question; lengths varying by prompt."""
-    rng = np.random.default_rng(seed)
-    text = lambda k: list(rng.integers(10, 7000, k))  # noqa: E731
-    rows = []
-    for b in range(count):
-        seq = text(150 + 10 * b)
-        for _ in range(images):
-            seq += [VSTART] + [IMAGE] * 64 + [VEND] + text(30)
-        rows.append(seq + text(100))
-    L = max(map(len, rows))
-    ids, mask = np.zeros((count, L), np.int64), np.zeros((count, L), np.int64)
-    for b, r in enumerate(rows):
-        ids[b, :len(r)], mask[b, :len(r)] = r, 1
-    grid = np.array([[1, 16, 16]] * (count * images), np.int64)
-    pv = rng.standard_normal((int(grid.prod(-1).sum()), 1176)).astype(np.float32)
-    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pv, "image_grid_thw": grid}
+    """ProgressLM-shaped prompts (an instruction, `images` 224x224 images each followed by a few text
+    tokens, a closing question), lengths varying by prompt."""
+    return progresslm_prompts(count, images, first=150, step=10, per_image=30, last=100, dtype=np.int64, seed=seed)
 
 
 def answer_lengths(rows: int, median: int, long: int, max_new: int, seed: int = 0) -> np.ndarray:

@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from tools.bench_common import IMAGE, VEND, VSTART, hf_config  # noqa: E402
+from tools.bench_common import IMAGE, VEND, VSTART, hf_config, progresslm_prompts  # noqa: E402
 
 def make_batch(batch: int, image_token: int, vstart: int, vend: int, vocab: int, side: int = 224, seed: int = 0):
     """Left-padded prompts of varying length (150-214 text tokens around one image each)."""
@@ -140,24 +140,9 @@ def gpu_3b(a):
 
 
 def progresslm_batch(batch: int, images: int, cfg, seed: int = 0) -> dict:
-    """Right-padded prompts shaped like ProgressLM's: an instruction, `images` 224x224 images each
-    followed by a few text tokens (the demonstration's key frames, then the observation), and a
-    closing question; about 600 text tokens, varying by row."""
-    rng = np.random.default_rng(seed)
-    text = lambda n: list(rng.integers(10, 7000, n))  # noqa: E731
-    rows = []
-    for b in range(batch):
-        seq = text(200 + 16 * b)
-        for _ in range(images):
-            seq += [cfg.vision_start_token_id] + [cfg.image_token_id] * 64 + [cfg.vision_end_token_id] + text(40)
-        rows.append(seq + text(150))
-    L = max(map(len, rows))
-    ids, mask = np.zeros((batch, L), np.int32), np.zeros((batch, L), np.int32)
-    for b, r in enumerate(rows):
-        ids[b, : len(r)], mask[b, : len(r)] = r, 1
-    grid = np.array([[1, 16, 16]] * (batch * images), np.int64)
-    pv = rng.standard_normal((int(grid.prod(-1).sum()), 1176)).astype(np.float32)
-    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pv, "image_grid_thw": grid}
+    """ProgressLM-shaped prompts of about 600 text tokens, varying by row, with cfg's vision token ids."""
+    return progresslm_prompts(batch, images, first=200, step=16, per_image=40, last=150, seed=seed,
+                              ids=(cfg.vision_start_token_id, cfg.image_token_id, cfg.vision_end_token_id))
 
 
 def rollout(a):
