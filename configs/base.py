@@ -76,6 +76,10 @@ def base() -> ml_collections.ConfigDict:
     c.sampling.top_k = 0  # 0 = off
     c.sampling.max_new_tokens = 4096
     c.sampling.batch_size = 8
+    # The weights while generating: "tensor" (split over mesh.tensor only, whole on every data/fsdp
+    # device: no weight traffic per token) or "fsdp" (the training layout: gathered at every token,
+    # the least memory). docs/engine.md.
+    c.sampling.decode_layout = "tensor"
 
     c.train = ml_collections.ConfigDict()
     # --dry_run: the memory of one device (GiB) that each compiled program must fit in.

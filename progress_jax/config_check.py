@@ -129,6 +129,7 @@ RULES = {
     "sampling.top_k": integer(0),
     "sampling.max_new_tokens": integer(1),
     "sampling.batch_size": integer(1),
+    "sampling.decode_layout": choice("tensor", "fsdp"),
     "train.lr": number(0, lo_open=True),
     "train.schedule": choice(*SCHEDULES),
     "train.batch_size": integer(1),

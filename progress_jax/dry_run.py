@@ -13,8 +13,9 @@ Programs (jobs.py): sft -> `train_step`; grpo (and the demo's GRPO) -> `rollout`
 two programs, reported as `rollout`: prefill + insert of as many prompts as fill the
 sampling.batch_size slots, grpo.n slots per prompt sharing its prefill, and `decode`: a chunk of
 decode steps over the slots, with its collective bytes per step, the KV cache's bytes per device and
-the slots it holds), `logprobs` (the old log-probs of one update's rows), `ref_logprobs` (with
-grpo.kl_coef and LoRA: the reference's, LoRA off), `train_step` (one update); eval -> `rollout`.
+the slots it holds; both with the weights in sampling.decode_layout, their params bytes that
+layout's), `logprobs` (the old log-probs of one update's rows), `ref_logprobs` (with grpo.kl_coef
+and LoRA: the reference's, LoRA off), `train_step` (one update); eval -> `rollout`.
 The schedule's length: train.steps, or jobs.DRY_STEPS where it is 0 (the run counts the samples).
 
 The shapes: the largest length bucket; images of 448x448 pixels (1024 patches, 256 tokens) filling
@@ -226,8 +227,10 @@ def _sharded_model(spec: jobs.Spec, model):
 def rollout_args(spec: jobs.Spec, model, prompts: int, patches: int) -> tuple:
     """(model, slots, inputs, rows, slot_ids, key, settings) of the rollout's largest prefill +
     insert: a batch of `prompts` prompts (spec's rollout: its n samples each) in the engine's
-    slots, as many prompts as fill them prefilled at once, holding `patches` image patches."""
+    slots, as many prompts as fill them prefilled at once, holding `patches` image patches; the
+    model's weights in the engine's layout (sampling.decode_layout), as generate lays them out."""
     rollout, arch, mesh = spec.programs["rollout"], spec.model.config, spec.mesh
+    model = rollout.place(model)
     s, length = spec.config.sampling, spec.config.data.length_buckets[-1]
     slots = rollout.slots(prompts)
     group = slots // rollout.n
@@ -299,7 +302,7 @@ def report(spec: jobs.Spec) -> list[dict]:
             r["max_batch_size"] = max(0, int((limit * GIB - params) // per_row) * shards)
             d = compile_program("decode", _Decode(program), (model, slots, key, settings), mesh.size, limit,
                                 params_bytes=params)
-            d["rows"] = rows
+            d["rows"], d["layout"] = rows, program.layout
             d["kv_bytes_per_device"] = _device_bytes(slots["cache"])
             d["comm_bytes_per_token"] = d.pop("comm_bytes")  # one decode step of every slot
             out += [r, d]
@@ -351,7 +354,7 @@ def table(programs: list[dict], limit_gb: float) -> str:
                          f"{p['max_batch_size']} would fit in {limit_gb:g} GiB"
                          + ("" if p["fits"] else " -- lower --config.sampling.batch_size"))
         elif p["name"] == "decode":
-            lines.append(f"decode: one step of {p['rows']} slots communicates "
+            lines.append(f"decode ({p['layout']} layout): one step of {p['rows']} slots communicates "
                          f"{p['comm_bytes_per_token'] / 2**20:.1f} MiB per device; the KV cache holds "
                          f"{gb(p['kv_bytes_per_device'])} GiB per device")
         elif not p["fits"]:

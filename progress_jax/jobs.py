@@ -64,17 +64,23 @@ class Spec:
 @dataclasses.dataclass(frozen=True)
 class Rollout:
     """The `rollout` program: the engine (sampling.generate) with n samples per prompt (each
-    prompt encoded and prefilled once) in batch_size slots; its two compiled programs are prefill +
-    insert (`trace`) and the decode chunk (`trace_decode`)."""
+    prompt encoded and prefilled once) in batch_size slots, the weights in the `layout`
+    (sampling.place: config key sampling.decode_layout); its two compiled programs are prefill +
+    insert (`trace`) and the decode chunk (`trace_decode`), both traced at a model `place` laid out."""
     params: sampling.SamplingParams
     mesh: Any
     family: Any
     n: int = 1
     batch_size: int | None = None
+    layout: str = "tensor"
 
     def __call__(self, model, prompts: dict, key, tokenizer=None) -> sampling.Generation:
         return sampling.generate(model, prompts, self.params, key, tokenizer=tokenizer, mesh=self.mesh,
-                                 batch_size=self.batch_size, family=self.family, n=self.n)
+                                 batch_size=self.batch_size, family=self.family, n=self.n, layout=self.layout)
+
+    def place(self, model):
+        """The model with its weights in the engine's layout (sampling.place)."""
+        return sampling.place(model, self.mesh, self.layout)
 
     def slots(self, prompts: int) -> int:
         """The engine's slots for a batch of `prompts` prompts."""
@@ -215,7 +221,8 @@ def grpo_spec(config, mesh, *, steps: int | None = None, model=None, abstract: b
     tx, setup, lr = _setup(config, mesh, model, max(1, steps * updates), abstract)
     temp, remat, chunk = s.temperature, config.model.remat, t.loss_chunk
     on_params = (setup.state_sh["params"], setup.frozen_sh, None)  # the batch: its arrays' own shardings
-    progs = {"rollout": Rollout(sampling_params(config), mesh, family, n=g.n, batch_size=s.batch_size),
+    progs = {"rollout": Rollout(sampling_params(config), mesh, family, n=g.n, batch_size=s.batch_size,
+                                layout=s.decode_layout),
              "logprobs": jax.jit(programs.make_logp_fn(setup.parts, temp, mesh, remat, loss_chunk=chunk),
                                  in_shardings=on_params)}
     if g.kl_coef and config.lora.rank > 0:
@@ -248,7 +255,8 @@ def eval_spec(config, mesh, *, model=None, abstract: bool = False, blank_observa
         blank_observation = bool((config.get("eval") or {}).get("blank_observation"))
     data = data_args(config, with_answers=False, batch_size=config.sampling.batch_size, shuffle=False, num_epochs=1,
                      drop_remainder=False, blank_observation=blank_observation)
-    rollout = Rollout(sampling_params(config), mesh, family, batch_size=config.sampling.batch_size)
+    rollout = Rollout(sampling_params(config), mesh, family, batch_size=config.sampling.batch_size,
+                      layout=config.sampling.decode_layout)
     return Spec("eval", config, mesh, family, model, data, rollout.params, {"rollout": rollout})
 
 

@@ -290,6 +290,35 @@ def _decode_chunk(graphdef, state, slots, key, knobs, *, steps: int, block: int,
     return _placed(slots, model, mesh), _replicated({**out, "active": slots["active"]}, mesh)
 
 
+LAYOUTS = ("tensor", "fsdp")  # the weights' layout while generating (config key sampling.decode_layout)
+
+
+def place(model, mesh, layout: str = "tensor"):
+    """The model with its weights in the engine's layout (config key sampling.decode_layout):
+
+    - "tensor": split over the mesh's `tensor` axis as in training (column-parallel in-projections,
+      row-parallel out-projections) and whole on every device of the data axes: a decode step reads
+      the weights where they lie and communicates only the tensor axis's activations. Costs the
+      weights / mesh.tensor bytes per device beside the training state (at mesh.tensor = 1 every
+      device holds all of them).
+    - "fsdp": as given (the training layout, split over fsdp and tensor): the least memory, but
+      every decode step gathers every layer's weights over fsdp.
+
+    Arrays move once (jax.device_put: a no-op for arrays already laid out so, e.g. the eval job's
+    model placed before its batches); ShapeDtypeStructs (the dry run) take the shardings."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"config key sampling.decode_layout must be one of {LAYOUTS}, got {layout!r}")
+    if mesh is None or layout == "fsdp":
+        return model
+    graphdef, state = nnx.split(model)
+    target = sharding.param_shardings(state, mesh, model.partition_rules, drop=("fsdp",))
+    if all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state)):
+        state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, target)
+    else:
+        state = jax.device_put(state, target)
+    return nnx.merge(graphdef, state)
+
+
 def slot_count(batch_size: int | None, rows: int, n: int, data_shards: int = 1) -> int:
     """The engine's slots: batch_size (default: every row), at least one prompt's n rows, a multiple
     of the mesh's batch shards."""
@@ -343,14 +372,15 @@ def trace_decode(model, slots, key, settings, *, mesh, chunk: int = CHUNK, block
 
 def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None, mesh=None,
              batch_size: int | None = None, family=None, n: int = 1, chunk: int = CHUNK,
-             block: int = BLOCK, max_lengths=None) -> Generation:
+             block: int = BLOCK, max_lengths=None, layout: str = "tensor") -> Generation:
     """A host batch from data_pipeline (input_ids, attention_mask, pixel_values, image_grid_thw;
     either padding side) -> one Generation row per batch row, or with n > 1 n rows per
     batch row (row b's at b*n .. b*n+n-1), each prompt encoded and prefilled once.
     batch_size: the slots (rows generated at once; default every row); chunk: decode steps per
     jitted call; block: the attention's block of cache slots. None of these changes a row's tokens.
     family: default families.for_model(model.config). max_lengths: per generated row, the most
-    tokens it draws (default max_new_tokens; tools/bench_rollout.py's answer-length schedule)."""
+    tokens it draws (default max_new_tokens; tools/bench_rollout.py's answer-length schedule).
+    layout: the weights' layout on the mesh while generating (`place`), moved once per call."""
     family = family or families.for_model(model.config)
     pad_id = tokenizer.pad_id if tokenizer is not None else model.config.pad_token_id
     shards = 1 if mesh is None else sharding.batch_shards(mesh)
@@ -360,6 +390,7 @@ def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None,
     B = np.asarray(batch["input_ids"]).shape[0]
     S = slot_count(batch_size, B * n, n, shards)
     limits = np.full((B * n,), N, np.int32) if max_lengths is None else np.minimum(max_lengths, N).astype(np.int32)
+    model = place(model, mesh, layout)
     graphdef, state = nnx.split(model)
     slots = _init_slots(graphdef, state, slots=S,
                         length=cache_length(prompt_length(batch["attention_mask"]), N, block), mesh=mesh)

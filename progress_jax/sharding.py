@@ -52,8 +52,9 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> M
     return Mesh(np.array(devices).reshape(sizes), AXES)
 
 
-def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh, rules: PartitionRules) -> P:
-    """The spec of parameter `path` by the model family's `rules` (e.g. model.partition_rules)."""
+def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh, rules: PartitionRules, drop: tuple[str, ...] = ()) -> P:
+    """The spec of parameter `path` by the model family's `rules` (e.g. model.partition_rules);
+    `drop`: mesh axes that split no parameter (replicated along them)."""
     for pattern, spec in rules.rules:
         if re.search(pattern, path):
             break
@@ -63,7 +64,8 @@ def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh, rules: PartitionRule
         spec = (None, *spec)
     spec = tuple(spec) + (None,) * (len(shape) - len(spec))
     # Replicate along any axis that does not divide its dimension.
-    fitted = [ax if ax is None or dim % mesh.shape[ax] == 0 else None for ax, dim in zip(spec, shape)]
+    fitted = [ax if ax is None or (ax not in drop and dim % mesh.shape[ax] == 0) else None
+              for ax, dim in zip(spec, shape)]
     return P(*fitted)
 
 
@@ -77,10 +79,11 @@ def path_str(path) -> str:
     return "/".join(parts)
 
 
-def param_shardings(abstract_tree, mesh: Mesh, rules: PartitionRules):
-    """NamedShardings for a pytree of arrays / ShapeDtypeStructs keyed by parameter paths."""
+def param_shardings(abstract_tree, mesh: Mesh, rules: PartitionRules, drop: tuple[str, ...] = ()):
+    """NamedShardings for a pytree of arrays / ShapeDtypeStructs keyed by parameter paths; `drop`
+    as for spec_for (the rollout engine's decode layout drops fsdp)."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: NamedSharding(mesh, spec_for(path_str(path), tuple(x.shape), mesh, rules)), abstract_tree
+        lambda path, x: NamedSharding(mesh, spec_for(path_str(path), tuple(x.shape), mesh, rules, drop)), abstract_tree
     )
 
 

@@ -131,3 +131,32 @@ def test_max_lengths_cut_rows(model):
     for r, n in enumerate(limits):
         np.testing.assert_array_equal(cut.tokens[r, :n], free.tokens[r, :n])
         assert (cut.tokens[r, n:] == CFG.pad_token_id).all()
+
+
+def test_decode_layouts_give_the_same_tokens(model):
+    """On the 8-device mesh (data 2 x fsdp 2 x tensor 2), the weights laid out for decoding
+    (sampling.place "tensor": split over tensor only, whole on each data x fsdp device) and as
+    trained ("fsdp": split over fsdp and tensor, gathered at every step) give the same tokens as
+    one device's engine, greedy and sampled, rows stopping at different steps."""
+    from jax.sharding import PartitionSpec as P
+
+    from progress_jax import sharding
+
+    mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+    graphdef, state = nnx.split(model)
+    trained = nnx.merge(graphdef, jax.device_put(state, sharding.param_shardings(state, mesh, model.partition_rules)))
+    placed = sampling.place(trained, mesh, "tensor")
+    up, down = placed.layers.mlp.up_proj.kernel[...], placed.layers.mlp.down_proj.kernel[...]
+    assert up.sharding.spec == P(None, None, "tensor") and down.sharding.spec == P(None, "tensor", None)
+    assert trained.layers.mlp.up_proj.kernel[...].sharding.spec == P(None, "fsdp", "tensor")
+    assert sampling.place(trained, mesh, "fsdp") is trained
+    for temperature in (0.0, 1.0):
+        params = stopping(model, sampling.SamplingParams(max_new_tokens=N, temperature=temperature, top_p=0.9))
+        expected = sampling.generate(model, BATCH, params, jax.random.key(3), n=2, batch_size=4, chunk=3, block=8)
+        assert expected.stopped.any() and not expected.stopped.all()
+        for layout in sampling.LAYOUTS:
+            got = sampling.generate(trained, BATCH, params, jax.random.key(3), n=2, batch_size=4, chunk=3, block=8,
+                                    mesh=mesh, layout=layout)
+            np.testing.assert_array_equal(got.tokens, expected.tokens)
+            np.testing.assert_array_equal(got.lengths, expected.lengths)
+            np.testing.assert_allclose(got.logprobs, expected.logprobs, atol=1e-5)

@@ -71,6 +71,7 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
         raise ValueError(f"config key data.mode must be one of {MODES}, got {mode!r}")
     spec = jobs.eval_spec(config, mesh, model=model, blank_observation=blank_observation)
     rollout = spec.programs["rollout"]
+    model = rollout.place(model)  # once for every batch (sampling.decode_layout)
     main = jax.process_index() == 0
     pred_path = os.path.join(out_dir, "predictions.jsonl")
     if bench is None:
