@@ -88,8 +88,25 @@ def test_grpo_rollout_logprobs_train_step(tmp_path, capsys):
     cache = 2 * t.num_hidden_layers * (8 // 8) * 768 * t.num_key_value_heads * t.head_dim * 4
     assert decode["kv_bytes_per_device"] == cache
     assert rollout["bytes_per_device"]["arguments"] >= cache and decode["bytes_per_device"]["arguments"] >= cache
-    # One decode step: FSDP weights gathered for every layer (the tiny model's 4 layers at least).
-    assert decode["comm_bytes_per_token"] > 4 * t.hidden_size * t.intermediate_size * 4 * 7 / 8
+    # One decode step with the weights laid out for decoding (sampling.decode_layout "tensor", at
+    # mesh.tensor 1 whole on every device): no weight moves, only the slots' tokens and logits.
+    assert decode["layout"] == "tensor"
+    mlp = 3 * t.num_hidden_layers * t.hidden_size * t.intermediate_size * 4  # the MLPs' float32 weights
+    assert decode["comm_bytes_per_token"] < mlp / 100
+
+
+def test_decode_in_the_training_layout_gathers_the_weights(tmp_path, capsys):
+    """sampling.decode_layout "fsdp": every decode step gathers each layer's weights (7/8 of them
+    from the other devices); the weights lie on the devices at 1/8 of the "tensor" layout's bytes."""
+    config = configured(eval_config.get_config, tmp_path, sampling__max_new_tokens=16, sampling__batch_size=8)
+    _, tensor = report(config, capsys)
+    config.sampling.decode_layout = "fsdp"
+    _, fsdp = report(config, capsys)
+    t = qwen_config.tiny().text
+    mlp = 3 * t.num_hidden_layers * t.hidden_size * t.intermediate_size * 4
+    assert fsdp["layout"] == "fsdp" and fsdp["comm_bytes_per_token"] > mlp * 7 / 8
+    assert tensor["comm_bytes_per_token"] < fsdp["comm_bytes_per_token"] / 100
+    assert tensor["bytes_per_device"]["params"] > 6 * fsdp["bytes_per_device"]["params"]
 
 
 def test_eval_and_tiny_device_memory_does_not_fit(tmp_path, capsys):
