@@ -160,3 +160,23 @@ def test_decode_layouts_give_the_same_tokens(model):
             np.testing.assert_array_equal(got.tokens, expected.tokens)
             np.testing.assert_array_equal(got.lengths, expected.lengths)
             np.testing.assert_allclose(got.logprobs, expected.logprobs, atol=1e-5)
+
+
+def test_decode_layout_casts_master_weights_to_the_compute_dtype():
+    """float32 master weights, bfloat16 compute (GRPO's paper recipe): the "tensor" layout holds the
+    weights in bfloat16 (half the bytes) and gives the tokens of the training layout, since the
+    model casts each weight to bfloat16 where it uses it anyway."""
+    from progress_jax import sharding
+
+    model = qwen2_5_vl.init(CFG, seed=0, dtype=jnp.bfloat16, param_dtype=jnp.float32)
+    mesh = sharding.make_mesh(data=2, fsdp=4, tensor=1)
+    graphdef, state = nnx.split(model)
+    trained = nnx.merge(graphdef, jax.device_put(state, sharding.param_shardings(state, mesh, model.partition_rules)))
+    placed = sampling.place(trained, mesh, "tensor")
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(placed))} == {jnp.dtype(jnp.bfloat16)}
+    assert trained.layers.mlp.up_proj.kernel[...].dtype == jnp.float32
+    params = sampling.SamplingParams(max_new_tokens=N, temperature=1.0, top_p=0.9)
+    got = {layout: sampling.generate(trained, BATCH, params, jax.random.key(3), n=2, batch_size=4, mesh=mesh,
+                                     layout=layout) for layout in sampling.LAYOUTS}
+    np.testing.assert_array_equal(got["tensor"].tokens, got["fsdp"].tokens)
+    np.testing.assert_array_equal(got["tensor"].logprobs, got["fsdp"].logprobs)
