@@ -23,6 +23,10 @@ Between chunks the host collects the finished rows and prefills the next pending
 slots: a finished row costs nothing beyond the chunk it finishes in, and one long row holds its own
 slot only.
 
+On a mesh, both programs run on the weights laid out for generating (`place`, config key
+sampling.decode_layout), moved once per call: by default whole on every data shard and split over
+`tensor` only, so that a decode step gathers no weight.
+
 Keys: row r (prompt r // n's sample r % n) draws its token t with fold_in(fold_in(key, t), r), and
 its decode positions continue its prompt's (the family's positions of token 0, plus t), so its
 tokens depend on its prompt and the key only, never on the slot it runs in, the slot count, the
