@@ -71,7 +71,6 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
         raise ValueError(f"config key data.mode must be one of {MODES}, got {mode!r}")
     spec = jobs.eval_spec(config, mesh, model=model, blank_observation=blank_observation)
     rollout = spec.programs["rollout"]
-    model = rollout.place(model)  # once for every batch (sampling.decode_layout)
     main = jax.process_index() == 0
     pred_path = os.path.join(out_dir, "predictions.jsonl")
     if bench is None:
@@ -90,6 +89,8 @@ def evaluate(model, tokenizer, files, image_root: str, out_dir: str, config, *, 
             os.remove(pred_path)
         provenance.write(out_dir, description)
     total = sum(map(len, todo.values()))
+    if total:
+        model = rollout.place(model)  # once for every batch (sampling.decode_layout)
     if verbose and main:
         log.info("%s: %d of %d samples to predict (%s mode) -> %s", run_name, total, sum(map(len, bench.values())),
                  mode, pred_path)
