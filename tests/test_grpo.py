@@ -102,8 +102,10 @@ def test_log_probs_and_update_in_position_blocks_equal_the_whole():
     (p0, m0), (p1, m1) = out
     for key in ("loss", "pg_loss", "entropy", "grad_norm"):
         np.testing.assert_allclose(m1[key], m0[key], rtol=1e-5, atol=1e-6)
+    # Adam normalises each gradient: where one is near zero, its rounding (the summation order
+    # differs between the two programs, and with the thread count) shows in its parameter at ~1e-6.
     for name in p0:
-        np.testing.assert_allclose(p1[name], p0[name], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(p1[name], p0[name], rtol=1e-5, atol=5e-6)
 
 
 def _no_kl(g):
