@@ -1,5 +1,5 @@
 """The tools of docs/learning.md: the blind baselines of the demo's Table 1, the vision probes of
-tools/probe_vision.py and the blank-observation ablation."""
+tools/probe_vision.py, the blank-observation ablation and the skill files of tools/skill_data.py."""
 import json
 
 import numpy as np
@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from data_pipeline.pipeline import make_dataset
-from data_pipeline.records import load_records
+from data_pipeline.records import load_records, parse_chat_record
 from data_pipeline.tokenizer import load_tokenizer
 from progress_jax.eval import baselines
-from tools import probe_vision
+from tools import probe_vision, skill_data
 
 
 def _write_bench(tmp_path, rows, name="visual_same_view"):
@@ -106,3 +106,32 @@ def test_blank_observation_greys_the_observation_only(tmp_path):
     grey = blank["pixel_values"][obs].reshape(per_image, 3, -1)  # channel-major patches
     assert np.ptp(grey, axis=(0, 2)).max() < 1e-6  # one value per channel: flat grey
     assert np.ptp(normal["pixel_values"][obs]) > 1.0  # the real observation is noise
+
+
+@pytest.mark.parametrize("task", ["color", "side", "relation"])
+def test_skill_data_answers_are_what_the_pixels_show(tmp_path, task):
+    """tools/skill_data.py: each row parses as an SFT chat record, and its answer is read back from
+    the image's pixels (the colour of the square; the centre of its pixels against the middle; the
+    red pixels' centre against the blue ones')."""
+    path = skill_data.write(str(tmp_path), task, 40, seed=3, size=112)
+    answers = []
+    for line, text in enumerate(open(path), 1):
+        record = parse_chat_record(json.loads(text), task, path, line, str(tmp_path))
+        pixels = np.asarray(Image.open(record.images[0]).convert("RGB")).astype(int)
+        answer = record.messages[-1][1]
+        answers.append(answer)
+
+        def columns(rgb):
+            return np.nonzero((pixels == rgb).all(-1))[1]
+
+        if task == "color":
+            assert columns(skill_data.COLORS[answer]).size > 0
+            assert (pixels != skill_data.GREY).any(-1).sum() == columns(skill_data.COLORS[answer]).size
+        elif task == "side":
+            painted = np.nonzero((pixels != skill_data.GREY).any(-1))[1]
+            assert (painted.mean() < 56) == (answer == "left")
+        else:
+            red, blue = columns(skill_data.COLORS["red"]), columns(skill_data.COLORS["blue"])
+            assert red.size and blue.size
+            assert (red.mean() < blue.mean()) == (answer == "left")
+    assert len(set(answers)) > 1  # both (all) answers occur

@@ -1,0 +1,88 @@
+"""Synthetic one-image SFT files that each isolate one visual skill, to time how fast a model learns it.
+
+python tools/skill_data.py --out DIR --task {color,side,relation} [--samples 4000] [--seed 0] [--image-size 112]
+
+Writes DIR/<task>.jsonl (SFT chat rows: one <image>, a question, a one-word answer; docs/formats.md)
+and DIR/images/. Every image is a grey canvas with coloured squares of random size and place:
+
+- color: one square; "What color is the block?" -> its colour (six colours). What the image shows,
+  wherever it is.
+- side: one square wholly in the left or the right half; "Is the block on the left or the right?".
+  Where it is, with nothing else in the image to measure it against.
+- relation: a red and a blue square apart horizontally; "Is the red block left or right of the blue
+  block?". Where one thing is against another, which is how progress shows in ProgressBench-Sim
+  (the gripper over the table, the block by the plate).
+
+The answer is decided by the image alone, so a model that reads the skill reaches a loss near 0 and a
+blind one stays at ln(choices) / answer tokens. docs/learning.md gives the SFT command and the steps
+each skill took the tiny model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+
+COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40),
+          "pink": (240, 120, 200), "orange": (240, 140, 30)}
+GREY = (128, 128, 128)
+QUESTIONS = {"color": "What color is the block?", "side": "Is the block on the left or the right?",
+             "relation": "Is the red block left or right of the blue block?"}
+
+
+def draw(task: str, rng: random.Random, size: int):
+    """One image and its answer: (list of (x, y, side, colour) squares, answer)."""
+    side = rng.randint(size // 6, size // 3)
+    if task == "color":
+        name = rng.choice(sorted(COLORS))
+        return [(rng.randint(0, size - side), rng.randint(0, size - side), side, name)], name
+    if task == "side":
+        answer = rng.choice(["left", "right"])
+        x = rng.randint(0, size // 2 - side) if answer == "left" else rng.randint(size // 2, size - side)
+        return [(x, rng.randint(0, size - side), side, rng.choice(sorted(COLORS)))], answer
+    side = rng.randint(size // 7, size // 4)
+    while True:  # apart by more than a square's width, so neither overlaps the other
+        x_red, x_blue = rng.randint(0, size - side), rng.randint(0, size - side)
+        if abs(x_red - x_blue) > side + size // 28:
+            break
+    squares = [(x_red, rng.randint(0, size - side), side, "red"), (x_blue, rng.randint(0, size - side), side, "blue")]
+    return squares, "left" if x_red < x_blue else "right"
+
+
+def write(out: str, task: str, samples: int, seed: int, size: int) -> str:
+    from PIL import Image, ImageDraw
+
+    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    rng = random.Random(f"{task}/{seed}")
+    path = os.path.join(out, f"{task}.jsonl")
+    with open(path, "w") as f:
+        for i in range(samples):
+            squares, answer = draw(task, rng, size)
+            image = Image.new("RGB", (size, size), GREY)
+            pen = ImageDraw.Draw(image)
+            for x, y, side, name in squares:
+                pen.rectangle([x, y, x + side - 1, y + side - 1], fill=COLORS[name])
+            name = f"images/{task}_{seed}_{i:05d}.png"
+            image.save(os.path.join(out, name))
+            f.write(json.dumps({"messages": [{"role": "user", "content": "<image>" + QUESTIONS[task]},
+                                             {"role": "assistant", "content": answer}],
+                                "images": [name]}) + "\n")
+    return path
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="output directory (<task>.jsonl and images/)")
+    ap.add_argument("--task", required=True, choices=sorted(QUESTIONS))
+    ap.add_argument("--samples", type=int, default=4000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--image-size", type=int, default=112, help="square images of this many pixels a side")
+    args = ap.parse_args(argv)
+    if args.samples < 1 or args.image_size < 28:
+        ap.error("--samples must be >= 1 and --image-size >= 28")
+    print(write(args.out, args.task, args.samples, args.seed, args.image_size))
+
+
+if __name__ == "__main__":
+    main()
