@@ -74,9 +74,9 @@ def write(out: str, task: str, samples: int, seed: int, size: int) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output directory (<task>.jsonl and images/)")
-    ap.add_argument("--task", required=True, choices=sorted(QUESTIONS))
-    ap.add_argument("--samples", type=int, default=4000)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--task", required=True, choices=sorted(QUESTIONS), help="the skill the answers need")
+    ap.add_argument("--samples", type=int, default=4000, help="rows to write (default 4000)")
+    ap.add_argument("--seed", type=int, default=0, help="the images' random seed (default 0)")
     ap.add_argument("--image-size", type=int, default=112, help="square images of this many pixels a side")
     args = ap.parse_args(argv)
     if args.samples < 1 or args.image_size < 28:
