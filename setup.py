@@ -31,7 +31,7 @@ setup(
         "cuda": ["jax[cuda12]"],
         # diffusers, gradio and playwright: the data-construction tests run a tiny diffusers pipeline and click
         # through the review app in headless Chromium (Debian's chromium package, installed by .ci/run).
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.50", "peft>=0.13", "diffusers>=0.35", "gradio>=5", "playwright>=1.40"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=4.50", "peft>=0.13", "diffusers>=0.35", "gradio>=5", "playwright>=1.40"],
         "tools": ["vllm", "diffusers", "gradio"],
     },
 )

@@ -85,13 +85,16 @@ class Generation:
     `tokens`/`logprobs` [B, max_new_tokens]: the generated ids (the stop token included, pad_id
     after it) and their log-probs (0 after the stop); `lengths` [B]: generated tokens counting the
     stop token; `stopped` [B]: ended on a stop id; `texts`: decoded tokens before the stop token
-    (special tokens skipped), when a tokenizer was given."""
+    (special tokens skipped), when a tokenizer was given. `decode_steps`: the decode steps the engine
+    ran, each one token for every slot, idle or not (the rows' tokens after token 0, divided by
+    decode_steps x slots, is how full the slots were)."""
 
     tokens: np.ndarray
     logprobs: np.ndarray
     lengths: np.ndarray
     stopped: np.ndarray
     texts: list[str] | None = None
+    decode_steps: int = 0
 
 
 # Smallest prompt-length and (per batch shard) patch-count buckets: below these, padding costs less
@@ -410,6 +413,7 @@ def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None,
     logprobs = np.zeros((B * n, N), np.float32)
     lengths = np.zeros((B * n,), np.int32)
     pending, free, held = list(range(B)), list(range(S)), {}  # held: slot -> row
+    decode_steps = 0
     stop_set = set(stops)
 
     def emit(r, tok, logp):
@@ -444,6 +448,7 @@ def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None,
         slots, out = _decode_chunk(graphdef, state, slots, key, settings, steps=chunk, block=block,
                                    mesh=mesh)
         out = jax.tree.map(np.asarray, out)
+        decode_steps += int(out["emitted"].any(0).sum())  # the chunk's steps: until no slot was active
         for s, r in list(held.items()):
             for i in np.flatnonzero(out["emitted"][s]):
                 emit(r, out["tokens"][s, i], out["logprobs"][s, i])
@@ -453,7 +458,7 @@ def generate(model, batch: dict, params: SamplingParams, key, *, tokenizer=None,
         free.sort()
 
     last = tokens[np.arange(B * n), lengths - 1]
-    gen = Generation(tokens, logprobs, lengths, np.isin(last, list(stop_set)))
+    gen = Generation(tokens, logprobs, lengths, np.isin(last, list(stop_set)), decode_steps=decode_steps)
     if tokenizer is not None:
         gen.texts = texts(gen, tokenizer)
     return gen

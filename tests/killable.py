@@ -14,11 +14,25 @@ import numpy as np
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# One persistent compilation cache for the test's runs: the reference run compiles, the killed
-# and resumed runs load the same programs instead of compiling them again.
-XLA_CACHE = tempfile.mkdtemp(prefix="progress_jax_tests_xla_")
-atexit.register(shutil.rmtree, XLA_CACHE, ignore_errors=True)
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
+
+
+def xla_flags(devices: int) -> str:
+    """XLA_FLAGS for a test process: `devices` simulated CPU devices, compiled without XLA's and
+    LLVM's expensive optimisations. The tests' programs are tiny, so compiling dominates their
+    time; this cuts the suite's time by about a quarter and changes no result beyond rounding."""
+    return (f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+            " --xla_llvm_disable_expensive_passes=true")
+
+
+# One persistent compilation cache for the jobs the tests start: the reference run compiles, the
+# killed and resumed runs (and other tests' jobs of the same shapes) load the same programs instead
+# of compiling them again. Made by the first process that imports this module (pytest itself, or
+# its controller under pytest -n) and shared with its workers through the environment.
+if "PROGRESS_JAX_TESTS_XLA_CACHE" not in os.environ:
+    os.environ["PROGRESS_JAX_TESTS_XLA_CACHE"] = tempfile.mkdtemp(prefix="progress_jax_tests_xla_")
+    atexit.register(shutil.rmtree, os.environ["PROGRESS_JAX_TESTS_XLA_CACHE"], ignore_errors=True)
+XLA_CACHE = os.environ["PROGRESS_JAX_TESTS_XLA_CACHE"]
+ENV = {**os.environ, "XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu",
        "JAX_COMPILATION_CACHE_DIR": XLA_CACHE, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 

@@ -7,12 +7,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from absl import logging as absl_logging
 
 from progress_jax import console
 from tests.killable import ENV, ROOT
 
 
+@pytest.mark.heavy
 def test_a_3_step_sft_prints_at_most_15_lines(tmp_path):
     workdir = tmp_path / "run"
     done = subprocess.run([sys.executable, "-m", "progress_jax.main", "--config", "configs/sft.py",

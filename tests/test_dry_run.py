@@ -12,6 +12,7 @@ from configs import sft as sft_config
 from progress_jax import config_check, main
 from progress_jax.models.qwen2_5_vl import config as qwen_config
 from progress_jax.models.qwen2_5_vl import family
+from tests.killable import xla_flags
 
 LENGTH, PATCHES = 512, 2048  # small buckets: the tiny model compiles in seconds
 
@@ -128,7 +129,7 @@ def test_cli_dry_run_json(tmp_path):
            f"--config.model.path={model}", "--config.model.preset=", "--config.data.length_buckets=(512,)",
            "--config.data.patch_buckets=(1024,)", "--config.sampling.max_new_tokens=8",
            "--config.mesh.fsdp=2", "--config.mesh.data=1", f"--config.data.bench_dir={tmp_path / 'none'}"]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(2), "JAX_PLATFORMS": "cpu"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

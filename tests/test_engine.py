@@ -15,6 +15,7 @@ from progress_jax import sampling
 from progress_jax.models import qwen2_5_vl
 from progress_jax.models.qwen2_5_vl import family as qwen
 from tests.test_sampling_vision import prompts
+from tools import bench_rollout
 
 CFG = qwen2_5_vl.tiny()
 N = 20  # new tokens
@@ -131,6 +132,14 @@ def test_max_lengths_cut_rows(model):
     for r, n in enumerate(limits):
         np.testing.assert_array_equal(cut.tokens[r, :n], free.tokens[r, :n])
         assert (cut.tokens[r, n:] == CFG.pad_token_id).all()
+    # The schedule in 4 slots, chunks of 3 steps: the first two prompts enter at once (row 0 ends with
+    # its token 0); the third waits for a second free slot, which row 1 leaves in the second chunk
+    # (its 4 decode steps), so it enters after 6 steps, and its row of N tokens needs N - 1 more.
+    assert cut.decode_steps == 6 + N - 1
+    # The rollout bench's bounds for this schedule: no schedule runs fewer steps than the longest row's
+    # N - 1; a static batch of two prompts per call runs each call to its longest row.
+    assert bench_rollout.fewest_steps(limits, 4) == N - 1
+    assert bench_rollout.call_steps(limits, 2, 4) == (N - 1) + (N - 1)
 
 
 def test_decode_layouts_give_the_same_tokens(model):

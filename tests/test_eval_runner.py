@@ -114,6 +114,7 @@ def test_missing_bench_dir_names_the_key(config):
         main.run(c)
 
 
+@pytest.mark.heavy
 def test_eval_job_on_a_trained_run(config, tmp_path, monkeypatch):
     """eval.trained=RUN/final: the job evaluates the run's LoRA model (its rank, alpha, targets and
     trained tensors), answering exactly like that model in memory, and unlike the base model."""

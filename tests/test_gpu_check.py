@@ -27,6 +27,7 @@ def smoke():
     return rows, out.getvalue()
 
 
+@pytest.mark.heavy
 def test_smoke_prints_every_row_with_numbers(smoke):
     rows, text = smoke
     by = {r.check: r for r in rows}

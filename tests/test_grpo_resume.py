@@ -8,6 +8,8 @@ import os
 import signal
 import sys
 
+import pytest
+
 from progress_jax import handover
 from tests.killable import ROOT, finish, metrics, run_to_end, saved_steps, start, start_and_signal, write_records
 
@@ -34,6 +36,7 @@ def command(d, workdir):
 KEYS = ("reward/overall", "loss", "grad_norm", "kl", "entropy", "probe/overall")
 
 
+@pytest.mark.heavy
 def test_killed_grpo_run_resumes_to_the_same_steps(tmp_path):
     write_records(tmp_path, answers=False)
     reference = start(command(tmp_path, tmp_path / "ref"))  # uninterrupted, beside the killed run

@@ -37,7 +37,7 @@ def start(args, processes: int) -> list[subprocess.Popen]:
     """`python -m progress_jax.main ARGS` started as `processes` processes with 8 / processes CPU
     devices each."""
     command = [sys.executable, "-m", "progress_jax.main", *args]
-    env = {**ENV, "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}"}
+    env = {**ENV, "XLA_FLAGS": killable.xla_flags(8 // processes)}
     if processes > 1:
         env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}", JAX_NUM_PROCESSES=str(processes))
     return [killable.start(command, {**env, "JAX_PROCESS_ID": str(i)} if processes > 1 else env)
@@ -98,6 +98,7 @@ def eval_args(d, out_dir, trained):
             "--config.sampling.max_new_tokens=8", *COMMON]
 
 
+@pytest.mark.heavy
 def test_two_processes_match_one(tmp_path):
     sft_dir, rl_dir = tmp_path / "sft", tmp_path / "rl"
     sft_dir.mkdir()

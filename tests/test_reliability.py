@@ -112,6 +112,7 @@ def test_a_hard_link_to_an_input_is_the_same_file(tmp_path):
     check_outputs({"--out": str(tmp_path / "new.jsonl"), "--rejects": None}, {"--records": [str(src)]})  # fine
 
 
+@pytest.mark.heavy
 def test_sft_resume_refuses_a_changed_config_and_falls_back_past_a_damaged_checkpoint(tmp_path):
     """The SFT job as a subprocess: 4 steps (checkpoints 2 and 4); the data of step 4 lost; a rerun
     with another LoRA rank or param dtype is refused naming the key (nothing moved); the same

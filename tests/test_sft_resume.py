@@ -29,6 +29,7 @@ def losses(workdir):
     return {step: m["loss"] for step, m in metrics(workdir).items()}
 
 
+@pytest.mark.heavy
 def test_killed_run_resumes_to_the_same_losses(tmp_path):
     write_records(tmp_path)
     reference = start(command(tmp_path, tmp_path / "ref"))  # uninterrupted, beside the killed run

@@ -133,6 +133,7 @@ def assert_logged(got, expected):
                 assert abs(got[f"{prefix}/{metric}"] - want) <= 1e-6, (entry, metric, want)
 
 
+@pytest.mark.heavy
 def test_sft_validation_equals_the_eval_job_and_leaves_the_losses_alone(data):
     ran = sft_job(data, data / "val")
     step0 = seed_answers(ran, load_bench([data / "bench"]))
@@ -211,6 +212,7 @@ def grpo_job(root, workdir):
     return c
 
 
+@pytest.mark.heavy
 def test_grpo_validation_beside_the_probe_with_rewards(data):
     c = grpo_job(data, data / "grpo")
     c.train.val_every = 2
