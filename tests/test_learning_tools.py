@@ -135,3 +135,28 @@ def test_skill_data_answers_are_what_the_pixels_show(tmp_path, task):
             assert red.size and blue.size
             assert (red.mean() < blue.mean()) == (answer == "left")
     assert len(set(answers)) > 1  # both (all) answers occur
+
+
+def test_skill_data_match_rows_repeat_the_frame_they_name(tmp_path):
+    """tools/skill_data.py --task match: four images a row; the last is pixel for pixel the frame the
+    answer names and differs from the others; the blue square stays where it is and the red one
+    moves from frame to frame."""
+    path = skill_data.write(str(tmp_path), "match", 40, seed=3, size=112)
+    answers = []
+    for line, text in enumerate(open(path), 1):
+        record = parse_chat_record(json.loads(text), "match", path, line, str(tmp_path))
+        images = [np.asarray(Image.open(p).convert("RGB")).astype(int) for p in record.images]
+        assert len(images) == skill_data.FRAMES + 1
+        answer = int(record.messages[-1][1])
+        answers.append(answer)
+        *frames, observation = images
+        same = [bool((observation == f).all()) for f in frames]
+        assert same == [k + 1 == answer for k in range(skill_data.FRAMES)]
+
+        def where(image, name):
+            return np.argwhere((image == skill_data.COLORS[name]).all(-1)).min(0)  # top-left corner
+
+        assert all((where(f, "blue") == where(frames[0], "blue")).all() for f in frames)
+        reds = [tuple(where(f, "red")) for f in frames]
+        assert len(set(reds)) == skill_data.FRAMES
+    assert set(answers) == set(range(1, skill_data.FRAMES + 1))

@@ -1,8 +1,9 @@
 """Synthetic one-image SFT files that each isolate one visual skill, to time how fast a model learns it.
 
-python tools/skill_data.py --out DIR --task {color,side,relation} [--samples 4000] [--seed 0] [--image-size 112]
+python tools/skill_data.py --out DIR --task {color,side,relation,match} [--samples 4000] [--seed 0] [--image-size 112]
 
-Writes DIR/<task>.jsonl (SFT chat rows: one <image>, a question, a one-word answer; docs/formats.md)
+Writes DIR/<task>.jsonl (SFT chat rows: an <image> (four for match), a question, a one-word answer;
+docs/formats.md)
 and DIR/images/. Every image is a grey canvas with coloured squares of random size and place:
 
 - color: one square; "What color is the block?" -> its colour (six colours). What the image shows,
@@ -12,6 +13,10 @@ and DIR/images/. Every image is a grey canvas with coloured squares of random si
 - relation: a red and a blue square apart horizontally; "Is the red block left or right of the blue
   block?". Where one thing is against another, which is how progress shows in ProgressBench-Sim
   (the gripper over the table, the block by the plate).
+- match: three frames of one scene (a red square on its way to a blue one, each frame followed by
+  "Frame k."), then an observation that repeats one of them; "Which frame does the last image
+  show?" -> its number. Finding the demonstration frame that matches the observation, the `<ref>` of
+  a ProgressLM answer, in its simplest form: four images a row.
 
 The answer is decided by the image alone, so a model that reads the skill reaches a loss near 0 and a
 blind one stays at ln(choices) / answer tokens. docs/learning.md gives the SFT command and the steps
@@ -28,7 +33,9 @@ COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "
           "pink": (240, 120, 200), "orange": (240, 140, 30)}
 GREY = (128, 128, 128)
 QUESTIONS = {"color": "What color is the block?", "side": "Is the block on the left or the right?",
-             "relation": "Is the red block left or right of the blue block?"}
+             "relation": "Is the red block left or right of the blue block?",
+             "match": "Which frame does the last image show?"}
+FRAMES = 3  # the match task's frames
 
 
 def draw(task: str, rng: random.Random, size: int):
@@ -50,24 +57,54 @@ def draw(task: str, rng: random.Random, size: int):
     return squares, "left" if x_red < x_blue else "right"
 
 
-def write(out: str, task: str, samples: int, seed: int, size: int) -> str:
+def draw_match(rng: random.Random, size: int):
+    """Frames of one scene and the observation's frame number: a blue square stays; a red one moves
+    from a random start towards it, at evenly spaced points (the first frame at the start, the last
+    one beside the blue square)."""
+    side = rng.randint(size // 8, size // 6)
+    while True:  # a start far enough from the blue square that frames lie a square's width apart or more
+        x_blue, y_blue, x0, y0 = (rng.randint(0, size - side) for _ in range(4))
+        if max(abs(x0 - x_blue), abs(y0 - y_blue)) > 3 * side:
+            break
+    # The red square ends one square's width short of the blue one, on the line from its start.
+    d = max(abs(x0 - x_blue), abs(y0 - y_blue))
+    x1, y1 = x_blue + (x0 - x_blue) * side / d, y_blue + (y0 - y_blue) * side / d
+    frames = [[(round(x0 + (x1 - x0) * k / (FRAMES - 1)), round(y0 + (y1 - y0) * k / (FRAMES - 1)), side, "red"),
+               (x_blue, y_blue, side, "blue")] for k in range(FRAMES)]
+    return frames, rng.randrange(FRAMES) + 1
+
+
+def render(squares, size: int):
     from PIL import Image, ImageDraw
 
+    image = Image.new("RGB", (size, size), GREY)
+    pen = ImageDraw.Draw(image)
+    for x, y, side, name in squares:
+        pen.rectangle([x, y, x + side - 1, y + side - 1], fill=COLORS[name])
+    return image
+
+
+def write(out: str, task: str, samples: int, seed: int, size: int) -> str:
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     rng = random.Random(f"{task}/{seed}")
     path = os.path.join(out, f"{task}.jsonl")
     with open(path, "w") as f:
         for i in range(samples):
-            squares, answer = draw(task, rng, size)
-            image = Image.new("RGB", (size, size), GREY)
-            pen = ImageDraw.Draw(image)
-            for x, y, side, name in squares:
-                pen.rectangle([x, y, x + side - 1, y + side - 1], fill=COLORS[name])
-            name = f"images/{task}_{seed}_{i:05d}.png"
-            image.save(os.path.join(out, name))
-            f.write(json.dumps({"messages": [{"role": "user", "content": "<image>" + QUESTIONS[task]},
+            if task == "match":
+                frames, answer = draw_match(rng, size)
+                scenes = [*frames, frames[answer - 1]]
+                prompt = "".join(f"<image>Frame {k + 1}. " for k in range(FRAMES)) + "<image>" + QUESTIONS[task]
+                answer = str(answer)
+            else:
+                squares, answer = draw(task, rng, size)
+                scenes, prompt = [squares], "<image>" + QUESTIONS[task]
+            names = []
+            for j, squares in enumerate(scenes):
+                names.append(f"images/{task}_{seed}_{i:05d}" + (f"_{j}" if len(scenes) > 1 else "") + ".png")
+                render(squares, size).save(os.path.join(out, names[-1]))
+            f.write(json.dumps({"messages": [{"role": "user", "content": prompt},
                                              {"role": "assistant", "content": answer}],
-                                "images": [name]}) + "\n")
+                                "images": names}) + "\n")
     return path
 
 
