@@ -160,3 +160,21 @@ def test_skill_data_match_rows_repeat_the_frame_they_name(tmp_path):
         reds = [tuple(where(f, "red")) for f in frames]
         assert len(set(reds)) == skill_data.FRAMES
     assert set(answers) == set(range(1, skill_data.FRAMES + 1))
+
+
+def test_skill_data_match_colors_and_words_name_the_repeated_frame(tmp_path):
+    """--task match_colors: the last image is pixel for pixel the named frame and no other;
+    --task match_words: the same question in words, the named frame's colour repeated, no images."""
+    path = skill_data.write(str(tmp_path), "match_colors", 20, seed=3, size=112)
+    for line, text in enumerate(open(path), 1):
+        record = parse_chat_record(json.loads(text), "match_colors", path, line, str(tmp_path))
+        *frames, observation = [np.asarray(Image.open(p).convert("RGB")) for p in record.images]
+        answer = int(record.messages[-1][1])
+        assert [bool((observation == f).all()) for f in frames] == [k + 1 == answer for k in range(len(frames))]
+    path = skill_data.write(str(tmp_path), "match_words", 20, seed=3, size=112)
+    for text in open(path):
+        row = json.loads(text)
+        assert row["images"] == []
+        prompt, answer = row["messages"][0]["content"], int(row["messages"][1]["content"])
+        colors = [part.split(": ")[1] for part in prompt.split(". ")[:skill_data.FRAMES + 1]]
+        assert colors[-1] == colors[answer - 1] and len(set(colors[:-1])) == skill_data.FRAMES

@@ -1,6 +1,6 @@
-"""Synthetic one-image SFT files that each isolate one visual skill, to time how fast a model learns it.
+"""Synthetic SFT files that each isolate one skill a ProgressLM answer needs, to time how fast a model learns it.
 
-python tools/skill_data.py --out DIR --task {color,side,relation,match} [--samples 4000] [--seed 0] [--image-size 112]
+python tools/skill_data.py --out DIR --task TASK [--samples 4000] [--seed 0] [--image-size 112]
 
 Writes DIR/<task>.jsonl (SFT chat rows: an <image> (four for match), a question, a one-word answer;
 docs/formats.md)
@@ -17,6 +17,10 @@ and DIR/images/. Every image is a grey canvas with coloured squares of random si
   "Frame k."), then an observation that repeats one of them; "Which frame does the last image
   show?" -> its number. Finding the demonstration frame that matches the observation, the `<ref>` of
   a ProgressLM answer, in its simplest form: four images a row.
+- match_colors: as match, but each frame one square of its own colour and place, so that the
+  frames differ everywhere.
+- match_words: as match_colors with the frames' colour names written instead of images
+  ("Frame 1: orange. Frame 2: red. Frame 3: yellow. Last: yellow."): no images at all.
 
 The answer is decided by the image alone, so a model that reads the skill reaches a loss near 0 and a
 blind one stays at ln(choices) / answer tokens. docs/learning.md gives the SFT command and the steps
@@ -35,6 +39,7 @@ GREY = (128, 128, 128)
 QUESTIONS = {"color": "What color is the block?", "side": "Is the block on the left or the right?",
              "relation": "Is the red block left or right of the blue block?",
              "match": "Which frame does the last image show?"}
+QUESTIONS["match_colors"] = QUESTIONS["match_words"] = QUESTIONS["match"]
 FRAMES = 3  # the match task's frames
 
 
@@ -90,8 +95,22 @@ def write(out: str, task: str, samples: int, seed: int, size: int) -> str:
     path = os.path.join(out, f"{task}.jsonl")
     with open(path, "w") as f:
         for i in range(samples):
-            if task == "match":
-                frames, answer = draw_match(rng, size)
+            if task == "match_words":
+                colors = rng.sample(sorted(COLORS), FRAMES)
+                answer = rng.randrange(FRAMES) + 1
+                scenes = []
+                prompt = ("".join(f"Frame {k + 1}: {c}. " for k, c in enumerate(colors)) + f"Last: {colors[answer - 1]}. "
+                          + QUESTIONS[task])
+                answer = str(answer)
+            elif task in ("match", "match_colors"):
+                if task == "match":
+                    frames, answer = draw_match(rng, size)
+                else:
+                    frames = []
+                    for name in rng.sample(sorted(COLORS), FRAMES):
+                        side = rng.randint(size // 6, size // 3)
+                        frames.append([(rng.randint(0, size - side), rng.randint(0, size - side), side, name)])
+                    answer = rng.randrange(FRAMES) + 1
                 scenes = [*frames, frames[answer - 1]]
                 prompt = "".join(f"<image>Frame {k + 1}. " for k in range(FRAMES)) + "<image>" + QUESTIONS[task]
                 answer = str(answer)
