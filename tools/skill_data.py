@@ -22,9 +22,9 @@ and DIR/images/. Every image is a grey canvas with coloured squares of random si
 - match_words: as match_colors with the frames' colour names written instead of images
   ("Frame 1: orange. Frame 2: red. Frame 3: yellow. Last: yellow."): no images at all.
 
-The answer is decided by the image alone, so a model that reads the skill reaches a loss near 0 and a
-blind one stays at ln(choices) / answer tokens. docs/learning.md gives the SFT command and the steps
-each skill took the tiny model.
+The answer is decided by the images alone (match_words: by the text), so a model that reads the skill
+reaches a loss near 0 and a blind one stays at ln(choices) / answer tokens. docs/learning.md gives
+the SFT command and the steps each skill took the tiny model.
 """
 from __future__ import annotations
 
@@ -79,6 +79,17 @@ def draw_match(rng: random.Random, size: int):
     return frames, rng.randrange(FRAMES) + 1
 
 
+def draw_frames(task: str, rng: random.Random, size: int):
+    """The frames of a match or match_colors row (lists of squares) and the repeated frame's number."""
+    if task == "match":
+        return draw_match(rng, size)
+    frames = []
+    for name in rng.sample(sorted(COLORS), FRAMES):  # match_colors: one square of its own colour a frame
+        side = rng.randint(size // 6, size // 3)
+        frames.append([(rng.randint(0, size - side), rng.randint(0, size - side), side, name)])
+    return frames, rng.randrange(FRAMES) + 1
+
+
 def render(squares, size: int):
     from PIL import Image, ImageDraw
 
@@ -103,14 +114,7 @@ def write(out: str, task: str, samples: int, seed: int, size: int) -> str:
                           + QUESTIONS[task])
                 answer = str(answer)
             elif task in ("match", "match_colors"):
-                if task == "match":
-                    frames, answer = draw_match(rng, size)
-                else:
-                    frames = []
-                    for name in rng.sample(sorted(COLORS), FRAMES):
-                        side = rng.randint(size // 6, size // 3)
-                        frames.append([(rng.randint(0, size - side), rng.randint(0, size - side), side, name)])
-                    answer = rng.randrange(FRAMES) + 1
+                frames, answer = draw_frames(task, rng, size)
                 scenes = [*frames, frames[answer - 1]]
                 prompt = "".join(f"<image>Frame {k + 1}. " for k in range(FRAMES)) + "<image>" + QUESTIONS[task]
                 answer = str(answer)
