@@ -176,5 +176,28 @@ def test_skill_data_match_colors_and_words_name_the_repeated_frame(tmp_path):
         row = json.loads(text)
         assert row["images"] == []
         prompt, answer = row["messages"][0]["content"], int(row["messages"][1]["content"])
-        colors = [part.split(": ")[1] for part in prompt.split(". ")[:skill_data.FRAMES + 1]]
+        parts = prompt.split(". ")[:skill_data.FRAMES + 1]
+        assert [p.split(" ")[1] for p in parts[:-1]] == [str(k + 1) for k in range(skill_data.FRAMES)]
+        colors = [p.split(" ")[0] for p in parts[:-1]] + [parts[-1].split(": ")[1]]
         assert colors[-1] == colors[answer - 1] and len(set(colors[:-1])) == skill_data.FRAMES
+
+
+def test_skill_reference_trains_on_the_projects_tokens(tmp_path):
+    """tools/skill_reference.py: the mask covers each row's answer and <|im_end|>, as the SFT loss does;
+    transformers' Qwen2 at the tiny preset's size starts near a uniform guess over the vocabulary and
+    learns the answer's form (one of three digits, then the end token) in 40 steps; image rows are refused."""
+    from tools import skill_reference
+
+    path = skill_data.write(str(tmp_path), "match_words", 64, seed=3, size=112)
+    tokenizer = load_tokenizer()
+    rows = skill_reference.load_rows(path, tokenizer)
+    answers = [json.loads(t)["messages"][1]["content"] for t in open(path)]
+    assert [tokenizer.decode([i for i, m in zip(ids, mask) if m]) for ids, mask in rows] == [
+        a + "<|im_end|>" for a in answers]
+    curve = skill_reference.train(skill_reference.build_model("tiny", 0, 0, seed=0), rows, steps=40, batch=8,
+                                  lr=2e-3, log_every=10, echo=lambda line: None)
+    assert curve[0] > 0.6 * np.log(2048) and curve[-1] < 1.0, curve
+
+    images = skill_data.write(str(tmp_path), "color", 2, seed=3, size=112)
+    with pytest.raises(ValueError, match=r"color.jsonl:1: has images"):
+        skill_reference.load_rows(images, tokenizer)

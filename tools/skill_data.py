@@ -19,8 +19,9 @@ and DIR/images/. Every image is a grey canvas with coloured squares of random si
   a ProgressLM answer, in its simplest form: four images a row.
 - match_colors: as match, but each frame one square of its own colour and place, so that the
   frames differ everywhere.
-- match_words: as match_colors with the frames' colour names written instead of images
-  ("Frame 1: orange. Frame 2: red. Frame 3: yellow. Last: yellow."): no images at all.
+- match_words: as match_colors with the frames' colour names written instead of images, each
+  followed by its number as a frame by its label ("orange 1. red 2. yellow 3. Last: yellow."): no
+  images at all.
 
 The answer is decided by the images alone (match_words: by the text), so a model that reads the skill
 reaches a loss near 0 and a blind one stays at ln(choices) / answer tokens. docs/learning.md gives
@@ -110,7 +111,7 @@ def write(out: str, task: str, samples: int, seed: int, size: int) -> str:
                 colors = rng.sample(sorted(COLORS), FRAMES)
                 answer = rng.randrange(FRAMES) + 1
                 scenes = []
-                prompt = ("".join(f"Frame {k + 1}: {c}. " for k, c in enumerate(colors)) + f"Last: {colors[answer - 1]}. "
+                prompt = ("".join(f"{c} {k + 1}. " for k, c in enumerate(colors)) + f"Last: {colors[answer - 1]}. "
                           + QUESTIONS[task])
                 answer = str(answer)
             elif task in ("match", "match_colors"):
