@@ -290,7 +290,19 @@ def tiny() -> Qwen25VLConfig:
     )
 
 
-PRESETS = {"qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b, "tiny": tiny}
+def nano() -> Qwen25VLConfig:
+    """The tiny model with more, narrower heads, for the learning experiment (docs/learning.md): the
+    language model's 8 heads of 16 learn to find the earlier item that matches the last one and copy
+    its label (`tools/skill_data.py --task match_words`) in a few hundred steps, where the tiny
+    preset's 4 heads of 32 stay at chance; the vision tower's 2 heads of 32 give its 2D rope eight
+    frequencies per axis, enough to learn where one thing lies against another (`--task relation`)."""
+    base = tiny()
+    return dataclasses.replace(
+        base, vision=dataclasses.replace(base.vision, num_heads=2),
+        text=dataclasses.replace(base.text, num_attention_heads=8, num_key_value_heads=8, mrope_section=(2, 3, 3)))
+
+
+PRESETS = {"qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b, "tiny": tiny, "nano": nano}
 
 
 def preset(name: str) -> Qwen25VLConfig:
