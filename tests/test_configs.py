@@ -75,6 +75,18 @@ def test_demo_is_the_default_and_every_variant_validates(module):
         module.get_config("papr")
 
 
+def test_sft_nano_validates_and_trains_the_nano_preset():
+    from progress_jax.models import qwen2_5_vl
+
+    c = sft_config.get_config("nano")
+    config_check.check(c)
+    assert (c.model.preset, c.train.lr, c.train.schedule, c.model.freeze_vision) == ("nano", 1e-3, "constant", False)
+    nano, tiny = qwen2_5_vl.preset("nano"), qwen2_5_vl.preset("tiny")
+    assert (nano.text.num_attention_heads, nano.text.num_key_value_heads, nano.text.head_dim) == (8, 8, 16)
+    assert (nano.vision.num_heads, nano.vision.head_dim) == (2, 32)
+    assert nano.text.hidden_size == tiny.text.hidden_size and nano.vision.hidden_size == tiny.vision.hidden_size
+
+
 def test_grpo_default_runs_the_demo_chain_with_one_set_of_demo_data():
     c = grpo_config.get_config()
     assert c.job == "demo" and c.demo.warm_start and c.demo.evaluate
