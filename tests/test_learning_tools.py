@@ -163,14 +163,18 @@ def test_skill_data_match_rows_repeat_the_frame_they_name(tmp_path):
 
 
 def test_skill_data_match_colors_and_words_name_the_repeated_frame(tmp_path):
-    """--task match_colors: the last image is pixel for pixel the named frame and no other;
-    --task match_words: the same question in words, the named frame's colour repeated, no images."""
-    path = skill_data.write(str(tmp_path), "match_colors", 20, seed=3, size=112)
-    for line, text in enumerate(open(path), 1):
-        record = parse_chat_record(json.loads(text), "match_colors", path, line, str(tmp_path))
-        *frames, observation = [np.asarray(Image.open(p).convert("RGB")) for p in record.images]
-        answer = int(record.messages[-1][1])
-        assert [bool((observation == f).all()) for f in frames] == [k + 1 == answer for k in range(len(frames))]
+    """--task match_colors and match_fill (no grey left): the last image is pixel for pixel the named
+    frame and no other; --task match_words: the same question in words, the named frame's colour
+    repeated, no images."""
+    for task in ("match_colors", "match_fill"):
+        path = skill_data.write(str(tmp_path), task, 20, seed=3, size=112)
+        for line, text in enumerate(open(path), 1):
+            record = parse_chat_record(json.loads(text), task, path, line, str(tmp_path))
+            *frames, observation = [np.asarray(Image.open(p).convert("RGB")) for p in record.images]
+            answer = int(record.messages[-1][1])
+            assert [bool((observation == f).all()) for f in frames] == [k + 1 == answer for k in range(len(frames))]
+            grey = [int((f == skill_data.GREY).all(-1).sum()) for f in frames]
+            assert all(g == 0 for g in grey) if task == "match_fill" else all(g > 0 for g in grey)
     path = skill_data.write(str(tmp_path), "match_words", 20, seed=3, size=112)
     for text in open(path):
         row = json.loads(text)

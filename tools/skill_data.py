@@ -17,8 +17,10 @@ and DIR/images/. Every image is a grey canvas with coloured squares of random si
   "Frame k."), then an observation that repeats one of them; "Which frame does the last image
   show?" -> its number. Finding the demonstration frame that matches the observation, the `<ref>` of
   a ProgressLM answer, in its simplest form: four images a row.
-- match_colors: as match, but each frame one square of its own colour and place, so that the
-  frames differ everywhere.
+- match_colors: as match, but each frame one square of its own colour and place on the grey
+  canvas.
+- match_fill: as match_colors with each frame filled with its colour, so that every image token
+  carries it: the first step of a curriculum to match (docs/learning.md).
 - match_words: as match_colors with the frames' colour names written instead of images, each
   followed by its number as a frame by its label ("orange 1. red 2. yellow 3. Last: yellow."): no
   images at all.
@@ -40,7 +42,7 @@ GREY = (128, 128, 128)
 QUESTIONS = {"color": "What color is the block?", "side": "Is the block on the left or the right?",
              "relation": "Is the red block left or right of the blue block?",
              "match": "Which frame does the last image show?"}
-QUESTIONS["match_colors"] = QUESTIONS["match_words"] = QUESTIONS["match"]
+QUESTIONS["match_colors"] = QUESTIONS["match_fill"] = QUESTIONS["match_words"] = QUESTIONS["match"]
 FRAMES = 3  # the match task's frames
 
 
@@ -81,11 +83,15 @@ def draw_match(rng: random.Random, size: int):
 
 
 def draw_frames(task: str, rng: random.Random, size: int):
-    """The frames of a match or match_colors row (lists of squares) and the repeated frame's number."""
+    """The frames of a match, match_colors or match_fill row (lists of squares) and the repeated
+    frame's number."""
     if task == "match":
         return draw_match(rng, size)
     frames = []
-    for name in rng.sample(sorted(COLORS), FRAMES):  # match_colors: one square of its own colour a frame
+    for name in rng.sample(sorted(COLORS), FRAMES):  # one colour a frame
+        if task == "match_fill":
+            frames.append([(0, 0, size, name)])
+            continue
         side = rng.randint(size // 6, size // 3)
         frames.append([(rng.randint(0, size - side), rng.randint(0, size - side), side, name)])
     return frames, rng.randrange(FRAMES) + 1
@@ -114,7 +120,7 @@ def write(out: str, task: str, samples: int, seed: int, size: int) -> str:
                 prompt = ("".join(f"{c} {k + 1}. " for k, c in enumerate(colors)) + f"Last: {colors[answer - 1]}. "
                           + QUESTIONS[task])
                 answer = str(answer)
-            elif task in ("match", "match_colors"):
+            elif task in ("match", "match_colors", "match_fill"):
                 frames, answer = draw_frames(task, rng, size)
                 scenes = [*frames, frames[answer - 1]]
                 prompt = "".join(f"<image>Frame {k + 1}. " for k in range(FRAMES)) + "<image>" + QUESTIONS[task]
