@@ -4,7 +4,8 @@ python tools/skill_data.py --out DIR --task TASK [--samples 4000] [--seed 0] [--
 
 Writes DIR/<task>.jsonl (SFT chat rows: an <image> (four for match), a question, a one-word answer;
 docs/formats.md)
-and DIR/images/. Every image is a grey canvas with coloured squares of random size and place:
+and DIR/images/. Every image is a grey canvas with coloured squares of random size and place
+(match_fill: one colour all over):
 
 - color: one square; "What color is the block?" -> its colour (six colours). What the image shows,
   wherever it is.
@@ -91,9 +92,9 @@ def draw_frames(task: str, rng: random.Random, size: int):
     for name in rng.sample(sorted(COLORS), FRAMES):  # one colour a frame
         if task == "match_fill":
             frames.append([(0, 0, size, name)])
-            continue
-        side = rng.randint(size // 6, size // 3)
-        frames.append([(rng.randint(0, size - side), rng.randint(0, size - side), side, name)])
+        else:
+            side = rng.randint(size // 6, size // 3)
+            frames.append([(rng.randint(0, size - side), rng.randint(0, size - side), side, name)])
     return frames, rng.randrange(FRAMES) + 1
 
 
