@@ -83,8 +83,11 @@ def _assert_same(reference, other):
     assert m_a["clip_frac"] > 0 and m_a["dual_clip_frac"] > 0 and m_a["kl"] > 0
     for key in ("loss", "pg_loss", "kl", "clip_frac", "dual_clip_frac", "entropy", "grad_norm", "response_tokens"):
         np.testing.assert_allclose(m_b[key], m_a[key], rtol=2e-5, atol=1e-6, err_msg=key)
+    # Adam's first step is lr * g / (|g| + eps): where |g| is near eps (1e-4), the summation order of
+    # the two layouts' micro-batches moves an update by a few 1e-6 (seen: 3.2e-6 in one embedding
+    # element of 262144). atol 1e-5 is a thousandth of the step (lr 1e-2), far below a wrong gradient.
     for name in p_a:
-        np.testing.assert_allclose(p_b[name], p_a[name], rtol=2e-5, atol=2e-6, err_msg=name)
+        np.testing.assert_allclose(p_b[name], p_a[name], rtol=2e-5, atol=1e-5, err_msg=name)
 
 
 def _one_device():

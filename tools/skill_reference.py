@@ -38,9 +38,9 @@ def build_model(preset: str, heads: int | None, kv_heads: int | None, seed: int)
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from progress_jax.models.qwen2_5_vl import preset as model_preset
+    from progress_jax.models import families
 
-    text = model_preset(preset).text
+    text = families.for_preset(preset).architecture("", preset).text
     torch.manual_seed(seed)
     config = Qwen2Config(vocab_size=text.vocab_size, hidden_size=text.hidden_size,
                          intermediate_size=text.intermediate_size, num_hidden_layers=text.num_hidden_layers,
