@@ -2,7 +2,7 @@
 
 python tools/skill_data.py --out DIR --task TASK [--samples 4000] [--seed 0] [--image-size 112]
 
-Writes DIR/<task>.jsonl (SFT chat rows: an <image> (four for match), a question, a one-word answer;
+Writes DIR/<task>.jsonl (SFT chat rows: an <image> (four for match, match_colors and match_fill; none for match_words), a question, a one-word answer;
 docs/formats.md)
 and DIR/images/. Every image is a grey canvas with coloured squares of random size and place
 (match_fill: one colour all over):

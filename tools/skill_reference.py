@@ -34,7 +34,8 @@ def load_rows(path: str, tokenizer):
     return rows
 
 
-def build_model(preset: str, heads: int | None, kv_heads: int | None, seed: int):
+def build_model(preset: str, heads: int, kv_heads: int, seed: int):
+    """heads, kv_heads: 0 keeps the preset's."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
