@@ -186,6 +186,39 @@ def test_skill_data_match_colors_and_words_name_the_repeated_frame(tmp_path):
         assert colors[-1] == colors[answer - 1] and len(set(colors[:-1])) == skill_data.FRAMES
 
 
+def test_skill_data_sim_match_repeats_a_records_own_frame(tmp_path):
+    """--task sim_match: rows name a record's demo frames under the records' image root, in the demo's
+    order, as many as --frames asks (all with 0), then again the frame the answer names; every
+    record is used, and a text-demo record never."""
+    rows = [_visual(i, steps, "o.png", 1, "50%") for i, steps in enumerate((3, 5, 6))]
+    text = {k: v for k, v in _visual(9, 2, "o.png", 1, "50%").items() if k != "visual_demo"}
+    rows.append({**text, "text_demo": ["reach the cube", "place it"]})
+    for i, row in enumerate(rows[:3]):
+        folder = tmp_path / "images" / row["id"]
+        folder.mkdir(parents=True)
+        for k, name in enumerate(row["visual_demo"]):
+            Image.new("RGB", (28, 28), (k, i, 0)).save(folder / name)
+    records = _write_bench(tmp_path, rows)
+    demos = {r["id"]: r["visual_demo"] for r in rows[:3]}
+    for frames in (3, 0):
+        path = skill_data.write_sim(str(tmp_path / f"out{frames}"), "sim_match", records, 30, seed=1, frames=frames)
+        used, answers = set(), set()
+        for line, text in enumerate(open(path), 1):
+            record = parse_chat_record(json.loads(text), "sim_match", path, line, str(tmp_path / "images"))
+            *shown, observation = json.loads(text)["images"]
+            (trajectory,) = {p.split("/")[0] for p in shown}
+            demo = demos[trajectory]
+            indices = [demo.index(p.split("/")[1]) for p in shown]
+            assert indices == sorted(set(indices)) and len(indices) == (frames or len(demo))
+            answer = int(record.messages[-1][1])
+            assert observation == shown[answer - 1]
+            assert record.messages[0][1].count("<image>") == len(shown) + 1
+            used.add(trajectory)
+            answers.add(answer)
+        assert used == set(demos)
+        assert answers == {1, 2, 3} if frames == 3 else max(answers) > 3
+
+
 def test_skill_reference_trains_on_the_projects_tokens(tmp_path):
     """tools/skill_reference.py: the mask covers each row's answer and <|im_end|>, as the SFT loss does;
     transformers' Qwen2 at the tiny preset's size starts near a uniform guess over the vocabulary and
