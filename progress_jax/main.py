@@ -102,7 +102,7 @@ def list_value(key: str, text: str, default) -> str:
 def check_overrides(argv: list[str]) -> tuple[str | None, list[str]]:
     """(a one-line message for a config file that does not load or the first `--config.KEY` that
     the config does not hold, else None; argv with comma-separated values of list-valued keys
-    written as tuples)."""
+    written as tuples, and only the last of a list-valued key given more than once)."""
     spec, overrides = None, []
     for i, a in enumerate(argv[1:], start=1):
         if a.startswith("--config="):
@@ -119,18 +119,22 @@ def check_overrides(argv: list[str]) -> tuple[str | None, list[str]]:
         return f"--config {spec}: {e}", argv
     keys = set(_keys(config))
     argv = list(argv)
+    last = {key: i for i, key, *_ in overrides}
+    drop = set()
     for i, key, *value in overrides:
         if key not in keys:
             close = difflib.get_close_matches(key, sorted(keys), n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             return f"unknown config key {key} in --config.{key}{hint} (see --print_config for every key)", argv
         default = _value(config, key)
-        if value and isinstance(default, (tuple, list)):
+        if isinstance(default, (tuple, list)) and i != last[key]:
+            drop.add(i)  # absl would join the values of every occurrence; the last one wins, as for scalars
+        elif value and isinstance(default, (tuple, list)):
             try:
                 argv[i] = f"--config.{key}={list_value(key, value[0], default)}"
             except ValueError as e:
                 return str(e), argv
-    return None, argv
+    return None, [a for i, a in enumerate(argv) if i not in drop]
 
 
 def _parse_flags(argv):

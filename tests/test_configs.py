@@ -200,8 +200,13 @@ def test_list_valued_keys_take_comma_separated_values():
                         "--config.data.patch_buckets=(128,)"]
     problem, _ = check_overrides(argv[:3] + ["--config.data.length_buckets=256,abc"])
     assert problem == "--config.data.length_buckets=256,abc: expected comma-separated int values"
-    done = main("--config", "configs/sft.py", "--config.data.train_files=a.jsonl,b.jsonl", "--print_config")
-    assert json.loads(done.stdout)["data"]["train_files"] == ["a.jsonl", "b.jsonl"], done.stderr
+    done = main("--config", "configs/sft.py", "--config.data.train_files=a.jsonl,b.jsonl", "--print_config",
+                "--config.data.length_buckets=(256,)", "--config.data.length_buckets=300,400", "--config.train.lr=1",
+                "--config.train.lr=2")
+    printed = json.loads(done.stdout)
+    assert printed["data"]["train_files"] == ["a.jsonl", "b.jsonl"], done.stderr
+    # A key given twice: the last value, for a list as for a number (absl alone joins a list's values).
+    assert printed["data"]["length_buckets"] == [300, 400] and printed["train"]["lr"] == 2.0
 
 
 # Installed by the test extra only (setup.py): the main job must not need any of them.
