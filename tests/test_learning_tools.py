@@ -186,22 +186,29 @@ def test_skill_data_match_colors_and_words_name_the_repeated_frame(tmp_path):
         assert colors[-1] == colors[answer - 1] and len(set(colors[:-1])) == skill_data.FRAMES
 
 
+def _sim_records(tmp_path):
+    """Three visual records (4, 6 and 7 demo frames, closest frames 1, 2, 3), an unanswerable visual
+    one and a text one, with their images under tmp_path/images/<id>/."""
+    rows = [_visual(i, steps, "o.png", i + 1, "50%") for i, steps in enumerate((3, 5, 6))]
+    rows.append(dict(_visual(3, 3, "o.png", 1, "n/a"), closest_idx="n/a"))
+    text = {k: v for k, v in _visual(9, 2, "o.png", 1, "50%").items() if k != "visual_demo"}
+    rows.append({**text, "text_demo": ["reach the cube", "place it"]})
+    for i, row in enumerate(rows[:4]):
+        folder = tmp_path / "images" / row["id"]
+        folder.mkdir(parents=True)
+        for k, name in enumerate([*row["visual_demo"], "o.png"]):
+            Image.new("RGB", (28, 28), (k, i, 0)).save(folder / name)
+    return _write_bench(tmp_path, rows), rows
+
+
 def test_skill_data_sim_match_repeats_a_records_own_frame(tmp_path):
     """--task sim_match: rows name a record's demo frames under the records' image root, in the demo's
     order, as many as --frames asks (all with 0), then again the frame the answer names; every
-    record is used, and a text-demo record never."""
-    rows = [_visual(i, steps, "o.png", 1, "50%") for i, steps in enumerate((3, 5, 6))]
-    text = {k: v for k, v in _visual(9, 2, "o.png", 1, "50%").items() if k != "visual_demo"}
-    rows.append({**text, "text_demo": ["reach the cube", "place it"]})
-    for i, row in enumerate(rows[:3]):
-        folder = tmp_path / "images" / row["id"]
-        folder.mkdir(parents=True)
-        for k, name in enumerate(row["visual_demo"]):
-            Image.new("RGB", (28, 28), (k, i, 0)).save(folder / name)
-    records = _write_bench(tmp_path, rows)
-    demos = {r["id"]: r["visual_demo"] for r in rows[:3]}
+    visual record is used, and a text-demo record never."""
+    records, rows = _sim_records(tmp_path)
+    demos = {r["id"]: r["visual_demo"] for r in rows[:4]}
     for frames in (3, 0):
-        path = skill_data.write_sim(str(tmp_path / f"out{frames}"), "sim_match", records, 30, seed=1, frames=frames)
+        path = skill_data.write_sim(str(tmp_path / f"out{frames}"), "sim_match", records, 40, seed=1, frames=frames)
         used, answers = set(), set()
         for line, text in enumerate(open(path), 1):
             record = parse_chat_record(json.loads(text), "sim_match", path, line, str(tmp_path / "images"))
@@ -217,6 +224,22 @@ def test_skill_data_sim_match_repeats_a_records_own_frame(tmp_path):
             answers.add(answer)
         assert used == set(demos)
         assert answers == {1, 2, 3} if frames == 3 else max(answers) > 3
+
+
+def test_skill_data_sim_ref_asks_for_the_records_closest_frame(tmp_path, capsys):
+    """--task sim_ref: every demo frame, then the record's observation; the answer is its closest_idx.
+    The unanswerable record is skipped with a counted warning that names the file."""
+    records, rows = _sim_records(tmp_path)
+    path = skill_data.write_sim(str(tmp_path / "out"), "sim_ref", records, 6, seed=1, frames=0)
+    assert f"{records}: skipped 1 unanswerable records" in capsys.readouterr().out
+    seen = []
+    for line, text in enumerate(open(path), 1):
+        record = parse_chat_record(json.loads(text), "sim_ref", path, line, str(tmp_path / "images"))
+        row = next(r for r in rows if r["id"] == json.loads(text)["images"][0].split("/")[0])
+        assert json.loads(text)["images"] == [f"{row['id']}/{f}" for f in [*row["visual_demo"], "o.png"]]
+        assert record.messages[-1][1] == row["closest_idx"]
+        seen.append(row["id"])
+    assert sorted(seen) == ["t0", "t0", "t1", "t1", "t2", "t2"]
 
 
 def test_skill_reference_trains_on_the_projects_tokens(tmp_path):

@@ -1,7 +1,7 @@
 """Synthetic SFT files that each isolate one skill a ProgressLM answer needs, to time how fast a model learns it.
 
 python tools/skill_data.py --out DIR --task TASK [--samples 4000] [--seed 0] [--image-size 112]
-python tools/skill_data.py --out DIR --task sim_match --records SIM/train/sft.jsonl [--frames 3]
+python tools/skill_data.py --out DIR --task sim_match|sim_ref --records SIM/train/sft.jsonl [--frames 3]
 
 Writes DIR/<task>.jsonl (SFT chat rows: an <image> (four for match, match_colors and match_fill; none for match_words), a question, a one-word answer;
 docs/formats.md)
@@ -30,6 +30,9 @@ and DIR/images/. Every image is a grey canvas with coloured squares of random si
   record's demo frames (--frames of them, in order; 0: all), then one of them again. No images are
   written: the rows name the records' images, read under the records' image root
   (`--config.data.image_root=SIM/train/images`).
+- sim_ref: a record's demo frames, then its observation; "Which frame is closest to the last
+  image?" -> its closest_idx: the `<ref>` of the record's answer (answerable records only; the others
+  are counted and skipped).
 
 The answer is decided by the images alone (match_words: by the text), so a model that reads the skill
 reaches a loss near 0 and a blind one stays at ln(choices) / answer tokens. docs/learning.md gives
@@ -50,6 +53,8 @@ QUESTIONS = {"color": "What color is the block?", "side": "Is the block on the l
              "match": "Which frame does the last image show?"}
 QUESTIONS["match_colors"] = QUESTIONS["match_fill"] = QUESTIONS["match_words"] = QUESTIONS["match"]
 QUESTIONS["sim_match"] = QUESTIONS["match"]
+QUESTIONS["sim_ref"] = "Which frame is closest to the last image?"
+SIM_TASKS = ("sim_match", "sim_ref")
 FRAMES = 3  # the match task's frames
 
 
@@ -146,14 +151,19 @@ def write(out: str, task: str, samples: int, seed: int, size: int) -> str:
 
 
 def write_sim(out: str, task: str, records: str, samples: int, seed: int, frames: int) -> str:
-    """sim_match rows from the visual-demo records of `records` (every record in turn, in a shuffled
-    order): `frames` of its demo frames in their order (0 or more than it has: all), then one of
-    them again."""
+    """sim_match or sim_ref rows from the visual-demo records of `records` (every record in turn, in a
+    shuffled order). sim_match: `frames` of its demo frames in their order (0 or more than it has:
+    all), then one of them again; sim_ref: all of them, then the observation."""
     from data_pipeline.records import load_records
 
     demos = [r for r in load_records(records) if r.kind == "visual"]
+    if task == "sim_ref":
+        unanswerable = sum(r.closest_idx is None for r in demos)
+        if unanswerable:
+            print(f"warning: {records}: skipped {unanswerable} unanswerable records (no closest_idx)")
+        demos = [r for r in demos if r.closest_idx is not None]
     if not demos:
-        raise SystemExit(f"{records}: no record with a visual_demo")
+        raise SystemExit(f"{records}: no {'answerable ' if task == 'sim_ref' else ''}record with a visual_demo")
     rng = random.Random(f"{task}/{seed}")
     rng.shuffle(demos)
     os.makedirs(out, exist_ok=True)
@@ -161,14 +171,19 @@ def write_sim(out: str, task: str, records: str, samples: int, seed: int, frames
     with open(path, "w") as f:
         for i in range(samples):
             record = demos[i % len(demos)]
-            n = len(record.visual_demo) if frames <= 0 else min(frames, len(record.visual_demo))
-            shown = [os.path.join(record.id, record.visual_demo[k])
-                     for k in sorted(rng.sample(range(len(record.visual_demo)), n))]
-            answer = rng.randrange(n) + 1
-            prompt = "".join(f"<image>Frame {k + 1}. " for k in range(n)) + "<image>" + QUESTIONS[task]
+            if task == "sim_ref":
+                shown = [os.path.join(record.id, name) for name in record.visual_demo]
+                answer, last = record.closest_idx, os.path.join(record.id, record.observation)
+            else:
+                n = len(record.visual_demo) if frames <= 0 else min(frames, len(record.visual_demo))
+                shown = [os.path.join(record.id, record.visual_demo[k])
+                         for k in sorted(rng.sample(range(len(record.visual_demo)), n))]
+                answer = rng.randrange(n) + 1
+                last = shown[answer - 1]
+            prompt = "".join(f"<image>Frame {k + 1}. " for k in range(len(shown))) + "<image>" + QUESTIONS[task]
             f.write(json.dumps({"messages": [{"role": "user", "content": prompt},
                                              {"role": "assistant", "content": str(answer)}],
-                                "images": [*shown, shown[answer - 1]]}) + "\n")
+                                "images": [*shown, last]}) + "\n")
     return path
 
 
@@ -179,14 +194,16 @@ def main(argv=None) -> None:
     ap.add_argument("--samples", type=int, default=4000, help="rows to write (default 4000)")
     ap.add_argument("--seed", type=int, default=0, help="the images' random seed (default 0)")
     ap.add_argument("--image-size", type=int, default=112, help="square images of this many pixels a side")
-    ap.add_argument("--records", default="", help="sim_match: the sim records (SFT or benchmark JSONL) whose frames to use")
+    ap.add_argument("--records", default="", help="sim_match, sim_ref: the sim records (SFT or benchmark JSONL) whose frames to use")
     ap.add_argument("--frames", type=int, default=0, help="sim_match: demo frames a row (default 0: all of the record's)")
     args = ap.parse_args(argv)
     if args.samples < 1 or args.image_size < 28:
         ap.error("--samples must be >= 1 and --image-size >= 28")
-    if (args.task == "sim_match") != bool(args.records):
-        ap.error("--records goes with --task sim_match, and only with it")
-    if args.task == "sim_match":
+    if (args.task in SIM_TASKS) != bool(args.records):
+        ap.error("--records goes with --task sim_match or sim_ref, and only with them")
+    if args.frames and args.task != "sim_match":
+        ap.error("--frames goes with --task sim_match only (sim_ref shows every demo frame)")
+    if args.task in SIM_TASKS:
         print(write_sim(args.out, args.task, args.records, args.samples, args.seed, args.frames))
     else:
         print(write(args.out, args.task, args.samples, args.seed, args.image_size))
