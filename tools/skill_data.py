@@ -119,6 +119,16 @@ def render(squares, size: int):
     return image
 
 
+def frames_prompt(count: int, task: str) -> str:
+    """count labelled frames, the image to match, then the task's question."""
+    return "".join(f"<image>Frame {k + 1}. " for k in range(count)) + "<image>" + QUESTIONS[task]
+
+
+def chat_row(prompt: str, answer: str, images: list[str]) -> str:
+    return json.dumps({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
+                       "images": images}) + "\n"
+
+
 def write(out: str, task: str, samples: int, seed: int, size: int) -> str:
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     rng = random.Random(f"{task}/{seed}")
@@ -135,7 +145,7 @@ def write(out: str, task: str, samples: int, seed: int, size: int) -> str:
             elif task in ("match", "match_colors", "match_fill"):
                 frames, answer = draw_frames(task, rng, size)
                 scenes = [*frames, frames[answer - 1]]
-                prompt = "".join(f"<image>Frame {k + 1}. " for k in range(FRAMES)) + "<image>" + QUESTIONS[task]
+                prompt = frames_prompt(FRAMES, task)
                 answer = str(answer)
             else:
                 squares, answer = draw(task, rng, size)
@@ -144,9 +154,7 @@ def write(out: str, task: str, samples: int, seed: int, size: int) -> str:
             for j, squares in enumerate(scenes):
                 names.append(f"images/{task}_{seed}_{i:05d}" + (f"_{j}" if len(scenes) > 1 else "") + ".png")
                 render(squares, size).save(os.path.join(out, names[-1]))
-            f.write(json.dumps({"messages": [{"role": "user", "content": prompt},
-                                             {"role": "assistant", "content": answer}],
-                                "images": names}) + "\n")
+            f.write(chat_row(prompt, answer, names))
     return path
 
 
@@ -154,7 +162,7 @@ def write_sim(out: str, task: str, records: str, samples: int, seed: int, frames
     """sim_match or sim_ref rows from the visual-demo records of `records` (every record in turn, in a
     shuffled order). sim_match: `frames` of its demo frames in their order (0 or more than it has:
     all), then one of them again; sim_ref: all of them, then the observation."""
-    from data_pipeline.records import load_records
+    from data_pipeline.records import load_records, record_image_path
 
     demos = [r for r in load_records(records) if r.kind == "visual"]
     if task == "sim_ref":
@@ -172,18 +180,15 @@ def write_sim(out: str, task: str, records: str, samples: int, seed: int, frames
         for i in range(samples):
             record = demos[i % len(demos)]
             if task == "sim_ref":
-                shown = [os.path.join(record.id, name) for name in record.visual_demo]
-                answer, last = record.closest_idx, os.path.join(record.id, record.observation)
+                shown = [record_image_path("", record, name) for name in record.visual_demo]
+                answer, last = record.closest_idx, record_image_path("", record, record.observation)
             else:
                 n = len(record.visual_demo) if frames <= 0 else min(frames, len(record.visual_demo))
-                shown = [os.path.join(record.id, record.visual_demo[k])
+                shown = [record_image_path("", record, record.visual_demo[k])
                          for k in sorted(rng.sample(range(len(record.visual_demo)), n))]
                 answer = rng.randrange(n) + 1
                 last = shown[answer - 1]
-            prompt = "".join(f"<image>Frame {k + 1}. " for k in range(len(shown))) + "<image>" + QUESTIONS[task]
-            f.write(json.dumps({"messages": [{"role": "user", "content": prompt},
-                                             {"role": "assistant", "content": str(answer)}],
-                                "images": [*shown, last]}) + "\n")
+            f.write(chat_row(frames_prompt(len(shown), task), str(answer), [*shown, last]))
     return path
 
 
