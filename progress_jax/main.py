@@ -102,7 +102,7 @@ def list_value(key: str, text: str, default) -> str:
 def check_overrides(argv: list[str]) -> tuple[str | None, list[str]]:
     """(a one-line message for a config file that does not load or the first `--config.KEY` that
     the config does not hold, else None; argv with comma-separated values of list-valued keys
-    written as tuples, and only the last of a list-valued key given more than once)."""
+    written as tuples, and only the last of a key given more than once)."""
     spec, overrides = None, []
     for i, a in enumerate(argv[1:], start=1):
         if a.startswith("--config="):
@@ -127,8 +127,10 @@ def check_overrides(argv: list[str]) -> tuple[str | None, list[str]]:
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             return f"unknown config key {key} in --config.{key}{hint} (see --print_config for every key)", argv
         default = _value(config, key)
-        if isinstance(default, (tuple, list)) and i != last[key]:
-            drop.add(i)  # absl would join the values of every occurrence; the last one wins, as for scalars
+        if i != last[key]:  # absl joins a list-valued key's occurrences; for every key the last one wins
+            drop.add(i)
+            if not value and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                drop.add(i + 1)  # its value, given as the next argument
         elif value and isinstance(default, (tuple, list)):
             try:
                 argv[i] = f"--config.{key}={list_value(key, value[0], default)}"

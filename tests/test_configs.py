@@ -207,6 +207,8 @@ def test_list_valued_keys_take_comma_separated_values():
     assert printed["data"]["train_files"] == ["a.jsonl", "b.jsonl"], done.stderr
     # A key given twice: the last value, for a list as for a number (absl alone joins a list's values).
     assert printed["data"]["length_buckets"] == [300, 400] and printed["train"]["lr"] == 2.0
+    problem, out = check_overrides(argv[:3] + ["--config.train.steps", "5", "--config.train.steps=7"])
+    assert problem is None and out == argv[:3] + ["--config.train.steps=7"]
 
 
 # Installed by the test extra only (setup.py): the main job must not need any of them.
