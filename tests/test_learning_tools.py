@@ -242,6 +242,24 @@ def test_skill_data_sim_ref_asks_for_the_records_closest_frame(tmp_path, capsys)
     assert sorted(seen) == ["t0", "t0", "t1", "t1", "t2", "t2"]
 
 
+def test_skill_data_sim_ref_with_fewer_frames_keeps_the_closest(tmp_path):
+    """--task sim_ref --frames 3: three of a record's demo frames in order, the closest one always
+    among them, and the answer is its place among the three."""
+    records, rows = _sim_records(tmp_path)
+    path = skill_data.write_sim(str(tmp_path / "out"), "sim_ref", records, 30, seed=2, frames=3)
+    answers = set()
+    for line, text in enumerate(open(path), 1):
+        record = parse_chat_record(json.loads(text), "sim_ref", path, line, str(tmp_path / "images"))
+        *shown, observation = json.loads(text)["images"]
+        row = next(r for r in rows if r["id"] == shown[0].split("/")[0])
+        indices = [row["visual_demo"].index(p.split("/")[1]) + 1 for p in shown]
+        assert observation == f"{row['id']}/o.png" and len(indices) == 3 and indices == sorted(set(indices))
+        answer = int(record.messages[-1][1])
+        assert indices[answer - 1] == int(row["closest_idx"])
+        answers.add(answer)
+    assert answers == {1, 2, 3}
+
+
 def test_skill_reference_trains_on_the_projects_tokens(tmp_path):
     """tools/skill_reference.py: the mask covers each row's answer and <|im_end|>, as the SFT loss does;
     transformers' Qwen2 at the tiny preset's size starts near a uniform guess over the vocabulary and

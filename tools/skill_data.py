@@ -32,7 +32,8 @@ and DIR/images/. Every image is a grey canvas with coloured squares of random si
   (`--config.data.image_root=SIM/train/images`).
 - sim_ref: a record's demo frames, then its observation; "Which frame is closest to the last
   image?" -> its closest_idx: the `<ref>` of the record's answer (answerable records only; the others
-  are counted and skipped).
+  are counted and skipped). With --frames N: N of the frames, in order, the closest one among them,
+  and the answer is its place among the N.
 
 The answer is decided by the images alone (match_words: by the text), so a model that reads the skill
 reaches a loss near 0 and a blind one stays at ln(choices) / answer tokens. docs/learning.md gives
@@ -161,7 +162,8 @@ def write(out: str, task: str, samples: int, seed: int, size: int) -> str:
 def write_sim(out: str, task: str, records: str, samples: int, seed: int, frames: int) -> str:
     """sim_match or sim_ref rows from the visual-demo records of `records` (every record in turn, in a
     shuffled order). sim_match: `frames` of its demo frames in their order (0 or more than it has:
-    all), then one of them again; sim_ref: all of them, then the observation."""
+    all), then one of them again; sim_ref: as many, the closest to the observation among them, then
+    the observation."""
     from data_pipeline.records import load_records, record_image_path
 
     demos = [r for r in load_records(records) if r.kind == "visual"]
@@ -179,14 +181,17 @@ def write_sim(out: str, task: str, records: str, samples: int, seed: int, frames
     with open(path, "w") as f:
         for i in range(samples):
             record = demos[i % len(demos)]
-            if task == "sim_ref":
-                shown = [record_image_path("", record, name) for name in record.visual_demo]
-                answer, last = record.closest_idx, record_image_path("", record, record.observation)
+            n = len(record.visual_demo) if frames <= 0 else min(frames, len(record.visual_demo))
+            if task == "sim_ref":  # the closest frame and n - 1 others, in the demo's order
+                closest = record.closest_idx - 1
+                others = rng.sample([k for k in range(len(record.visual_demo)) if k != closest], n - 1)
+                picked = sorted([closest, *others])
+                answer, last = picked.index(closest) + 1, record_image_path("", record, record.observation)
             else:
-                n = len(record.visual_demo) if frames <= 0 else min(frames, len(record.visual_demo))
-                shown = [record_image_path("", record, record.visual_demo[k])
-                         for k in sorted(rng.sample(range(len(record.visual_demo)), n))]
+                picked = sorted(rng.sample(range(len(record.visual_demo)), n))
                 answer = rng.randrange(n) + 1
+            shown = [record_image_path("", record, record.visual_demo[k]) for k in picked]
+            if task == "sim_match":
                 last = shown[answer - 1]
             f.write(chat_row(frames_prompt(len(shown), task), str(answer), [*shown, last]))
     return path
@@ -200,14 +205,14 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="the random seed of the rows (default 0)")
     ap.add_argument("--image-size", type=int, default=112, help="square images of this many pixels a side (not sim_match, sim_ref: their images are the sim's)")
     ap.add_argument("--records", default="", help="sim_match, sim_ref: the sim records (SFT or benchmark JSONL) whose frames to use")
-    ap.add_argument("--frames", type=int, default=0, help="sim_match: demo frames a row (default 0: all of the record's)")
+    ap.add_argument("--frames", type=int, default=0, help="sim_match, sim_ref: demo frames a row (default 0: all of the record's; sim_ref keeps the closest among them)")
     args = ap.parse_args(argv)
     if args.samples < 1 or args.image_size < 28:
         ap.error("--samples must be >= 1 and --image-size >= 28")
     if (args.task in SIM_TASKS) != bool(args.records):
         ap.error("--records goes with --task sim_match or sim_ref, and only with them")
-    if args.frames and args.task != "sim_match":
-        ap.error("--frames goes with --task sim_match only (sim_ref shows every demo frame)")
+    if args.frames and args.task not in SIM_TASKS:
+        ap.error("--frames goes with --task sim_match or sim_ref only")
     if args.task in SIM_TASKS:
         print(write_sim(args.out, args.task, args.records, args.samples, args.seed, args.frames))
     else:
