@@ -1,6 +1,7 @@
 """The tools of docs/learning.md: the blind baselines of the demo's Table 1, the vision probes of
 tools/probe_vision.py, the blank-observation ablation and the skill files of tools/skill_data.py."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from PIL import Image
 from data_pipeline.pipeline import make_dataset
 from data_pipeline.records import load_records, parse_chat_record
 from data_pipeline.tokenizer import load_tokenizer
+from progress_jax import handover
 from progress_jax.eval import baselines
 from tools import probe_vision, skill_data
 
@@ -79,6 +81,18 @@ def test_matching_finds_the_demo_frame_the_observation_copies(tmp_path):
     assert [f.shape[0] for f in feats] == [steps + 1 + 1] * 3
     acc, nse = probe_vision.matching(records, feats)
     assert acc == 1.0 and nse == 0.0
+
+
+def test_probe_reads_a_trained_run_with_its_own_preset(tmp_path, capsys):
+    """--trained of a nano run: the probe builds the preset the run trained (trainable.json), not the
+    demo's tiny one, whose shapes differ."""
+    path = _copied_observations(tmp_path, 2, n=4)
+    bias = np.full((4, 128), 0.5, np.float32)  # the nano preset's k_proj bias: 8 heads of 16 (tiny: (4, 64))
+    final = str(tmp_path / "final")
+    handover.save_trainable(final, {"layers/self_attn/k_proj/bias": bias}, {
+        "lora": {"rank": 0, "alpha": 16.0, "targets": "x"}, "model_path": "", "model_preset": "nano"})
+    assert probe_vision.main(["--bench", path, "--train", path, "--trained", final, "--samples", "4"]) == 0
+    assert f"| {os.path.basename(path)} | 4 | 100.0 | 0.0 |" in capsys.readouterr().out
 
 
 def test_linear_probe_recovers_a_linear_target():

@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 from configs import eval as eval_config  # noqa: E402
 from data_pipeline.pipeline import make_dataset  # noqa: E402
 from data_pipeline.records import load_records  # noqa: E402
-from progress_jax import loading  # noqa: E402
+from progress_jax import handover, loading  # noqa: E402
 from progress_jax.eval.metrics import normalized_error  # noqa: E402
 
 RIDGE = (1e1, 1e2, 1e3, 1e4)  # the fit keeps the strength with the lowest leave-out error on the training set
@@ -109,6 +109,8 @@ def main(argv=None) -> int:
     with cfg.unlocked():
         cfg.model.path = args.model_path
         cfg.data.max_pixels = args.max_pixels
+        if args.trained and not args.model_path:  # the preset the run trained (the nano one, say)
+            cfg.model.preset = handover.read_meta(args.trained).get("model_preset", cfg.model.preset)
     model = loading.load_policy(cfg, None, args.trained)
     tokenizer = loading.load_tokenizer(cfg)
 
