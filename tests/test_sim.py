@@ -192,6 +192,25 @@ def test_train_and_test_instances_are_disjoint(sim):
     assert train_goals and not _bench_goals(sim) & train_goals
 
 
+def test_extra_records_are_new_same_view_trajectories_off_the_benchmark(sim, tmp_path):
+    """--extra: same-view records of episodes no other file holds, whose goals avoid the benchmark's,
+    labelled as the raw episode says (the closest key frame), their images written."""
+    from data_construction.sim.build import extra
+
+    path = extra(str(tmp_path), 12, size="small", seed=0, image_size=SIZE, per=3, workers=1)
+    records = load_records(path, image_root=str(tmp_path / "images"))
+    assert len(records) == 36 and len({r.id for r in records}) == 12
+    others = {r.id for name in (*BENCH, "sft", "rl") for r in _load(sim, name)}
+    assert not {r.id for r in records} & others and not {r.task_goal for r in records} & _bench_goals(sim)
+    for r in records:
+        ep = _episode(r.id, _bench_goals(sim))
+        assert r.task_goal == ep.goal and len(r.visual_demo) == len(ep.key_frames)
+        assert {f.rsplit("_", 1)[0] for f in (*r.visual_demo, r.observation)} == {r.observation.rsplit("_", 1)[0]}
+        t = _frame(r.observation)
+        assert r.closest_idx == 1 + int(np.argmin([abs(t - k) for k in ep.key_frames]))
+        assert os.path.isfile(os.path.join(tmp_path, "images", r.id, r.observation))
+
+
 def _digest(folder):
     h = hashlib.sha256()
     for dirpath, dirnames, files in sorted(os.walk(folder)):

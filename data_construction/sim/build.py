@@ -32,7 +32,7 @@ SIZES = {
              "visual-unanswerable": (120, 4), "train": (6000, 1000, 3)},
 }
 REASONING = ("full", "brief", "observe")  # the SFT answers' style (reasoning.response)
-STREAMS = {"bench_same": 1, "bench_cross": 2, "bench_text": 3, "train_sft": 10, "train_rl": 11}
+STREAMS = {"bench_same": 1, "bench_cross": 2, "bench_text": 3, "train_sft": 10, "train_rl": 11, "train_extra": 12}
 TRAIN_MIX = {"visual_same_view": 0.4, "visual_cross_view": 0.2, "text-normal": 0.25,
              "text-unanswerable": 0.075, "visual-unanswerable": 0.075}
 
@@ -104,6 +104,50 @@ class OtherSimHere(FileExistsError):
     """The output directory holds a complete ProgressBench-Sim of other parameters (another job's data)."""
 
 
+def plan_bench(size: str, seed: int, image_size: int) -> dict:
+    """The benchmark's samples per file, planned (nothing rendered)."""
+    counts = SIZES[size]
+
+    def fixed(subset):
+        return lambda rng: subset
+
+    same_eps = []
+
+    def same_stream():
+        for ep in _stream("bench_same", seed, image_size):
+            same_eps.append(ep)
+            yield ep
+
+    bench = {"visual_same_view": _fill(*counts["visual_same_view"], same_stream(), fixed("visual_same_view"), seed,
+                                       "bench_same")}
+    bench["visual-unanswerable"] = _fill(*counts["visual-unanswerable"], iter(same_eps),
+                                         fixed("visual-unanswerable"), seed + 1, "bench_same")
+    bench["visual_cross_view"] = _fill(*counts["visual_cross_view"], _stream("bench_cross", seed, image_size),
+                                       fixed("visual_cross_view"), seed, "bench_cross")
+    bench["text-normal"] = _fill(*counts["text-normal"], _stream("bench_text", seed, image_size),
+                                 fixed("text-normal"), seed, "bench_text")
+    bench["text-unanswerable"] = make_text_unanswerable(bench["text-normal"], np.random.default_rng([seed, 99]))
+    if len(bench["visual-unanswerable"]) < counts["visual-unanswerable"][0]:
+        raise RuntimeError("not enough same-view trajectories for the visual-unanswerable file")
+    return bench
+
+
+def extra(out_dir: str, episodes: int, size: str = "small", seed: int = 0, image_size: int = 224,
+          per: int = 8, workers: int | None = None) -> str:
+    """OUT/visual_same_view.jsonl and OUT/images: up to `per` same-view samples from each of `episodes`
+    training episodes of their own stream (train_extra), whose goals avoid the benchmark's of this
+    size and seed as the training split's do; for skill rows (tools/skill_data.py) that need more
+    observations than the SFT split holds. Returns the file's path."""
+    bench = plan_bench(size, seed, image_size)
+    goals = frozenset(s.episode.goal for samples in bench.values() for s in samples)
+    stream = _stream("train_extra", seed, image_size, goals)
+    samples = _fill(episodes * per, per, stream, lambda rng: "visual_same_view", seed, "train_extra")
+    _render_all([(samples, os.path.join(out_dir, "images"))], workers or min(os.cpu_count() or 1, 8))
+    path = os.path.join(out_dir, "visual_same_view.jsonl")
+    write_jsonl(path, [to_record(s) for s in samples])
+    return path
+
+
 def generate(out_dir: str, size: str = "small", seed: int = 0, image_size: int = 224, workers: int | None = None,
              force: bool = False, reasoning: str = "full") -> dict:
     """Writes OUT/bench/*.jsonl + images and OUT/train/{sft,rl}.jsonl + images; returns their paths.
@@ -145,29 +189,7 @@ def generate(out_dir: str, size: str = "small", seed: int = 0, image_size: int =
     start = time.time()
     counts = SIZES[size]
     workers = workers or min(os.cpu_count() or 1, 8)
-
-    def fixed(subset):
-        return lambda rng: subset
-
-    same_eps = []
-
-    def same_stream():
-        for ep in _stream("bench_same", seed, image_size):
-            same_eps.append(ep)
-            yield ep
-
-    bench = {"visual_same_view": _fill(*counts["visual_same_view"], same_stream(), fixed("visual_same_view"), seed,
-                                       "bench_same")}
-    bench["visual-unanswerable"] = _fill(*counts["visual-unanswerable"], iter(same_eps),
-                                         fixed("visual-unanswerable"), seed + 1, "bench_same")
-    bench["visual_cross_view"] = _fill(*counts["visual_cross_view"], _stream("bench_cross", seed, image_size),
-                                       fixed("visual_cross_view"), seed, "bench_cross")
-    bench["text-normal"] = _fill(*counts["text-normal"], _stream("bench_text", seed, image_size),
-                                 fixed("text-normal"), seed, "bench_text")
-    bench["text-unanswerable"] = make_text_unanswerable(bench["text-normal"], np.random.default_rng([seed, 99]))
-    if len(bench["visual-unanswerable"]) < counts["visual-unanswerable"][0]:
-        raise RuntimeError("not enough same-view trajectories for the visual-unanswerable file")
-
+    bench = plan_bench(size, seed, image_size)
     bench_goals = frozenset(s.episode.goal for samples in bench.values() for s in samples)
     names, probs = list(TRAIN_MIX), np.array(list(TRAIN_MIX.values()))
 
