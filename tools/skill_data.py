@@ -26,7 +26,8 @@ and DIR/images/. Every image is a grey canvas with coloured squares of random si
 - match_words: as match_colors with the frames' colour names written instead of images, each
   followed by its number as a frame by its label ("orange 1. red 2. yellow 3. Last: yellow."): no
   images at all.
-- sim_match: match on ProgressBench-Sim's own frames (--records, a sim SFT or benchmark file): a
+- sim_match: match on ProgressBench-Sim's own frames (--records, a sim SFT or benchmark file, or the
+  same-view records `python -m data_construction.sim --extra N` writes): a
   record's demo frames (--frames of them, in order; 0: all), then one of them again. No images are
   written: the rows name the records' images, read under the records' image root
   (`--config.data.image_root=SIM/train/images`).
