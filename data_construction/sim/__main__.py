@@ -20,6 +20,8 @@ def main(argv=None):
                     "OUT/visual_same_view.jsonl and OUT/images, for tools/skill_data.py")
     ap.add_argument("--per", type=int, default=8, help="with --extra: observations per episode (default 8)")
     args = ap.parse_args(argv)
+    if args.extra < 0 or args.per < 1:
+        ap.error("--extra must be >= 0 and --per >= 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.extra:
         print(extra(args.out, args.extra, args.size, args.seed, args.image_size, args.per, args.workers))
