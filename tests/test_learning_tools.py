@@ -293,3 +293,54 @@ def test_skill_reference_trains_on_the_projects_tokens(tmp_path):
     images = skill_data.write(str(tmp_path), "color", 2, seed=3, size=112)
     with pytest.raises(ValueError, match=r"color.jsonl:1: has images"):
         skill_reference.load_rows(images, tokenizer)
+
+
+def test_state_vector_is_the_episodes_state():
+    """tools/state_pretrain.py's targets: each arm's gripper and opening, the drawer, the moved object,
+    as SimEpisode.state_at gives them; parts a scene lacks are masked."""
+    from data_construction.sim.build import make_episode
+    from tools import state_pretrain
+
+    seen = set()
+    for index in range(6):  # the families cycle: one- and two-arm scenes, a drawer
+        episode = make_episode("train_extra", index, 0, 56)
+        t = episode.num_frames // 2
+        state = episode.state_at(t)
+        y, m = state_pretrain.state_vector(episode, t)
+        assert np.allclose(y[0:3], state["grip:0"]) and np.allclose(y[9:12], state[f"pos:{episode.plan.manip}"])
+        assert m[4] == ("grip:1" in state) and m[8] == ("drawer" in state)
+        if "grip:1" in state:
+            assert np.allclose(y[4:7], state["grip:1"])
+        seen |= {("two arms" if m[4] else "one arm"), "drawer" if m[8] else "no drawer"}
+    assert seen == {"one arm", "two arms", "drawer", "no drawer"}
+    y = np.random.default_rng(0).normal(size=(50, 12))
+    m = np.ones_like(y)
+    assert all(abs(v - 1) < 1e-9 for v in state_pretrain.r_squared(y, y, m).values())
+    assert all(abs(v) < 1e-9 for v in state_pretrain.r_squared(np.broadcast_to(y.mean(0), y.shape), y, m).values())
+
+
+def test_state_pretrain_writes_a_tower_the_jobs_load(tmp_path, capsys):
+    """A few steps on a handful of small frames: held-out R^2 lines, and a final/ whose vision tower is
+    the trained one (not the preset's seed) when loaded as train.init_params loads it."""
+    from configs import sft as sft_config
+    from flax import nnx
+    from progress_jax import loading
+    from progress_jax.sharding import path_str
+    from tools import state_pretrain
+
+    out = str(tmp_path / "run")
+    assert state_pretrain.main(["--out", out, "--episodes", "2", "--per", "8", "--test-episodes", "1", "--steps", "4",
+                                "--batch", "8", "--eval-every", "2", "--image-size", "56", "--lr", "1e-2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("held-out R^2 gripper 1") == 2 and "object" in printed
+    cfg = sft_config.get_config("nano")
+
+    def tower(init):
+        model = loading.load_policy(cfg, None, init)
+        return {path_str(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model.visual))}
+
+    seeded, trained = tower(""), tower(os.path.join(out, "final"))
+    saved = handover.load_trainable(os.path.join(out, "final"))[0]
+    assert set(saved) == {"visual/" + k for k in seeded}
+    assert all(np.array_equal(trained[k], saved["visual/" + k]) for k in trained)
+    assert any(not np.allclose(trained[k], seeded[k]) for k in trained)
