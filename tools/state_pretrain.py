@@ -121,7 +121,6 @@ def main(argv=None) -> int:
     from configs import sft as sft_config
     from data_pipeline.image_processor import preprocess
     from progress_jax import handover, loading
-    from progress_jax.models.qwen2_5_vl.positions import vision_inputs
     from progress_jax.sharding import path_str
 
     cfg = sft_config.get_config("nano")
@@ -135,9 +134,11 @@ def main(argv=None) -> int:
         return preprocess(list(images), min_pixels=args.image_size ** 2, max_pixels=args.image_size ** 2)
 
     first, grid = pixels(x[:batch])
-    vis = {k: jnp.asarray(v) for k, v in vision_inputs(grid, first.shape[0], model.config).items()}
-    v = model.config.vision
-    features = first.shape[0] // batch // v.spatial_merge_size ** 2 * v.out_hidden_size  # one image's tokens, flat
+    c = model.config
+    tokens = first.shape[0] // batch // c.vision.spatial_merge_size ** 2  # one image's merged tokens
+    ids = np.array([[c.vision_start_token_id, *[c.image_token_id] * tokens, c.vision_end_token_id] * batch])
+    vis = jax.tree.map(jnp.asarray, model.prepare(ids, None, first, grid)["vision"])  # the tower's index arrays
+    features = tokens * c.vision.out_hidden_size
     mean = (y * m).sum(0) / np.maximum(m.sum(0), 1)
     scale = np.sqrt((((y - mean) * m) ** 2).sum(0) / np.maximum(m.sum(0), 1)) + 1e-6
     graph, tower = nnx.split(model.visual)
