@@ -187,13 +187,12 @@ def write_sim(out: str, task: str, records: str, samples: int, seed: int, frames
                 closest = record.closest_idx - 1
                 others = rng.sample([k for k in range(len(record.visual_demo)) if k != closest], n - 1)
                 picked = sorted([closest, *others])
-                answer, last = picked.index(closest) + 1, record_image_path("", record, record.observation)
+                answer = picked.index(closest) + 1
             else:
                 picked = sorted(rng.sample(range(len(record.visual_demo)), n))
                 answer = rng.randrange(n) + 1
             shown = [record_image_path("", record, record.visual_demo[k]) for k in picked]
-            if task == "sim_match":
-                last = shown[answer - 1]
+            last = record_image_path("", record, record.observation) if task == "sim_ref" else shown[answer - 1]
             f.write(chat_row(frames_prompt(len(shown), task), str(answer), [*shown, last]))
     return path
 

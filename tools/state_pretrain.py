@@ -52,11 +52,9 @@ def state_vector(episode, t: int) -> tuple[np.ndarray, np.ndarray]:
 def frames(stream: str, episodes: int, per: int, size: str, seed: int, image_size: int):
     """(images [N, H, W, 3] uint8, targets [N, 12], masks [N, 12]) of `per` random frames of each of
     `episodes` episodes of `stream` (training streams avoid the benchmark's goals)."""
-    from data_construction.sim.build import make_episode, plan_bench
+    from data_construction.sim.build import goals_of, make_episode, plan_bench
 
-    goals = frozenset()
-    if stream.startswith("train"):
-        goals = frozenset(s.episode.goal for samples in plan_bench(size, seed, image_size).values() for s in samples)
+    goals = goals_of(plan_bench(size, seed, image_size)) if stream.startswith("train") else frozenset()
     images, ys, ms = [], [], []
     for i in range(episodes):
         episode = make_episode(stream, i, seed, image_size, goals)

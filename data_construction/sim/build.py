@@ -132,15 +132,18 @@ def plan_bench(size: str, seed: int, image_size: int) -> dict:
     return bench
 
 
+def goals_of(bench: dict) -> frozenset:
+    """The goals of a planned benchmark's trajectories, which training episodes must avoid."""
+    return frozenset(s.episode.goal for samples in bench.values() for s in samples)
+
+
 def extra(out_dir: str, episodes: int, size: str = "small", seed: int = 0, image_size: int = 224,
           per: int = 8, workers: int | None = None) -> str:
     """OUT/visual_same_view.jsonl and OUT/images: up to `per` same-view samples from each of `episodes`
     training episodes of their own stream (train_extra), whose goals avoid the benchmark's of this
     size and seed as the training split's do; for skill rows (tools/skill_data.py) that need more
     observations than the SFT split holds. Returns the file's path."""
-    bench = plan_bench(size, seed, image_size)
-    goals = frozenset(s.episode.goal for samples in bench.values() for s in samples)
-    stream = _stream("train_extra", seed, image_size, goals)
+    stream = _stream("train_extra", seed, image_size, goals_of(plan_bench(size, seed, image_size)))
     samples = _fill(episodes * per, per, stream, lambda rng: "visual_same_view", seed, "train_extra")
     _render_all([(samples, os.path.join(out_dir, "images"))], workers or min(os.cpu_count() or 1, 8))
     path = os.path.join(out_dir, "visual_same_view.jsonl")
@@ -190,7 +193,7 @@ def generate(out_dir: str, size: str = "small", seed: int = 0, image_size: int =
     counts = SIZES[size]
     workers = workers or min(os.cpu_count() or 1, 8)
     bench = plan_bench(size, seed, image_size)
-    bench_goals = frozenset(s.episode.goal for samples in bench.values() for s in samples)
+    bench_goals = goals_of(bench)
     names, probs = list(TRAIN_MIX), np.array(list(TRAIN_MIX.values()))
 
     def mixed(rng):
