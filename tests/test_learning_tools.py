@@ -200,6 +200,26 @@ def test_skill_data_match_colors_and_words_name_the_repeated_frame(tmp_path):
         assert colors[-1] == colors[answer - 1] and len(set(colors[:-1])) == skill_data.FRAMES
 
 
+def test_skill_data_near_words_names_the_nearest_value(tmp_path):
+    """--task near_words: three increasing values, each followed by its number, then one that equals
+    none of them; the answer is the number of the value nearest it, never a tie, and every number
+    occurs."""
+    path = skill_data.write(str(tmp_path), "near_words", 60, seed=3, size=112)
+    answers = set()
+    for text in open(path):
+        row = json.loads(text)
+        assert row["images"] == []
+        prompt, answer = row["messages"][0]["content"], int(row["messages"][1]["content"])
+        parts = prompt.split(". ")
+        assert [p.split(" ")[1] for p in parts[:3]] == ["1", "2", "3"]
+        values, last = [int(p.split(" ")[0]) for p in parts[:3]], int(parts[3].split(": ")[1])
+        assert values == sorted(set(values)) and last not in values
+        gaps = [abs(v - last) for v in values]
+        assert gaps.count(min(gaps)) == 1 and gaps[answer - 1] == min(gaps)
+        answers.add(answer)
+    assert answers == {1, 2, 3}
+
+
 def _sim_records(tmp_path):
     """Three visual records (4, 6 and 7 demo frames, closest frames 1, 2, 3), an unanswerable visual
     one and a text one, with their images under tmp_path/images/<id>/."""

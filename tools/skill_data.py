@@ -26,6 +26,10 @@ and DIR/images/. Every image is a grey canvas with coloured squares of random si
 - match_words: as match_colors with the frames' colour names written instead of images, each
   followed by its number as a frame by its label ("orange 1. red 2. yellow 3. Last: yellow."): no
   images at all.
+- near_words: the comparison of sim_ref in words, no images: three frames' values (digits,
+  increasing as a demo's frames move on), each followed by its number, then a value between or
+  beside them that none equals ("2 1. 5 2. 9 3. Last: 6."); "Which frame is closest to the last?"
+  -> the number of the one nearest it (never a tie).
 - sim_match: match on ProgressBench-Sim's own frames (--records, a sim SFT or benchmark file, or the
   same-view records `python -m data_construction.sim --extra N` writes): a
   record's demo frames (--frames of them, in order; 0: all), then one of them again. No images are
@@ -56,6 +60,7 @@ QUESTIONS = {"color": "What color is the block?", "side": "Is the block on the l
 QUESTIONS["match_colors"] = QUESTIONS["match_fill"] = QUESTIONS["match_words"] = QUESTIONS["match"]
 QUESTIONS["sim_match"] = QUESTIONS["match"]
 QUESTIONS["sim_ref"] = "Which frame is closest to the last image?"
+QUESTIONS["near_words"] = "Which frame is closest to the last?"
 SIM_TASKS = ("sim_match", "sim_ref")
 FRAMES = 3  # the match task's frames
 
@@ -94,6 +99,16 @@ def draw_match(rng: random.Random, size: int):
     frames = [[(round(x0 + (x1 - x0) * k / (FRAMES - 1)), round(y0 + (y1 - y0) * k / (FRAMES - 1)), side, "red"),
                (x_blue, y_blue, side, "blue")] for k in range(FRAMES)]
     return frames, rng.randrange(FRAMES) + 1
+
+
+def draw_near(rng: random.Random):
+    """FRAMES increasing digits and a last one that equals none of them and has one nearest."""
+    while True:
+        values = sorted(rng.sample(range(10), FRAMES))
+        last = rng.randrange(10)
+        gaps = sorted(abs(v - last) for v in values)
+        if gaps[0] > 0 and gaps[0] < gaps[1]:
+            return values, last
 
 
 def draw_frames(task: str, rng: random.Random, size: int):
@@ -144,6 +159,11 @@ def write(out: str, task: str, samples: int, seed: int, size: int) -> str:
                 prompt = ("".join(f"{c} {k + 1}. " for k, c in enumerate(colors)) + f"Last: {colors[answer - 1]}. "
                           + QUESTIONS[task])
                 answer = str(answer)
+            elif task == "near_words":
+                values, last = draw_near(rng)
+                answer = str(min(range(FRAMES), key=lambda k: abs(values[k] - last)) + 1)
+                scenes = []
+                prompt = "".join(f"{v} {k + 1}. " for k, v in enumerate(values)) + f"Last: {last}. " + QUESTIONS[task]
             elif task in ("match", "match_colors", "match_fill"):
                 frames, answer = draw_frames(task, rng, size)
                 scenes = [*frames, frames[answer - 1]]
