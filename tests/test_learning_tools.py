@@ -201,23 +201,29 @@ def test_skill_data_match_colors_and_words_name_the_repeated_frame(tmp_path):
 
 
 def test_skill_data_near_words_names_the_nearest_value(tmp_path):
-    """--task near_words: three increasing values, each followed by its number, then one that equals
-    none of them; the answer is the number of the value nearest it, never a tie, and every number
-    occurs."""
-    path = skill_data.write(str(tmp_path), "near_words", 60, seed=3, size=112)
-    answers = set()
-    for text in open(path):
-        row = json.loads(text)
-        assert row["images"] == []
-        prompt, answer = row["messages"][0]["content"], int(row["messages"][1]["content"])
-        parts = prompt.split(". ")
-        assert [p.split(" ")[1] for p in parts[:3]] == ["1", "2", "3"]
-        values, last = [int(p.split(" ")[0]) for p in parts[:3]], int(parts[3].split(": ")[1])
-        assert values == sorted(set(values)) and last not in values
-        gaps = [abs(v - last) for v in values]
-        assert gaps.count(min(gaps)) == 1 and gaps[answer - 1] == min(gaps)
-        answers.add(answer)
-    assert answers == {1, 2, 3}
+    """--task near_words: three frames, each followed by its number, then the last item; a frame's
+    value is its letter's place in skill_data.LETTERS (the alphabet less five letters), increasing from frame to frame, and the last equals
+    none of them. The answer is the number of the nearest, never a tie, and every number occurs.
+    With --slots 4 the frames and the last item share all letters but one, in the same slot."""
+    for slots in (1, 4):
+        path = skill_data.write(str(tmp_path), "near_words", 60, seed=3, size=112, slots=slots)
+        answers = set()
+        for text in open(path):
+            row = json.loads(text)
+            assert row["images"] == []
+            prompt, answer = row["messages"][0]["content"], int(row["messages"][1]["content"])
+            parts = prompt.split(". ")
+            assert [p.split(" ")[-1] for p in parts[:3]] == ["1", "2", "3"]
+            words = [p.split(" ")[:-1] for p in parts[:3]] + [parts[3].split(": ")[1].split(" ")]
+            assert all(len(w) == slots for w in words)
+            (slot,) = {k for k in range(slots) if len({w[k] for w in words}) > 1}
+            values = [skill_data.LETTERS.index(w[slot]) for w in words]
+            *frames, last = values
+            assert frames == sorted(set(frames)) and last not in frames
+            gaps = [abs(v - last) for v in frames]
+            assert gaps.count(min(gaps)) == 1 and gaps[answer - 1] == min(gaps)
+            answers.add(answer)
+        assert answers == {1, 2, 3}
 
 
 def _sim_records(tmp_path):

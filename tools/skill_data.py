@@ -1,9 +1,9 @@
 """Synthetic SFT files that each isolate one skill a ProgressLM answer needs, to time how fast a model learns it.
 
-python tools/skill_data.py --out DIR --task TASK [--samples 4000] [--seed 0] [--image-size 112]
+python tools/skill_data.py --out DIR --task TASK [--samples 4000] [--seed 0] [--image-size 112] [--slots 1]
 python tools/skill_data.py --out DIR --task sim_match|sim_ref --records SIM/train/sft.jsonl [--frames 3]
 
-Writes DIR/<task>.jsonl (SFT chat rows: an <image> (four for match, match_colors and match_fill; none for match_words), a question, a one-word answer;
+Writes DIR/<task>.jsonl (SFT chat rows: an <image> (four for match, match_colors and match_fill; none for match_words and near_words), a question, a one-word answer;
 docs/formats.md)
 and DIR/images/. Every image is a grey canvas with coloured squares of random size and place
 (match_fill: one colour all over):
@@ -26,10 +26,12 @@ and DIR/images/. Every image is a grey canvas with coloured squares of random si
 - match_words: as match_colors with the frames' colour names written instead of images, each
   followed by its number as a frame by its label ("orange 1. red 2. yellow 3. Last: yellow."): no
   images at all.
-- near_words: the comparison of sim_ref in words, no images: three frames' values (digits,
-  increasing as a demo's frames move on), each followed by its number, then a value between or
-  beside them that none equals ("2 1. 5 2. 9 3. Last: 6."); "Which frame is closest to the last?"
-  -> the number of the one nearest it (never a tie).
+- near_words: the comparison of sim_ref in words, no images. Values are letters in alphabetical
+  order (LETTERS); three frames' values, increasing as a demo's frames move on, each followed by its
+  number, then a value that none equals ("c 1. h 2. r 3. Last: k."); "Which frame is closest to
+  the last?" -> the number of the one nearest it (never a tie). With --slots K each frame is K
+  letters: one slot (the same in every frame of a row) holds the value and the others a background
+  the frames share, as most of an image's tokens are the same in every frame of a scene.
 - sim_match: match on ProgressBench-Sim's own frames (--records, a sim SFT or benchmark file, or the
   same-view records `python -m data_construction.sim --extra N` writes): a
   record's demo frames (--frames of them, in order; 0: all), then one of them again. No images are
@@ -63,6 +65,7 @@ QUESTIONS["sim_ref"] = "Which frame is closest to the last image?"
 QUESTIONS["near_words"] = "Which frame is closest to the last?"
 SIM_TASKS = ("sim_match", "sim_ref")
 FRAMES = 3  # the match task's frames
+LETTERS = "abcdefghjklmnoprstuwy"  # near_words' values: each one token of the built-in tokenizer after a space
 
 
 def draw(task: str, rng: random.Random, size: int):
@@ -101,14 +104,19 @@ def draw_match(rng: random.Random, size: int):
     return frames, rng.randrange(FRAMES) + 1
 
 
-def draw_near(rng: random.Random):
-    """FRAMES increasing digits and a last one that equals none of them and has one nearest."""
+def draw_near(rng: random.Random, slots: int) -> tuple[list[str], str, int]:
+    """near_words' frames (FRAMES increasing values) and last item (a value none equals, with one
+    nearest), as words of `slots` letters that differ in one slot only, and its answer."""
     while True:
-        values = sorted(rng.sample(range(10), FRAMES))
-        last = rng.randrange(10)
-        gaps = sorted(abs(v - last) for v in values)
-        if gaps[0] > 0 and gaps[0] < gaps[1]:
-            return values, last
+        values, last = sorted(rng.sample(range(len(LETTERS)), FRAMES)), rng.randrange(len(LETTERS))
+        gaps = [abs(v - last) for v in values]
+        if 0 < min(gaps) and gaps.count(min(gaps)) == 1:
+            break
+    background, slot = [rng.choice(LETTERS) for _ in range(slots)], rng.randrange(slots)
+
+    def word(value):
+        return " ".join(LETTERS[value] if k == slot else c for k, c in enumerate(background))
+    return [word(v) for v in values], word(last), gaps.index(min(gaps)) + 1
 
 
 def draw_frames(task: str, rng: random.Random, size: int):
@@ -146,7 +154,7 @@ def chat_row(prompt: str, answer: str, images: list[str]) -> str:
                        "images": images}) + "\n"
 
 
-def write(out: str, task: str, samples: int, seed: int, size: int) -> str:
+def write(out: str, task: str, samples: int, seed: int, size: int, slots: int = 1) -> str:
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     rng = random.Random(f"{task}/{seed}")
     path = os.path.join(out, f"{task}.jsonl")
@@ -160,10 +168,10 @@ def write(out: str, task: str, samples: int, seed: int, size: int) -> str:
                           + QUESTIONS[task])
                 answer = str(answer)
             elif task == "near_words":
-                values, last = draw_near(rng)
-                answer = str(min(range(FRAMES), key=lambda k: abs(values[k] - last)) + 1)
+                frames, last, answer = draw_near(rng, slots)
                 scenes = []
-                prompt = "".join(f"{v} {k + 1}. " for k, v in enumerate(values)) + f"Last: {last}. " + QUESTIONS[task]
+                prompt = "".join(f"{w} {k + 1}. " for k, w in enumerate(frames)) + f"Last: {last}. " + QUESTIONS[task]
+                answer = str(answer)
             elif task in ("match", "match_colors", "match_fill"):
                 frames, answer = draw_frames(task, rng, size)
                 scenes = [*frames, frames[answer - 1]]
@@ -224,6 +232,7 @@ def main(argv=None) -> None:
     ap.add_argument("--samples", type=int, default=4000, help="rows to write (default 4000)")
     ap.add_argument("--seed", type=int, default=0, help="the random seed of the rows (default 0)")
     ap.add_argument("--image-size", type=int, default=112, help="square images of this many pixels a side (not sim_match, sim_ref: their images are the sim's)")
+    ap.add_argument("--slots", type=int, default=1, help="near_words: letters a frame (default 1; the others a background the frames share)")
     ap.add_argument("--records", default="", help="sim_match, sim_ref: the sim records (SFT or benchmark JSONL) whose frames to use")
     ap.add_argument("--frames", type=int, default=0, help="sim_match, sim_ref: demo frames a row (default 0: all of the record's; sim_ref keeps the closest among them)")
     args = ap.parse_args(argv)
@@ -231,12 +240,14 @@ def main(argv=None) -> None:
         ap.error("--samples must be >= 1 and --image-size >= 28")
     if (args.task in SIM_TASKS) != bool(args.records):
         ap.error("--records goes with --task sim_match or sim_ref, and only with them")
+    if args.slots != 1 and args.task != "near_words" or args.slots < 1:
+        ap.error("--slots goes with --task near_words only, and is >= 1")
     if args.frames and args.task not in SIM_TASKS:
         ap.error("--frames goes with --task sim_match or sim_ref only")
     if args.task in SIM_TASKS:
         print(write_sim(args.out, args.task, args.records, args.samples, args.seed, args.frames))
     else:
-        print(write(args.out, args.task, args.samples, args.seed, args.image_size))
+        print(write(args.out, args.task, args.samples, args.seed, args.image_size, args.slots))
 
 
 if __name__ == "__main__":
