@@ -303,7 +303,8 @@ def test_skill_data_sim_ref_with_fewer_frames_keeps_the_closest(tmp_path):
 def test_skill_reference_trains_on_the_projects_tokens(tmp_path):
     """tools/skill_reference.py: the mask covers each row's answer and <|im_end|>, as the SFT loss does;
     transformers' Qwen2 at the tiny preset's size starts near a uniform guess over the vocabulary and
-    learns the answer's form (one of three digits, then the end token) in 40 steps; image rows are refused."""
+    learns the answer's form (one of three digits, then the end token) in 40 steps; --width and
+    --layers size the model; image rows are refused."""
     from tools import skill_reference
 
     path = skill_data.write(str(tmp_path), "match_words", 64, seed=3, size=112)
@@ -315,6 +316,9 @@ def test_skill_reference_trains_on_the_projects_tokens(tmp_path):
     curve = skill_reference.train(skill_reference.build_model("tiny", 0, 0, seed=0), rows, steps=40, batch=8,
                                   lr=2e-3, log_every=10, echo=lambda line: None)
     assert curve[0] > 0.6 * np.log(2048) and curve[-1] < 1.0, curve
+
+    wide = skill_reference.build_model("nano", 0, 0, seed=0, width=256, layers=2).config
+    assert (wide.hidden_size, wide.intermediate_size, wide.num_hidden_layers, wide.num_attention_heads) == (256, 768, 2, 8)
 
     images = skill_data.write(str(tmp_path), "color", 2, seed=3, size=112)
     with pytest.raises(ValueError, match=r"color.jsonl:1: has images"):

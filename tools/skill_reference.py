@@ -2,6 +2,7 @@
 independent reference for a skill the project's model does not learn (docs/learning.md).
 
 python tools/skill_reference.py --file skills/match_words.jsonl [--steps 1500] [--heads 8 --kv-heads 8]
+                                [--width 256] [--layers 8]
 
 The rows are tokenized by the project's chat template (data_pipeline.prompts.tokenize_chat), so the
 ids and the loss mask (the answer and its <|im_end|>) are those an SFT run trains on. The model
@@ -34,8 +35,9 @@ def load_rows(path: str, tokenizer):
     return rows
 
 
-def build_model(preset: str, heads: int, kv_heads: int, seed: int):
-    """heads, kv_heads: 0 keeps the preset's."""
+def build_model(preset: str, heads: int, kv_heads: int, seed: int, width: int = 0, layers: int = 0):
+    """heads, kv_heads, width (hidden size; the MLP keeps the preset's ratio to it), layers: 0 keeps
+    the preset's."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -43,8 +45,10 @@ def build_model(preset: str, heads: int, kv_heads: int, seed: int):
 
     text = families.for_preset(preset).architecture("", preset).text
     torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=text.vocab_size, hidden_size=text.hidden_size,
-                         intermediate_size=text.intermediate_size, num_hidden_layers=text.num_hidden_layers,
+    hidden = width or text.hidden_size
+    config = Qwen2Config(vocab_size=text.vocab_size, hidden_size=hidden,
+                         intermediate_size=text.intermediate_size * hidden // text.hidden_size,
+                         num_hidden_layers=layers or text.num_hidden_layers,
                          num_attention_heads=heads or text.num_attention_heads,
                          num_key_value_heads=kv_heads or text.num_key_value_heads, rope_theta=text.rope_theta,
                          rms_norm_eps=text.rms_norm_eps, tie_word_embeddings=True, initializer_range=0.02,
@@ -94,6 +98,8 @@ def main(argv=None) -> None:
     ap.add_argument("--preset", default="tiny", help="the built-in model preset whose language-model sizes to use")
     ap.add_argument("--heads", type=int, default=0, help="attention heads (default: the preset's)")
     ap.add_argument("--kv-heads", type=int, default=0, help="key-value heads (default: the preset's)")
+    ap.add_argument("--width", type=int, default=0, help="hidden size, the MLP scaled with it (default: the preset's)")
+    ap.add_argument("--layers", type=int, default=0, help="decoder layers (default: the preset's)")
     ap.add_argument("--steps", type=int, default=1500, help="optimizer steps (default 1500)")
     ap.add_argument("--batch", type=int, default=16, help="rows a step (default 16)")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
@@ -101,13 +107,15 @@ def main(argv=None) -> None:
     ap.add_argument("--log-every", type=int, default=100, help="steps a printed mean loss covers (default 100)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = ap.parse_args(argv)
+    if min(args.heads, args.kv_heads, args.width, args.layers) < 0:
+        ap.error("--heads, --kv-heads, --width and --layers are >= 0 (0: the preset's)")
     import torch
 
     from data_pipeline.tokenizer import load_tokenizer
 
     torch.set_num_threads(args.threads)
     rows = load_rows(args.file, load_tokenizer())
-    model = build_model(args.preset, args.heads, args.kv_heads, args.seed)
+    model = build_model(args.preset, args.heads, args.kv_heads, args.seed, args.width, args.layers)
     train(model, rows, args.steps, args.batch, args.lr, args.log_every)
 
 
