@@ -226,6 +226,24 @@ def test_skill_data_near_words_names_the_nearest_value(tmp_path):
         assert answers == {1, 2, 3}
 
 
+def test_skill_data_near_fill_names_the_nearest_shade(tmp_path):
+    """--task near_fill: four images, each one shade of grey all over; the frames' shades darken to
+    lighten in turn, the last equals none of them, and the answer names the nearest, never a tie."""
+    path = skill_data.write(str(tmp_path), "near_fill", 40, seed=3, size=56)
+    answers = set()
+    for line, text in enumerate(open(path), 1):
+        record = parse_chat_record(json.loads(text), "near_fill", path, line, str(tmp_path))
+        images = [np.asarray(Image.open(p).convert("RGB")).astype(int) for p in record.images]
+        assert len(images) == 4 and all((im == im[0, 0]).all() and len(set(im[0, 0])) == 1 for im in images)
+        *frames, last = [int(im[0, 0, 0]) for im in images]
+        assert frames == sorted(set(frames)) and last not in frames
+        gaps = [abs(f - last) for f in frames]
+        answer = int(record.messages[-1][1])
+        assert gaps.count(min(gaps)) == 1 and gaps[answer - 1] == min(gaps)
+        answers.add(answer)
+    assert answers == {1, 2, 3}
+
+
 def _sim_records(tmp_path):
     """Three visual records (4, 6 and 7 demo frames, closest frames 1, 2, 3), an unanswerable visual
     one and a text one, with their images under tmp_path/images/<id>/."""

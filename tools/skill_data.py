@@ -3,7 +3,7 @@
 python tools/skill_data.py --out DIR --task TASK [--samples 4000] [--seed 0] [--image-size 112] [--slots 1]
 python tools/skill_data.py --out DIR --task sim_match|sim_ref --records SIM/train/sft.jsonl [--frames 3]
 
-Writes DIR/<task>.jsonl (SFT chat rows: an <image> (four for match, match_colors and match_fill; none for match_words and near_words), a question, a one-word answer;
+Writes DIR/<task>.jsonl (SFT chat rows: an <image> (four for match, match_colors, match_fill and near_fill; none for match_words and near_words), a question, a one-word answer;
 docs/formats.md)
 and DIR/images/. Every image is a grey canvas with coloured squares of random size and place
 (match_fill: one colour all over):
@@ -32,6 +32,10 @@ and DIR/images/. Every image is a grey canvas with coloured squares of random si
   the last?" -> the number of the one nearest it (never a tie). With --slots K each frame is K
   letters: one slot (the same in every frame of a row) holds the value and the others a background
   the frames share, as most of an image's tokens are the same in every frame of a scene.
+- near_fill: near_words in images, as match_fill is match_words: each frame filled with a shade of
+  grey (darker to lighter as the frames move on; LEVELS shades), then an image of a shade none
+  equals; "Which frame is closest to the last image?" -> the number of the nearest shade. Every
+  image token carries the value: the first rung from an exact match to the nearest frame.
 - sim_match: match on ProgressBench-Sim's own frames (--records, a sim SFT or benchmark file, or the
   same-view records `python -m data_construction.sim --extra N` writes): a
   record's demo frames (--frames of them, in order; 0: all), then one of them again. No images are
@@ -63,9 +67,17 @@ QUESTIONS["match_colors"] = QUESTIONS["match_fill"] = QUESTIONS["match_words"] =
 QUESTIONS["sim_match"] = QUESTIONS["match"]
 QUESTIONS["sim_ref"] = "Which frame is closest to the last image?"
 QUESTIONS["near_words"] = "Which frame is closest to the last?"
+QUESTIONS["near_fill"] = QUESTIONS["sim_ref"]
 SIM_TASKS = ("sim_match", "sim_ref")
 FRAMES = 3  # the match task's frames
 LETTERS = "abcdefghjklmnoprstuwy"  # near_words' values: each one token of the built-in tokenizer after a space
+LEVELS = len(LETTERS)  # the near tasks' values: near_words' letters, near_fill's shades of grey
+
+
+def shade(value: int) -> tuple[int, int, int]:
+    """near_fill's grey for a value, dark to light."""
+    level = 20 + 200 * value // (LEVELS - 1)
+    return (level, level, level)
 
 
 def draw(task: str, rng: random.Random, size: int):
@@ -104,19 +116,25 @@ def draw_match(rng: random.Random, size: int):
     return frames, rng.randrange(FRAMES) + 1
 
 
-def draw_near(rng: random.Random, slots: int) -> tuple[list[str], str, int]:
-    """near_words' frames (FRAMES increasing values) and last item (a value none equals, with one
-    nearest), as words of `slots` letters that differ in one slot only, and its answer."""
+def draw_values(rng: random.Random) -> tuple[list[int], int, int]:
+    """The near tasks' values (FRAMES increasing places in the LEVELS scale), the last one (none of
+    them equals it and one is nearest) and the nearest one's frame number."""
     while True:
-        values, last = sorted(rng.sample(range(len(LETTERS)), FRAMES)), rng.randrange(len(LETTERS))
+        values, last = sorted(rng.sample(range(LEVELS), FRAMES)), rng.randrange(LEVELS)
         gaps = [abs(v - last) for v in values]
         if 0 < min(gaps) and gaps.count(min(gaps)) == 1:
-            break
+            return values, last, gaps.index(min(gaps)) + 1
+
+
+def draw_near_words(rng: random.Random, slots: int) -> tuple[list[str], str, int]:
+    """near_words' frames and last item as words of `slots` letters that differ in one slot only,
+    and the answer."""
+    values, last, answer = draw_values(rng)
     background, slot = [rng.choice(LETTERS) for _ in range(slots)], rng.randrange(slots)
 
     def word(value):
         return " ".join(LETTERS[value] if k == slot else c for k, c in enumerate(background))
-    return [word(v) for v in values], word(last), gaps.index(min(gaps)) + 1
+    return [word(v) for v in values], word(last), answer
 
 
 def draw_frames(task: str, rng: random.Random, size: int):
@@ -140,7 +158,7 @@ def render(squares, size: int):
     image = Image.new("RGB", (size, size), GREY)
     pen = ImageDraw.Draw(image)
     for x, y, side, name in squares:
-        pen.rectangle([x, y, x + side - 1, y + side - 1], fill=COLORS[name])
+        pen.rectangle([x, y, x + side - 1, y + side - 1], fill=COLORS.get(name, name))  # a name or RGB
     return image
 
 
@@ -168,13 +186,18 @@ def write(out: str, task: str, samples: int, seed: int, size: int, slots: int = 
                           + QUESTIONS[task])
                 answer = str(answer)
             elif task == "near_words":
-                frames, last, answer = draw_near(rng, slots)
+                frames, last, answer = draw_near_words(rng, slots)
                 scenes = []
                 prompt = "".join(f"{w} {k + 1}. " for k, w in enumerate(frames)) + f"Last: {last}. " + QUESTIONS[task]
                 answer = str(answer)
             elif task in ("match", "match_colors", "match_fill"):
                 frames, answer = draw_frames(task, rng, size)
                 scenes = [*frames, frames[answer - 1]]
+                prompt = frames_prompt(FRAMES, task)
+                answer = str(answer)
+            elif task == "near_fill":
+                values, last, answer = draw_values(rng)
+                scenes = [[(0, 0, size, shade(v))] for v in [*values, last]]
                 prompt = frames_prompt(FRAMES, task)
                 answer = str(answer)
             else:
