@@ -244,6 +244,31 @@ def test_skill_data_near_fill_names_the_nearest_shade(tmp_path):
     assert answers == {1, 2, 3}
 
 
+def test_skill_data_near_names_the_frame_whose_square_is_nearest(tmp_path):
+    """--task near: match's scene in four images, the blue square in one place and the red one
+    somewhere else in each, further along its way from frame to frame; the answer names the frame
+    whose red square is nearest the last image's (to the pixels' rounding)."""
+    path = skill_data.write(str(tmp_path), "near", 40, seed=3, size=112)
+    answers = set()
+    for line, text in enumerate(open(path), 1):
+        record = parse_chat_record(json.loads(text), "near", path, line, str(tmp_path))
+        images = [np.asarray(Image.open(p).convert("RGB")) for p in record.images]
+
+        def where(image, name):
+            return np.argwhere((image == skill_data.COLORS[name]).all(-1)).min(0)  # top-left corner
+
+        assert all((where(im, "blue") == where(images[0], "blue")).all() for im in images)
+        *reds, last = [where(im, "red").astype(float) for im in images]
+        goal = where(images[0], "blue")
+        assert [np.abs(r - goal).max() for r in reds] == sorted({np.abs(r - goal).max() for r in reds}, reverse=True)
+        assert not any((r == last).all() for r in reds)
+        distances = [np.linalg.norm(r - last) for r in reds]
+        answer = int(record.messages[-1][1])
+        assert distances[answer - 1] <= min(distances) + 1.5
+        answers.add(answer)
+    assert answers == {1, 2, 3}
+
+
 def _sim_records(tmp_path):
     """Three visual records (4, 6 and 7 demo frames, closest frames 1, 2, 3), an unanswerable visual
     one and a text one, with their images under tmp_path/images/<id>/."""

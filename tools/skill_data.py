@@ -3,7 +3,7 @@
 python tools/skill_data.py --out DIR --task TASK [--samples 4000] [--seed 0] [--image-size 112] [--slots 1]
 python tools/skill_data.py --out DIR --task sim_match|sim_ref --records SIM/train/sft.jsonl [--frames 3]
 
-Writes DIR/<task>.jsonl (SFT chat rows: an <image> (four for match, match_colors, match_fill and near_fill; none for match_words and near_words), a question, a one-word answer;
+Writes DIR/<task>.jsonl (SFT chat rows: an <image> (four for match, match_colors, match_fill, near and near_fill; none for match_words and near_words), a question, a one-word answer;
 docs/formats.md)
 and DIR/images/. Every image is a grey canvas with coloured squares of random size and place
 (match_fill: one colour all over):
@@ -36,6 +36,9 @@ and DIR/images/. Every image is a grey canvas with coloured squares of random si
   grey (darker to lighter as the frames move on; LEVELS shades), then an image of a shade none
   equals; "Which frame is closest to the last image?" -> the number of the nearest shade. Every
   image token carries the value: the first rung from an exact match to the nearest frame.
+- near: match's scene, the red square at three of LEVELS evenly spaced points of its way (in
+  order) and then at a point none of them is at; "Which frame is closest to the last image?" ->
+  the frame whose square is nearest, never a tie: the nearest frame with a few tokens that differ.
 - sim_match: match on ProgressBench-Sim's own frames (--records, a sim SFT or benchmark file, or the
   same-view records `python -m data_construction.sim --extra N` writes): a
   record's demo frames (--frames of them, in order; 0: all), then one of them again. No images are
@@ -67,7 +70,7 @@ QUESTIONS["match_colors"] = QUESTIONS["match_fill"] = QUESTIONS["match_words"] =
 QUESTIONS["sim_match"] = QUESTIONS["match"]
 QUESTIONS["sim_ref"] = "Which frame is closest to the last image?"
 QUESTIONS["near_words"] = "Which frame is closest to the last?"
-QUESTIONS["near_fill"] = QUESTIONS["sim_ref"]
+QUESTIONS["near_fill"] = QUESTIONS["near"] = QUESTIONS["sim_ref"]
 SIM_TASKS = ("sim_match", "sim_ref")
 FRAMES = 3  # the match task's frames
 LETTERS = "abcdefghjklmnoprstuwy"  # near_words' values: each one token of the built-in tokenizer after a space
@@ -99,10 +102,9 @@ def draw(task: str, rng: random.Random, size: int):
     return squares, "left" if x_red < x_blue else "right"
 
 
-def draw_match(rng: random.Random, size: int):
-    """Frames of one scene and the observation's frame number: a blue square stays; a red one moves
-    from a random start towards it, at evenly spaced points (the first frame at the start, the last
-    one beside the blue square)."""
+def draw_path(rng: random.Random, size: int):
+    """A scene of match and near: (scene at t), where a blue square stays and a red one is at the point
+    t (0 to 1) of its way from a random start towards it (1: beside the blue square)."""
     side = rng.randint(size // 8, size // 6)
     while True:  # a start far enough from the blue square that frames lie a square's width apart or more
         x_blue, y_blue, x0, y0 = (rng.randint(0, size - side) for _ in range(4))
@@ -111,9 +113,14 @@ def draw_match(rng: random.Random, size: int):
     # The red square ends one square's width short of the blue one, on the line from its start.
     d = max(abs(x0 - x_blue), abs(y0 - y_blue))
     x1, y1 = x_blue + (x0 - x_blue) * side / d, y_blue + (y0 - y_blue) * side / d
-    frames = [[(round(x0 + (x1 - x0) * k / (FRAMES - 1)), round(y0 + (y1 - y0) * k / (FRAMES - 1)), side, "red"),
-               (x_blue, y_blue, side, "blue")] for k in range(FRAMES)]
-    return frames, rng.randrange(FRAMES) + 1
+    return lambda t: [(round(x0 + (x1 - x0) * t), round(y0 + (y1 - y0) * t), side, "red"), (x_blue, y_blue, side, "blue")]
+
+
+def draw_match(rng: random.Random, size: int):
+    """Frames of one scene and the observation's frame number: the red square at evenly spaced
+    points of its way (the first frame at the start, the last one beside the blue square)."""
+    scene = draw_path(rng, size)
+    return [scene(k / (FRAMES - 1)) for k in range(FRAMES)], rng.randrange(FRAMES) + 1
 
 
 def draw_values(rng: random.Random) -> tuple[list[int], int, int]:
@@ -195,9 +202,13 @@ def write(out: str, task: str, samples: int, seed: int, size: int, slots: int = 
                 scenes = [*frames, frames[answer - 1]]
                 prompt = frames_prompt(FRAMES, task)
                 answer = str(answer)
-            elif task == "near_fill":
+            elif task in ("near", "near_fill"):
                 values, last, answer = draw_values(rng)
-                scenes = [[(0, 0, size, shade(v))] for v in [*values, last]]
+                if task == "near":
+                    scene = draw_path(rng, size)
+                    scenes = [scene(v / (LEVELS - 1)) for v in [*values, last]]
+                else:
+                    scenes = [[(0, 0, size, shade(v))] for v in [*values, last]]
                 prompt = frames_prompt(FRAMES, task)
                 answer = str(answer)
             else:
