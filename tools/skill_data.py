@@ -6,7 +6,7 @@ python tools/skill_data.py --out DIR --task sim_match|sim_ref --records SIM/trai
 Writes DIR/<task>.jsonl (SFT chat rows: an <image> (four for match, match_colors, match_fill, near and near_fill; none for match_words and near_words), a question, a one-word answer;
 docs/formats.md)
 and DIR/images/. Every image is a grey canvas with coloured squares of random size and place
-(match_fill: one colour all over):
+(match_fill: one colour all over; near_fill: one shade of grey):
 
 - color: one square; "What color is the block?" -> its colour (six colours). What the image shows,
   wherever it is.
