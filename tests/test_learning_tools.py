@@ -151,6 +151,11 @@ def test_skill_data_answers_are_what_the_pixels_show(tmp_path, task):
     assert len(set(answers)) > 1  # both (all) answers occur
 
 
+def _corner(image, name):
+    """The top-left pixel of a skill image's square of that colour."""
+    return np.argwhere((image == skill_data.COLORS[name]).all(-1)).min(0)
+
+
 def test_skill_data_match_rows_repeat_the_frame_they_name(tmp_path):
     """tools/skill_data.py --task match: four images a row; the last is pixel for pixel the frame the
     answer names and differs from the others; the blue square stays where it is and the red one
@@ -167,11 +172,8 @@ def test_skill_data_match_rows_repeat_the_frame_they_name(tmp_path):
         same = [bool((observation == f).all()) for f in frames]
         assert same == [k + 1 == answer for k in range(skill_data.FRAMES)]
 
-        def where(image, name):
-            return np.argwhere((image == skill_data.COLORS[name]).all(-1)).min(0)  # top-left corner
-
-        assert all((where(f, "blue") == where(frames[0], "blue")).all() for f in frames)
-        reds = [tuple(where(f, "red")) for f in frames]
+        assert all((_corner(f, "blue") == _corner(frames[0], "blue")).all() for f in frames)
+        reds = [tuple(_corner(f, "red")) for f in frames]
         assert len(set(reds)) == skill_data.FRAMES
     assert set(answers) == set(range(1, skill_data.FRAMES + 1))
 
@@ -254,12 +256,9 @@ def test_skill_data_near_names_the_frame_whose_square_is_nearest(tmp_path):
         record = parse_chat_record(json.loads(text), "near", path, line, str(tmp_path))
         images = [np.asarray(Image.open(p).convert("RGB")) for p in record.images]
 
-        def where(image, name):
-            return np.argwhere((image == skill_data.COLORS[name]).all(-1)).min(0)  # top-left corner
-
-        assert all((where(im, "blue") == where(images[0], "blue")).all() for im in images)
-        *reds, last = [where(im, "red").astype(float) for im in images]
-        goal = where(images[0], "blue")
+        assert all((_corner(im, "blue") == _corner(images[0], "blue")).all() for im in images)
+        *reds, last = [_corner(im, "red").astype(float) for im in images]
+        goal = _corner(images[0], "blue")
         assert [np.abs(r - goal).max() for r in reds] == sorted({np.abs(r - goal).max() for r in reds}, reverse=True)
         assert not any((r == last).all() for r in reds)
         distances = [np.linalg.norm(r - last) for r in reds]

@@ -174,6 +174,11 @@ def frames_prompt(count: int, task: str) -> str:
     return "".join(f"<image>Frame {k + 1}. " for k in range(count)) + "<image>" + QUESTIONS[task]
 
 
+def words_prompt(items: list[str], last: str, task: str) -> str:
+    """The word tasks' prompt: each item followed by its number, then the last one and the question."""
+    return "".join(f"{w} {k + 1}. " for k, w in enumerate(items)) + f"Last: {last}. " + QUESTIONS[task]
+
+
 def chat_row(prompt: str, answer: str, images: list[str]) -> str:
     return json.dumps({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
                        "images": images}) + "\n"
@@ -188,20 +193,14 @@ def write(out: str, task: str, samples: int, seed: int, size: int, slots: int = 
             if task == "match_words":
                 colors = rng.sample(sorted(COLORS), FRAMES)
                 answer = rng.randrange(FRAMES) + 1
-                scenes = []
-                prompt = ("".join(f"{c} {k + 1}. " for k, c in enumerate(colors)) + f"Last: {colors[answer - 1]}. "
-                          + QUESTIONS[task])
-                answer = str(answer)
+                scenes, prompt = [], words_prompt(colors, colors[answer - 1], task)
             elif task == "near_words":
                 frames, last, answer = draw_near_words(rng, slots)
-                scenes = []
-                prompt = "".join(f"{w} {k + 1}. " for k, w in enumerate(frames)) + f"Last: {last}. " + QUESTIONS[task]
-                answer = str(answer)
+                scenes, prompt = [], words_prompt(frames, last, task)
             elif task in ("match", "match_colors", "match_fill"):
                 frames, answer = draw_frames(task, rng, size)
                 scenes = [*frames, frames[answer - 1]]
                 prompt = frames_prompt(FRAMES, task)
-                answer = str(answer)
             elif task in ("near", "near_fill"):
                 values, last, answer = draw_values(rng)
                 if task == "near":
@@ -210,7 +209,6 @@ def write(out: str, task: str, samples: int, seed: int, size: int, slots: int = 
                 else:
                     scenes = [[(0, 0, size, shade(v))] for v in [*values, last]]
                 prompt = frames_prompt(FRAMES, task)
-                answer = str(answer)
             else:
                 squares, answer = draw(task, rng, size)
                 scenes, prompt = [squares], "<image>" + QUESTIONS[task]
@@ -218,7 +216,7 @@ def write(out: str, task: str, samples: int, seed: int, size: int, slots: int = 
             for j, squares in enumerate(scenes):
                 names.append(f"images/{task}_{seed}_{i:05d}" + (f"_{j}" if len(scenes) > 1 else "") + ".png")
                 render(squares, size).save(os.path.join(out, names[-1]))
-            f.write(chat_row(prompt, answer, names))
+            f.write(chat_row(prompt, str(answer), names))
     return path
 
 
@@ -274,7 +272,7 @@ def main(argv=None) -> None:
         ap.error("--samples must be >= 1 and --image-size >= 28")
     if (args.task in SIM_TASKS) != bool(args.records):
         ap.error("--records goes with --task sim_match or sim_ref, and only with them")
-    if args.slots != 1 and args.task != "near_words" or args.slots < 1:
+    if args.slots < 1 or (args.slots != 1 and args.task != "near_words"):
         ap.error("--slots goes with --task near_words only, and is >= 1")
     if args.frames and args.task not in SIM_TASKS:
         ap.error("--frames goes with --task sim_match or sim_ref only")
