@@ -34,12 +34,16 @@ def file_sha256(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def save_trainable(directory: str, params: dict, meta: dict) -> str:
+def save_trainable(directory: str, params: dict, meta: dict, carry_from: str = "") -> str:
     """`<directory>/trainable.safetensors`: one tensor per trained parameter, named by its
     '/'-joined path (LoRA factors, or all trained weights when lora.rank = 0; stacked decoder
     layers as one tensor [layers, ...], e.g. `layers/self_attn/q_proj/lora_a`), plus
     `trainable.json` (the lora config, the base model and the tensors file's sha256, checked by
-    load_trainable). Written on process 0, atomically, the tensors first."""
+    load_trainable). Written on process 0, atomically, the tensors first.
+
+    carry_from: the save_trainable directory the run started from (train.init_params); its
+    parameters that `params` lacks are written too (a vision tower trained before and frozen in
+    this run), so that the directory alone holds every weight that differs from the base model."""
     if jax.process_count() > 1:  # every process joins the gather of the arrays spread over them
         from jax.experimental import multihost_utils
 
@@ -48,6 +52,8 @@ def save_trainable(directory: str, params: dict, meta: dict) -> str:
         return directory
     os.makedirs(directory, exist_ok=True)
     arrays = {k: np.asarray(jax.device_get(v)) for k, v in params.items()}
+    if carry_from:
+        arrays = {**{k: v for k, v in load_trainable(carry_from)[0].items() if k not in arrays}, **arrays}
     path = os.path.join(directory, TRAINABLE_FILE)
     safetensors_io.save_file(arrays, path)  # atomic itself
     with atomic_output(os.path.join(directory, TRAINABLE_META)) as f:
@@ -107,6 +113,12 @@ def assign(model, params: dict) -> None:
             raise ValueError(f"trained parameter {k}: shape {tuple(value.shape)}, model has {tuple(var.shape)}")
         var.set_value(jnp.asarray(value, var.get_value().dtype))
     nnx.update(model, nnx.from_flat_state(list(flat.items())))
+
+
+def save_final(directory: str, params: dict, config, steps: int) -> str:
+    """A training job's final/: its trained parameters, with those of train.init_params it did not
+    train carried over (save_trainable)."""
+    return save_trainable(directory, params, run_meta(config, steps), carry_from=config.train.init_params)
 
 
 def run_meta(config, steps: int) -> dict:

@@ -303,3 +303,37 @@ def test_a_malformed_trainable_json_names_the_file(tmp_path, text):
     (tmp_path / handover.TRAINABLE_META).write_text(text)
     with pytest.raises(UserError, match=re.escape(f"{tmp_path / handover.TRAINABLE_META}: ")):
         handover.read_meta(str(tmp_path))
+
+
+def test_a_final_carries_what_the_run_started_from_and_did_not_train(tmp_path):
+    """A run from train.init_params that trains part of the model (a vision tower trained before,
+    frozen now) writes a final/ that loads to the model it trained: the init's tower, its own
+    language model; the run's values win where both hold a parameter."""
+    from configs import sft
+    from flax import nnx
+
+    from progress_jax import handover, loading
+    from progress_jax.sharding import path_str
+
+    cfg = sft.get_config()
+    rng = np.random.default_rng(0)
+    model = loading.load_policy(cfg, None, "")
+    flat = {path_str(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+    tower = {k: rng.normal(size=v.shape).astype(v.dtype) for k, v in flat.items() if k.startswith("visual/merger/")}
+    lm = {k: rng.normal(size=v.shape).astype(v.dtype) for k, v in flat.items() if k.startswith("layers/self_attn/q_proj")}
+    handover.save_trainable(str(tmp_path / "init"), {**tower, **lm}, handover.run_meta(cfg, 5))
+    with cfg.unlocked():
+        cfg.train.init_params = str(tmp_path / "init")
+    mine = {k: v + 1 for k, v in lm.items()}
+    handover.save_final(str(tmp_path / "final"), mine, cfg, 7)
+
+    saved, meta = handover.load_trainable(str(tmp_path / "final"))
+    assert set(saved) == set(tower) | set(mine) and meta["steps"] == 7
+    loaded = loading.load_policy(cfg, None, str(tmp_path / "final"))
+    got = {path_str(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(loaded))}
+    for k, v in {**tower, **mine}.items():
+        np.testing.assert_array_equal(got[k], v)
+    with cfg.unlocked():
+        cfg.train.init_params = ""
+    handover.save_final(str(tmp_path / "alone"), mine, cfg, 7)
+    assert set(handover.load_trainable(str(tmp_path / "alone"))[0]) == set(mine)

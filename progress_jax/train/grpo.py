@@ -165,5 +165,5 @@ def run(config) -> dict:
                       spec.setup.state, lambda: next(it), it, opts)
     final_dir = os.path.join(config.workdir, "final")
     if not result.stopped:
-        handover.save_trainable(final_dir, result.state["params"], handover.run_meta(config, steps))
+        handover.save_final(final_dir, result.state["params"], config, steps)
     return {"final_dir": final_dir, "steps": result.step, "stopped": result.stopped}

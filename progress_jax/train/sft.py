@@ -77,7 +77,7 @@ def run(config) -> dict:
         result = loop.run(step, setup.state, next_batch, it, opts)
         final_dir = os.path.join(config.workdir, "final")
         if not result.stopped:
-            handover.save_trainable(final_dir, result.state["params"], handover.run_meta(config, steps))
+            handover.save_final(final_dir, result.state["params"], config, steps)
             log.info("trained parameters written to %s", final_dir)
             trained = spec.policy(result.state["params"])
             if t.demo_samples and inp.sim is not None and not stop.requested:
