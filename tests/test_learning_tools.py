@@ -2,6 +2,7 @@
 tools/probe_vision.py, the blank-observation ablation and the skill files of tools/skill_data.py."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -391,7 +392,8 @@ def test_state_vector_is_the_episodes_state():
     assert all(abs(v) < 1e-9 for v in state_pretrain.r_squared(np.broadcast_to(y.mean(0), y.shape), y, m).values())
 
 
-def test_state_pretrain_writes_a_tower_the_jobs_load(tmp_path, capsys):
+@pytest.mark.parametrize("target", ["head", "tokens"])
+def test_state_pretrain_writes_a_tower_the_jobs_load(tmp_path, capsys, target):
     """A few steps on a handful of small frames: held-out R^2 lines, and a final/ whose vision tower is
     the trained one (not the preset's seed) when loaded as train.init_params loads it."""
     from configs import sft as sft_config
@@ -402,9 +404,13 @@ def test_state_pretrain_writes_a_tower_the_jobs_load(tmp_path, capsys):
 
     out = str(tmp_path / "run")
     assert state_pretrain.main(["--out", out, "--episodes", "2", "--per", "8", "--test-episodes", "1", "--steps", "4",
-                                "--batch", "8", "--eval-every", "2", "--image-size", "56", "--lr", "1e-2"]) == 0
+                                "--batch", "8", "--eval-every", "2", "--image-size", "56", "--lr", "1e-2",
+                                "--target", target]) == 0
     printed = capsys.readouterr().out
     assert printed.count("held-out R^2 gripper 1") == 2 and "object" in printed
+    if target == "tokens":  # random tokens start far from the state's embedding
+        losses = [float(x) for x in re.findall(r"loss ([0-9.]+)", printed)]
+        assert losses[1] < 0.8 * losses[0]
     cfg = sft_config.get_config("nano")
 
     def tower(init):

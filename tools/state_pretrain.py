@@ -1,7 +1,7 @@
 """Teach a model's vision tower what a ProgressBench-Sim scene's state is: regress it from single frames.
 
 python tools/state_pretrain.py --out RUN [--init RUN0/final] [--preset nano] [--episodes 2000]
-                               [--steps 3000] [--lr 1e-3] [--batch 32]
+                               [--steps 3000] [--lr 1e-3] [--batch 32] [--target head|tokens]
 
 Frames of sim training episodes (their own stream, `train_extra`, goals off the benchmark's as the
 training split's), each from a random camera at a random moment, and the scene's state there
@@ -12,6 +12,11 @@ standardised state, mean squared error over the parts a scene has (a one-arm sce
 gripper). Held-out R^2 per part is printed every --eval-every steps, on frames of the test split's
 same-view episodes (`bench_same`: scenes never trained on): whether the tower can learn to see the
 scene's state, and how fast.
+
+--target tokens trains the tokens themselves instead: every merged image token towards the same
+fixed random embedding of the standardised state (no head; R^2 read from the mean token through the
+embedding's pseudo-inverse). The tokens of one frame then agree, and two frames' tokens differ by
+what differs in their scenes, not by a small part of shared content.
 
 Writes RUN/final (as an SFT run's final/, loadable by `--config.train.init_params`): --init's
 trained parameters with the tower replaced by the one trained here, or the tower alone without
@@ -97,6 +102,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--sim-seed", type=int, default=0, help="the sim seed (default 0)")
     ap.add_argument("--image-size", type=int, default=112, help="frames of this many pixels a side (default 112)")
     ap.add_argument("--seed", type=int, default=0, help="the model's and the batches' seed (default 0)")
+    ap.add_argument("--target", default="head", choices=("head", "tokens"),
+                    help="head: a linear layer reads the state from the tokens; tokens: every image token is "
+                         "trained to be a fixed random embedding of the state (default head)")
     return ap
 
 
@@ -136,18 +144,32 @@ def main(argv=None) -> int:
     tokens = first.shape[0] // batch // c.vision.spatial_merge_size ** 2  # one image's merged tokens
     ids = np.array([[c.vision_start_token_id, *[c.image_token_id] * tokens, c.vision_end_token_id] * batch])
     vis = jax.tree.map(jnp.asarray, model.prepare(ids, None, first, grid)["vision"])  # the tower's index arrays
-    features = tokens * c.vision.out_hidden_size
+    width = c.vision.out_hidden_size
     mean = (y * m).sum(0) / np.maximum(m.sum(0), 1)
     scale = np.sqrt((((y - mean) * m) ** 2).sum(0) / np.maximum(m.sum(0), 1)) + 1e-6
     graph, tower = nnx.split(model.visual)
-    params = {"tower": tower, "head": {"w": jnp.zeros((features, WIDTH)), "b": jnp.zeros(WIDTH)}}
+    if args.target == "tokens":
+        # Entries of variance 2.5 / width: a token's norm about 1.6 x the root of the state parts a scene has.
+        embed = jnp.asarray(np.random.default_rng([args.seed, 11]).normal(0, (2.5 / width) ** 0.5, (WIDTH, width)),
+                            jnp.float32)
+        unembed = jnp.linalg.pinv(embed)
+        params = {"tower": tower}
+    else:
+        params = {"tower": tower, "head": {"w": jnp.zeros((tokens * width, WIDTH)), "b": jnp.zeros(WIDTH)}}
     opt = optax.adam(args.lr)
     opt_state = opt.init(params)
 
+    def tokens_of(p, pv):
+        return nnx.merge(graph, p["tower"])(pv, vis).reshape(batch, tokens, width)
+
     def predict(p, pv):
-        return nnx.merge(graph, p["tower"])(pv, vis).reshape(batch, -1) @ p["head"]["w"] + p["head"]["b"]
+        if args.target == "tokens":
+            return tokens_of(p, pv).mean(1) @ unembed
+        return tokens_of(p, pv).reshape(batch, -1) @ p["head"]["w"] + p["head"]["b"]
 
     def loss(p, pv, target, mask):
+        if args.target == "tokens":  # the parts a scene lacks are 0 in the state embedded
+            return ((tokens_of(p, pv) - ((target * mask) @ embed)[:, None]) ** 2).sum(-1).mean() / 2.5
         return (((predict(p, pv) - target) ** 2) * mask).sum() / mask.sum()
 
     @jax.jit
