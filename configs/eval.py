@@ -33,7 +33,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.eval.out_dir = ""  # "" = <workdir>/<data.mode>
     c.eval.run_name = ""  # row name in the tables; "" = the run or model directory name, or "tiny-random"
     # An SFT/GRPO run's final/ directory: its trained parameters (LoRA adapters at the run's rank,
-    # or full weights) on top of model.path (or the tiny model it was trained from).
+    # or full weights) on top of model.path (or the random preset and seed it was trained from).
     c.eval.trained = ""
     # Ablation: every observation image replaced by flat grey of its size (docs/learning.md).
     c.eval.blank_observation = False

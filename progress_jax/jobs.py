@@ -155,15 +155,19 @@ def policy(config, mesh, abstract: bool = False):
 
 def trained_config(config, directory: str, meta: dict | None = None):
     """`config` with the LoRA (rank, alpha, targets) of the training run that wrote `directory`
-    (its final/), refused when the run was trained on another base model."""
+    (its final/) and, on a random base, that run's preset and seed; refused when the run was trained
+    on another base model."""
     meta = meta or handover.read_meta(directory)
     if bool(meta.get("model_path")) != bool(config.model.path):
         raise ValueError(f"config key eval.trained: {directory} was trained on "
-                         f"{meta.get('model_path') or 'the tiny preset'}, but model.path is "
-                         f"{config.model.path or 'empty (the tiny preset)'}")
+                         f"{meta.get('model_path') or 'a built-in preset'}, but model.path is "
+                         f"{config.model.path or 'empty (a built-in preset)'}")
     config = config.copy_and_resolve_references()
     with config.unlocked():
         config.lora.update({k: meta["lora"][k] for k in ("rank", "alpha", "targets")})
+        if not config.model.path:  # the random model the run started from (docs/export.md)
+            config.model.preset = meta.get("model_preset", config.model.preset)
+            config.seed = int(meta.get("seed", config.seed))
     return config
 
 

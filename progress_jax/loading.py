@@ -12,7 +12,7 @@ from flax import nnx
 
 from data_pipeline.tokenizer import load_tokenizer as _load_tokenizer
 from progress_jax import handover, lora, sharding
-from progress_jax.errors import InputNotFound
+from progress_jax.errors import InputNotFound, UserError
 from progress_jax.models import families
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -54,6 +54,10 @@ def load_policy(cfg, mesh, init_dir: str = ""):
     model = load_model(cfg, mesh)
     lora.from_config(model, cfg.lora, seed=cfg.seed, mesh=mesh)
     if init_dir:
-        params, _ = handover.load_trainable(init_dir)
+        params, meta = handover.load_trainable(init_dir)
+        preset = meta.get("model_preset")
+        if preset and not meta.get("model_path") and not cfg.model.path and preset != cfg.model.preset:
+            raise UserError(f"{init_dir} holds weights of the {preset} preset, but model.preset is "
+                            f"{cfg.model.preset}: set --config.model.preset={preset}")
         handover.assign(model, params)
     return model

@@ -337,3 +337,26 @@ def test_a_final_carries_what_the_run_started_from_and_did_not_train(tmp_path):
         cfg.train.init_params = ""
     handover.save_final(str(tmp_path / "alone"), mine, cfg, 7)
     assert set(handover.load_trainable(str(tmp_path / "alone"))[0]) == set(mine)
+
+
+def test_trained_weights_load_on_the_preset_and_seed_they_were_trained_on(tmp_path):
+    """eval.trained of a nano run, evaluated with a config of the tiny preset and another seed, is
+    scored on the nano model of the run's seed; a training job started from it on another preset
+    gets a one-line error naming the preset to set, not a shape mismatch."""
+    from configs import eval as eval_config
+    from configs import sft
+
+    from progress_jax import handover, jobs, loading
+    from progress_jax.errors import UserError
+
+    cfg = sft.get_config("nano")
+    with cfg.unlocked():
+        cfg.seed = 3
+    handover.save_trainable(str(tmp_path), {}, handover.run_meta(cfg, 1))
+    ev = eval_config.get_config()
+    assert ev.model.preset == "tiny" and ev.seed != 3
+    resolved = jobs.trained_config(ev, str(tmp_path))
+    assert (resolved.model.preset, resolved.seed) == ("nano", 3)
+    tiny = sft.get_config()
+    with pytest.raises(UserError, match=re.escape("nano preset, but model.preset is tiny: set --config.model.preset=nano")):
+        loading.load_policy(tiny, None, str(tmp_path))

@@ -150,7 +150,8 @@ def run(config) -> None:
         name = os.path.basename(os.path.dirname(os.path.abspath(trained)))
     else:
         name = os.path.basename(os.path.normpath(config.model.path)) if config.model.path else "tiny-random"
-    weights = {"model": provenance.model_identity(config),
+    base = jobs.trained_config(config, trained, meta) if trained else config  # the model's preset and seed
+    weights = {"model": provenance.model_identity(base),
                "trained": provenance.trained_identity(trained) if trained else None}
     evaluate(spec.model, tokenizer, files, image_root, out_dir, config, mesh=mesh, run_name=name, weights=weights,
              blank_observation=config.eval.blank_observation)
