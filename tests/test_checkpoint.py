@@ -315,10 +315,12 @@ def test_a_final_carries_what_the_run_started_from_and_did_not_train(tmp_path):
     from progress_jax import handover, loading
     from progress_jax.sharding import path_str
 
+    def params_of(model):
+        return {path_str(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+
     cfg = sft.get_config()
     rng = np.random.default_rng(0)
-    model = loading.load_policy(cfg, None, "")
-    flat = {path_str(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+    flat = params_of(loading.load_policy(cfg, None, ""))
     tower = {k: rng.normal(size=v.shape).astype(v.dtype) for k, v in flat.items() if k.startswith("visual/merger/")}
     lm = {k: rng.normal(size=v.shape).astype(v.dtype) for k, v in flat.items() if k.startswith("layers/self_attn/q_proj")}
     handover.save_trainable(str(tmp_path / "init"), {**tower, **lm}, handover.run_meta(cfg, 5))
@@ -329,8 +331,7 @@ def test_a_final_carries_what_the_run_started_from_and_did_not_train(tmp_path):
 
     saved, meta = handover.load_trainable(str(tmp_path / "final"))
     assert set(saved) == set(tower) | set(mine) and meta["steps"] == 7
-    loaded = loading.load_policy(cfg, None, str(tmp_path / "final"))
-    got = {path_str(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(loaded))}
+    got = params_of(loading.load_policy(cfg, None, str(tmp_path / "final")))
     for k, v in {**tower, **mine}.items():
         np.testing.assert_array_equal(got[k], v)
     with cfg.unlocked():

@@ -38,6 +38,9 @@ if __package__ in (None, ""):  # run as a script: import this checkout's package
 PARTS = {"gripper 1": slice(0, 3), "opening 1": slice(3, 4), "gripper 2": slice(4, 7), "opening 2": slice(7, 8),
          "drawer": slice(8, 9), "object": slice(9, 12)}
 WIDTH = 12
+# --target tokens: the state embedding's entries have variance TOKEN_VARIANCE / width, so a token's norm
+# is about 1.6 x the root of the state parts a scene has; the loss is divided by it back to the state's scale.
+TOKEN_VARIANCE = 2.5
 
 
 def state_vector(episode, t: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,9 +152,8 @@ def main(argv=None) -> int:
     scale = np.sqrt((((y - mean) * m) ** 2).sum(0) / np.maximum(m.sum(0), 1)) + 1e-6
     graph, tower = nnx.split(model.visual)
     if args.target == "tokens":
-        # Entries of variance 2.5 / width: a token's norm about 1.6 x the root of the state parts a scene has.
-        embed = jnp.asarray(np.random.default_rng([args.seed, 11]).normal(0, (2.5 / width) ** 0.5, (WIDTH, width)),
-                            jnp.float32)
+        embed = jnp.asarray(np.random.default_rng([args.seed, 11]).normal(0, (TOKEN_VARIANCE / width) ** 0.5,
+                                                                           (WIDTH, width)), jnp.float32)
         unembed = jnp.linalg.pinv(embed)
         params = {"tower": tower}
     else:
@@ -169,7 +171,7 @@ def main(argv=None) -> int:
 
     def loss(p, pv, target, mask):
         if args.target == "tokens":  # the parts a scene lacks are 0 in the state embedded
-            return ((tokens_of(p, pv) - ((target * mask) @ embed)[:, None]) ** 2).sum(-1).mean() / 2.5
+            return ((tokens_of(p, pv) - ((target * mask) @ embed)[:, None]) ** 2).sum(-1).mean() / TOKEN_VARIANCE
         return (((predict(p, pv) - target) ** 2) * mask).sum() / mask.sum()
 
     @jax.jit
