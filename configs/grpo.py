@@ -5,8 +5,9 @@ and cached under data.sim_dir), a short SFT warm start of the tiny model (`demo.
 demo on this config's data settings), full-parameter GRPO from it (a frozen copy of the SFT model
 is the reference policy), then both models evaluated on the sim's test split, their Table 1 rows
 side by side, and the reward report. Every grpo.probe_every steps GRPO also scores a probe: n
-rollouts on a fixed set of training prompts with one fixed sampling key, so that its curve moves
-only when the policy does (a step's own mean reward mostly reflects which prompts that step drew).
+rollouts on a fixed set of training prompts with fixed sampling keys (grpo.probe_seed, apart from the
+run's seed), so that its curve moves only when the policy does (a step's own mean reward mostly
+reflects which prompts that step drew); the demo uses two keys, whose spread is the probe's noise.
 `--config.demo.warm_start=False --config.demo.evaluate=False` leaves GRPO alone.
 
 `paper` is the GRPO job with EasyR1's progresslm/configs/visual_demo_grpo.yaml (see
@@ -48,6 +49,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     g.reward = "paper"
     g.probe_every = 0  # steps between probe rewards; 0: off
     g.probe_batches = 2  # the probe's fixed prompts: this many rollout batches
+    g.probe_keys = 1  # sampling keys of the probe; 2 or more log each key's mean, their spread its noise
+    g.probe_seed = 1  # the probe's prompts and keys, apart from the run's seed
 
     t = c.train  # base() holds train.device_memory_gb
     t.lr = 1e-6
@@ -107,6 +110,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.train.keep = 3
     g.rollout_batch_size = 8
     g.probe_every = 4
+    g.probe_keys = 2
     c.sampling.max_new_tokens = 128
     # 1.0: the tiny model at 0.6 gives rollouts of a prompt too alike to learn much from in 24
     # steps. Evaluation samples at the same temperature.

@@ -167,6 +167,8 @@ RULES = {
     "grpo.reward": text,
     "grpo.probe_every": integer(0),
     "grpo.probe_batches": integer(1),
+    "grpo.probe_keys": integer(1),
+    "grpo.probe_seed": integer(0),
     "eval.bench_files": paths,
     "eval.out_dir": text,
     "eval.run_name": text,

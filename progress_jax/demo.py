@@ -11,6 +11,7 @@ import logging
 import os
 
 import jax
+import numpy as np
 
 from data_pipeline.jsonl import write_text
 from data_pipeline.records import load_records
@@ -84,18 +85,29 @@ def run(config) -> dict:
                       flush=True)
     history = metrics_writer.read_metrics(config.workdir) if main else {}
     if history:
-        probe_prompts = config.grpo.probe_batches * config.grpo.rollout_batch_size  # global batches
-        print(reward_report(history, probe_prompts, config.grpo.n), flush=True)
+        g = config.grpo
+        print(reward_report(history, g.probe_batches * g.rollout_batch_size, g.n, g.probe_keys), flush=True)
     return {"history": history, "metrics": results, "final_dir": out["final_dir"], "stopped": False}
 
 
-def reward_report(history: dict[int, dict], probe_prompts: int, n: int) -> str:
+def reward_report(history: dict[int, dict], probe_prompts: int, n: int, keys: int) -> str:
+    """The steps' own mean rewards, the probe's curve and, with several keys, its noise: how far
+    apart its keys' means lie at one step (a rise smaller than that is not the policy's)."""
     steps = [s for s in sorted(history) if "reward/overall" in history[s]]
     rewards = [history[s]["reward/overall"] for s in steps]
     lines = [f"mean reward per step (its own prompts): {' '.join(f'{r:.3f}' for r in rewards)}"]
     probes = [(s, history[s]) for s in sorted(history) if "probe/overall" in history[s]]
     if probes:
-        lines.append(f"probe reward ({probe_prompts} fixed prompts x {n} rollouts, one fixed key), by step:")
-        lines += [f"  step {s:4d}: " + "  ".join(f"{k[6:]} {v:.3f}" for k, v in m.items() if k.startswith("probe/"))
+        lines.append(f"probe reward ({probe_prompts} fixed prompts x {n} rollouts, {keys} fixed "
+                     f"key{'s' if keys > 1 else ''}), by step:")
+        lines += [f"  step {s:4d}: " + "  ".join(f"{k[6:]} {v:.3f}" for k, v in m.items()
+                                                 if k.startswith("probe/") and "_key" not in k)
                   for s, m in probes]
+        spreads = [max(v) - min(v) for v in ([m[k] for k in m if k.startswith("probe/overall_key")]
+                                              for _, m in probes) if len(v) > 1]
+        if spreads:
+            first, last = probes[0][1]["probe/overall"], probes[-1][1]["probe/overall"]
+            lines.append(f"probe noise: its keys' means differ by {np.mean(spreads):.3f} at a step on average "
+                         f"(at most {max(spreads):.3f}); the probe moved {last - first:+.3f} from step "
+                         f"{probes[0][0]} to step {probes[-1][0]}")
     return "\n".join(lines)

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from configs import grpo as grpo_config
 from data_pipeline.tokenizer import load_tokenizer
@@ -179,16 +180,21 @@ def test_mean_reward_rises_on_toy_task():
     state = step.spec.setup.state  # the loop's state: the step takes it and returns the next
     prompts = host_batch([(20, 1), (12, 2), (30, 0), (16, 1)], seed=5, cfg=small, L=64, P=256)
     prompts["records"] = ["p0", "p1", "p2", "p3"]
-    probe_key = jax.random.key(99)
-    before = step.probe(state["params"], [prompts], probe_key)
-    assert step.probe(state["params"], [prompts], probe_key) == before  # same policy, same key: the same probe
+    probe_keys = list(jax.random.split(jax.random.key(99), 2))
+    before = step.probe(state["params"], [prompts], probe_keys)
+    assert step.probe(state["params"], [prompts], probe_keys) == before  # same policy, same keys: the same probe
+    # Two keys: each key's own mean, and the probe their mean (each key samples the same rollouts' count).
+    keys_means = [before["probe/overall_key0"], before["probe/overall_key1"]]
+    assert keys_means[0] != keys_means[1]
+    assert before["probe/overall"] == pytest.approx(np.mean(keys_means))
+    assert step.probe(state["params"], [prompts], probe_keys[1:])["probe/overall"] == pytest.approx(keys_means[1])
     rewards = []
     for s in range(6):
         state, metrics = step(state, prompts, jax.random.key(s))
         rewards.append(metrics["reward/overall"])
     assert int(state["step"]) == 6  # one update per step (rollout_batch_size = batch_size)
     assert np.mean(rewards[-2:]) > np.mean(rewards[:2]) + 0.15, rewards
-    after = step.probe(state["params"], [prompts], probe_key)
+    after = step.probe(state["params"], [prompts], probe_keys)
     assert after["probe/low_half"] > before["probe/low_half"] + 0.15, (before, after)
 
 
@@ -207,3 +213,19 @@ def test_remat_reaches_the_vision_blocks_in_both_trainers():
         for remat, scans in (("none", 0), ("full", 2)):  # the decoder scan and the vision scan
             text = str(jax.make_jaxpr(lambda p: fn(p, remat))(params))
             assert len(re.findall(r"= (?:remat2|checkpoint)\[", text)) == scans, (name, remat)
+
+
+def test_reward_report_names_the_probe_noise():
+    """The demo's report: the probe's curve of its mean over keys, and its noise as the spread of the
+    keys' means at one step, beside how far the probe moved."""
+    from progress_jax.demo import reward_report
+
+    history = {0: {"probe/overall": 0.5, "probe/overall_key0": 0.48, "probe/overall_key1": 0.52},
+               1: {"reward/overall": 0.4}, 2: {"reward/overall": 0.6},
+               4: {"probe/overall": 0.6, "probe/overall_key0": 0.59, "probe/overall_key1": 0.61}}
+    report = reward_report(history, 16, 4, 2)
+    assert "mean reward per step (its own prompts): 0.400 0.600" in report
+    assert "16 fixed prompts x 4 rollouts, 2 fixed keys" in report
+    assert "step    4: overall 0.600\n" in report  # the keys' own means are not in the curve
+    assert "differ by 0.030 at a step on average (at most 0.040); the probe moved +0.100 from step 0 to step 4" in report
+    assert "noise" not in reward_report({0: {"probe/overall": 0.5}}, 16, 4, 1)

@@ -33,7 +33,7 @@ def command(d, workdir):
             "--config.data.image_buckets=(8,)", "--config.data.max_pixels=3136", "--config.data.min_pixels=3136"]
 
 
-KEYS = ("reward/overall", "loss", "grad_norm", "kl", "entropy", "probe/overall")
+KEYS = ("reward/overall", "loss", "grad_norm", "kl", "entropy", "probe/overall", "probe/overall_key1")
 
 
 @pytest.mark.heavy

@@ -68,13 +68,22 @@ class Step:
         """Each rollout's record (a prompt's, n times)."""
         return [r for r in real["records"] for _ in range(self.n)]
 
-    def probe(self, params: dict, batches: list[dict], key) -> dict:
-        """Mean reward components ("probe/...") of n rollouts per prompt of fixed prompt batches."""
-        rewards = []
-        for i, prompts in enumerate(batches):
-            gen, real = self.rollout(params, prompts, jax.random.fold_in(key, i))
-            rewards += self.reward_fn(gen, self.records(real))
-        return {f"probe/{k}": float(np.mean([r[k] for r in rewards])) for k in rewards[0]}
+    def probe(self, params: dict, batches: list[dict], keys) -> dict:
+        """Mean reward components ("probe/...") of n rollouts per prompt of fixed prompt batches,
+        sampled once with each key; with several keys also each key's mean reward
+        ("probe/overall_key{j}"), whose spread is the probe's own noise."""
+        rewards, per_key = [], []
+        for key in keys:
+            own = []
+            for i, prompts in enumerate(batches):
+                gen, real = self.rollout(params, prompts, jax.random.fold_in(key, i))
+                own += self.reward_fn(gen, self.records(real))
+            rewards += own
+            per_key.append(float(np.mean([r["overall"] for r in own])))
+        out = {f"probe/{k}": float(np.mean([r[k] for r in rewards])) for k in rewards[0]}
+        if len(per_key) > 1:
+            out.update({f"probe/overall_key{j}": v for j, v in enumerate(per_key)})
+        return out
 
     def __call__(self, state: dict, prompts: dict, key) -> tuple[dict, dict]:
         """One GRPO step on a host batch of prompts: (the new state, the step's metrics)."""
@@ -144,13 +153,14 @@ def run(config) -> dict:
     key = jax.random.key(config.seed)
     hooks = []
     if g.probe_every:
-        # The probe: fixed prompts (another shuffle of the training prompts), sampled with one fixed
-        # key. A step's own mean reward mostly reflects which prompts it drew; this one moves only
-        # when the policy does.
-        probe_data = make_dataset(inp.files, inp.image_root, tokenizer, **{**spec.data, "seed": config.seed + 1})
+        # The probe: fixed prompts (a shuffle of the training prompts), sampled with fixed keys. A
+        # step's own mean reward mostly reflects which prompts it drew; this one moves only when the
+        # policy does. Both come from grpo.probe_seed, not the run's seed: runs of several seeds
+        # are measured on the same probe.
+        probe_data = make_dataset(inp.files, inp.image_root, tokenizer, **{**spec.data, "seed": g.probe_seed})
         probe = list(itertools.islice(iter(probe_data), g.probe_batches))
-        probe_key = jax.random.fold_in(key, 0)  # steps use fold_in(key, step), step >= 1
-        hooks.append(loop.Hook(lambda _, state: grpo_step.probe(state["params"], probe, probe_key), g.probe_every,
+        probe_keys = list(jax.random.split(jax.random.key(g.probe_seed), g.probe_keys))
+        hooks.append(loop.Hook(lambda _, state: grpo_step.probe(state["params"], probe, probe_keys), g.probe_every,
                                at_start=True))
 
     if validator:  # beside the probe: the evaluation metrics on held-out benchmark samples, greedy
