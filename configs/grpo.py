@@ -1,4 +1,4 @@
-"""GRPO: `python -m progress_jax.main --config configs/grpo.py[:demo|:paper] [--config.a.b=value ...]`.
+"""GRPO: `python -m progress_jax.main --config configs/grpo.py[:demo|:paper|:nano] [--config.a.b=value ...]`.
 
 `demo` (the default) is the built-in demo job on a fresh machine: ProgressBench-Sim small (generated
 and cached under data.sim_dir), a short SFT warm start of the tiny model (`demo.sft`, configs/sft.py's
@@ -17,6 +17,11 @@ update, prompts up to 20000 tokens, responses up to 8192, 2 epochs, the paper's 
 + 0.6 ref + 0.3 score). Set model.path, train.init_params (an SFT run's final/ or merged weights in
 model.path), data.train_files (RL records) and data.image_root. LoRA GRPO: --config.lora.rank=8.
 
+`nano` is the learning experiment's GRPO (docs/learning.md): the demo's GRPO settings on
+ProgressBench-Sim nano's RL split, from the nano SFT weights in weights/sim_nano_sft (made by the
+commands in docs/learning.md), the vision tower frozen, 80 steps, the probe every 10 steps with two
+keys. Evaluate its final/ with configs/eval.py:nano and --config.eval.trained.
+
 Outputs in `workdir`: metrics.jsonl + TensorBoard, checkpoints/ (resumed automatically),
 final/trainable.safetensors; the demo adds sft/ (the warm start), eval_sft/ and eval_grpo/
 (predictions, metrics, tables, figures) and table1.md.
@@ -24,11 +29,11 @@ final/trainable.safetensors; the demo adds sft/ (the warm start), eval_sft/ and 
 import ml_collections
 
 from configs import sft as sft_config
-from configs.base import base, demo_data, validation, variant
+from configs.base import VARIANTS, base, demo_data, nano_data, validation, variant
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
-    name = variant(arg)
+    name = variant(arg, VARIANTS + ("nano",))
     c = base()
     c.job = "grpo"
     c.workdir = "runs/grpo"
@@ -128,4 +133,23 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     for key in ("sim_dir", "sim_reasoning", "min_pixels", "max_pixels", "length_buckets", "patch_buckets",
                 "image_buckets", "mode", "prompt"):
         s.data[key] = c.data.get_ref(key)
+    if name == "nano":
+        nano(c)
     return c
+
+
+def nano(c: ml_collections.ConfigDict) -> None:
+    """The learning experiment's GRPO (docs/learning.md): the demo's GRPO settings on the nano sim's RL
+    split, from the nano SFT weights of the learning regression test, tower frozen, 80 steps (about
+    14 s a step on one CPU core), a probe of 16 prompts x 4 rollouts with two keys every 10 steps."""
+    del c["demo"]
+    c.job = "grpo"
+    c.workdir = "runs/grpo_nano"
+    nano_data(c)
+    c.model.preset = "nano"
+    c.model.freeze_vision = True
+    c.train.init_params = "weights/sim_nano_sft"
+    c.train.steps = 80
+    c.train.save_every = 25
+    c.sampling.max_new_tokens = 80  # the brief answers take at most 70 tokens
+    c.grpo.probe_every = 10

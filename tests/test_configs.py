@@ -87,6 +87,19 @@ def test_sft_nano_validates_and_trains_the_nano_preset():
     assert nano.text.hidden_size == tiny.text.hidden_size and nano.vision.hidden_size == tiny.vision.hidden_size
 
 
+def test_grpo_nano_starts_from_the_nano_sft_on_its_sim():
+    """configs/grpo.py:nano is GRPO alone, from the regression test's SFT weights, on the data the nano
+    SFT trained on (the same sim, image size and buckets), its probe sampled with two keys."""
+    c = grpo_config.get_config("nano")
+    config_check.check(c)
+    s = sft_config.get_config("nano")
+    assert (c.job, c.model.preset, c.train.init_params, c.grpo.probe_keys) == ("grpo", "nano", "weights/sim_nano_sft", 2)
+    assert "demo" not in c and c.model.freeze_vision
+    for key in ("sim_dir", "sim_size", "sim_seed", "sim_image_size", "sim_reasoning", "min_pixels", "max_pixels",
+                "length_buckets", "patch_buckets", "image_buckets", "prompt"):
+        assert c.data[key] == s.data[key], key
+
+
 def test_grpo_default_runs_the_demo_chain_with_one_set_of_demo_data():
     c = grpo_config.get_config()
     assert c.job == "demo" and c.demo.warm_start and c.demo.evaluate
