@@ -19,7 +19,7 @@ model.path), data.train_files (RL records) and data.image_root. LoRA GRPO: --con
 
 `nano` is the learning experiment's GRPO (docs/learning.md): the demo's GRPO settings on
 ProgressBench-Sim nano's RL split, from the nano SFT weights in weights/sim_nano_sft (made by the
-commands in docs/learning.md), the vision tower frozen, 80 steps, the probe every 10 steps with two
+commands in docs/learning.md), the vision tower frozen, 120 steps, the probe every 10 steps with two
 keys. Evaluate its final/ with configs/eval.py:nano and --config.eval.trained.
 
 Outputs in `workdir`: metrics.jsonl + TensorBoard, checkpoints/ (resumed automatically),
@@ -140,7 +140,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
 
 def nano(c: ml_collections.ConfigDict) -> None:
     """The learning experiment's GRPO (docs/learning.md): the demo's GRPO settings on the nano sim's RL
-    split, from the nano SFT weights of the learning regression test, tower frozen, 80 steps (about
+    split, from the nano SFT weights of the learning regression test, tower frozen, 120 steps (about
     14 s a step on one CPU core), a probe of 16 prompts x 4 rollouts with two keys every 10 steps."""
     del c["demo"]
     c.job = "grpo"
@@ -149,7 +149,7 @@ def nano(c: ml_collections.ConfigDict) -> None:
     c.model.preset = "nano"
     c.model.freeze_vision = True
     c.train.init_params = "weights/sim_nano_sft"
-    c.train.steps = 80
+    c.train.steps = 120
     c.train.save_every = 25
     c.sampling.max_new_tokens = 80  # the brief answers take at most 70 tokens
     c.grpo.probe_every = 10
