@@ -20,7 +20,8 @@ model.path), data.train_files (RL records) and data.image_root. LoRA GRPO: --con
 `nano` is the learning experiment's GRPO (docs/learning.md): the demo's GRPO settings on
 ProgressBench-Sim nano's RL split, from the nano SFT weights in weights/sim_nano_sft (made by the
 commands in docs/learning.md), the vision tower frozen, 120 steps, the probe every 10 steps with two
-keys. Evaluate its final/ with configs/eval.py:nano and --config.eval.trained.
+keys, a validation on 120 test samples every 40. Evaluate its final/ with configs/eval.py:nano and
+--config.eval.trained.
 
 Outputs in `workdir`: metrics.jsonl + TensorBoard, checkpoints/ (resumed automatically),
 final/trainable.safetensors; the demo adds sft/ (the warm start), eval_sft/ and eval_grpo/
@@ -153,3 +154,8 @@ def nano(c: ml_collections.ConfigDict) -> None:
     c.train.save_every = 25
     c.sampling.max_new_tokens = 80  # the brief answers take at most 70 tokens
     c.grpo.probe_every = 10
+    # Held out beside the probe: greedy answers to 120 samples of the sim's test split (whole
+    # trajectories) before the first step and every 40 steps.
+    c.train.val_every = 40
+    c.train.val_before_train = True
+    c.train.val_samples = 120
