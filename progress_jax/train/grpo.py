@@ -155,8 +155,9 @@ def run(config) -> dict:
     if g.probe_every:
         # The probe: fixed prompts (a shuffle of the training prompts), sampled with fixed keys. A
         # step's own mean reward mostly reflects which prompts it drew; this one moves only when the
-        # policy does. Both come from grpo.probe_seed, not the run's seed: runs of several seeds
-        # are measured on the same probe.
+        # policy does, though other weights draw other rollouts from a key: the spread of several
+        # keys' means is the part of a move that is sampling noise. Prompts and keys come from
+        # grpo.probe_seed, not the run's seed, so runs of several seeds share one probe.
         probe_data = make_dataset(inp.files, inp.image_root, tokenizer, **{**spec.data, "seed": g.probe_seed})
         probe = list(itertools.islice(iter(probe_data), g.probe_batches))
         probe_keys = list(jax.random.split(jax.random.key(g.probe_seed), g.probe_keys))
