@@ -104,7 +104,7 @@ RULES = {
     "data.sim_dir": text,
     "data.sim_size": text,
     "data.sim_image_size": integer(28),
-    "data.sim_reasoning": choice("full", "brief", "observe"),
+    "data.sim_reasoning": choice("full", "brief", "observe", "passed"),
     "data.sim_seed": integer(0),
     "data.bench_dir": text,
     "data.image_root": text,

@@ -297,3 +297,35 @@ def test_observe_reasoning_is_the_brief_answer_after_a_description_of_the_observ
             seen = f"In the current image {describe(s.episode, s.episode.state_at(s.obs.frame))}. "
             assert observe == brief.replace("<ref_think>", "<ref_think>" + seen, 1)
             assert parse_think(observe).ref == parse_think(brief).ref == s.closest_idx
+
+
+def test_passed_reasoning_judges_each_demo_entry_against_the_observations_progress():
+    """reasoning="passed": the brief answer, its first block opened by a yes or no for every demo entry
+    in order; yes exactly where the entry's own progress (demo frame i: (i-1)/T, step i: i/T) is
+    at most the observation's. Unanswerable samples keep the brief n/a answer."""
+    import re
+
+    from data_construction.sim.build import _fill, _stream
+    from data_construction.sim.reasoning import response
+    from data_pipeline.parsing import parse_think, strict_format_ok
+
+    seen_yes = set()
+    for kind in ("visual_same_view", "text-normal", "visual-unanswerable"):
+        for s in _fill(6, 3, _stream("train_sft", 0, SIZE), lambda rng: kind, 0, "train_sft"):
+            brief, passed = response(s, "brief"), response(s, "passed")
+            assert strict_format_ok(passed), passed
+            if not s.answerable:
+                assert passed == brief and parse_think(passed).na
+                continue
+            T = s.total_steps
+            m = re.match(r"<ref_think>(Passed demo frame|Done step): ((?:\d+ (?:yes|no)\. )+)", passed)
+            assert m and m.group(1) == ("Done step" if s.kind == "text" else "Passed demo frame"), passed
+            entries = re.findall(r"(\d+) (yes|no)\.", m.group(2))
+            entry_progress = ([100.0 * i / T for i in range(1, T + 1)] if s.kind == "text"
+                              else [100.0 * (i - 1) / T for i in range(1, T + 2)])
+            assert [int(i) for i, _ in entries] == list(range(1, len(entry_progress) + 1))
+            assert [a == "yes" for _, a in entries] == [p <= s.progress for p in entry_progress], (passed, s.progress)
+            assert passed == brief.replace("<ref_think>", m.group(0), 1)
+            assert parse_think(passed).ref == s.closest_idx
+            seen_yes.add(sum(a == "yes" for _, a in entries))
+    assert len(seen_yes) > 2  # observations early and late in their tasks

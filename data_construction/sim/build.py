@@ -31,7 +31,7 @@ SIZES = {
     "nano": {"visual_same_view": (600, 6), "visual_cross_view": (240, 6), "text-normal": (240, 4),
              "visual-unanswerable": (120, 4), "train": (6000, 1000, 3)},
 }
-REASONING = ("full", "brief", "observe")  # the SFT answers' style (reasoning.response)
+REASONING = ("full", "brief", "observe", "passed")  # the SFT answers' style (reasoning.response)
 STREAMS = {"bench_same": 1, "bench_cross": 2, "bench_text": 3, "train_sft": 10, "train_rl": 11, "train_extra": 12}
 TRAIN_MIX = {"visual_same_view": 0.4, "visual_cross_view": 0.2, "text-normal": 0.25,
              "text-unanswerable": 0.075, "visual-unanswerable": 0.075}
@@ -155,8 +155,9 @@ def generate(out_dir: str, size: str = "small", seed: int = 0, image_size: int =
              force: bool = False, reasoning: str = "full") -> dict:
     """Writes OUT/bench/*.jsonl + images and OUT/train/{sft,rl}.jsonl + images; returns their paths.
     reasoning: "full" (scene descriptions, ~250 tokens), "brief" (~50 tokens: the bracketing demo
-    entries and the arithmetic only; what the CPU demo trains on) or "observe" (brief, after a
-    description of the observation, ~110 tokens).
+    entries and the arithmetic only; what the CPU demo trains on), "observe" (brief, after a
+    description of the observation, ~110 tokens) or "passed" (brief, after a yes or no for each demo
+    entry: has the observation passed it; ~90 tokens).
 
     Skips the work when OUT holds a complete output with the same parameters (a marker file written last).
     One of another size, seed, image size or reasoning is refused (OtherSimHere) unless `force`: it may

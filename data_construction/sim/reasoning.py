@@ -124,7 +124,9 @@ def response(sample: Sample, style: str = "full") -> str:
     style "full": scene descriptions of the observation and the two bracketing demo entries;
     "brief": only the bracketing demo entries and the arithmetic; "observe": brief, preceded by a
     description of the observation (what the image shows, in words: the dense signal that teaches a
-    model from scratch to see the scene, docs/learning.md)."""
+    model from scratch to see the scene, docs/learning.md); "passed": brief, preceded by a yes or no
+    for each demo entry in turn, whether the observation has passed it (one comparison a token
+    instead of the choice of a pair among all entries, docs/learning.md)."""
     ep = sample.episode
     brief = style != "full"
     if not sample.answerable:
@@ -139,7 +141,8 @@ def response(sample: Sample, style: str = "full") -> str:
         view = (f" The demo is filmed by {sample.demo_camera.replace('_', ' ')} and the observation by "
                 f"{sample.obs_camera.replace('_', ' ')}, so I match object positions rather than pixels.")
     if brief:
-        seen = f"In the current image {describe(ep, state)}. " if style == "observe" else ""
+        seen = (f"In the current image {describe(ep, state)}. " if style == "observe"
+                else _passed(sample, k) if style == "passed" else "")
         return _brief(sample, k, c, seen)
     lines = [f"Goal: {ep.goal}.{view} In the current image {describe(ep, state)}."]
     for idx in sorted({c, other}):
@@ -176,6 +179,16 @@ def _brief(sample: Sample, k: int, c: int, seen: str = "") -> str:
     score_think = f"Step {k + 1} spans {lo}% to {hi}% and is {done}% done: {p}%."
     return (f"<ref_think>{ref_think}</ref_think><ref>{sample.closest_idx}</ref>"
             f"<score_think>{score_think}</score_think><score>{p}%</score>")
+
+
+def _passed(sample: Sample, k: int) -> str:
+    """Whether the observation, in segment k, has passed each demo entry: demo frames 1..k+1 (frame 1
+    is the start), steps 1..k."""
+    if sample.kind == "text":
+        head, total, passed = "Done step", sample.total_steps, k
+    else:
+        head, total, passed = "Passed demo frame", sample.total_steps + 1, k + 1
+    return f"{head}: " + " ".join(f"{i} {'yes' if i <= passed else 'no'}." for i in range(1, total + 1)) + " "
 
 
 def _unanswerable(sample: Sample, brief: bool = False) -> str:
