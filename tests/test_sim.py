@@ -279,53 +279,55 @@ def test_a_directory_holding_another_seed_is_refused_not_replaced(tmp_path):
     assert kept.exists()
 
 
-def test_observe_reasoning_is_the_brief_answer_after_a_description_of_the_observation():
-    """reasoning="observe": the brief answer, its first block opened by what the observation shows
-    (reasoning.describe of the observed state); unanswerable samples keep the brief n/a answer.
-    Planned samples only: the text needs no rendered image."""
+def _planned_answers(style):
+    """(sample, brief answer, answer in `style`) of planned answerable samples of three kinds, checking
+    on the way that every answer is well-formed and that unanswerable samples keep the brief n/a
+    answer. Planned samples only: the text needs no rendered image."""
     from data_construction.sim.build import _fill, _stream
-    from data_construction.sim.reasoning import describe, response
+    from data_construction.sim.reasoning import response
     from data_pipeline.parsing import parse_think, strict_format_ok
 
     for kind in ("visual_same_view", "text-normal", "visual-unanswerable"):
         for s in _fill(6, 3, _stream("train_sft", 0, SIZE), lambda rng: kind, 0, "train_sft"):
-            brief, observe = response(s, "brief"), response(s, "observe")
-            assert strict_format_ok(observe), observe
+            brief, styled = response(s, "brief"), response(s, style)
+            assert strict_format_ok(styled), styled
             if not s.answerable:
-                assert observe == brief and parse_think(observe).na
+                assert styled == brief and parse_think(styled).na
                 continue
-            seen = f"In the current image {describe(s.episode, s.episode.state_at(s.obs.frame))}. "
-            assert observe == brief.replace("<ref_think>", "<ref_think>" + seen, 1)
-            assert parse_think(observe).ref == parse_think(brief).ref == s.closest_idx
+            yield s, brief, styled
+
+
+def test_observe_reasoning_is_the_brief_answer_after_a_description_of_the_observation():
+    """reasoning="observe": the brief answer, its first block opened by what the observation shows
+    (reasoning.describe of the observed state)."""
+    from data_construction.sim.reasoning import describe
+    from data_pipeline.parsing import parse_think
+
+    for s, brief, observe in _planned_answers("observe"):
+        seen = f"In the current image {describe(s.episode, s.episode.state_at(s.obs.frame))}. "
+        assert observe == brief.replace("<ref_think>", "<ref_think>" + seen, 1)
+        assert parse_think(observe).ref == parse_think(brief).ref == s.closest_idx
 
 
 def test_passed_reasoning_judges_each_demo_entry_against_the_observations_progress():
     """reasoning="passed": the brief answer, its first block opened by a yes or no for every demo entry
     in order; yes exactly where the entry's own progress (demo frame i: (i-1)/T, step i: i/T) is
-    at most the observation's. Unanswerable samples keep the brief n/a answer."""
+    at most the observation's."""
     import re
 
-    from data_construction.sim.build import _fill, _stream
-    from data_construction.sim.reasoning import response
-    from data_pipeline.parsing import parse_think, strict_format_ok
+    from data_pipeline.parsing import parse_think
 
     seen_yes = set()
-    for kind in ("visual_same_view", "text-normal", "visual-unanswerable"):
-        for s in _fill(6, 3, _stream("train_sft", 0, SIZE), lambda rng: kind, 0, "train_sft"):
-            brief, passed = response(s, "brief"), response(s, "passed")
-            assert strict_format_ok(passed), passed
-            if not s.answerable:
-                assert passed == brief and parse_think(passed).na
-                continue
-            T = s.total_steps
-            m = re.match(r"<ref_think>(Passed demo frame|Done step): ((?:\d+ (?:yes|no)\. )+)", passed)
-            assert m and m.group(1) == ("Done step" if s.kind == "text" else "Passed demo frame"), passed
-            entries = re.findall(r"(\d+) (yes|no)\.", m.group(2))
-            entry_progress = ([100.0 * i / T for i in range(1, T + 1)] if s.kind == "text"
-                              else [100.0 * (i - 1) / T for i in range(1, T + 2)])
-            assert [int(i) for i, _ in entries] == list(range(1, len(entry_progress) + 1))
-            assert [a == "yes" for _, a in entries] == [p <= s.progress for p in entry_progress], (passed, s.progress)
-            assert passed == brief.replace("<ref_think>", m.group(0), 1)
-            assert parse_think(passed).ref == s.closest_idx
-            seen_yes.add(sum(a == "yes" for _, a in entries))
+    for s, brief, passed in _planned_answers("passed"):
+        T = s.total_steps
+        m = re.match(r"<ref_think>(Passed demo frame|Done step): ((?:\d+ (?:yes|no)\. )+)", passed)
+        assert m and m.group(1) == ("Done step" if s.kind == "text" else "Passed demo frame"), passed
+        entries = re.findall(r"(\d+) (yes|no)\.", m.group(2))
+        entry_progress = ([100.0 * i / T for i in range(1, T + 1)] if s.kind == "text"
+                          else [100.0 * (i - 1) / T for i in range(1, T + 2)])
+        assert [int(i) for i, _ in entries] == list(range(1, len(entry_progress) + 1))
+        assert [a == "yes" for _, a in entries] == [p <= s.progress for p in entry_progress], (passed, s.progress)
+        assert passed == brief.replace("<ref_think>", m.group(0), 1)
+        assert parse_think(passed).ref == s.closest_idx
+        seen_yes.add(sum(a == "yes" for _, a in entries))
     assert len(seen_yes) > 2  # observations early and late in their tasks
