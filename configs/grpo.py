@@ -121,6 +121,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     # 1.0: the tiny model at 0.6 gives rollouts of a prompt too alike to learn much from in 24
     # steps. Evaluation samples at the same temperature.
     c.sampling.temperature = 1.0
+    if name == "nano":  # the demo's GRPO settings without its warm start and evaluation
+        nano(c)
+        return c
 
     d = c.demo = ml_collections.ConfigDict()
     d.warm_start = True  # run the SFT warm start first (unless train.init_params is set)
@@ -134,8 +137,6 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     for key in ("sim_dir", "sim_reasoning", "min_pixels", "max_pixels", "length_buckets", "patch_buckets",
                 "image_buckets", "mode", "prompt"):
         s.data[key] = c.data.get_ref(key)
-    if name == "nano":
-        nano(c)
     return c
 
 
@@ -143,7 +144,6 @@ def nano(c: ml_collections.ConfigDict) -> None:
     """The learning experiment's GRPO (docs/learning.md): the demo's GRPO settings on the nano sim's RL
     split, from the nano SFT weights of the learning regression test, tower frozen, 120 steps (about
     14 s a step on one CPU core), a probe of 16 prompts x 4 rollouts with two keys every 10 steps."""
-    del c["demo"]
     c.job = "grpo"
     c.workdir = "runs/grpo_nano"
     nano_data(c)

@@ -100,11 +100,14 @@ def reward_report(history: dict[int, dict], probe_prompts: int, n: int, keys: in
     if probes:
         lines.append(f"probe reward ({probe_prompts} fixed prompts x {n} rollouts, {keys} fixed "
                      f"key{'s' if keys > 1 else ''}), by step:")
-        lines += [f"  step {s:4d}: " + "  ".join(f"{k[6:]} {v:.3f}" for k, v in m.items()
-                                                 if k.startswith("probe/") and "_key" not in k)
-                  for s, m in probes]
-        spreads = [max(v) - min(v) for v in ([m[k] for k in m if k.startswith("probe/overall_key")]
-                                              for _, m in probes) if len(v) > 1]
+        spreads = []
+        for s, m in probes:
+            per_key = [v for k, v in m.items() if k.startswith(grpo.PROBE_KEY_MEAN)]
+            curve = [(k[6:], v) for k, v in m.items()
+                     if k.startswith("probe/") and not k.startswith(grpo.PROBE_KEY_MEAN)]
+            lines.append(f"  step {s:4d}: " + "  ".join(f"{k} {v:.3f}" for k, v in curve))
+            if len(per_key) > 1:
+                spreads.append(max(per_key) - min(per_key))
         if spreads:
             first, last = probes[0][1]["probe/overall"], probes[-1][1]["probe/overall"]
             lines.append(f"probe noise: its keys' means differ by {np.mean(spreads):.3f} at a step on average "

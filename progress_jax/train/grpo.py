@@ -30,6 +30,7 @@ from progress_jax import distributed, handover, jobs, loading, sampling
 from progress_jax.train import checkpoint, inputs, loop, registry, rollouts, validation
 
 log = logging.getLogger(__name__)
+PROBE_KEY_MEAN = "probe/overall_key"  # + j: the probe's mean reward with its j-th key (grpo.probe_keys > 1)
 
 
 class Step:
@@ -82,7 +83,7 @@ class Step:
             per_key.append(float(np.mean([r["overall"] for r in own])))
         out = {f"probe/{k}": float(np.mean([r[k] for r in rewards])) for k in rewards[0]}
         if len(per_key) > 1:
-            out.update({f"probe/overall_key{j}": v for j, v in enumerate(per_key)})
+            out.update({f"{PROBE_KEY_MEAN}{j}": v for j, v in enumerate(per_key)})
         return out
 
     def __call__(self, state: dict, prompts: dict, key) -> tuple[dict, dict]:
