@@ -194,6 +194,22 @@ def test_late_reports_of_the_aborted_reads_are_dropped_and_others_kept(tmp_path)
     assert not all(f.filter(report(tmp_path / "4" / "state")) for f in asyncio_filters)
     assert all(f.filter(report(tmp_path / "elsewhere")) for f in asyncio_filters)
 
+    # A report collected while the failed read is still unwinding, before the Checkpointer sees its
+    # error, is dropped too (the order that once let a traceback through a job's one-line error).
+    shutil.copytree(tmp_path / "4", tmp_path / "6")
+    kept_during_read = []
+    with Checkpointer(str(tmp_path), save_every=1, keep=5) as ckpt:
+        real_restore = ckpt._manager.restore
+
+        def restore(step, args):
+            kept_during_read.append(all(f.filter(report(tmp_path / "6" / "state")) for f in asyncio_filters))
+            return real_restore(step, args)
+
+        ckpt._manager.restore = restore
+        with pytest.raises(CheckpointDamaged):
+            ckpt.restore(6, abstract_like(big_state(1)))
+    assert kept_during_read and not any(kept_during_read)
+
 
 def test_no_intact_checkpoint_stops_and_moves_nothing(tmp_path):
     state = big_state(0)

@@ -142,7 +142,6 @@ def _damage(step: int, step_dir: str, error: Exception) -> CheckpointDamaged:
     """The file a read error names (the innermost one inside the step directory; else the array
     being read in its OCDBT database) and why it failed."""
     text = _messages(error)
-    _DAMAGED_DIRS.add(step_dir)
     files = [f for f in re.findall(r'local file "([^"]+)"', text) if f.startswith(step_dir) and not f.endswith("/")]
     arrays = re.findall(r'Error reading "([^"]+)" in OCDBT database at local file "([^"]+)"', text)
     if files:
@@ -164,12 +163,13 @@ def _extra_digest(extra: dict) -> str:
                           ).hexdigest()
 
 
-# Step directories found damaged in this process: the reads still in flight there fail later.
-_DAMAGED_DIRS: set[str] = set()
+# Step directories being read, or whose read failed, in this process: when one read fails, those
+# still in flight fail later, and may be reported before the first failure reaches `_read`.
+_READ_DIRS: set[str] = set()
 
 
 def _about_damage(text: str) -> bool:
-    return any(d in text for d in _DAMAGED_DIRS)
+    return any(d in text for d in _READ_DIRS)
 
 
 class _DropAbortedReads(logging.Filter):
@@ -178,7 +178,7 @@ class _DropAbortedReads(logging.Filter):
 
     def filter(self, record):
         message = record.getMessage()
-        return not (_DAMAGED_DIRS and "exception was never retrieved" in message
+        return not (_READ_DIRS and "exception was never retrieved" in message
                     and _about_damage(message + "".join(map(str, record.exc_info or ()))))
 
 
@@ -195,7 +195,7 @@ def _quiet_aborted_reads() -> None:
         error = unraisable.exc_value
         if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
             return
-        if error is not None and _DAMAGED_DIRS and _about_damage(_messages(error)):
+        if error is not None and _READ_DIRS and _about_damage(_messages(error)):
             return
         previous(unraisable)
 
@@ -372,6 +372,7 @@ class Checkpointer:
     def _read(self, step: int, abstract_state):
         step_dir = os.path.join(self.directory, str(step))
         _quiet_aborted_reads()
+        _READ_DIRS.add(step_dir)
         try:
             extra = self._manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore())).extra
             if "sha256" in extra and extra["sha256"] != _extra_digest(extra):
@@ -392,6 +393,7 @@ class Checkpointer:
             if step_dir not in str(e) and not isinstance(e, (OSError, json.JSONDecodeError, UnicodeDecodeError)):
                 raise  # not a file of this checkpoint (e.g. out of memory): not damage
             raise _damage(step, step_dir, e) from e
+        _READ_DIRS.discard(step_dir)  # read whole: any later report about it is news
         self._check_sums(step, step_dir, extra.get("checksums"), out.state)
         return out.state, extra["data"], extra["metadata"]
 
