@@ -45,5 +45,7 @@ def setup(verbose: bool = False) -> None:
 
 
 def progress_bar(total: int, initial: int = 0, desc: str = "train", enabled: bool = True):
-    """A tqdm bar over steps or samples; starts at `initial` when a run resumes. Disabled off process 0."""
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True)
+    """A tqdm bar over steps or samples; starts at `initial` when a run resumes. Only on process 0 and
+    on a terminal: in a log file its redraws would be thousands of carriage-return updates."""
+    return tqdm(total=total, initial=initial, desc=desc, disable=not (enabled and sys.stderr.isatty()),
+                dynamic_ncols=True)

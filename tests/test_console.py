@@ -25,7 +25,8 @@ def test_a_3_step_sft_prints_at_most_15_lines(tmp_path):
                           cwd=ROOT, env=ENV, capture_output=True, timeout=600)  # bytes: keep the \r
     out = (done.stdout + done.stderr).decode()
     assert done.returncode == 0, out[-3000:]
-    # Lines as a terminal shows them: the progress bar redraws its line after carriage returns.
+    # Captured, stderr is no terminal: no progress bar and its carriage-return redraws, lines only.
+    assert "\r" not in out, out[-3000:]
     console_lines = out.rstrip("\n").split("\n")
     assert len(console_lines) <= 15, "\n".join(console_lines)
     text = "\n".join(console_lines)

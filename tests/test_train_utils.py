@@ -199,7 +199,7 @@ def read_tb_scalars(log_dir):
     return out
 
 
-def test_metrics_jsonl_and_tensorboard(tmp_path, capsys):
+def test_metrics_jsonl_and_tensorboard(tmp_path, capsys, monkeypatch):
     with MetricsWriter(str(tmp_path)) as w:
         w.write(1, {"loss": jnp.float32(2.5), "lr": 1e-4})
         w.write(2, {"loss": np.float64(2.25), "lr": 2e-4, "grad_norm": float("nan")})
@@ -215,6 +215,11 @@ def test_metrics_jsonl_and_tensorboard(tmp_path, capsys):
     with MetricsWriter(str(tmp_path / "other"), enabled=False) as w:
         w.write(1, {"loss": 1.0})
     assert not (tmp_path / "other").exists()
+    bar = progress_bar(10, initial=4, desc="sft")  # stderr captured: not a terminal, no bar
+    bar.update(1)
+    bar.close()
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     bar = progress_bar(10, initial=4, desc="sft")
     bar.update(1)
     bar.close()
