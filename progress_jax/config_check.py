@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import re
 
+from data_construction.sim.styles import REASONING
 from data_pipeline.parsing import MODES
 from progress_jax.models import families
 
@@ -104,7 +105,7 @@ RULES = {
     "data.sim_dir": text,
     "data.sim_size": text,
     "data.sim_image_size": integer(28),
-    "data.sim_reasoning": choice("full", "brief", "observe", "passed"),
+    "data.sim_reasoning": choice(*REASONING),
     "data.sim_seed": integer(0),
     "data.bench_dir": text,
     "data.image_root": text,

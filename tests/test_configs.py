@@ -123,6 +123,7 @@ def test_grpo_default_runs_the_demo_chain_with_one_set_of_demo_data():
     ("sampling.top_p", 1.5, "config key sampling.top_p must be <= 1"),
     ("data.mode", "thinking", "config key data.mode must be one of 'think', 'direct'"),
     ("data.prompt", "mine", "config key data.prompt must be one of 'official', 'interleaved'"),
+    ("data.sim_reasoning", "long", "config key data.sim_reasoning must be one of 'full', 'brief', 'observe', 'passed'"),
     ("data.patch_buckets", (1024, 512), "config key data.patch_buckets must be strictly increasing"),
     ("grpo.advantage", "ppo", "config key grpo.advantage: unknown advantage estimator 'ppo'"),
     ("grpo.reward", "nothing", "config key grpo.reward: unknown reward 'nothing'"),

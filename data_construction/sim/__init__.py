@@ -24,6 +24,11 @@ training episode has the goal text (objects, colors and target) of any benchmark
 A marker file written last makes a repeated call with the same parameters a no-op; a directory holding
 another size, seed, image size or reasoning is refused (OtherSimHere) unless forced.
 """
-from data_construction.sim.build import OtherSimHere, generate
-
 __all__ = ["OtherSimHere", "generate"]
+
+
+def __getattr__(name):  # the renderer (numpy, PIL) loads when used, not with the styles' names
+    if name in __all__:
+        from data_construction.sim import build
+        return getattr(build, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

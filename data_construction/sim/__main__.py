@@ -3,7 +3,8 @@
 import argparse
 import logging
 
-from data_construction.sim.build import REASONING, SIZES, extra, generate
+from data_construction.sim.build import SIZES, extra, generate
+from data_construction.sim.styles import REASONING
 
 
 def main(argv=None):

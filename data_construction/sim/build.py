@@ -15,6 +15,7 @@ from data_construction.construct import Sample, make_text_unanswerable, plan_sam
 from data_pipeline.jsonl import write_jsonl, write_text
 from data_construction.sim.episode import SimEpisode
 from data_construction.sim.reasoning import response
+from data_construction.sim.styles import REASONING
 from data_construction.sim.tasks import FAMILIES, make_plan
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ SIZES = {
     "nano": {"visual_same_view": (600, 6), "visual_cross_view": (240, 6), "text-normal": (240, 4),
              "visual-unanswerable": (120, 4), "train": (6000, 1000, 3)},
 }
-REASONING = ("full", "brief", "observe", "passed")  # the SFT answers' style (reasoning.response)
 STREAMS = {"bench_same": 1, "bench_cross": 2, "bench_text": 3, "train_sft": 10, "train_rl": 11, "train_extra": 12}
 TRAIN_MIX = {"visual_same_view": 0.4, "visual_cross_view": 0.2, "text-normal": 0.25,
              "text-unanswerable": 0.075, "visual-unanswerable": 0.075}
