@@ -43,7 +43,7 @@ def base() -> ml_collections.ConfigDict:
     c.data.sim_dir = "cache/sim_small"  # generated when train/bench files are not given
     c.data.sim_size = "small"
     c.data.sim_image_size = 224
-    c.data.sim_reasoning = "full"  # full | brief | observe | passed: the SFT targets the sim writes (brief: ~60 tokens)
+    c.data.sim_reasoning = "full"  # the SFT targets the sim writes: a style of data_construction/sim/styles.py
     # The sim's own seed, apart from the run's `seed`: runs of several seeds train and test on the
     # same data; a test split of another seed needs its own sim_dir (one directory, one seed).
     c.data.sim_seed = 0

@@ -1,4 +1,4 @@
-"""CLI: python -m data_construction.sim --out DIR --size small|full|nano --seed 0 [--image-size 224] [--reasoning full|brief|observe|passed] [--workers N]
+"""CLI: python -m data_construction.sim --out DIR --size small|full|nano --seed 0 [--image-size 224] [--reasoning STYLE] [--workers N]
 [--extra EPISODES [--per 8]]."""
 import argparse
 import logging
